@@ -1,0 +1,204 @@
+"""Configuration: documented defaults (mirrored in config.yaml), a YAML file, MANUALRAG_* env vars, flags.
+
+Precedence, lowest first: built-in defaults (identical to the repo's config.yaml) < the file given by
+``--config`` / ``MANUALRAG_CONFIG`` < ``MANUALRAG_<KEY>`` environment variables (nested keys joined by
+``__``, e.g. ``MANUALRAG_OCR__PSM=6``) < command-line flags. Unknown keys and bad values raise
+:class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from indexer.errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "index_dir": "data/index",
+    "model": "openai/clip-vit-base-patch32",
+    "text_model": "sentence-transformers/all-MiniLM-L6-v2",
+    "device": "auto",
+    "dtype": "auto",
+    "batch_size": 32,
+    "follow_symlinks": False,
+    "passwords": [],
+    "extract": {
+        "figure_dpi": 150,
+        "scan_dpi": 200,
+        "min_figure_area": 0.0008,
+        "small_figure_area": 0.01,
+        "boilerplate_min_pages": 3,
+        "caption_max_distance": 72.0,
+        "min_text_chars": 30,
+        "max_render_pixels": 12_000_000,
+        "low_res_dpi": 72.0,
+    },
+    "ocr": {
+        "enabled": True,
+        "languages": "eng",
+        "psm": 11,
+        "min_confidence": 50,
+        "workers": 0,
+        "max_side": 2500,
+        "min_side": 1000,
+    },
+    "isolation": {
+        "workers": 0,
+        "timeout_s": 300,
+        "memory_mb": 3072,
+    },
+    "store": {
+        "url": None,
+        "collection": "manualrag",
+        "headers": {},
+        "tenant": "default_tenant",
+        "database": "default_database",
+    },
+    "retrieve": {
+        "k": 10,
+        "rrf_k": 60,
+        "candidates": 50,
+    },
+}
+
+_CHOICES = {
+    "device": {"auto", "cpu", "cuda", "mps"},
+    "dtype": {"auto", "float32", "bfloat16", "float16"},
+}
+_POSITIVE = {
+    "batch_size",
+    "extract.figure_dpi",
+    "extract.scan_dpi",
+    "extract.boilerplate_min_pages",
+    "extract.max_render_pixels",
+    "ocr.max_side",
+    "retrieve.k",
+    "retrieve.rrf_k",
+    "retrieve.candidates",
+    "isolation.timeout_s",
+    "isolation.memory_mb",
+}
+_NULLABLE = {"text_model", "store.url"}
+# keys whose change alters what extraction/chunking produces (re-index the document when they change)
+EXTRACTION_KEYS = ("extract", "ocr", "passwords")
+
+
+def _check(key: str, value: Any, default: Any) -> Any:
+    if value is None:
+        if key in _NULLABLE:
+            return None
+        raise ConfigError(f"config key '{key}' must not be empty")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    elif isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str) or default is None:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    elif isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config key '{key}' must be a list of strings, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"config key '{key}' must be one of {sorted(_CHOICES[key])}, got {value!r}")
+    if key in _POSITIVE and value <= 0:
+        raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"config key '{key}' must not be negative, got {value!r}")
+    return value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(over, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    for key, value in over.items():
+        full = f"{prefix}{key}"
+        if key not in defaults:
+            raise ConfigError(f"unknown config key '{full}'")
+        default = defaults[key]
+        if isinstance(default, dict) and full != "store.headers":
+            _merge(base[key], value, default, full + ".")
+        elif full == "store.headers":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ConfigError("config key 'store.headers' must map header names to strings")
+            base[key] = dict(value)
+        else:
+            base[key] = _check(full, value, default)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith("MANUALRAG_") or name in ("MANUALRAG_CONFIG",):
+            continue
+        path = name[len("MANUALRAG_") :].lower().split("__")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment variable {name}: not a valid value ({exc})") from None
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Resolve the configuration. ``overrides`` are CLI flags (nested dict, None values ignored)."""
+    environ = dict(os.environ) if environ is None else environ
+    cfg = copy.deepcopy(DEFAULTS)
+    path = path or environ.get("MANUALRAG_CONFIG")
+    if path:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        _merge(cfg, data, DEFAULTS)
+    _merge(cfg, _env_overrides(environ), DEFAULTS)
+    if overrides:
+        _merge(cfg, _drop_none(overrides), DEFAULTS)
+    return cfg
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def extraction_fingerprint(cfg: dict[str, Any]) -> str:
+    """A short hash of the settings that shape extraction/chunking of a document."""
+    relevant = {k: cfg[k] for k in EXTRACTION_KEYS}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def public_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as saved inside an index: secrets (passwords, header values) removed."""
+    out = copy.deepcopy(cfg)
+    out["passwords"] = ["***"] * len(cfg.get("passwords", []))
+    out["store"]["headers"] = {k: "***" for k in cfg["store"].get("headers", {})}
+    return out

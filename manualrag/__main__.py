@@ -1,0 +1,3 @@
+from manualrag.cli import main
+
+main()

@@ -1,0 +1,490 @@
+"""The `manualrag` command. Heavy imports (torch, chromadb, fitz) happen inside commands, never at start-up,
+so `manualrag --help` stays fast."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from manualrag import __version__
+
+log = logging.getLogger("manualrag")
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+class Ctx:
+    def __init__(self, config_path: str | None, debug: bool):
+        self.config_path = config_path
+        self.debug = debug
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        from indexer.config import load_config
+
+        return load_config(self.config_path, overrides=overrides)
+
+
+def _setup_logging(debug: bool, quiet: bool = False) -> None:
+    level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+class ManualragGroup(click.Group):
+    """Maps ManualragError to a one-line message and its exit code (traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from indexer.errors import ManualragError
+
+        try:
+            return super().invoke(ctx)
+        except ManualragError as exc:
+            obj = ctx.obj
+            if obj is not None and getattr(obj, "debug", False):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=ManualragGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="manualrag")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file (overrides config.yaml defaults).")
+@click.option("--debug", is_flag=True, help="Verbose logging and full tracebacks.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    """manualrag: index technical manuals (text, figures, diagrams, OCR'd labels) and query them."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _setup_logging(debug)
+    ctx.obj = Ctx(config_path, debug)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+# ----------------------------------------------------------------------------------------------- inspect
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the extraction result as JSON.")
+@click.option("--out", type=click.Path(file_okay=False), help="Write the figure crops (PNG) to this folder.")
+@click.option("--no-ocr", is_flag=True, help="Skip OCR (faster; no labels from pixels).")
+@click.pass_obj
+def inspect(obj: Ctx, file: str, as_json: bool, out: str | None, no_ocr: bool) -> None:
+    """Show what extraction finds in one manual: pages, text blocks, figures (kind, bbox, caption, labels, OCR)."""
+    from indexer.extract import extract_file
+    from indexer.ocr import OcrEngine
+
+    cfg = obj.config(ocr={"enabled": False} if no_ocr else None)
+    path = Path(file)
+    ocr = OcrEngine(cfg) if cfg["ocr"]["enabled"] else None
+    try:
+        doc = extract_file(path, path.name, cfg, ocr=ocr)
+    finally:
+        if ocr is not None:
+            ocr.close()
+    written: dict[str, str] = {}
+    if out:
+        outdir = Path(out)
+        outdir.mkdir(parents=True, exist_ok=True)
+        for i, fig in enumerate(doc.figures + doc.boilerplate, 1):
+            if fig.png:
+                name = f"fig{i:03d}-p{fig.pages[0]}-{fig.kind}-{fig.digest[:12]}.png"
+                (outdir / name).write_bytes(fig.png)
+                written[fig.digest] = str(outdir / name)
+    if as_json:
+        d = doc.to_dict(with_png=False)
+        for f in d["figures"] + d["boilerplate"]:
+            f["crop_file"] = written.get(f["digest"])
+        _echo_json(d)
+        return
+    _print_inspect(doc, written)
+
+
+def _print_inspect(doc: Any, written: dict[str, str]) -> None:
+    n_blocks = len(doc.blocks)
+    n_suspect = sum(1 for b in doc.blocks if b.suspect)
+    click.echo(f"{doc.path}: {doc.file_type}, {len(doc.pages)} page(s), {n_blocks} text block(s)"
+               f" ({n_suspect} suspect), {len(doc.figures)} figure(s), {len(doc.boilerplate)} boilerplate image(s)")
+    for w in doc.warnings:
+        click.echo(f"  warning: {w}")
+    ocr_pages = [p.number for p in doc.pages if p.ocr]
+    if ocr_pages:
+        click.echo(f"  OCR'd pages (no text layer): {', '.join(map(str, ocr_pages))}")
+    for i, fig in enumerate(doc.figures, 1):
+        pages = ",".join(map(str, fig.pages))
+        bbox = ", ".join(f"{v:.0f}" for v in fig.bbox)
+        click.echo(f"\n  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
+                   + ("" if fig.quality == "ok" else f" [{fig.quality}]"))
+        if fig.caption:
+            click.echo(f"      caption: {fig.caption}")
+        if fig.labels:
+            click.echo(f"      labels : {_short(' '.join(fig.labels))}")
+        if fig.ocr_text:
+            click.echo(f"      ocr    : {_short(fig.ocr_text)}")
+        if fig.heading:
+            click.echo(f"      heading: {fig.heading}")
+        if fig.digest in written:
+            click.echo(f"      crop   : {written[fig.digest]}")
+    for fig in doc.boilerplate:
+        click.echo(f"\n  boilerplate image on {len(fig.pages)} page(s), {fig.width}x{fig.height}px"
+                   + (f" -> {written[fig.digest]}" if fig.digest in written else ""))
+
+
+
+# ------------------------------------------------------------------------------------------ shared options
+def _index_dir_option(f):
+    return click.option(
+        "--index-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Index folder (default: config index_dir, data/index; env MANUALRAG_INDEX_DIR).",
+    )(f)
+
+
+def _store_option(f):
+    return click.option(
+        "--store", "store_url", default=None, metavar="URL",
+        help="Chroma server URL, e.g. http://127.0.0.1:8000 (default: embedded store in the index folder).",
+    )(f)
+
+
+def _channels(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def _stderr_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# -------------------------------------------------------------------------------------------------- index
+@main.command()
+@click.argument("library", type=click.Path(exists=True, file_okay=False))
+@_index_dir_option
+@click.option("--model", default=None, help="CLIP/SigLIP checkpoint name or local folder.")
+@click.option("--text-model", default=None, help="Sentence-embedding model name or folder ('none' turns it off).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="Where models run.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=None, help="Model precision.")
+@click.option("--batch-size", type=int, default=None, help="Items per model forward pass.")
+@click.option("--no-dense", is_flag=True, help="Index everything except vectors (lexical only); a later run adds them.")
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary (errors still go to stderr).")
+@click.pass_obj
+def index(obj: Ctx, library: str, index_dir: str | None, model: str | None, text_model: str | None,
+          device: str | None, dtype: str | None, batch_size: int | None, no_dense: bool, store_url: str | None,
+          as_json: bool, quiet: bool) -> None:
+    """Index a manual library (PDFs, scans, images, .txt/.md) incrementally into the index folder.
+
+    Exit code 0: all files indexed; 1: some files failed (the rest is indexed); 2: usage, config or model error.
+    """
+    from indexer.pipeline import Indexer
+
+    if quiet:
+        logging.getLogger().setLevel(logging.ERROR)
+    cfg = obj.config(
+        index_dir=index_dir, model=model, device=device, dtype=dtype, batch_size=batch_size,
+        store={"url": store_url},
+    )
+    if text_model is not None:
+        cfg["text_model"] = None if text_model.lower() in ("none", "null", "") else text_model
+    idx = Indexer(cfg, cfg["index_dir"], dense=not no_dense, progress=_stderr_tty() and not quiet and not as_json)
+    summary = idx.run(Path(library))
+    if as_json:
+        _echo_json(summary.to_dict())
+    elif not quiet:
+        _print_summary(summary)
+    else:
+        for f in summary.failed:
+            click.echo(f"failed: {f.path}: {f.reason}", err=True)
+    sys.exit(summary.exit_code)
+
+
+def _print_summary(s: Any) -> None:
+    d = s.to_dict()
+    docs = d["documents"]
+    click.echo(f"Indexed {d['library']} into {d['index_dir']} in {d['wall_s']:.1f} s"
+               + ("" if s.dense else "  (lexical only: --no-dense)"))
+    click.echo(f"  documents: {docs['indexed']} indexed, {docs['unchanged']} unchanged, "
+               f"{docs['removed']} removed, {docs['failed']} failed")
+    if d["skipped"]:
+        click.echo("  skipped files: " + ", ".join(f"{v} {k}" for k, v in sorted(d["skipped"].items())))
+    click.echo(f"  pages: {d['pages']}, figures: {d['figures']}")
+    if d["records"]:
+        click.echo("  records written: " + ", ".join(f"{k} {v}" for k, v in sorted(d["records"].items())))
+    if d["embedded"]:
+        click.echo("  model inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(d["embedded"].items())))
+    if d["model"]:
+        click.echo(f"  models: {d['model']}" + (f" + {d['text_model']}" if d["text_model"] else ""))
+    t = {k: v for k, v in d["timings_s"].items() if v >= 0.05}
+    if t:
+        click.echo("  time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+    for w in d["warnings"]:
+        click.echo(f"  warning: {w}")
+    for f in d["failed"]:
+        click.echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
+
+
+# -------------------------------------------------------------------------------------------------- stats
+@main.command()
+@_index_dir_option
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_obj
+def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool) -> None:
+    """Describe an index: documents, pages, records by kind, figures, models, size on disk."""
+    from indexer.errors import IndexNotFoundError
+    from indexer.manifest import Manifest
+    from indexer.store import VectorStore
+
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
+    idir = Path(cfg["index_dir"])
+    db = idir / "index.sqlite"
+    if not db.exists():
+        raise IndexNotFoundError(f"no index in {idir}; build one with `manualrag index LIBRARY --index-dir {idir}`")
+    m = Manifest(db, readonly=True)
+    try:
+        st = m.stats()
+        models = m.get_meta("models") or {}
+        library = m.get_meta("library")
+    finally:
+        m.close()
+    store = VectorStore.open(idir, cfg)
+    try:
+        vectors = {kind: store.count(kind) for kind in ("text", "image", "image_text", "sem")}
+        dims = {kind: store.model_of(kind) for kind in ("text", "sem")}
+    finally:
+        store.close()
+    size = sum(f.stat().st_size for f in idir.rglob("*") if f.is_file())
+    out = {
+        "index_dir": str(idir), "library": library, **st, "vectors": vectors,
+        "model": models.get("clip"), "dim": (dims["text"] or (None, None))[1],
+        "text_model": models.get("text"), "text_dim": (dims["sem"] or (None, None))[1],
+        "store": cfg["store"]["url"] or "embedded", "size_bytes": size,
+    }
+    if as_json:
+        _echo_json(out)
+        return
+    for key, value in out.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        if key == "size_bytes":
+            key, value = "size on disk", f"{size / 1e6:.1f} MB"
+        click.echo(f"{key:>14}: {value}")
+
+
+# ------------------------------------------------------------------------------------------ remove / reset
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@_index_dir_option
+@_store_option
+@click.pass_obj
+def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: str | None) -> None:
+    """Remove documents (paths relative to the library, or folders) from the index."""
+    from indexer.manifest import Manifest
+    from indexer.pipeline import Indexer
+
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
+    idir = Path(cfg["index_dir"])
+    m = Manifest(idir / "index.sqlite", readonly=True)
+    library = m.get_meta("library")
+    m.close()
+    rels = []
+    for p in paths:
+        ap = Path(p)
+        if library and ap.is_absolute() or (library and ap.exists() and Path(library) in ap.resolve().parents):
+            try:
+                p = ap.resolve().relative_to(Path(library)).as_posix()
+            except ValueError:
+                pass
+        rels.append(p)
+    removed = Indexer(cfg, idir, dense=False).remove(rels)
+    for r in removed:
+        click.echo(f"removed {r}")
+    if not removed:
+        click.echo("nothing matched: " + ", ".join(paths), err=True)
+        sys.exit(EXIT_PARTIAL)
+
+
+@main.command()
+@_index_dir_option
+@_store_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> None:
+    """Delete the whole index (vectors, manifest, lexical index, crops)."""
+    import shutil
+
+    from indexer.lock import IndexLock
+    from indexer.store import VectorStore
+
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
+    idir = Path(cfg["index_dir"])
+    if not yes and not click.confirm(f"Delete the index in {idir}?", default=False):
+        sys.exit(EXIT_USAGE)
+    if not idir.exists():
+        click.echo(f"no index in {idir}")
+        return
+    with IndexLock(idir):
+        store = VectorStore.open(idir, cfg)
+        try:
+            store.drop_all()
+        finally:
+            store.close()
+        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "config.json", "ocr_cache.sqlite"):
+            (idir / name).unlink(missing_ok=True)
+        for sub in ("crops", "chroma"):
+            shutil.rmtree(idir / sub, ignore_errors=True)
+    click.echo(f"index in {idir} deleted")
+
+
+# -------------------------------------------------------------------------------------------------- query
+def _open_retriever(obj: Ctx, index_dir: str | None, store_url: str | None, model: str | None = None,
+                    text_model: str | None = None):
+    from retriever.search import Retriever
+
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
+    if model:
+        cfg["query_model"] = model
+    r = Retriever.open(cfg["index_dir"], cfg)
+    if text_model:
+        r.models["text"] = text_model
+    return r
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="Search by an image (alone or with text).")
+@click.option("-k", "k", type=int, default=None, help="Number of hits (default 10).")
+@click.option("--modality", type=click.Choice(["all", "text", "image"]), default="all", help="Which hits to return.")
+@click.option("--source", default=None, help="Only files matching this glob (e.g. '*.pdf', 'vendor/*').")
+@click.option("--channels", default=None, help="Comma list of dense,text,lexical (default: all available).")
+@click.option("--model", default=None, help="CLIP/SigLIP to encode the query (default: the index's).")
+@click.option("--text-model", default=None, help="Text model to encode the query (default: the index's).")
+@_index_dir_option
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON list.")
+@click.option("--timings", is_flag=True, help="Print encode / search / fusion times.")
+@click.pass_obj
+def query(obj: Ctx, text: str | None, image: str | None, k: int | None, modality: str, source: str | None,
+          channels: str | None, model: str | None, text_model: str | None, index_dir: str | None,
+          store_url: str | None, as_json: bool, timings: bool) -> None:
+    """Search the index: ranked text AND image hits with file, page, caption, labels and context."""
+    from indexer.errors import ManualragError
+
+    if not text and not image:
+        raise ManualragError("give a query text, --image FILE, or both")
+    with _open_retriever(obj, index_dir, store_url, model, text_model) as r:
+        res = r.search(text, image=image, k=k, modality=modality, channels=_channels(channels), source=source)
+    if as_json:
+        _echo_json([h.to_dict() for h in res.hits])
+    else:
+        _print_hits(res)
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
+    if timings:
+        click.echo("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings_ms.items()), err=True)
+
+
+def _print_hits(res: Any) -> None:
+    if not res.hits:
+        click.echo("no hits")
+        return
+    bold = (lambda s: click.style(s, bold=True)) if sys.stdout.isatty() else (lambda s: s)
+    click.echo(f"{'#':>3}  {'kind':<5}  {'score':>6}  {'file:page':<40}  found by")
+    for h in res.hits:
+        pages = ",".join(map(str, h.pages))
+        where = f"{h.path}:{pages}"
+        click.echo(f"{h.rank:>3}  {h.kind:<5}  {h.score:>6.4f}  {where:<40}  {','.join(h.channels)}")
+        snippet = h.snippet
+        if sys.stdout.isatty():
+            snippet = snippet.replace("**", "\x00")
+            parts = snippet.split("\x00")
+            snippet = "".join(bold(p) if i % 2 else p for i, p in enumerate(parts))
+        if h.kind == "image":
+            click.echo(f"       [{h.figure_kind}] {h.caption or '(no caption)'}")
+            labels = " ".join(h.labels + h.ocr_text.split())
+            if labels:
+                click.echo(f"       labels: {_short(labels, 150)}")
+            if h.crop_path:
+                click.echo(f"       crop: {h.crop_path}")
+        else:
+            if h.heading:
+                click.echo(f"       § {h.heading}")
+            click.echo(f"       {snippet}")
+            if h.suspect:
+                click.echo(f"       (suspect text: {h.suspect}; not visible on the page)")
+            if h.figures:
+                click.echo("       figures: " + "; ".join(f"{f.caption or f.figure_id} p{f.page}" for f in h.figures[:3]))
+
+
+# ------------------------------------------------------------------------------------------------ context
+@main.command()
+@click.argument("text")
+@click.option("--max-chars", type=int, default=6000, show_default=True, help="Character budget of the block.")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True)
+@click.option("-k", "k", type=int, default=8, show_default=True, help="Hits considered.")
+@click.option("--with-images", is_flag=True, help="JSON only: include each figure crop as base64.")
+@click.option("--include-suspect", is_flag=True, help="Include text that is invisible on the page (marked).")
+@click.option("--channels", default=None, help="Comma list of dense,text,lexical.")
+@click.option("--text-model", default=None, help="Text model to encode the query (default: the index's).")
+@_index_dir_option
+@_store_option
+@click.pass_obj
+def context(obj: Ctx, text: str, max_chars: int, fmt: str, k: int, with_images: bool, include_suspect: bool,
+            channels: str | None, text_model: str | None, index_dir: str | None, store_url: str | None) -> None:
+    """A prompt-ready context block for an LLM: numbered, fenced sources with pages and figures."""
+    from retriever.context import build_context
+
+    with _open_retriever(obj, index_dir, store_url, text_model=text_model) as r:
+        res = r.search(text, k=k, channels=_channels(channels))
+    out = build_context(res, max_chars=max_chars, fmt=fmt, with_images=with_images, include_suspect=include_suspect)
+    if fmt == "json":
+        _echo_json(out)
+    else:
+        click.echo(out)
+
+
+# --------------------------------------------------------------------------------------------------- eval
+@main.command(name="eval")
+@click.argument("queries", type=click.Path(exists=True, dir_okay=False))
+@click.option("--k", "k", type=int, default=10, show_default=True)
+@click.option("--channels", default=None, help="Comma list of dense,text,lexical (an ablation).")
+@click.option("--text-model", default=None, help="Text model to encode queries (default: the index's).")
+@_index_dir_option
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def eval_cmd(obj: Ctx, queries: str, k: int, channels: str | None, text_model: str | None,
+             index_dir: str | None, store_url: str | None, as_json: bool) -> None:
+    """Measure retrieval on labelled queries (JSONL: query, file, pages, kind): recall@k, MRR, nDCG, image recall."""
+    from retriever.evaluate import evaluate, format_table, load_queries
+
+    qs = load_queries(queries)
+    with _open_retriever(obj, index_dir, store_url, text_model=text_model) as r:
+        report = evaluate(r, qs, k=k, channels=_channels(channels))
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(format_table(report))
+
+
+def _short(text: str, n: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+if __name__ == "__main__":
+    main()
