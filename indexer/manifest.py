@@ -1,0 +1,745 @@
+"""The manifest: ``index_dir/index.sqlite`` (stdlib sqlite3, WAL) with documents, passages, windows,
+figures, per-file errors, meta, and the FTS5 lexical index (BM25 over text, figure labels, captions).
+
+Crash safety (the pipeline's order of writes, per document)::
+
+    begin_document(path)                # the documents row goes first: a crash now means "redo it"
+    old = vector_ids(path)              # ids the store may hold for the old rows
+    store.delete(kind, old[kind])       # before the rows change, so no vector outlives its row
+    replace_rows(path, passages, windows, figures)   # one transaction, lexical rows included
+    store.upsert(...)                   # vectors whose ids are all in the new rows
+    commit_document(row)                # last: the document counts as indexed
+
+At every point, each vector in the store has a row here (``vector_ids`` finds it), and a document with
+no committed row is redone by the next run. Every write method is one transaction.
+
+Readers (the retriever) open read-only (``mode=ro``) and may query while a writer runs (WAL).
+Lists are stored as JSON text; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from indexer.errors import IndexNotFoundError, ManualragError
+from indexer.models import Figure, FileError, Passage, Window
+
+SCHEMA_VERSION = 1
+DB_NAME = "index.sqlite"
+CHANNELS = ("clip", "sem")
+# bm25 column weights: caption (passage heading / figure caption), labels (figure labels + OCR), body
+W_CAPTION, W_LABELS, W_BODY = 2.0, 1.5, 1.0
+MAX_QUERY_TERMS = 32
+_CHUNK = 500  # ids per IN (...) list
+
+# Query words that carry no meaning for BM25. Deliberately small: "on", "off", "no", "in", "out", "up",
+# "down" stay searchable (ON/OFF switch, NO/NC contact, IN/OUT pins).
+STOPWORDS = frozenset(
+    """a an and are as at be been but by can could do does did for from had has have how i if into is it
+    its me my of or our shall should so such than that the their them then there these they this those to
+    was we were what when where which who whom why will with would you your""".split()
+)
+
+# unicode letters and digits: what FTS5's unicode61 tokenizer keeps as token characters
+_RUN_RE = re.compile(r"[^\W_]+")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    path TEXT PRIMARY KEY,
+    doc_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    config_fp TEXT NOT NULL,
+    file_type TEXT NOT NULL,
+    n_pages INTEGER NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    warnings TEXT NOT NULL DEFAULT '[]',
+    clip_model TEXT,
+    text_model TEXT,
+    indexed_at TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'ok'
+);
+CREATE TABLE IF NOT EXISTS passages (
+    id TEXT PRIMARY KEY,
+    doc_path TEXT NOT NULL,
+    page INTEGER NOT NULL,
+    bbox TEXT NOT NULL,
+    heading TEXT NOT NULL DEFAULT '',
+    text TEXT NOT NULL,
+    suspect TEXT,
+    ocr INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS passages_doc ON passages(doc_path);
+CREATE TABLE IF NOT EXISTS windows (
+    id TEXT PRIMARY KEY,
+    passage_id TEXT NOT NULL,
+    doc_path TEXT NOT NULL,
+    channel TEXT NOT NULL CHECK (channel IN ('clip', 'sem')),
+    text TEXT NOT NULL,
+    n_tokens INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS windows_doc ON windows(doc_path);
+CREATE INDEX IF NOT EXISTS windows_passage ON windows(passage_id);
+CREATE TABLE IF NOT EXISTS figures (
+    id TEXT PRIMARY KEY,
+    doc_path TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    pages TEXT NOT NULL,
+    bbox TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    dpi REAL NOT NULL,
+    caption TEXT NOT NULL DEFAULT '',
+    nearby_text TEXT NOT NULL DEFAULT '',
+    labels TEXT NOT NULL DEFAULT '[]',
+    ocr_text TEXT NOT NULL DEFAULT '',
+    heading TEXT NOT NULL DEFAULT '',
+    quality TEXT NOT NULL DEFAULT 'ok',
+    crop_path TEXT,
+    boilerplate INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS figures_doc ON figures(doc_path);
+CREATE TABLE IF NOT EXISTS errors (path TEXT PRIMARY KEY, reason TEXT NOT NULL, stage TEXT NOT NULL, at TEXT NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS lexical USING fts5(
+    ref_id UNINDEXED, ref_type UNINDEXED, doc_path UNINDEXED, page UNINDEXED,
+    caption, labels, body,
+    tokenize = 'porter unicode61'
+);
+-- which document owns each lexical row (FTS5 cannot index doc_path: deletes go by rowid)
+CREATE TABLE IF NOT EXISTS lexical_rows (rowid INTEGER PRIMARY KEY, doc_path TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS lexical_rows_doc ON lexical_rows(doc_path);
+"""
+
+
+class ManifestSchemaError(ManualragError):
+    """index.sqlite was written by another schema version of manualrag."""
+
+
+@dataclass
+class DocRow:
+    """One committed document."""
+
+    path: str
+    doc_id: str
+    digest: str
+    size: int
+    mtime: float
+    config_fp: str
+    file_type: str
+    n_pages: int
+    title: str = ""
+    warnings: list[str] = field(default_factory=list)
+    clip_model: str | None = None
+    text_model: str | None = None
+    indexed_at: str = ""  # ISO 8601 UTC; commit_document fills it when empty (epoch seconds are converted)
+    state: str = "ok"
+
+
+@dataclass
+class WindowRow:
+    window_id: str
+    passage_id: str
+    doc_path: str
+    channel: str  # clip | sem
+    text: str
+    n_tokens: int
+
+    @property
+    def id(self) -> str:
+        return self.window_id
+
+
+@dataclass
+class FigureRow:
+    figure_id: str
+    doc_path: str
+    digest: str
+    kind: str
+    pages: list[int]
+    bbox: tuple[float, float, float, float]
+    width: int
+    height: int
+    dpi: float
+    caption: str
+    nearby_text: str
+    labels: list[str]
+    ocr_text: str
+    heading: str
+    quality: str
+    crop_path: str | None
+    boilerplate: bool
+
+    @property
+    def id(self) -> str:
+        return self.figure_id
+
+    @property
+    def page(self) -> int:
+        """The first page that shows the figure."""
+        return self.pages[0] if self.pages else 0
+
+    def to_figure(self) -> Figure:
+        return Figure(
+            digest=self.digest,
+            kind=self.kind,
+            pages=list(self.pages),
+            bbox=self.bbox,
+            width=self.width,
+            height=self.height,
+            dpi=self.dpi,
+            caption=self.caption,
+            nearby_text=self.nearby_text,
+            labels=list(self.labels),
+            ocr_text=self.ocr_text,
+            heading=self.heading,
+            boilerplate=self.boilerplate,
+            quality=self.quality,
+            crop_path=self.crop_path,
+        )
+
+
+# ----------------------------------------------------------------------------------- lexical query text
+def query_terms(text: str) -> list[str]:
+    """The FTS5 terms for a user query: words, and phrases for joined tokens ("0.2", "X3/X4", "self-test").
+
+    Tokens are runs of unicode letters and digits (what FTS5's unicode61 tokenizer keeps), lower-cased;
+    "74HC125" and "X3" stay whole. A whitespace-separated chunk made of several runs becomes a phrase
+    ("0.2" -> "0 2", which matches the indexed text "0.2") plus its runs of two or more characters.
+    Stopwords are dropped unless nothing else is left. FTS5 syntax in the input (quotes, ``-``, ``*``,
+    ``:``, ``^``, parentheses, AND/OR/NOT/NEAR) is never passed through.
+    """
+    terms: list[str] = []
+    stop: list[str] = []
+    for chunk in text.split():
+        runs = [r.lower() for r in _RUN_RE.findall(chunk)]
+        if not runs:
+            continue
+        if len(runs) == 1:
+            (stop if runs[0] in STOPWORDS else terms).append(runs[0])
+            continue
+        terms.append(" ".join(runs))
+        terms.extend(r for r in runs if len(r) > 1 and r not in STOPWORDS)
+    chosen = terms or stop
+    return list(dict.fromkeys(chosen))[:MAX_QUERY_TERMS]
+
+
+def fts_query(text: str) -> str:
+    """A safe FTS5 MATCH expression for arbitrary user text: quoted terms OR-ed; "" when nothing to search."""
+    return " OR ".join(f'"{t}"' for t in query_terms(text))
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _iso(value: str | float) -> str:
+    """An ISO 8601 time from an ISO string or epoch seconds."""
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(float(value), UTC).isoformat(timespec="seconds")
+    return str(value)
+
+
+def _chunks(seq: Sequence[str], n: int = _CHUNK) -> Iterator[Sequence[str]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _figure_row(r: sqlite3.Row) -> FigureRow:
+    return FigureRow(
+        figure_id=r["id"],
+        doc_path=r["doc_path"],
+        digest=r["digest"],
+        kind=r["kind"],
+        pages=[int(p) for p in json.loads(r["pages"])],
+        bbox=tuple(float(v) for v in json.loads(r["bbox"])),  # type: ignore[arg-type]
+        width=int(r["width"]),
+        height=int(r["height"]),
+        dpi=float(r["dpi"]),
+        caption=r["caption"],
+        nearby_text=r["nearby_text"],
+        labels=list(json.loads(r["labels"])),
+        ocr_text=r["ocr_text"],
+        heading=r["heading"],
+        quality=r["quality"],
+        crop_path=r["crop_path"],
+        boilerplate=bool(r["boilerplate"]),
+    )
+
+
+def _doc_row(r: sqlite3.Row) -> DocRow:
+    return DocRow(
+        path=r["path"],
+        doc_id=r["doc_id"],
+        digest=r["digest"],
+        size=int(r["size"]),
+        mtime=float(r["mtime"]),
+        config_fp=r["config_fp"],
+        file_type=r["file_type"],
+        n_pages=int(r["n_pages"]),
+        title=r["title"],
+        warnings=list(json.loads(r["warnings"])),
+        clip_model=r["clip_model"],
+        text_model=r["text_model"],
+        indexed_at=r["indexed_at"],
+        state=r["state"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+class Manifest:
+    """``index_dir/index.sqlite``: ``Manifest(db_file, readonly=...)`` or ``Manifest.open(index_dir, ...)``.
+
+    A writer creates the file (and its folder); ``readonly=True`` needs an existing index and raises
+    :class:`IndexNotFoundError` otherwise. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: Path | str, readonly: bool = False):
+        path = Path(path)
+        if path.is_dir():  # an index folder was given
+            path = path / DB_NAME
+        self.path = path
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        index_dir = path.parent
+        if readonly:
+            if not path.is_file():
+                raise IndexNotFoundError(
+                    f"no index in {index_dir} ({path.name} is missing): build one with `manualrag index`"
+                    " or pass the right --index-dir"
+                )
+            uri = path.resolve().as_uri() + "?mode=ro"
+            if not os.access(index_dir, os.W_OK) and not Path(f"{path}-wal").exists():
+                uri += "&immutable=1"  # a read-only copy of an index: WAL needs a writable folder otherwise
+            conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None, check_same_thread=False)
+        else:
+            index_dir.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            if readonly:
+                conn.execute("PRAGMA query_only = 1")
+            else:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn = conn
+            self._check_schema(index_dir)
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
+
+    @classmethod
+    def open(cls, index_dir: Path | str, readonly: bool = False) -> Manifest:
+        """Open ``index_dir/index.sqlite`` (a writer creates it)."""
+        return cls(Path(index_dir) / DB_NAME, readonly=readonly)
+
+    def _check_schema(self, index_dir: Path) -> None:
+        has_meta = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if not has_meta:
+            if self.readonly:
+                raise IndexNotFoundError(
+                    f"{self.path} is not a manualrag index (no meta table): build one with `manualrag index`"
+                )
+            with self._tx() as c:
+                for stmt in _split_sql(_SCHEMA):
+                    c.execute(stmt)
+                c.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)",
+                    (json.dumps(SCHEMA_VERSION),),
+                )
+            return
+        version = self.get_meta("schema")
+        if version != SCHEMA_VERSION:
+            raise ManifestSchemaError(
+                f"{self.path} has manifest schema {version}, this manualrag uses {SCHEMA_VERSION}: "
+                "run `manualrag reset` (then index again) or use a new --index-dir"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ManualragError(f"the manifest {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """One write transaction (BEGIN IMMEDIATE: takes the write lock up front, waits busy_timeout)."""
+        if self.readonly:
+            raise ManualragError(f"the manifest {self.path} was opened read-only")
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _TxCursor(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.conn.execute(sql, params).fetchall()
+
+    def _by_ids(self, table: str, ids: Iterable[str]) -> list[sqlite3.Row]:
+        uniq = list(dict.fromkeys(ids))
+        rows: list[sqlite3.Row] = []
+        for part in _chunks(uniq):
+            rows.extend(self._query(f"SELECT * FROM {table} WHERE id IN ({_marks(len(part))})", part))
+        return rows
+
+    # ------------------------------------------------------------------------------------------- meta
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0]["value"]) if rows else default
+
+    # ------------------------------------------------------------------------------------------ write
+    def begin_document(self, path: str) -> None:
+        """Mark ``path`` as being rewritten: its documents row goes (a crash from here on means "redo")."""
+        with self._tx() as c:
+            c.execute("DELETE FROM documents WHERE path = ?", (path,))
+
+    def vector_ids(self, path: str) -> dict[str, list[str]]:
+        """Ids the vector store may hold for ``path``'s rows, by record kind (text, sem, image, image_text)."""
+        out: dict[str, list[str]] = {"text": [], "sem": [], "image": [], "image_text": []}
+        for r in self._query("SELECT id, channel FROM windows WHERE doc_path = ? ORDER BY id", (path,)):
+            out["text" if r["channel"] == "clip" else "sem"].append(r["id"])
+        for r in self._query("SELECT id FROM figures WHERE doc_path = ? ORDER BY id", (path,)):
+            fid = r["id"]
+            out["image"].append(fid)
+            out["image_text"].append(f"{fid}:t")
+            out["sem"].append(f"{fid}:s")
+        return out
+
+    def all_vector_ids(self) -> dict[str, set[str]]:
+        """Every id the vector store may hold, by kind (for an orphan sweep of the store)."""
+        out: dict[str, set[str]] = {"text": set(), "sem": set(), "image": set(), "image_text": set()}
+        for r in self._query("SELECT id, channel FROM windows"):
+            out["text" if r["channel"] == "clip" else "sem"].add(r["id"])
+        for r in self._query("SELECT id FROM figures"):
+            fid = r["id"]
+            out["image"].add(fid)
+            out["image_text"].add(f"{fid}:t")
+            out["sem"].add(f"{fid}:s")
+        return out
+
+    def replace_rows(
+        self,
+        path: str,
+        passages: Sequence[Passage],
+        windows: Sequence[tuple[Window, str]],
+        figures: Sequence[tuple[str, Figure]],
+    ) -> None:
+        """Replace every passage, window, figure and lexical row of ``path`` (one transaction).
+
+        Boilerplate figures get rows (they have vectors) but no lexical row; suspect passages get both
+        (``passages.suspect`` says why a reader cannot see the text, so the retriever can mark or drop them).
+        """
+        for p in passages:
+            if p.doc_path != path:
+                raise ValueError(f"passage {p.passage_id} belongs to {p.doc_path!r}, not {path!r}")
+        for _, ch in windows:
+            if ch not in CHANNELS:
+                raise ValueError(f"window channel must be one of {CHANNELS}, got {ch!r}")
+        lexical: list[tuple[str, str, str, int, str, str, str]] = []
+        for p in passages:
+            lexical.append((p.passage_id, "passage", path, p.page, p.heading or "", "", p.text))
+        for fid, f in figures:
+            if f.boilerplate:
+                continue
+            labels = "\n".join(x for x in (" ".join(f.labels), f.ocr_text) if x.strip())
+            body = "\n".join(x for x in (f.nearby_text, f.heading) if x.strip())
+            lexical.append((fid, "figure", path, f.pages[0] if f.pages else 0, f.caption or "", labels, body))
+        with self._tx() as c:
+            self._delete_rows(c, path)
+            c.executemany(
+                "INSERT INTO passages(id, doc_path, page, bbox, heading, text, suspect, ocr) VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        p.passage_id,
+                        path,
+                        p.page,
+                        json.dumps(list(p.bbox)),
+                        p.heading or "",
+                        p.text,
+                        p.suspect,
+                        int(bool(p.ocr)),
+                    )
+                    for p in passages
+                ],
+            )
+            c.executemany(
+                "INSERT INTO windows(id, passage_id, doc_path, channel, text, n_tokens) VALUES (?,?,?,?,?,?)",
+                [(w.window_id, w.passage_id, path, ch, w.text, int(w.n_tokens)) for w, ch in windows],
+            )
+            c.executemany(
+                "INSERT INTO figures(id, doc_path, digest, kind, pages, bbox, width, height, dpi, caption,"
+                " nearby_text, labels, ocr_text, heading, quality, crop_path, boilerplate)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        fid,
+                        path,
+                        f.digest,
+                        f.kind,
+                        json.dumps(list(f.pages)),
+                        json.dumps(list(f.bbox)),
+                        int(f.width),
+                        int(f.height),
+                        float(f.dpi),
+                        f.caption or "",
+                        f.nearby_text or "",
+                        json.dumps(list(f.labels)),
+                        f.ocr_text or "",
+                        f.heading or "",
+                        f.quality or "ok",
+                        f.crop_path,
+                        int(bool(f.boilerplate)),
+                    )
+                    for fid, f in figures
+                ],
+            )
+            if lexical:
+                base = c.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM lexical_rows").fetchone()[0]
+                c.executemany(
+                    "INSERT INTO lexical_rows(rowid, doc_path) VALUES (?, ?)",
+                    [(base + i, path) for i in range(len(lexical))],
+                )
+                c.executemany(
+                    "INSERT INTO lexical(rowid, ref_id, ref_type, doc_path, page, caption, labels, body)"
+                    " VALUES (?,?,?,?,?,?,?,?)",
+                    [(base + i, *row) for i, row in enumerate(lexical)],
+                )
+
+    @staticmethod
+    def _delete_rows(c: _TxCursor, path: str) -> None:
+        rowids = [(r[0],) for r in c.execute("SELECT rowid FROM lexical_rows WHERE doc_path = ?", (path,))]
+        c.executemany("DELETE FROM lexical WHERE rowid = ?", rowids)
+        c.execute("DELETE FROM lexical_rows WHERE doc_path = ?", (path,))
+        for table in ("passages", "windows", "figures"):
+            c.execute(f"DELETE FROM {table} WHERE doc_path = ?", (path,))
+
+    def commit_document(self, row: DocRow) -> None:
+        """Record ``row.path`` as indexed (state 'ok'): the last write for a document."""
+        indexed_at = _iso(row.indexed_at) if row.indexed_at else _now()
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO documents(path, doc_id, digest, size, mtime, config_fp, file_type, n_pages,"
+                " title, warnings, clip_model, text_model, indexed_at, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'ok')",
+                (
+                    row.path,
+                    row.doc_id,
+                    row.digest,
+                    int(row.size),
+                    float(row.mtime),
+                    row.config_fp,
+                    row.file_type,
+                    int(row.n_pages),
+                    row.title or "",
+                    json.dumps(list(row.warnings)),
+                    row.clip_model,
+                    row.text_model,
+                    indexed_at,
+                ),
+            )
+        row.indexed_at, row.state = indexed_at, "ok"
+
+    def touch_document(self, path: str, size: int, mtime: float) -> None:
+        """Record a new size/mtime for a committed document whose content did not change."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE documents SET size = ?, mtime = ? WHERE path = ?", (int(size), float(mtime), path)
+            )
+
+    def set_models(self, path: str, clip_model: str | None, text_model: str | None) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE documents SET clip_model = ?, text_model = ? WHERE path = ?",
+                (clip_model, text_model, path),
+            )
+
+    def remove_document(self, path: str) -> None:
+        """Forget ``path`` entirely: documents row, passages, windows, figures, lexical rows, error."""
+        with self._tx() as c:
+            c.execute("DELETE FROM documents WHERE path = ?", (path,))
+            c.execute("DELETE FROM errors WHERE path = ?", (path,))
+            self._delete_rows(c, path)
+
+    def record_error(self, path: str, reason: str, stage: str) -> None:
+        reason = " ".join(str(reason).split())
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO errors(path, reason, stage, at) VALUES (?,?,?,?)",
+                (path, reason, stage, _now()),
+            )
+
+    def clear_error(self, path: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM errors WHERE path = ?", (path,))
+
+    # ------------------------------------------------------------------------------------------- read
+    def documents(self) -> dict[str, DocRow]:
+        """Committed documents by path."""
+        return {
+            r["path"]: _doc_row(r)
+            for r in self._query("SELECT * FROM documents WHERE state = 'ok' ORDER BY path")
+        }
+
+    def document(self, path: str) -> DocRow | None:
+        rows = self._query("SELECT * FROM documents WHERE path = ? AND state = 'ok'", (path,))
+        return _doc_row(rows[0]) if rows else None
+
+    def errors(self) -> dict[str, FileError]:
+        return {
+            r["path"]: FileError(r["path"], r["reason"], r["stage"])
+            for r in self._query("SELECT * FROM errors ORDER BY path")
+        }
+
+    def paths_with_rows(self) -> set[str]:
+        """Every path that has rows of any kind (committed or not): what a prune must consider."""
+        rows = self._query(
+            "SELECT path FROM documents UNION SELECT doc_path FROM passages UNION SELECT doc_path FROM windows"
+            " UNION SELECT doc_path FROM figures UNION SELECT doc_path FROM lexical_rows"
+        )
+        return {r[0] for r in rows}
+
+    def passages(self, ids: Iterable[str]) -> dict[str, Passage]:
+        return {
+            r["id"]: Passage(
+                passage_id=r["id"],
+                doc_path=r["doc_path"],
+                page=int(r["page"]),
+                bbox=tuple(float(v) for v in json.loads(r["bbox"])),  # type: ignore[arg-type]
+                heading=r["heading"],
+                text=r["text"],
+                suspect=r["suspect"],
+                ocr=bool(r["ocr"]),
+            )
+            for r in self._by_ids("passages", ids)
+        }
+
+    def windows(self, ids: Iterable[str]) -> dict[str, WindowRow]:
+        return {
+            r["id"]: WindowRow(
+                r["id"], r["passage_id"], r["doc_path"], r["channel"], r["text"], int(r["n_tokens"])
+            )
+            for r in self._by_ids("windows", ids)
+        }
+
+    def figures(self, ids: Iterable[str]) -> dict[str, FigureRow]:
+        return {r["id"]: _figure_row(r) for r in self._by_ids("figures", ids)}
+
+    def figures_on_page(self, doc_path: str, page: int) -> list[FigureRow]:
+        """Figures of ``doc_path`` shown on ``page`` (any of their pages), in id order."""
+        rows = self._query(
+            "SELECT * FROM figures WHERE doc_path = ? AND EXISTS"
+            " (SELECT 1 FROM json_each(figures.pages) WHERE json_each.value = ?) ORDER BY id",
+            (doc_path, int(page)),
+        )
+        return [_figure_row(r) for r in rows]
+
+    def figures_of_doc(self, doc_path: str) -> list[FigureRow]:
+        return [
+            _figure_row(r)
+            for r in self._query("SELECT * FROM figures WHERE doc_path = ? ORDER BY id", (doc_path,))
+        ]
+
+    def lexical_search(self, query: str, limit: int) -> list[tuple[str, str, float]]:
+        """BM25 over captions/headings, figure labels + OCR, and body text.
+
+        Returns ``(ref_type, ref_id, score)`` best first; ref_type is "passage" or "figure"; score is
+        ``-bm25`` (positive, larger is better). Any user text is safe (see :func:`query_terms`).
+        """
+        match = fts_query(query)
+        if not match or limit <= 0:
+            return []
+        rows = self._query(
+            "SELECT ref_type, ref_id, bm25(lexical, 0, 0, 0, 0, ?, ?, ?) AS s FROM lexical"
+            " WHERE lexical MATCH ? ORDER BY s LIMIT ?",
+            (W_CAPTION, W_LABELS, W_BODY, match, int(limit)),
+        )
+        return [(r["ref_type"], r["ref_id"], -float(r["s"])) for r in rows]
+
+    def stats(self) -> dict[str, Any]:
+        def one(sql: str) -> int:
+            return int(self._query(sql)[0][0] or 0)
+
+        return {
+            "documents": one("SELECT COUNT(*) FROM documents WHERE state = 'ok'"),
+            "pages": one("SELECT SUM(n_pages) FROM documents WHERE state = 'ok'"),
+            "passages": one("SELECT COUNT(*) FROM passages"),
+            "suspect_passages": one("SELECT COUNT(*) FROM passages WHERE suspect IS NOT NULL"),
+            "ocr_passages": one("SELECT COUNT(*) FROM passages WHERE ocr"),
+            "windows": {ch: one(f"SELECT COUNT(*) FROM windows WHERE channel = '{ch}'") for ch in CHANNELS},
+            "figures": {
+                r["kind"]: int(r["n"])
+                for r in self._query(
+                    "SELECT kind, COUNT(*) AS n FROM figures WHERE boilerplate = 0 GROUP BY kind ORDER BY kind"
+                )
+            },
+            "boilerplate": one("SELECT COUNT(*) FROM figures WHERE boilerplate"),
+            "errors": one("SELECT COUNT(*) FROM errors"),
+            "lexical_rows": one("SELECT COUNT(*) FROM lexical_rows"),
+        }
+
+    def crop_paths(self) -> set[str]:
+        """Crop files (relative to the index folder) that some figure row still uses."""
+        return {
+            r[0] for r in self._query("SELECT DISTINCT crop_path FROM figures WHERE crop_path IS NOT NULL")
+        }
+
+
+class _TxCursor:
+    """The connection inside a transaction (execute/executemany only)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        return self._conn.executemany(sql, rows)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a schema script (no semicolons inside statements here); comments dropped."""
+    lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

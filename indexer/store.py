@@ -1,0 +1,487 @@
+"""Vector store: Chroma, embedded (``index_dir/chroma``) or a server, one collection per record kind.
+
+Collections are named ``{prefix}-{kind}`` (``kind`` in :data:`KINDS`), use cosine space and carry
+``model``, ``dim`` and ``schema`` in their metadata; a collection built with another encoder is refused
+(:class:`EncoderMismatchError`), never mixed.
+
+Chroma traps handled here (chromadb 1.5.9):
+
+* its default embedding function downloads an ONNX model on first use, and ``embedding_function=None``
+  does **not** prevent the fallback: every write and query here passes embeddings explicitly, and every
+  collection handle is opened with ``embedding_function=None`` (``get_collection(name)`` without it
+  attaches the default function);
+* writes above ``client.get_max_batch_size()`` (5461) fail: writes are batched;
+* a ``where`` filter costs 20-100x an unfiltered query at 100k records: queries never filter, each record
+  kind has its own collection instead;
+* metadata values must be scalars by our rule (Chroma would take lists): checked before sending.
+
+``chromadb`` is imported lazily inside :meth:`VectorStore.open` (it is slow to import).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from indexer.errors import ConfigError, EncoderMismatchError, StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+KINDS = ("text", "image", "image_text", "sem")
+MAX_BATCH = 4096  # upper bound on records per write, below Chroma's own limit (5461 in 1.5.9)
+PAGE_SIZE = 4096  # ids per page when listing a collection
+MAX_RESULTS = 10_000  # most neighbours one query asks for
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,200}$")
+_ENV_RE = re.compile(r"\$\{([^}]*)\}")
+_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SCALARS = (str, int, float, bool)
+
+
+def expand_headers(headers: dict[str, str], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Replace ``${VAR}`` in header values by environment variables.
+
+    A missing variable raises :class:`StoreError` naming the header and the variable. Values are never
+    logged or put into a message.
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+
+        def sub(m: re.Match[str], name: str = name) -> str:
+            var = m.group(1)
+            if not _VAR_NAME_RE.match(var):
+                raise StoreError(
+                    f"store.headers['{name}']: '${{{var}}}' is not a valid environment variable name"
+                )
+            if var not in env:
+                raise StoreError(
+                    f"store.headers['{name}'] needs the environment variable {var}, which is not set"
+                )
+            return env[var]
+
+        out[name] = _ENV_RE.sub(sub, value)
+    return out
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """Split a store URL into HttpClient arguments: host, port, ssl (and a full-URL host for a path prefix)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"config key 'store.url' must start with http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise ConfigError(f"config key 'store.url' has no host: {url!r}")
+    if parts.username or parts.password:
+        raise ConfigError(
+            "config key 'store.url' must not hold credentials; put them in store.headers as ${VAR}"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"config key 'store.url' has a bad port: {url!r}") from None
+    ssl = parts.scheme == "https"
+    port = port or (443 if ssl else 80)
+    prefix = parts.path.rstrip("/")
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if prefix:
+        # chromadb takes a full URL as `host` and then appends /api/v2 to its path (port taken from the URL)
+        return {"host": f"{parts.scheme}://{host}:{port}{prefix}", "port": port, "ssl": ssl}
+    return {"host": parts.hostname, "port": port, "ssl": ssl}
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _clean_metadata(meta: dict[str, Any], record_id: str) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if value is None:
+            continue
+        if isinstance(value, np.generic):
+            value = value.item()
+        if not isinstance(value, _SCALARS):
+            raise ValueError(
+                f"metadata '{key}' of record {record_id} must be a str, int, float or bool, "
+                f"got {type(value).__name__} (store lists as JSON strings)"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"metadata '{key}' of record {record_id} is not a finite number")
+        out[key] = value
+    return out or None  # Chroma refuses an empty dict
+
+
+class VectorStore:
+    """Chroma collections ``{prefix}-{kind}`` of one index. Use :meth:`open`."""
+
+    def __init__(self, client: Any, prefix: str, where: str):
+        self._client = client
+        self.prefix = prefix
+        self.where = where  # "embedded folder PATH" or "server URL": for messages
+        self._cols: dict[str, Any] = {}
+        self._max_batch: int | None = None
+        from chromadb.errors import ChromaError, NotFoundError
+
+        self._ChromaError = ChromaError
+        self._NotFoundError = NotFoundError
+
+    # ------------------------------------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, index_dir: Path, cfg: dict[str, Any]) -> VectorStore:
+        """Open the embedded store (``cfg['store']['url']`` null) or connect to a Chroma server."""
+        scfg = cfg["store"]
+        prefix = scfg["collection"]
+        if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix) or not prefix[-1].isalnum():
+            raise ConfigError(
+                f"config key 'store.collection' must be 2-200 characters from [A-Za-z0-9._-], starting and "
+                f"ending with a letter or digit, got {prefix!r}"
+            )
+        import chromadb
+        from chromadb.config import Settings
+
+        url = scfg.get("url")
+        if not url:
+            path = Path(index_dir) / "chroma"
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                client = chromadb.PersistentClient(
+                    path=str(path),
+                    settings=Settings(anonymized_telemetry=False, allow_reset=True),
+                    tenant=scfg.get("tenant", "default_tenant"),
+                    database=scfg.get("database", "default_database"),
+                )
+            except Exception as exc:  # noqa: BLE001 - any failure here means the folder is unusable
+                raise StoreError(f"cannot open the Chroma store in {path}: {_one_line(exc)}") from exc
+            return cls(client, prefix, f"embedded store {path}")
+
+        args = parse_url(url)
+        headers = expand_headers(dict(scfg.get("headers") or {}))
+        try:
+            client = chromadb.HttpClient(
+                host=args["host"],
+                port=args["port"],
+                ssl=args["ssl"],
+                headers=headers or None,
+                tenant=scfg.get("tenant", "default_tenant"),
+                database=scfg.get("database", "default_database"),
+                settings=Settings(anonymized_telemetry=False),
+            )
+            client.heartbeat()
+        except Exception as exc:  # noqa: BLE001 - connection, TLS, auth proxy, unknown tenant...
+            import httpx
+
+            reason = _one_line(exc)
+            if isinstance(exc, httpx.TransportError) or "Could not connect to a Chroma server" in reason:
+                raise StoreError(
+                    f"cannot reach the Chroma server at {url}: is the server running? ({reason})"
+                ) from exc
+            raise StoreError(
+                f"the Chroma server at {url} refused the connection: {reason} "
+                "(check store.tenant, store.database and store.headers)"
+            ) from exc
+        log.debug("connected to Chroma server %s (%d header(s))", url, len(headers))
+        return cls(client, prefix, f"server {url}")
+
+    def close(self) -> None:
+        self._cols.clear()
+        client, self._client = self._client, None
+        if client is not None and hasattr(client, "close"):
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing must not mask the caller's error
+                log.debug("closing the Chroma client failed", exc_info=True)
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------------- collections
+    def name(self, kind: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
+        return f"{self.prefix}-{kind}"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise StoreError("the vector store is closed")
+        return self._client
+
+    def max_batch(self) -> int:
+        if self._max_batch is None:
+            self._max_batch = max(1, min(MAX_BATCH, int(self._wrap(self.client.get_max_batch_size))))
+        return self._max_batch
+
+    def _wrap(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call Chroma; connection and server failures become a one-line StoreError."""
+        import httpx
+
+        try:
+            return fn(*args, **kwargs)
+        except self._NotFoundError:
+            raise
+        except (httpx.TransportError, self._ChromaError) as exc:
+            raise StoreError(f"Chroma {self.where} failed: {_one_line(exc)}") from exc
+
+    def get(self, kind: str) -> Any | None:
+        """The collection of ``kind``, or None when it does not exist."""
+        name = self.name(kind)
+        col = self._cols.get(kind)
+        if col is not None:
+            return col
+        try:
+            col = self._wrap(self.client.get_collection, name, embedding_function=None)
+        except self._NotFoundError:
+            return None
+        except ValueError as exc:  # older clients raise ValueError("Collection ... does not exist")
+            if "does not exist" in str(exc):
+                return None
+            raise
+        self._cols[kind] = col
+        return col
+
+    def model_of(self, kind: str) -> tuple[str, int] | None:
+        """(model id, dimension) recorded on the collection, or None when it does not exist."""
+        col = self.get(kind)
+        if col is None:
+            return None
+        meta = col.metadata or {}
+        if "model" not in meta or "dim" not in meta:
+            return None
+        return str(meta["model"]), int(meta["dim"])
+
+    def ensure(self, kind: str, model_id: str, dim: int) -> Any:
+        """Create the collection of ``kind`` or open it, refusing one built with another model or dimension."""
+        dim = int(dim)
+        col = self.get(kind)
+        if col is None:
+            name = self.name(kind)
+            meta = {"model": model_id, "dim": dim, "schema": SCHEMA_VERSION}
+            col = self._wrap(
+                self.client.get_or_create_collection,
+                name,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata=meta,
+                embedding_function=None,
+            )
+            self._cols[kind] = col
+        self._check(kind, col, model_id, dim)
+        return col
+
+    def _check(self, kind: str, col: Any, model_id: str, dim: int) -> None:
+        meta = col.metadata or {}
+        name = self.name(kind)
+        if "model" not in meta or "dim" not in meta:
+            raise StoreError(
+                f"collection {name} in the {self.where} was not made by manualrag (no model/dim metadata); "
+                "choose another store.collection prefix"
+            )
+        if int(meta.get("schema", 0)) != SCHEMA_VERSION:
+            raise StoreError(
+                f"collection {name} has schema {meta.get('schema')}, this manualrag writes schema "
+                f"{SCHEMA_VERSION}: rebuild it (`manualrag reset`) or use a new --index-dir"
+            )
+        if meta["model"] != model_id or int(meta["dim"]) != dim:
+            raise EncoderMismatchError(
+                f"collection {name} was built with {meta['model']} (dim {meta['dim']}), not {model_id} "
+                f"(dim {dim}); index into a new --index-dir (or another store.collection) or run "
+                "`manualrag reset` to rebuild with the new model"
+            )
+        space = _space_of(col)
+        if space is not None and space != "cosine":
+            raise StoreError(
+                f"collection {name} uses the {space} space, expected cosine; run `manualrag reset`"
+            )
+
+    def _require(self, kind: str) -> Any:
+        col = self.get(kind)
+        if col is None:
+            raise StoreError(
+                f"collection {self.name(kind)} does not exist in the {self.where} (call ensure first)"
+            )
+        return col
+
+    def _dim(self, col: Any) -> int | None:
+        meta = col.metadata or {}
+        return int(meta["dim"]) if "dim" in meta else None
+
+    def _retry_stale(self, kind: str, op: Any) -> Any:
+        """Run ``op(collection)``; when the cached handle went stale (collection re-created), re-open once."""
+        try:
+            return op(self._require(kind))
+        except self._NotFoundError:
+            self._cols.pop(kind, None)
+            try:
+                return op(self._require(kind))
+            except self._NotFoundError as exc:
+                raise StoreError(f"collection {self.name(kind)} vanished from the {self.where}") from exc
+
+    # ---------------------------------------------------------------------------------------------- write
+    def upsert(
+        self,
+        kind: str,
+        ids: Sequence[str],
+        embeddings: np.ndarray,
+        metadatas: Sequence[dict[str, Any]],
+        documents: Sequence[str] | None = None,
+    ) -> None:
+        """Insert or replace records (batched under the client's max batch size)."""
+        ids = list(ids)
+        n = len(ids)
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != n:
+            raise ValueError(f"embeddings must have shape ({n}, dim), got {emb.shape}")
+        if len(metadatas) != n or (documents is not None and len(documents) != n):
+            raise ValueError("ids, embeddings, metadatas and documents must have the same length")
+        if len(set(ids)) != n:
+            raise ValueError("duplicate ids in one upsert")
+        if n == 0:
+            return
+        if not np.isfinite(emb).all():
+            raise ValueError("embeddings contain NaN or infinite values")
+        metas = [_clean_metadata(m, i) for m, i in zip(metadatas, ids, strict=True)]
+        col0 = self._require(kind)
+        dim = self._dim(col0)
+        if dim is not None and emb.shape[1] != dim:
+            raise ValueError(f"{self.name(kind)} holds {dim}-d vectors, got {emb.shape[1]}-d embeddings")
+        docs = list(documents) if documents is not None else None
+        for sl in _batches(n, self.max_batch()):
+
+            def op(col: Any, sl: slice = sl) -> None:
+                self._wrap(
+                    col.upsert,
+                    ids=ids[sl],
+                    embeddings=emb[sl],
+                    metadatas=metas[sl],
+                    documents=docs[sl] if docs is not None else None,
+                )
+
+            self._retry_stale(kind, op)
+
+    def delete(self, kind: str, ids: Sequence[str]) -> None:
+        """Delete records by id (absent ids and an absent collection are fine)."""
+        ids = list(dict.fromkeys(ids))
+        if not ids or self.get(kind) is None:
+            return
+        for sl in _batches(len(ids), self.max_batch()):
+            self._retry_stale(kind, lambda col, sl=sl: self._wrap(col.delete, ids=ids[sl]))
+
+    def drop_all(self) -> list[str]:
+        """Delete this index's collections (``{prefix}-{kind}``) and nothing else; returns the names dropped."""
+        dropped = []
+        for kind in KINDS:
+            if self.get(kind) is None:
+                continue
+            name = self.name(kind)
+            try:
+                self._wrap(self.client.delete_collection, name)
+            except self._NotFoundError:
+                pass
+            self._cols.pop(kind, None)
+            dropped.append(name)
+        return dropped
+
+    # ----------------------------------------------------------------------------------------------- read
+    def count(self, kind: str) -> int:
+        col = self.get(kind)
+        if col is None:
+            return 0
+        return int(self._retry_stale(kind, lambda c: self._wrap(c.count)))
+
+    def all_ids(self, kind: str) -> list[str]:
+        """Every record id of ``kind`` (paged)."""
+        col = self.get(kind)
+        if col is None:
+            return []
+        out: list[str] = []
+        offset = 0
+        while True:
+            res = self._retry_stale(
+                kind, lambda c, o=offset: self._wrap(c.get, include=[], limit=PAGE_SIZE, offset=o)
+            )
+            page = res["ids"]
+            out.extend(page)
+            if len(page) < PAGE_SIZE:
+                return out
+            offset += len(page)
+
+    def query(self, kind: str, embedding: np.ndarray, n: int) -> list[list[tuple[str, float]]]:
+        """Nearest records to each query vector: one list of (id, cosine similarity) per query row.
+
+        ``embedding`` is one vector ``(dim,)`` or a batch ``(m, dim)``; ``n`` is clamped to the collection
+        size; an absent or empty collection gives an empty list per query row. No metadata filter: a
+        ``where`` costs 20-100x an unfiltered query.
+        """
+        res = self._query(kind, embedding, n, with_meta=False)
+        return [[(rid, 1.0 - float(d)) for rid, d in zip(ids, dists, strict=True)] for ids, dists, _ in res]
+
+    def query_meta(self, kind: str, embedding: np.ndarray, n: int) -> list[tuple[str, float, dict[str, Any]]]:
+        """Like :meth:`query` for ONE vector, with each record's metadata: [(id, cosine similarity, metadata)]."""
+        q = np.asarray(embedding, dtype=np.float32)
+        if q.ndim == 2 and q.shape[0] == 1:
+            q = q[0]
+        if q.ndim != 1:
+            raise ValueError(f"query_meta takes one vector (dim,), got shape {np.shape(embedding)}")
+        ids, dists, metas = self._query(kind, q, n, with_meta=True)[0]
+        return [(rid, 1.0 - float(d), dict(m or {})) for rid, d, m in zip(ids, dists, metas, strict=True)]
+
+    def _query(
+        self, kind: str, embedding: np.ndarray, n: int, with_meta: bool
+    ) -> list[tuple[list, list, list]]:
+        q = np.asarray(embedding, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[0] == 0:
+            raise ValueError(f"query embedding must have shape (dim,) or (m, dim), got {np.shape(embedding)}")
+        if not np.isfinite(q).all():
+            raise ValueError("query embedding contains NaN or infinite values")
+        empty: list[tuple[list, list, list]] = [([], [], []) for _ in range(q.shape[0])]
+        col = self.get(kind)
+        if col is None or n <= 0:
+            return empty
+        dim = self._dim(col)
+        if dim is not None and q.shape[1] != dim:
+            raise ValueError(f"{self.name(kind)} holds {dim}-d vectors, got a {q.shape[1]}-d query")
+        # chromadb 1.5.x answers n_results above the collection size (or an empty collection) with what it
+        # has, so the clamp costs no count() round trip (1-2 ms); only absurd n are capped here
+        k = min(int(n), MAX_RESULTS)
+        include = ["distances", "metadatas"] if with_meta else ["distances"]
+        res = self._retry_stale(
+            kind, lambda c: self._wrap(c.query, query_embeddings=q, n_results=k, include=include)
+        )
+        metas = res.get("metadatas") if with_meta else None
+        return [
+            (ids, dists, metas[i] if metas else [None] * len(ids))
+            for i, (ids, dists) in enumerate(zip(res["ids"], res["distances"], strict=True))
+        ]
+
+
+def _space_of(col: Any) -> str | None:
+    try:
+        conf = col.configuration_json or {}
+        space = (conf.get("hnsw") or {}).get("space")
+        if space:
+            return str(space)
+    except Exception:  # noqa: BLE001 - the configuration layout is version dependent
+        pass
+    meta = col.metadata or {}
+    return meta.get("hnsw:space")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:299] + "…"
