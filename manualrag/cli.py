@@ -245,11 +245,11 @@ def _print_summary(s: Any) -> None:
 @click.pass_obj
 def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool) -> None:
     """Describe an index: documents, pages, records by kind, figures, models, size on disk."""
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     from indexer.errors import IndexNotFoundError
     from indexer.manifest import Manifest
     from indexer.store import VectorStore
 
-    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     idir = Path(cfg["index_dir"])
     db = idir / "index.sqlite"
     if not db.exists():
@@ -293,10 +293,10 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
 @click.pass_obj
 def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: str | None) -> None:
     """Remove documents (paths relative to the library, or folders) from the index."""
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     from indexer.manifest import Manifest
     from indexer.pipeline import Indexer
 
-    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     idir = Path(cfg["index_dir"])
     m = Manifest(idir / "index.sqlite", readonly=True)
     library = m.get_meta("library")
@@ -325,12 +325,12 @@ def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: s
 @click.pass_obj
 def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> None:
     """Delete the whole index (vectors, manifest, lexical index, crops)."""
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     import shutil
 
     from indexer.lock import IndexLock
     from indexer.store import VectorStore
 
-    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     idir = Path(cfg["index_dir"])
     if not yes and not click.confirm(f"Delete the index in {idir}?", default=False):
         sys.exit(EXIT_USAGE)

@@ -16,44 +16,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
 
-import gzip  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-BPE_VOCAB = ASSETS / "bpe_simple_vocab_16e6.txt.gz"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """OpenAI CLIP / GPT-2 byte → printable character table."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
-def build_clip_tokenizer(model_max_length: int = 77):
-    """The real CLIP tokenizer (49,408 tokens) from the BPE merges file; ids match OpenAI's SimpleTokenizer."""
-    from transformers import CLIPTokenizer
-
-    lines = gzip.open(BPE_VOCAB).read().decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]  # 48,894 merges (OpenAI's slice)
-    base = list(_bytes_to_unicode().values())
-    vocab_list = base + [v + "</w>" for v in base] + ["".join(m.split()) for m in merges]
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {t: i for i, t in enumerate(vocab_list)}
-    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
-    tok.model_max_length = model_max_length
-    return tok
+from tests.models import build_clip, build_clip_tokenizer, build_siglip  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -85,83 +52,17 @@ def clip_tokenizer(clip_tokenizer_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer_dir: Path) -> Path:
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer) -> Path:
     """A tiny random CLIPModel (projection dim 32, 77 text positions) + CLIPProcessor, save_pretrained'd."""
-    import torch
-    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-        ),
-        vision_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=224,
-            patch_size=32,
-        ),
-        projection_dim=32,
-    )
-    out = tmp_path_factory.mktemp("tiny-clip")
-    CLIPModel(cfg).eval().save_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(clip_tokenizer_dir)
-    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tok).save_pretrained(out)
-    return out
+    return build_clip(tmp_path_factory.mktemp("tiny-clip"), "tiny", tokenizer=clip_tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer_dir: Path) -> Path:
-    """A tiny random SiglipModel (64 text positions) whose processor carries the CLIP tokenizer.
+    """A tiny random SiglipModel (64 text positions) whose processor carries the CLIP tokenizer."""
+    from transformers import AutoTokenizer
 
-    (SigLIP's own sentencepiece tokenizer cannot be had offline; v5's SiglipProcessor takes any tokenizer.)
-    """
-    import torch
-    from transformers import AutoTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
-    from transformers.utils import logging as transformers_logging
-
-    tok = AutoTokenizer.from_pretrained(clip_tokenizer_dir)
-    tok.model_max_length = 64
-    torch.manual_seed(0)
-    cfg = SiglipConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=64,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        ),
-        vision_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=224,
-            patch_size=32,
-        ),
-    )
-    out = tmp_path_factory.mktemp("tiny-siglip")
-    # save_pretrained diffs against a default SiglipTextConfig (vocab 32000, bos 49406), which warns about
-    # token ids outside *that* vocabulary; ours are inside 49408
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        SiglipModel(cfg).eval().save_pretrained(out)
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-    SiglipProcessor(image_processor=SiglipImageProcessor(), tokenizer=tok).save_pretrained(out)
-    return out
+    return build_siglip(tmp_path_factory.mktemp("tiny-siglip"), tokenizer=AutoTokenizer.from_pretrained(clip_tokenizer_dir))
 
 
 @pytest.fixture(scope="session")

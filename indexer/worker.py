@@ -1,0 +1,243 @@
+"""Isolated extraction: each document is parsed in a worker process with a time and memory limit.
+
+MuPDF, Pillow and tesseract parse untrusted files; a native crash (SIGSEGV/abort), a hang or a memory blow-up
+in one of them must cost only that file. The parent keeps the model and the store; workers only extract.
+
+Protocol (JSON lines, never pickle): the parent writes the config once, then one request per document
+``{"path": ..., "rel": ...}``; the worker answers ``{"ok": true, "doc": {...}}`` or
+``{"ok": false, "reason": "..."}``. Figure crops are written by the worker into ``<index>/crops/<digest>.png``
+(names are content digests, never taken from the document), so large images do not travel through the pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from indexer.models import Document, FileError
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------- worker side
+def _write_crops(doc: Document, index_dir: Path) -> None:
+    crops = index_dir / "crops"
+    crops.mkdir(parents=True, exist_ok=True)
+    for fig in doc.figures + doc.boilerplate:
+        if fig.png is None:
+            continue
+        if not all(c in "0123456789abcdef" for c in fig.digest) or not 32 <= len(fig.digest) <= 64:
+            raise ValueError("figure digest is not a hex digest")  # never let document content name a file
+        dest = crops / f"{fig.digest}.png"
+        if not dest.exists():
+            tmp = crops / f".{fig.digest}.{os.getpid()}.tmp"
+            tmp.write_bytes(fig.png)
+            os.replace(tmp, dest)
+        fig.crop_path = f"crops/{fig.digest}.png"
+        fig.png = None
+
+
+def worker_main() -> None:
+    # keep the protocol channel private: anything a library prints to stdout goes to stderr instead
+    proto = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    from indexer.errors import ExtractionError, ManualragError
+    from indexer.extract import extract_file
+
+    cfg: dict[str, Any] = json.loads(sys.stdin.readline())
+    index_dir = Path(cfg.pop("__index_dir"))
+    ocr = None
+    if cfg["ocr"]["enabled"]:
+        from indexer.ocr import OcrEngine
+
+        ocr = OcrEngine(cfg, cache_path=index_dir / "ocr_cache.sqlite")
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            doc = extract_file(Path(req["path"]), req["rel"], cfg, ocr=ocr)
+            _write_crops(doc, index_dir)
+            resp: dict[str, Any] = {"ok": True, "doc": doc.to_dict(with_png=False)}
+        except ExtractionError as exc:
+            resp = {"ok": False, "reason": exc.reason}
+        except ManualragError as exc:
+            resp = {"ok": False, "reason": str(exc), "fatal": True}
+        except MemoryError:
+            resp = {"ok": False, "reason": f"out of memory (limit {cfg['isolation']['memory_mb']} MiB)"}
+        except RecursionError:
+            resp = {"ok": False, "reason": "document structure too deeply nested"}
+        except Exception as exc:  # any other library error: this file fails, the worker goes on
+            resp = {"ok": False, "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+        proto.write(json.dumps(resp) + "\n")
+        proto.flush()
+
+
+# ---------------------------------------------------------------------------------------- parent side
+def _limits(memory_mb: int):
+    def apply() -> None:
+        import resource
+
+        os.setsid()  # own process group: a kill reaches tesseract children too
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+class _Worker:
+    def __init__(self, cfg: dict[str, Any], index_dir: Path):
+        env = dict(os.environ, OMP_THREAD_LIMIT="1", PYTHONFAULTHANDLER="0")
+        quiet = not log.isEnabledFor(logging.DEBUG)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "indexer.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if quiet else None,
+            preexec_fn=_limits(cfg["isolation"]["memory_mb"]),
+            env=env,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        self.send({**cfg, "__index_dir": str(index_dir.resolve())})
+
+    def send(self, obj: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.alive():
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.kill()
+
+
+def _death_reason(rc: int | None, memory_mb: int) -> str:
+    if rc is None:
+        return "extraction worker stopped"
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        if name == "SIGKILL":
+            return f"extraction worker was killed (out of memory? limit {memory_mb} MiB)"
+        return f"extraction crashed ({name})"
+    return f"extraction worker exited with code {rc}"
+
+
+class WorkerPool:
+    """N extraction workers; documents go to whichever is free; a dead or hung worker is replaced."""
+
+    def __init__(self, cfg: dict[str, Any], index_dir: Path, n: int | None = None):
+        self.cfg = cfg
+        self.index_dir = index_dir
+        self.n = n or cfg["isolation"]["workers"] or os.cpu_count() or 1
+        self.timeout = cfg["isolation"]["timeout_s"]
+        self.memory_mb = cfg["isolation"]["memory_mb"]
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def _get(self) -> _Worker:
+        try:
+            w = self._idle.get_nowait()
+            if w.alive():
+                return w
+        except queue.Empty:
+            pass
+        w = _Worker(self.cfg, self.index_dir)
+        with self._lock:
+            self._all.append(w)
+        return w
+
+    def extract(self, path: Path, rel: str) -> Document | FileError:
+        w = self._get()
+        timed_out = threading.Event()
+
+        def on_timeout() -> None:
+            timed_out.set()
+            w.kill()
+
+        timer = threading.Timer(self.timeout, on_timeout)
+        timer.start()
+        try:
+            try:
+                w.send({"path": str(path), "rel": rel})
+                assert w.proc.stdout is not None
+                line = w.proc.stdout.readline()
+            except (BrokenPipeError, OSError):
+                line = b""
+        finally:
+            timer.cancel()
+        if not line:
+            rc = w.proc.wait()
+            if timed_out.is_set():
+                return FileError(rel, f"extraction timed out after {self.timeout} s")
+            return FileError(rel, _death_reason(rc, self.memory_mb))
+        self._idle.put(w)
+        resp = json.loads(line)
+        if not resp["ok"]:
+            if resp.get("fatal"):
+                from indexer.errors import ManualragError
+
+                raise ManualragError(resp["reason"])
+            return FileError(rel, resp["reason"])
+        return Document.from_dict(resp["doc"])
+
+    def imap(self, items: Iterable[tuple[Any, Path, str]]) -> Iterator[tuple[Any, Document | FileError, float]]:
+        """Extract items (key, path, rel) with up to N in flight; yields (key, result, seconds) as they finish."""
+        items = list(items)
+        with ThreadPoolExecutor(max_workers=self.n) as ex:
+            pending: dict[Future, tuple[Any, float]] = {}
+            it = iter(items)
+
+            def submit_next() -> bool:
+                try:
+                    key, path, rel = next(it)
+                except StopIteration:
+                    return False
+                pending[ex.submit(self.extract, path, rel)] = (key, time.perf_counter())
+                return True
+
+            for _ in range(self.n):
+                if not submit_next():
+                    break
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    key, t0 = pending.pop(fut)
+                    yield key, fut.result(), time.perf_counter() - t0
+                    submit_next()
+
+    def close(self) -> None:
+        for w in self._all:
+            w.close()
+
+
+if __name__ == "__main__":
+    worker_main()

@@ -1,0 +1,375 @@
+"""Search an index: per-channel retrieval, fusion, one hit per thing, linked context ("small-to-big").
+
+Channels (names used by ``--channels``):
+  dense    the CLIP channels: query text -> text windows, -> figure pixels, -> figure label texts
+           (with ``--image FILE``: query image -> figure pixels and -> text windows)
+  text     the semantic text model: query -> passage windows and figure texts
+  lexical  BM25 (SQLite FTS5) over passages, figure captions, OCR'd labels and nearby text
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from indexer.errors import IndexNotFoundError, ManualragError
+from indexer.manifest import Manifest
+from retriever.fusion import Fused, Key, rrf
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("dense", "text", "lexical")
+# sub-channels fused by rank; their weights (documented in the README, "How results are ranked")
+WEIGHTS = {
+    "lexical": 1.0,
+    "text": 1.0,
+    "dense_text": 0.5,
+    "dense_image": 0.5,
+    "dense_label": 0.5,
+    "image_image": 1.0,
+    "image_text": 0.5,
+}
+
+_FIG_REF = re.compile(r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I)
+
+
+@dataclass
+class LinkedFigure:
+    figure_id: str
+    page: int
+    caption: str
+    crop_path: str | None
+
+
+@dataclass
+class Hit:
+    rank: int
+    kind: str  # "text" | "image"
+    score: float
+    path: str  # file, relative to the library
+    page: int  # first page
+    pages: list[int]
+    channels: dict[str, int]  # channel -> rank at which it found this
+    id: str  # passage id or figure id
+    heading: str = ""
+    text: str = ""  # text hit: the parent passage; image hit: caption + labels
+    snippet: str = ""
+    suspect: str | None = None
+    # image hits
+    figure_kind: str | None = None
+    caption: str = ""
+    labels: list[str] = field(default_factory=list)
+    ocr_text: str = ""
+    nearby_text: str = ""
+    crop_path: str | None = None  # absolute path of the PNG crop
+    bbox: list[float] | None = None
+    quality: str | None = None
+    # text hits: figures on the same page or referenced from the passage
+    figures: list[LinkedFigure] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    query: str
+    hits: list[Hit]
+    channels_used: list[str]
+    timings_ms: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+
+def _terms(query: str) -> list[str]:
+    return [t for t in re.findall(r"[\w][\w.\-/]*", query.lower()) if len(t) > 1]
+
+
+def make_snippet(text: str, query: str, width: int = 240) -> str:
+    """A window of the passage around the densest query-term area, terms marked with **."""
+    terms = [t for t in _terms(query) if len(t) > 2]
+    flat = " ".join(text.split())
+    if not terms:
+        return flat[:width]
+    low = flat.lower()
+    positions = [m.start() for t in terms for m in re.finditer(re.escape(t), low)]
+    start = 0
+    if positions:
+        best = max(positions, key=lambda p: sum(1 for q in positions if p <= q < p + width))
+        start = max(0, best - width // 4)
+    piece = flat[start : start + width]
+    for t in sorted(set(terms), key=len, reverse=True):
+        piece = re.sub(rf"(?i)(?<!\*)\b({re.escape(t)}\w*)", r"**\1**", piece)
+    return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
+
+
+class Retriever:
+    """Loads the index and its encoders once; answers many queries."""
+
+    def __init__(self, index_dir: Path, cfg: dict[str, Any], manifest: Manifest, store: Any, models: dict[str, Any]):
+        self.index_dir = index_dir
+        self.cfg = cfg
+        self.manifest = manifest
+        self.store = store
+        self.models = models  # what the index was built with: {"clip": id|None, "text": id|None}
+        self._clip = None
+        self._text = None
+        self._clip_failed: str | None = None
+        self._text_failed: str | None = None
+
+    @classmethod
+    def open(cls, index_dir: Path | str, cfg: dict[str, Any] | None = None) -> Retriever:
+        from indexer.config import load_config
+        from indexer.store import VectorStore
+
+        cfg = cfg or load_config()
+        index_dir = Path(index_dir)
+        db = index_dir / "index.sqlite"
+        if not db.exists():
+            raise IndexNotFoundError(
+                f"no index in {index_dir} (missing {db.name}); build one with `manualrag index LIBRARY --index-dir {index_dir}`"
+            )
+        manifest = Manifest(db, readonly=True)
+        store = VectorStore.open(index_dir, cfg)
+        models = manifest.get_meta("models") or {}
+        return cls(index_dir, cfg, manifest, store, models)
+
+    def close(self) -> None:
+        self.store.close()
+        self.manifest.close()
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------- models
+    def _clip_encoder(self, required: bool):
+        if self._clip is not None or self._clip_failed:
+            if self._clip is None and required:
+                raise ManualragError(self._clip_failed)
+            return self._clip
+        model = self.cfg.get("query_model") or self.models.get("clip")
+        if not model or self.store.get("image") is None:
+            self._clip_failed = "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
+            if required:
+                raise ManualragError(self._clip_failed)
+            return None
+        from indexer.encoder import ClipEncoder
+        from indexer.errors import ModelUnavailableError
+
+        try:
+            self._clip = ClipEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+        except ModelUnavailableError as exc:
+            self._clip_failed = str(exc)
+            if required:
+                raise
+            log.warning("dense channels off: %s", str(exc).splitlines()[0])
+        return self._clip
+
+    def _text_encoder(self, required: bool):
+        if self._text is not None or self._text_failed:
+            if self._text is None and required:
+                raise ManualragError(self._text_failed)
+            return self._text
+        model = self.models.get("text")
+        if not model or self.store.get("sem") is None:
+            self._text_failed = "the index has no text-model vectors; use --channels lexical or dense"
+            if required:
+                raise ManualragError(self._text_failed)
+            return None
+        from indexer.encoder import TextEncoder
+        from indexer.errors import ModelUnavailableError
+
+        try:
+            self._text = TextEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+        except ModelUnavailableError as exc:
+            self._text_failed = str(exc)
+            if required:
+                raise
+            log.warning("text channel off: %s", str(exc).splitlines()[0])
+        return self._text
+
+    # ------------------------------------------------------------------------------------------- search
+    def search(
+        self,
+        text: str | None = None,
+        image: str | Path | bytes | None = None,
+        k: int | None = None,
+        modality: str = "all",
+        channels: list[str] | None = None,
+        source: str | None = None,
+    ) -> SearchResult:
+        if not text and image is None:
+            raise ManualragError("give a query text, an --image, or both")
+        if modality not in ("all", "text", "image"):
+            raise ManualragError(f"--modality must be all, text or image, not {modality!r}")
+        explicit = channels is not None
+        channels = list(channels or CHANNELS)
+        for c in channels:
+            if c not in CHANNELS:
+                raise ManualragError(f"unknown channel {c!r}: choose from {', '.join(CHANNELS)}")
+        k = k or self.cfg["retrieve"]["k"]
+        n = max(self.cfg["retrieve"]["candidates"], 3 * k)
+        timings: dict[str, float] = {"encode": 0.0, "search": 0.0, "fusion": 0.0}
+        rankings: dict[str, list[Key]] = {}
+        notes: list[str] = []
+        used: list[str] = []
+
+        if "lexical" in channels and text:
+            t0 = time.perf_counter()
+            rankings["lexical"] = [(t, i) for t, i, _ in self.manifest.lexical_search(text, n)]
+            timings["search"] += time.perf_counter() - t0
+            used.append("lexical")
+
+        if "dense" in channels:
+            clip = self._clip_encoder(required=explicit)
+            if clip is None:
+                notes.append("dense channels off: " + (self._clip_failed or "").splitlines()[0])
+            else:
+                used.append("dense")
+                if text:
+                    t0 = time.perf_counter()
+                    q = clip.embed_texts([clip.fit(text)])[0]
+                    timings["encode"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    rankings["dense_text"] = self._refs("text", q, n)
+                    rankings["dense_image"] = self._refs("image", q, n)
+                    rankings["dense_label"] = self._refs("image_text", q, n)
+                    timings["search"] += time.perf_counter() - t0
+                if image is not None:
+                    t0 = time.perf_counter()
+                    qi = clip.embed_images([_read_image(image)])[0]
+                    timings["encode"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    rankings["image_image"] = self._refs("image", qi, n)
+                    rankings["image_text"] = self._refs("text", qi, n)
+                    timings["search"] += time.perf_counter() - t0
+
+        if "text" in channels and text:
+            enc = self._text_encoder(required=explicit)
+            if enc is None:
+                if self.models.get("text"):
+                    notes.append("text channel off: " + (self._text_failed or "").splitlines()[0])
+            else:
+                used.append("text")
+                t0 = time.perf_counter()
+                q = enc.embed_texts([enc.fit(text) if hasattr(enc, "fit") else text])[0]
+                timings["encode"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                rankings["text"] = self._refs("sem", q, n)
+                timings["search"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        fused = rrf(rankings, WEIGHTS, k=self.cfg["retrieve"]["rrf_k"])
+        hits = self._hits(fused, text or "", k, modality, source)
+        timings["fusion"] += time.perf_counter() - t0
+        return SearchResult(
+            query=text or f"<image {image if isinstance(image, (str, Path)) else 'bytes'}>",
+            hits=hits,
+            channels_used=used,
+            timings_ms={key: round(v * 1000, 2) for key, v in timings.items()},
+            notes=notes,
+        )
+
+    def _refs(self, kind: str, vec: Any, n: int) -> list[Key]:
+        """Vector search in one collection, mapped to the things (passages/figures) the vectors belong to."""
+        rows = self.store.query_meta(kind, vec, n) if hasattr(self.store, "query_meta") else None
+        if rows is None:
+            ids = [i for i, _ in (self.store.query(kind, vec, n) or [[]])[0]]
+            return [self._ref_of(kind, i) for i in ids]
+        return [("figure" if m.get("kind") in ("image", "image_text") else "passage", m["ref"]) for _, _, m in rows]
+
+    @staticmethod
+    def _ref_of(kind: str, vid: str) -> Key:
+        if kind in ("image",):
+            return ("figure", vid)
+        if kind == "image_text":
+            return ("figure", vid.removesuffix(":t"))
+        # text windows "{passage_id}:w3"; sem vectors: windows "{passage_id}:s0" or figures "{figure_id}:s"
+        if vid.endswith(":s") and ":f:" in vid:
+            return ("figure", vid[:-2])
+        return ("passage", vid.rsplit(":", 1)[0])
+
+    # ------------------------------------------------------------------------------------------- hits
+    def _hits(self, fused: list[Fused], query: str, k: int, modality: str, source: str | None) -> list[Hit]:
+        passages = self.manifest.passages([f.key[1] for f in fused if f.key[0] == "passage"])
+        figures = self.manifest.figures([f.key[1] for f in fused if f.key[0] == "figure"])
+        hits: list[Hit] = []
+        for f in fused:
+            kind, ref = f.key
+            if kind == "passage":
+                p = passages.get(ref)
+                if p is None or modality == "image":
+                    continue
+                if source and not _match(p.doc_path, source):
+                    continue
+                hits.append(
+                    Hit(
+                        rank=0, kind="text", score=f.score, path=p.doc_path, page=p.page, pages=[p.page],
+                        channels=dict(f.ranks), id=ref, heading=p.heading, text=p.text,
+                        snippet=make_snippet(p.text, query), suspect=p.suspect, bbox=list(p.bbox),
+                    )
+                )
+            else:
+                g = figures.get(ref)
+                if g is None or g.boilerplate or modality == "text":
+                    continue
+                if source and not _match(g.doc_path, source):
+                    continue
+                hits.append(
+                    Hit(
+                        rank=0, kind="image", score=f.score, path=g.doc_path, page=g.pages[0], pages=list(g.pages),
+                        channels=dict(f.ranks), id=ref, heading=g.heading,
+                        text="\n".join(x for x in [g.caption, " ".join(g.labels), g.ocr_text] if x),
+                        snippet=make_snippet(" ".join([g.caption, " ".join(g.labels), g.ocr_text]), query),
+                        figure_kind=g.kind, caption=g.caption, labels=list(g.labels), ocr_text=g.ocr_text,
+                        nearby_text=g.nearby_text,
+                        crop_path=str((self.index_dir / g.crop_path).resolve()) if g.crop_path else None,
+                        bbox=list(g.bbox), quality=g.quality,
+                    )
+                )
+            if len(hits) >= k:
+                break
+        for i, h in enumerate(hits, 1):
+            h.rank = i
+            if h.kind == "text":
+                h.figures = self._linked_figures(h)
+        return hits
+
+    def _linked_figures(self, hit: Hit) -> list[LinkedFigure]:
+        """Figures on the same page, plus those the passage refers to ("see Fig. 3")."""
+        out: dict[str, LinkedFigure] = {}
+        for g in self.manifest.figures_on_page(hit.path, hit.page):
+            if not g.boilerplate:
+                out[g.id] = LinkedFigure(g.id, hit.page, g.caption, _abs(self.index_dir, g.crop_path))
+        refs = {(m.group(1)[:3].lower(), m.group(2).lower()) for m in _FIG_REF.finditer(hit.text)}
+        if refs:
+            for g in self.manifest.figures_of_doc(hit.path):
+                m = _FIG_REF.match(g.caption or "")
+                if m and (m.group(1)[:3].lower(), m.group(2).lower()) in refs and not g.boilerplate:
+                    out.setdefault(g.id, LinkedFigure(g.id, g.pages[0], g.caption, _abs(self.index_dir, g.crop_path)))
+        return list(out.values())
+
+
+def _abs(index_dir: Path, rel: str | None) -> str | None:
+    return str((index_dir / rel).resolve()) if rel else None
+
+
+def _match(path: str, pattern: str) -> bool:
+    return fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(Path(path).name, pattern)
+
+
+def _read_image(image: str | Path | bytes) -> bytes:
+    if isinstance(image, bytes):
+        return image
+    p = Path(image)
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise ManualragError(f"cannot read query image {p}: {exc.strerror or exc}") from None

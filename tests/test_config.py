@@ -1,0 +1,77 @@
+"""Configuration: config.yaml documents the defaults exactly; bad keys and values are named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from indexer.config import DEFAULTS, load_config
+from indexer.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_yaml_equals_builtin_defaults():
+    assert yaml.safe_load((ROOT / "config.yaml").read_text()) == DEFAULTS
+
+
+def test_file_env_and_flag_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("batch_size: 8\nocr:\n  psm: 6\n")
+    cfg = load_config(f, environ={"MANUALRAG_OCR__PSM": "3", "MANUALRAG_INDEX_DIR": "/x"})
+    assert cfg["batch_size"] == 8 and cfg["ocr"]["psm"] == 3 and cfg["index_dir"] == "/x"
+    cfg = load_config(f, overrides={"batch_size": 4, "model": None}, environ={})
+    assert cfg["batch_size"] == 4 and cfg["model"] == DEFAULTS["model"]
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("batchsize: 8\n", "batchsize"),
+        ("ocr:\n  psn: 6\n", "ocr.psn"),
+        ("batch_size: many\n", "batch_size"),
+        ("device: gpu\n", "device"),
+        ("extract:\n  figure_dpi: -5\n", "extract.figure_dpi"),
+        ("ocr: 3\n", "ocr"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, text, key):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(f, environ={})
+    assert f"'{key}'" in str(err.value)
+
+
+def test_bad_env_value_names_the_key():
+    with pytest.raises(ConfigError, match="'batch_size'"):
+        load_config(environ={"MANUALRAG_BATCH_SIZE": "lots"})
+
+
+def test_cli_bad_config_exits_2_without_traceback(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("nonsense_key: 1\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "manualrag", "--config", str(f), "stats", "--index-dir", str(tmp_path / "i")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2
+    assert "unknown config key 'nonsense_key'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from manualrag.cli import main; sys.argv=['manualrag','--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'chromadb' not in sys.modules and 'fitz' not in sys.modules, 'heavy import'"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "index" in r.stdout and "query" in r.stdout
