@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "min_text_chars": 30,
         "max_render_pixels": 12_000_000,
         "low_res_dpi": 72.0,
+        "layout_model": True,
     },
     "ocr": {
         "enabled": True,
@@ -47,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
         "workers": 0,
         "max_side": 2500,
         "min_side": 1000,
+        "binarize": "auto",
+        "timeout_s": 120,
+        "cache": None,
     },
     "isolation": {
         "workers": 0,
@@ -70,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
 _CHOICES = {
     "device": {"auto", "cpu", "cuda", "mps"},
     "dtype": {"auto", "float32", "bfloat16", "float16"},
+    "ocr.binarize": {"auto", "otsu", "sauvola"},
 }
 _POSITIVE = {
     "batch_size",
@@ -78,13 +83,14 @@ _POSITIVE = {
     "extract.boilerplate_min_pages",
     "extract.max_render_pixels",
     "ocr.max_side",
+    "ocr.timeout_s",
     "retrieve.k",
     "retrieve.rrf_k",
     "retrieve.candidates",
     "isolation.timeout_s",
     "isolation.memory_mb",
 }
-_NULLABLE = {"text_model", "store.url"}
+_NULLABLE = {"text_model", "store.url", "ocr.cache"}
 # keys whose change alters what extraction/chunking produces (re-index the document when they change)
 EXTRACTION_KEYS = ("extract", "ocr", "passwords")
 
@@ -143,6 +149,8 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         if not name.startswith("MANUALRAG_") or name in ("MANUALRAG_CONFIG",):
             continue
         path = name[len("MANUALRAG_") :].lower().split("__")
+        if path[0] not in DEFAULTS:
+            continue  # not a config variable (e.g. MANUALRAG_TOKEN for a proxy); sections are checked strictly
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:

@@ -171,6 +171,13 @@ def _looks_like_path(name: str) -> bool:
     return name.count("/") > 1 or "\\" in name
 
 
+def model_id_for(name: str) -> str:
+    """The id an encoder loaded from ``name`` will report (a folder's absolute path, else the name), without
+    loading it: lets the indexer tell whether documents are up to date before paying for a model load."""
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.is_dir() else name
+
+
 class _Source:
     """Where a model is loaded from, and how to explain a failure to load it."""
 
@@ -258,6 +265,9 @@ def _one_line(exc: BaseException) -> str:
 
 def _read_config(src: _Source) -> Any:
     from transformers import AutoConfig
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bars in the CLI's output
 
     try:
         return AutoConfig.from_pretrained(src.ref, **src.kwargs())

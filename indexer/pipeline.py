@@ -122,6 +122,10 @@ class Indexer:
         self.progress = progress
         self._clip = None
         self._text = None
+        from indexer.encoder import model_id_for
+
+        self._want_clip = model_id_for(cfg["model"])
+        self._want_text = model_id_for(cfg["text_model"]) if cfg["text_model"] else None
 
     # ------------------------------------------------------------------------------------------ models
     def _load_models(self) -> None:
@@ -162,13 +166,6 @@ class Indexer:
         known = manifest.documents()
         fp = extraction_fingerprint(cfg)
 
-        if self.dense:
-            with _Timer(timings, "load_models"):
-                self._load_models()
-            self._check_store_models(store)
-            summary.model = self._clip.model_id
-            summary.text_model = self._text.model_id if self._text else None
-
         # decide what to do with each file
         work: list[tuple[SourceFile, str]] = []
         with _Timer(timings, "fingerprint"):
@@ -188,6 +185,16 @@ class Indexer:
                     summary.unchanged += 1
                     continue
                 work.append((src, digest))
+
+        # models are loaded only when there is something to embed, and before anything is changed,
+        # so an unavailable model or an encoder mismatch fails fast and leaves the index as it was
+        if self.dense and work:
+            with _Timer(timings, "load_models"):
+                self._load_models()
+            self._check_store_models(store)
+        if self.dense:
+            summary.model = self._want_clip
+            summary.text_model = self._want_text
 
         # prune vanished documents
         present = {s.rel for s in files}
@@ -229,10 +236,8 @@ class Indexer:
             return False
         if row.config_fp != fp:
             return False
-        if self.dense:
-            want_text = self._text.model_id if self._text else None
-            if row.clip_model != self._clip.model_id or row.text_model != want_text:
-                return False
+        if self.dense and (row.clip_model != self._want_clip or row.text_model != self._want_text):
+            return False
         return True
 
     def _check_store_models(self, store: VectorStore) -> None:

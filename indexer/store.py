@@ -173,7 +173,7 @@ class VectorStore:
                 host=args["host"],
                 port=args["port"],
                 ssl=args["ssl"],
-                headers=headers or None,
+                headers=dict(headers) or None,  # a copy: chromadb adds its own headers to the dict
                 tenant=scfg.get("tenant", "default_tenant"),
                 database=scfg.get("database", "default_database"),
                 settings=Settings(anonymized_telemetry=False),
@@ -183,10 +183,19 @@ class VectorStore:
             import httpx
 
             reason = _one_line(exc)
+            tls = _tls_failure(exc)
+            if tls:
+                raise StoreError(
+                    f"the TLS certificate of the Chroma server at {url} is not trusted ({tls}); for a "
+                    "self-signed or private-CA certificate set CHROMA_SERVER_SSL_VERIFY=/path/to/cert.pem"
+                ) from exc
             if isinstance(exc, httpx.TransportError) or "Could not connect to a Chroma server" in reason:
                 raise StoreError(
                     f"cannot reach the Chroma server at {url}: is the server running? ({reason})"
                 ) from exc
+            status = _auth_status(exc, args, headers)
+            if status is not None:
+                raise StoreError(_refused_message(f"the Chroma server at {url}", status, headers)) from exc
             raise StoreError(
                 f"the Chroma server at {url} refused the connection: {reason} "
                 "(check store.tenant, store.database and store.headers)"
@@ -235,6 +244,8 @@ class VectorStore:
         except self._NotFoundError:
             raise
         except (httpx.TransportError, self._ChromaError) as exc:
+            if _is_auth_error(exc):  # e.g. the proxy's token was rotated while we ran
+                raise StoreError(_refused_message(f"the Chroma {self.where}", None, None)) from exc
             raise StoreError(f"Chroma {self.where} failed: {_one_line(exc)}") from exc
 
     def get(self, kind: str) -> Any | None:
@@ -480,6 +491,69 @@ def _space_of(col: Any) -> str | None:
         pass
     meta = col.metadata or {}
     return meta.get("hnsw:space")
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The certificate error behind ``exc`` (chromadb hides it behind "Could not connect"), or None."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        text = str(cur)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            return _one_line(cur)
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    """chromadb's own error for a refused request: ``AuthError`` (403/401) or ``AuthorizationError``.
+
+    chromadb turns an error response into these only when its JSON body names them (our nginx proxy in
+    deploy/ answers 401 with ``{"error": "AuthError", ...}``); any other body becomes a bare ``Exception``
+    (or, while the client is being built, a ``ValueError``) holding the response text, without the status.
+    """
+    from chromadb.errors import AuthorizationError, ChromaAuthError
+
+    return isinstance(exc, (ChromaAuthError, AuthorizationError))
+
+
+def _auth_status(exc: BaseException, args: dict[str, Any], headers: dict[str, str]) -> int | None:
+    """401/403 when the server (or the proxy in front of it) refuses our credentials (0: refused, status
+    unknown), else None.
+
+    The exception chromadb raises does not carry the HTTP status for a proxy's own error page, so ask once
+    more, plainly: a heartbeat with the same headers.
+    """
+    try:
+        import httpx
+        from chromadb.api.fastapi import FastAPI
+        from chromadb.config import Settings
+
+        base = FastAPI.resolve_url(args["host"], args["ssl"], "/api/v2", args["port"])
+        verify = Settings().chroma_server_ssl_verify
+        resp = httpx.get(
+            f"{base}/heartbeat", headers=headers, timeout=5.0, verify=True if verify is None else verify
+        )
+    except Exception:  # noqa: BLE001 - only a diagnosis: the caller reports the original error
+        return 0 if _is_auth_error(exc) else None
+    if resp.status_code in (401, 403):
+        return resp.status_code
+    return 0 if _is_auth_error(exc) else None
+
+
+def _refused_message(what: str, status: int | None, headers: dict[str, str] | None) -> str:
+    code = f" (HTTP {status})" if status else ""
+    if headers is None:
+        sent = ""
+    elif headers:
+        sent = f"; sent header(s) {', '.join(sorted(headers))}"
+    else:
+        sent = "; no store.headers were sent"
+    return (
+        f"{what} refused the credentials{code}{sent}: check store.headers (e.g. Authorization: "
+        '"Bearer ${MANUALRAG_TOKEN}") and that the environment variable holds the token the server expects'
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -62,7 +62,7 @@ def worker_main() -> None:
     if cfg["ocr"]["enabled"]:
         from indexer.ocr import OcrEngine
 
-        ocr = OcrEngine(cfg, cache_path=index_dir / "ocr_cache.sqlite")
+        ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or index_dir / "ocr_cache.sqlite"))
     for line in sys.stdin:
         req = json.loads(line)
         try:

@@ -85,13 +85,13 @@ def build_context(
         body = _clean(_body(h), nonce)
         if h.suspect:
             body = f"(warning: this text is not visible on the page: {h.suspect})\n{body}"
-        overhead = len(title) + len(begin) + len(end) + 4
-        room = max_chars - used - overhead
+        prefix, suffix = f"\n{title}\n{begin}\n", f"\n{end}\n"
+        room = max_chars - used - len(prefix) - len(suffix)
         if room < 80:
             break
         if len(body) > room:
             body = body[: room - 1].rstrip() + "…"
-        block = f"{title}\n{begin}\n{body}\n{end}\n"
+        block = prefix + body + suffix
         pieces.append(block)
         used += len(block)
         src: dict[str, Any] = {
@@ -108,7 +108,7 @@ def build_context(
             if with_images and h.crop_path and Path(h.crop_path).is_file():
                 src["image_base64"] = base64.b64encode(Path(h.crop_path).read_bytes()).decode()
         sources.append(src)
-    text = "\n".join(pieces)
+    text = "".join(pieces)
     if fmt == "json":
         return {
             "query": result.query,

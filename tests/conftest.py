@@ -15,6 +15,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
+# one OCR cache (keyed by image digest) for the whole session: each test's fresh index folder would
+# otherwise OCR the same sample pages again. Tests of OCR itself use their own OcrEngine.
+if "MANUALRAG_OCR__CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["MANUALRAG_OCR__CACHE"] = os.path.join(tempfile.mkdtemp(prefix="manualrag-ocr-"), "ocr.sqlite")
 
 from pathlib import Path  # noqa: E402
 

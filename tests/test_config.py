@@ -50,6 +50,10 @@ def test_bad_config_names_the_key(tmp_path, text, key):
 def test_bad_env_value_names_the_key():
     with pytest.raises(ConfigError, match="'batch_size'"):
         load_config(environ={"MANUALRAG_BATCH_SIZE": "lots"})
+    with pytest.raises(ConfigError, match="'ocr.psn'"):
+        load_config(environ={"MANUALRAG_OCR__PSN": "6"})
+    # variables that are not config keys (a proxy token, test settings) are left alone
+    assert load_config(environ={"MANUALRAG_TOKEN": "abc"}) == load_config(environ={})
 
 
 def test_cli_bad_config_exits_2_without_traceback(tmp_path):

@@ -1,0 +1,159 @@
+"""Find the manuals in a library folder: supported files, in a stable order, with what was skipped and why."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from indexer.errors import ManualragError
+
+log = logging.getLogger(__name__)
+
+PDF_SUFFIXES = frozenset({".pdf"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif"})
+TEXT_SUFFIXES = frozenset({".txt", ".md"})
+
+
+class LibraryNotFoundError(ManualragError, FileNotFoundError):
+    """The library folder does not exist or cannot be read."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path  # as found under the library (not resolved through symlinks)
+    rel: str  # relative POSIX path inside the library: the document's identity
+    size: int
+    mtime: float
+    file_type: str  # pdf | image | text
+
+
+def file_type_for(path: Path | str) -> str | None:
+    """pdf | image | text for a supported file name (case-insensitive suffix), else None."""
+    suffix = Path(path).suffix.lower()
+    if suffix in PDF_SUFFIXES:
+        return "pdf"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    return None
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def discover(
+    library: Path, cfg: dict[str, Any], exclude: list[Path] | None = None
+) -> tuple[list[SourceFile], dict[str, int]]:
+    """Walk ``library`` recursively; return the supported files sorted by relative path, and skip counts.
+
+    Skipped (counted by reason): hidden names (``.x``), unsupported suffixes, the ``exclude`` folders
+    (the index when it lies inside the library), symlinks leading outside the library (unless
+    ``follow_symlinks``), broken links, directory loops, a file reached twice through links, and anything
+    that is not a regular file or cannot be read.
+    """
+    root = Path(library)
+    root_real = Path(os.path.realpath(root))
+    follow_outside = bool(cfg.get("follow_symlinks", False))
+    excluded = {Path(os.path.realpath(p)) for p in (exclude or [])}
+    skipped: Counter[str] = Counter()
+    candidates: list[tuple[bool, str, Path, os.stat_result, str]] = []  # via_link, rel, path, stat, type
+    seen_dirs: set[tuple[int, int]] = set()
+    linked_dirs: list[tuple[Path, tuple[str, ...]]] = []  # followed after the real tree
+
+    try:
+        st_root = root.stat()
+    except OSError as exc:
+        raise LibraryNotFoundError(f"library folder {root} cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st_root.st_mode):
+        raise LibraryNotFoundError(f"library {root} is not a folder")
+    seen_dirs.add((st_root.st_dev, st_root.st_ino))
+
+    def inside_library(real: Path) -> bool:
+        return real == root_real or root_real in real.parents
+
+    def walk(folder: Path, rel_parts: tuple[str, ...], via_link: bool) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", folder, exc.strerror or exc)
+            skipped["unreadable"] += 1
+            return
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                skipped["hidden"] += 1
+                continue
+            path = Path(entry.path)
+            is_link = entry.is_symlink()
+            if is_link:
+                real = Path(os.path.realpath(path))
+                if not real.exists():
+                    skipped["broken_link"] += 1
+                    continue
+                if not inside_library(real) and not follow_outside:
+                    skipped["symlink"] += 1
+                    continue
+            try:
+                st = path.stat()  # follows links
+            except OSError:
+                skipped["unreadable"] += 1
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if Path(os.path.realpath(path)) in excluded:
+                    skipped["excluded"] += 1
+                elif is_link and not via_link:
+                    linked_dirs.append((path, (*rel_parts, name)))  # after the real folders
+                else:
+                    visit_dir(path, (*rel_parts, name), st, via_link or is_link)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                skipped["not_regular"] += 1
+                continue
+            ftype = file_type_for(name)
+            if ftype is None:
+                skipped["unsupported"] += 1
+                continue
+            candidates.append((via_link or is_link, "/".join((*rel_parts, name)), path, st, ftype))
+
+    def visit_dir(path: Path, rel_parts: tuple[str, ...], st: os.stat_result, via_link: bool) -> None:
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:
+            skipped["loop"] += 1  # a folder reached a second time (link loop or second link to it)
+            return
+        seen_dirs.add(key)
+        walk(path, rel_parts, via_link)
+
+    walk(root, (), False)
+    while linked_dirs:
+        batch, linked_dirs[:] = sorted(linked_dirs, key=lambda t: t[1]), []
+        for path, rel_parts in batch:
+            try:
+                visit_dir(path, rel_parts, path.stat(), True)
+            except OSError:
+                skipped["unreadable"] += 1
+
+    # one entry per file: prefer the path that does not go through a link, then the first by name
+    found: list[SourceFile] = []
+    seen_files: set[tuple[int, int]] = set()
+    for _via_link, rel, path, st, ftype in sorted(candidates, key=lambda c: (c[0], c[1])):
+        key = (st.st_dev, st.st_ino)
+        if key in seen_files:
+            skipped["duplicate"] += 1
+            continue
+        seen_files.add(key)
+        found.append(SourceFile(path=path, rel=rel, size=st.st_size, mtime=st.st_mtime, file_type=ftype))
+    found.sort(key=lambda f: f.rel)
+    return found, dict(skipped)

@@ -1,0 +1,890 @@
+"""Extraction of one file into a :class:`~indexer.models.Document`: the orchestrator of this stage.
+
+PDF: text blocks per page in reading order (bbox, heading path from the outline or from font sizes,
+suspect text flagged), figures (``indexer.figures``), scanned pages rendered and OCR'd. Loose images: one
+page per frame, OCR words as text blocks, the image as a figure. ``.txt``/``.md``: blocks split by blank
+lines, markdown headings give the heading path. All OCR of a document goes to the engine in one batch.
+
+Every failure that makes a file unusable raises :class:`ExtractionError` (file + one-line reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pymupdf
+from PIL import Image, ImageSequence
+
+from indexer import figures as fg
+from indexer.discover import file_type_for
+from indexer.errors import ExtractionError
+from indexer.models import Document, Figure, PageInfo, TextBlock
+
+if TYPE_CHECKING:
+    from indexer.ocr import OcrEngine, OcrResult
+
+log = logging.getLogger(__name__)
+
+# Pillow decoders for the loose image types we ingest (JPEG also opens camera multi-picture files)
+IMAGE_FORMATS = ["PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF"]
+_TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_PRESERVE_LIGATURES  # no mediabox clip
+_FILLED = 16  # FZ_STEXT_FILLED
+_STROKED = 32  # FZ_STEXT_STROKED
+_CHAR_BOLD = 8  # FZ_STEXT_BOLD
+_MAX_FRAMES = 500  # frames read from one multi-page TIFF
+_HEADING_SIZE_RATIO = 1.15  # a line this much larger than the body font is a heading candidate
+_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_MD_FENCE = re.compile(r"^\s*(```|~~~)")
+_WS = re.compile(r"\s+")
+
+
+# ================================================================================================ entry
+def extract_file(path: Path, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None = None) -> Document:
+    """Extract one file. ``rel`` names it in errors and in the Document (library-relative POSIX path)."""
+    path = Path(path)
+    ftype = file_type_for(path)
+    if ftype is None:
+        raise ExtractionError(rel, f"unsupported file type '{path.suffix or path.name}'")
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExtractionError(rel, f"cannot read the file: {exc.strerror or exc}") from None
+    if not data:
+        raise ExtractionError(rel, "empty file (0 bytes)")
+    doc = Document(
+        path=rel,
+        digest=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        mtime=st.st_mtime,
+        file_type=ftype,
+    )
+    if ftype == "pdf":
+        _extract_pdf(data, doc, rel, cfg, ocr)
+    elif ftype == "image":
+        _extract_image(data, doc, rel, cfg, ocr)
+    else:
+        _extract_text(data, doc, rel, markdown=path.suffix.lower() == ".md")
+    if not doc.title:
+        doc.title = path.stem
+    return doc
+
+
+# ================================================================================================ PDF
+@dataclass
+class _Page:
+    """What pass 1 learned about one PDF page."""
+
+    number: int
+    rect: fg.Box
+    lines: list[fg.TextLine] = field(default_factory=list)
+    visible_chars: int = 0
+    analysis: fg.PageAnalysis | None = None
+    failed: bool = False
+
+
+@contextlib.contextmanager
+def _quiet_mupdf() -> Iterator[None]:
+    """Collect MuPDF's messages instead of printing them to stderr."""
+    errors = pymupdf.TOOLS.mupdf_display_errors()
+    warns = pymupdf.TOOLS.mupdf_display_warnings()
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pymupdf.TOOLS.mupdf_display_warnings(False)
+    try:
+        yield
+    finally:
+        pymupdf.TOOLS.mupdf_display_errors(errors)
+        pymupdf.TOOLS.mupdf_display_warnings(warns)
+
+
+def _open_pdf(data: bytes, rel: str, cfg: dict[str, Any], warnings_out: list[str]) -> pymupdf.Document:
+    if b"%PDF-" not in data[:1024]:
+        raise ExtractionError(rel, "not a PDF file (no %PDF- header)")
+    pymupdf.TOOLS.mupdf_warnings(reset=True)
+    try:
+        pdf = pymupdf.open(stream=data, filetype="pdf")
+    except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
+        raise ExtractionError(rel, f"corrupt PDF, MuPDF cannot open it ({_one_line(exc)})") from None
+    messages = _one_line(pymupdf.TOOLS.mupdf_warnings(reset=True))
+    if pdf.needs_pass:
+        if not any(pdf.authenticate(pw) for pw in cfg.get("passwords", [])):
+            pdf.close()
+            n = len(cfg.get("passwords", []))
+            raise ExtractionError(
+                rel,
+                "encrypted PDF: none of the configured passwords opens it"
+                if n
+                else "encrypted PDF needs a password (add it to 'passwords' in the config)",
+            )
+    if pdf.is_repaired:
+        warnings_out.append(f"repaired: {messages or 'MuPDF rebuilt a broken cross-reference table'}")
+    if pdf.page_count == 0:
+        pdf.close()
+        raise ExtractionError(rel, "corrupt PDF: no readable pages" + (f" ({messages})" if messages else ""))
+    return pdf
+
+
+def _one_line(x: object, n: int = 160) -> str:
+    s = _WS.sub(" ", str(x)).strip()
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _extract_pdf(data: bytes, doc: Document, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None) -> None:
+    with _quiet_mupdf():
+        pdf = _open_pdf(data, rel, cfg, doc.warnings)
+        try:
+            _extract_open_pdf(pdf, doc, rel, cfg, ocr)
+        finally:
+            pdf.close()
+
+
+def _extract_open_pdf(
+    pdf: pymupdf.Document, doc: Document, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None
+) -> None:
+    pages = _read_pages(pdf, doc, rel)
+    _mark_furniture(pages)
+    body = _body_size(pages)
+    toc = _toc_entries(pdf, pages, body)
+    if not toc:
+        _mark_font_headings(pages, body)
+    planned = _plan_figures(pdf, pages, doc, rel, cfg)
+    timeline = _text_blocks(pages, planned, toc, doc)
+    jobs = _render_figures(pdf, pages, planned, cfg, timeline, doc)
+    scan_pages = _run_ocr(jobs, ocr, cfg, timeline, doc)
+    doc.blocks.sort(key=lambda b: b.page)  # stable: keeps the reading order inside a page
+    _merge_duplicate_figures(doc)
+    for pg in pages:
+        doc.pages.append(
+            PageInfo(
+                number=pg.number,
+                width=round(pg.rect[2] - pg.rect[0], 2),
+                height=round(pg.rect[3] - pg.rect[1], 2),
+                text_layer=pg.visible_chars >= cfg["extract"]["min_text_chars"],
+                ocr=pg.number in scan_pages,
+            )
+        )
+    doc.title = _pdf_title(pdf, pages, toc, body, timeline)
+    if pdf.is_repaired and not doc.blocks and not doc.figures:
+        raise ExtractionError(rel, "damaged PDF: MuPDF repaired it but recovered no content")
+
+
+def _read_pages(pdf: pymupdf.Document, doc: Document, rel: str) -> list[_Page]:
+    """Pass 1: the text lines of every page (a page MuPDF cannot read becomes a warning)."""
+    pages: list[_Page] = []
+    for pno in range(pdf.page_count):
+        pg = _Page(number=pno + 1, rect=(0.0, 0.0, 0.0, 0.0))
+        try:
+            page = pdf.load_page(pno)
+            if page.rotation:
+                page.remove_rotation()  # draw as displayed: one coordinate system for text, images, paths
+            pg.rect = fg.as_box(page.rect)
+            pg.lines = _page_lines(page)
+            fg.mark_captions(pg.lines)
+            pg.visible_chars = sum(len(ln.text.strip()) for ln in pg.lines if not ln.suspect)
+        except Exception as exc:  # noqa: BLE001 - MuPDF raises plain RuntimeErrors on damaged pages
+            pg.failed = True
+            doc.warnings.append(f"page {pno + 1}: cannot read it ({_one_line(exc)})")
+        pages.append(pg)
+    if all(p.failed for p in pages):
+        raise ExtractionError(rel, "corrupt PDF: no page could be read")
+    return pages
+
+
+def _plan_figures(
+    pdf: pymupdf.Document, pages: list[_Page], doc: Document, rel: str, cfg: dict[str, Any]
+) -> list[fg.PlannedFigure]:
+    """Pass 2: figure candidates per page and their captions, then de-duplication across pages."""
+    for pg in pages:
+        if pg.failed:
+            continue
+        try:
+            page = pdf.load_page(pg.number - 1)
+            pg.analysis = fg.analyse_page(page, pg.lines, cfg, pg.visible_chars)
+            fg.assign_captions(pg.analysis.regions, pg.lines, cfg)
+        except Exception as exc:  # noqa: BLE001
+            doc.warnings.append(f"page {pg.number}: figure analysis failed ({_one_line(exc)})")
+            log.debug("figure analysis failed on %s p%d", rel, pg.number, exc_info=True)
+    _next_page_captions(pages)
+    return fg.assemble([p.analysis for p in pages if p.analysis], cfg)
+
+
+def _text_blocks(
+    pages: list[_Page], planned: list[fg.PlannedFigure], toc: list[_TocEntry], doc: Document
+) -> list[_Heading]:
+    """TextBlocks with heading paths; label lines inside figures go to the figure, not to the text."""
+    in_figures: dict[int, list[fg.Box]] = {}
+    for pf in planned:
+        if not pf.boilerplate:
+            for occ in pf.occurrences:
+                in_figures.setdefault(occ.page, []).append(occ.bbox)
+    blocks = {pg.number: _page_blocks(pg, in_figures.get(pg.number, [])) for pg in pages if not pg.failed}
+    timeline = _assign_headings(pages, blocks, toc)
+    for pg in pages:
+        doc.blocks.extend(b for b, _ in blocks.get(pg.number, []))
+    return timeline
+
+
+@dataclass
+class _OcrJobs:
+    images: list[tuple[str, bytes]] = field(default_factory=list)
+    figures: list[tuple[Figure, str]] = field(default_factory=list)
+    scans: list[tuple[int, Figure, str]] = field(default_factory=list)
+
+
+def _render_figures(
+    pdf: pymupdf.Document,
+    pages: list[_Page],
+    planned: list[fg.PlannedFigure],
+    cfg: dict[str, Any],
+    timeline: list[_Heading],
+    doc: Document,
+) -> _OcrJobs:
+    """Crops of figures, boilerplate and scanned pages; collects what needs OCR."""
+    jobs = _OcrJobs()
+    for pf in planned:
+        fig = _render_figure(pdf, pf, pages, cfg, timeline)
+        if fig is None:
+            continue
+        if pf.boilerplate:
+            doc.boilerplate.append(fig)
+            continue
+        doc.figures.append(fig)
+        # pixels of images and symbols; drawings only when their words are not real text
+        if fig.png and (fig.kind != "vector" or len(fig.labels) < 3):
+            key = hashlib.sha256(fig.png).hexdigest()
+            jobs.images.append((key, fig.png))
+            jobs.figures.append((fig, key))
+    for pg in pages:
+        if pg.analysis is None or not pg.analysis.is_scan:
+            continue
+        fig, scan_png = _render_scan(pdf.load_page(pg.number - 1), pg, cfg, timeline)
+        doc.figures.append(fig)
+        key = hashlib.sha256(scan_png).hexdigest()
+        jobs.images.append((key, scan_png))
+        jobs.scans.append((pg.number, fig, key))
+    return jobs
+
+
+def _run_ocr(
+    jobs: _OcrJobs, ocr: OcrEngine | None, cfg: dict[str, Any], timeline: list[_Heading], doc: Document
+) -> set[int]:
+    """One OCR batch for the whole document; scanned pages get OCR text blocks. Returns those pages."""
+    if ocr is None or not jobs.images:
+        return set()
+    results = ocr.ocr(jobs.images)
+    for fig, key in jobs.figures:
+        if key in results:
+            fig.ocr_text = results[key].text
+    scale = 72.0 / cfg["extract"]["scan_dpi"]
+    done: set[int] = set()
+    for number, fig, key in jobs.scans:
+        res = results.get(key)
+        if res is None or not res.text.strip():
+            continue
+        fig.ocr_text = res.text
+        doc.blocks.extend(_ocr_blocks(res, number, _heading_at(timeline, number, 0.0), res_scale=scale))
+        done.add(number)
+    return done
+
+
+# ------------------------------------------------------------------------------------------------ text
+def _span_suspect(span: dict[str, Any], prect: fg.Box) -> str | None:
+    cf = span.get("char_flags")
+    if (
+        "GlyphLess" in span.get("font", "")
+        or span.get("alpha", 255) == 0
+        or (cf is not None and not cf & (_FILLED | _STROKED))
+    ):
+        return "invisible"  # render mode 3 (neither filled nor stroked), transparent, OCR glyph-less font
+    box = fg.as_box(span["bbox"])
+    if fg.inside_share(box, prect) < 0.5:
+        return "offpage"
+    # nominal size < 3 pt, and drawn that small (Type 3 fonts may scale tiny sizes up by their matrix)
+    if span.get("size", 10.0) < 3.0 and min(box[2] - box[0], box[3] - box[1]) < 3.0:
+        return "tiny"
+    return None
+
+
+def _is_light(color: int) -> bool:
+    r, g, b = (color >> 16) & 255, (color >> 8) & 255, color & 255
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b >= 215
+
+
+def _same_as_background(page: pymupdf.Page, bbox: fg.Box, color: int) -> bool:
+    """Render the span's area: if (nearly) every pixel has the text colour, nobody can read the text."""
+    try:
+        clip = pymupdf.Rect(bbox) & page.rect
+        if clip.is_empty:
+            return False
+        pix = page.get_pixmap(clip=clip, dpi=72, alpha=False)
+        share, top = pix.color_topusage()
+    except Exception:  # noqa: BLE001
+        return False
+    rgb = ((color >> 16) & 255, (color >> 8) & 255, color & 255)
+    if len(top) < 3:
+        top = bytes([top[0]] * 3)
+    return share >= 0.9 and all(abs(int(a) - b) <= 40 for a, b in zip(top[:3], rgb, strict=True))
+
+
+def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
+    """Text lines (split where the suspect status changes within a line), MuPDF reading order."""
+    prect = fg.as_box(page.rect)
+    d = page.get_text("dict", flags=_TEXT_FLAGS, clip=pymupdf.INFINITE_RECT())
+    out: list[fg.TextLine] = []
+    for bi, block in enumerate(d["blocks"]):
+        if block.get("type") != 0:
+            continue
+        for line in block["lines"]:
+            vertical = abs(line.get("dir", (1.0, 0.0))[0]) < 0.5
+            run: list[dict[str, Any]] = []
+            run_suspect: str | None = None
+            for span in line["spans"]:
+                if not span["text"]:
+                    continue
+                sus = _span_suspect(span, prect)
+                if sus is None and _is_light(span.get("color", 0)) and span["text"].strip():
+                    if _same_as_background(page, fg.as_box(span["bbox"]), span["color"]):
+                        sus = "white"
+                if run and sus != run_suspect and span["text"].strip():
+                    out.append(_make_line(run, bi, run_suspect, vertical))
+                    run = []
+                if not run:
+                    run_suspect = sus
+                run.append(span)
+            if run:
+                out.append(_make_line(run, bi, run_suspect, vertical))
+    return [ln for ln in out if ln.text.strip()]
+
+
+def _make_line(spans: list[dict[str, Any]], block: int, suspect: str | None, vertical: bool) -> fg.TextLine:
+    text = "".join(s["text"] for s in spans)
+    box = fg.as_box(spans[0]["bbox"])
+    for s in spans[1:]:
+        box = fg.union(box, fg.as_box(s["bbox"]))
+    inked = [s for s in spans if s["text"].strip()] or spans
+    main = max(inked, key=lambda s: len(s["text"]))
+    bold = all(
+        (s.get("flags", 0) & pymupdf.TEXT_FONT_BOLD)
+        or (s.get("char_flags", 0) & _CHAR_BOLD)
+        or "Bold" in s.get("font", "")
+        for s in inked
+    )
+    return fg.TextLine(
+        text=text.strip(),
+        bbox=box,
+        size=round(float(main.get("size", 0.0)), 2),
+        bold=bool(bold),
+        block=block,
+        suspect=suspect,
+        vertical=vertical,
+    )
+
+
+def _mark_furniture(pages: list[_Page]) -> None:
+    """Running headers/footers: the same text (digits aside) at the same height near the page edge."""
+    live = [p for p in pages if not p.failed]
+    if len(live) < 3:
+        return
+    counts: Counter[tuple[str, int]] = Counter()
+    keyed: list[tuple[fg.TextLine, tuple[str, int]]] = []
+    for p in live:
+        h = p.rect[3] - p.rect[1]
+        seen: set[tuple[str, int]] = set()
+        for ln in p.lines:
+            if p.rect[1] + 0.1 * h < ln.bbox[1] and ln.bbox[3] < p.rect[3] - 0.1 * h:
+                continue
+            key = (re.sub(r"\d+", "#", ln.text.lower()).strip(), round(ln.bbox[1] / 4))
+            keyed.append((ln, key))
+            if key not in seen:
+                seen.add(key)
+                counts[key] += 1
+    need = max(3, int(0.3 * len(live)))
+    for ln, key in keyed:
+        if counts[key] >= need:
+            ln.furniture = True
+
+
+def _body_size(pages: list[_Page]) -> float:
+    sizes: Counter[float] = Counter()
+    for p in pages:
+        for ln in p.lines:
+            if not ln.suspect and not ln.furniture:
+                sizes[round(ln.size * 2) / 2] += len(ln.text)
+    return sizes.most_common(1)[0][0] if sizes else 10.0
+
+
+def _norm(s: str) -> str:
+    return _WS.sub(" ", s).strip().lower()
+
+
+@dataclass
+class _TocEntry:
+    level: int
+    title: str
+    page: int
+    y: float
+
+
+def _toc_entries(pdf: pymupdf.Document, pages: list[_Page], body: float) -> list[_TocEntry]:
+    """Outline entries placed on their page by finding the heading text there (destinations are
+    unreliable: some producers give top-down, others bottom-up coordinates)."""
+    try:
+        toc = pdf.get_toc(simple=True)
+    except Exception:  # noqa: BLE001
+        return []
+    out: list[_TocEntry] = []
+    for level, title, pno in toc:
+        title = _WS.sub(" ", str(title)).strip()
+        if not title or not 1 <= pno <= len(pages):
+            continue
+        pg = pages[pno - 1]
+        y = -1.0  # not found: the heading counts from the top of its page
+        nt = _norm(title)
+        matches = [
+            ln
+            for ln in pg.lines
+            if not ln.suspect
+            and not ln.furniture
+            and len(_norm(ln.text)) >= 3
+            and (nt in _norm(ln.text) or (_norm(ln.text) in nt and len(_norm(ln.text)) >= min(len(nt), 8)))
+        ]
+        # prefer a line set like a heading (larger or bold) over a mention of the title in prose
+        styled = [ln for ln in matches if ln.size >= 1.05 * body or ln.bold]
+        if styled or matches:
+            hit = (styled or matches)[0]
+            y = hit.bbox[1]
+            hit.heading = True
+        out.append(_TocEntry(level, title, pno, y))
+    return out
+
+
+def _mark_font_headings(pages: list[_Page], body: float) -> None:
+    """Without an outline: short lines noticeably larger than the body font, or short bold lines."""
+    for p in pages:
+        by_block: dict[int, list[fg.TextLine]] = {}
+        for ln in p.lines:
+            by_block.setdefault(ln.block, []).append(ln)
+        for lines in by_block.values():
+            text = " ".join(ln.text for ln in lines)
+            if (
+                len(lines) > 3
+                or len(text) > 150
+                or any(ln.suspect or ln.furniture or ln.vertical for ln in lines)
+                or not re.search(r"[A-Za-z]{2}", text)
+                or any(ln.caption for ln in lines)
+            ):
+                continue
+            size = max(ln.size for ln in lines)
+            big = size >= _HEADING_SIZE_RATIO * body
+            bold = all(ln.bold for ln in lines) and size >= 0.95 * body and len(text) <= 80
+            if (big or bold) and not text.rstrip().endswith((".", ",", ";")):
+                for ln in lines:
+                    ln.heading = True
+
+
+@dataclass
+class _Heading:
+    page: int
+    y: float
+    path: str
+
+
+def _assign_headings(
+    pages: list[_Page], blocks: dict[int, list[tuple[TextBlock, bool]]], toc: list[_TocEntry]
+) -> list[_Heading]:
+    """Give every block its heading path; return the timeline of headings (page, y, path)."""
+    timeline: list[_Heading] = []
+    if toc:
+        stack: list[tuple[int, str]] = []
+        for e in toc:
+            while stack and stack[-1][0] >= e.level:
+                stack.pop()
+            stack.append((e.level, e.title))
+            timeline.append(_Heading(e.page, e.y, " > ".join(t for _, t in stack)))
+    else:
+        sizes = sorted(
+            {round(b.font_size * 2) / 2 for bl in blocks.values() for b, is_h in bl if is_h}, reverse=True
+        )
+        level_of = {s: i + 1 for i, s in enumerate(sizes[:5])}
+        stack2: list[tuple[int, str]] = []
+        for p in pages:
+            for b, is_heading in blocks.get(p.number, []):
+                if not is_heading:
+                    continue
+                level = level_of.get(round(b.font_size * 2) / 2, len(level_of) + 1)
+                while stack2 and stack2[-1][0] >= level:
+                    stack2.pop()
+                stack2.append((level, _WS.sub(" ", b.text).strip()[:120]))
+                timeline.append(_Heading(p.number, b.bbox[1], " > ".join(t for _, t in stack2)))
+    for p in pages:
+        for b, _ in blocks.get(p.number, []):
+            b.heading = _heading_at(timeline, p.number, b.bbox[1] + 1.0)
+    return timeline
+
+
+def _heading_at(timeline: list[_Heading], page: int, y: float) -> str:
+    path = ""
+    for h in timeline:
+        if (h.page, h.y) <= (page, y):
+            path = h.path
+        elif h.page > page:
+            break
+    return path
+
+
+def _page_blocks(pg: _Page, figure_boxes: list[fg.Box]) -> list[tuple[TextBlock, bool]]:
+    """Consecutive lines of one MuPDF block with the same suspect status form a TextBlock. Short label
+    lines inside a figure are left out (they are the figure's labels); hidden text is always kept."""
+    prose_blocks = {ln.block for ln in pg.lines if len(ln.text) > 60}
+    out: list[tuple[TextBlock, bool]] = []
+    cur: list[fg.TextLine] = []
+
+    def flush() -> None:
+        if not cur:
+            return
+        box = cur[0].bbox
+        for ln in cur[1:]:
+            box = fg.union(box, ln.bbox)
+        main = max(cur, key=lambda ln: len(ln.text))
+        block = TextBlock(
+            text="\n".join(ln.text for ln in cur),
+            page=pg.number,
+            bbox=tuple(round(v, 2) for v in box),  # type: ignore[arg-type]
+            font_size=main.size,
+            bold=all(ln.bold for ln in cur),
+            suspect=cur[0].suspect,
+        )
+        out.append((block, all(ln.heading for ln in cur)))
+        cur.clear()
+
+    for ln in pg.lines:
+        if (
+            not ln.suspect
+            and ln.block not in prose_blocks
+            and not ln.caption
+            and any(fg.inside_share(ln.bbox, fb) > 0.8 for fb in figure_boxes)
+        ):
+            continue
+        if cur and (
+            ln.block != cur[-1].block or ln.suspect != cur[-1].suspect or ln.heading != cur[-1].heading
+        ):
+            flush()
+        cur.append(ln)
+    flush()
+    return out
+
+
+def _pdf_title(
+    pdf: pymupdf.Document, pages: list[_Page], toc: list[_TocEntry], body: float, timeline: list[_Heading]
+) -> str:
+    meta = (pdf.metadata or {}).get("title") or ""
+    if meta.strip():
+        return _WS.sub(" ", meta).strip()
+    first = next((p for p in pages if not p.failed and p.lines), None)
+    if first is not None:
+        cands = [
+            ln
+            for ln in first.lines
+            if not ln.suspect and not ln.furniture and re.search(r"[A-Za-z]", ln.text)
+        ]
+        if cands:
+            biggest = max(cands, key=lambda ln: ln.size)
+            if biggest.size >= 1.25 * body:
+                same = [
+                    ln.text for ln in cands if abs(ln.size - biggest.size) < 0.5 and ln.block == biggest.block
+                ]
+                return _WS.sub(" ", " ".join(same)).strip()[:200]
+    if toc:
+        return toc[0].title
+    if timeline:
+        return timeline[0].path.split(" > ")[0]
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def _next_page_captions(pages: list[_Page]) -> None:
+    for i, pg in enumerate(pages[:-1]):
+        nxt = pages[i + 1]
+        if pg.analysis is None or nxt.analysis is None:
+            continue
+        used_next = {
+            j
+            for j, ln in enumerate(nxt.lines)
+            for r in nxt.analysis.regions
+            if r.caption and ln.text in r.caption
+        }
+        for r in pg.analysis.regions:
+            if not r.caption:
+                r.caption = fg.next_page_caption(r, pg.rect, pg.lines, nxt.lines, used_next)
+
+
+def _render_figure(
+    pdf: pymupdf.Document,
+    pf: fg.PlannedFigure,
+    pages: list[_Page],
+    cfg: dict[str, Any],
+    timeline: list[_Heading],
+) -> Figure | None:
+    ex = cfg["extract"]
+    r = pf.region
+    page = pdf.load_page(r.page - 1)
+    dpi = float(ex["figure_dpi"])
+    if r.native_dpi and pf.kind == "raster":
+        dpi = max(dpi, min(r.native_dpi, 2 * dpi))  # keep a screenshot's own pixels for OCR
+    try:
+        png, w, h, eff = fg.render(page, r.bbox, dpi, ex["max_render_pixels"])
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cannot render a figure on page %d: %s", r.page, _one_line(exc))
+        return None
+    key = r.content_key()
+    digest = key[4:] if key.startswith("img:") else hashlib.sha256(png).hexdigest()
+    lines = pages[r.page - 1].lines
+    labels = fg.words_inside(page.get_text("words", clip=pymupdf.INFINITE_RECT()), r.bbox)
+    quality = "ok"
+    if r.native_dpi is not None and r.native_dpi < ex["low_res_dpi"] and pf.kind in ("raster", "symbol"):
+        quality = "low-res"
+    elif max(w, h) < 100 or r.area_frac < ex["small_figure_area"]:
+        quality = "tiny"
+    return Figure(
+        digest=digest,
+        kind=pf.kind,
+        pages=pf.pages,
+        bbox=tuple(round(v, 2) for v in r.bbox),  # type: ignore[arg-type]
+        width=w,
+        height=h,
+        dpi=round(eff, 1),
+        caption=r.caption,
+        nearby_text=fg.nearby_text(r, lines),
+        labels=[w_ for w_ in labels if w_.strip()],
+        heading=_heading_at(timeline, r.page, r.bbox[1]),
+        boilerplate=pf.boilerplate,
+        quality=quality,
+        png=png,
+    )
+
+
+def _render_scan(
+    page: pymupdf.Page, pg: _Page, cfg: dict[str, Any], timeline: list[_Heading]
+) -> tuple[Figure, bytes]:
+    """A page without a text layer: a figure of kind scan (figure_dpi) + a scan_dpi render for OCR."""
+    ex = cfg["extract"]
+    png, w, h, eff = fg.render(page, pg.rect, ex["figure_dpi"], ex["max_render_pixels"], pad=0.0)
+    scan_png, *_ = fg.render(page, pg.rect, ex["scan_dpi"], ex["max_render_pixels"], pad=0.0)
+    fig = Figure(
+        digest=hashlib.sha256(png).hexdigest(),
+        kind="scan",
+        pages=[pg.number],
+        bbox=tuple(round(v, 2) for v in pg.rect),  # type: ignore[arg-type]
+        width=w,
+        height=h,
+        dpi=round(eff, 1),
+        heading=_heading_at(timeline, pg.number, 0.0),
+        quality="ok",
+        png=png,
+    )
+    return fig, scan_png
+
+
+def _merge_duplicate_figures(doc: Document) -> None:
+    """Figures that rendered to identical pixels (same drawing on several pages) become one."""
+    by_digest: dict[str, Figure] = {}
+    kept: list[Figure] = []
+    for fig in doc.figures:
+        first = by_digest.get(fig.digest)
+        if first is None:
+            by_digest[fig.digest] = fig
+            kept.append(fig)
+        else:
+            first.pages = sorted(set(first.pages) | set(fig.pages))
+    doc.figures = kept
+
+
+def _ocr_blocks(res: OcrResult, page: int, heading: str, res_scale: float) -> list[TextBlock]:
+    """OCR paragraphs -> TextBlocks; boxes scaled from image pixels to page units."""
+    out = []
+    for text, box in res.blocks:
+        if not text.strip():
+            continue
+        out.append(
+            TextBlock(
+                text=text,
+                page=page,
+                bbox=tuple(round(v * res_scale, 2) for v in box),  # type: ignore[arg-type]
+                heading=heading,
+                ocr=True,
+            )
+        )
+    return out
+
+
+# ================================================================================================ images
+def _decode_frames(data: bytes, rel: str, max_pixels: int) -> list[Image.Image]:
+    """The frames we index: every frame of a (multi-page) TIFF, the first frame otherwise."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            frames: list[Image.Image] = []
+            multi = img.format == "TIFF" and getattr(img, "n_frames", 1) > 1
+            for i, frame in enumerate(ImageSequence.Iterator(img)):
+                if i >= (_MAX_FRAMES if multi else 1):
+                    break
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and frame.width * frame.height > limit:
+                    raise Image.DecompressionBombError(
+                        f"frame {i + 1} has {frame.width * frame.height} pixels, over the limit of {limit}"
+                    )
+                frames.append(_normalise(frame))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ExtractionError(rel, f"image too large (decompression-bomb guard): {_one_line(exc)}") from None
+    except Image.UnidentifiedImageError:
+        raise ExtractionError(rel, "not a readable image (unknown or corrupt format)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None
+    if not frames:
+        raise ExtractionError(rel, "image has no frames")
+    return [_fit(f, max_pixels) for f in frames]
+
+
+def _normalise(frame: Image.Image) -> Image.Image:
+    """RGB or L, transparency flattened onto white (loads the pixels: truncation errors surface here)."""
+    frame.load()
+    if frame.mode in ("RGBA", "LA", "PA", "P") or (frame.mode == "P" and "transparency" in frame.info):
+        rgba = frame.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    if frame.mode in ("1", "I;16", "I;16B", "I", "F"):
+        return frame.convert("L")
+    if frame.mode not in ("RGB", "L"):
+        return frame.convert("RGB")
+    return frame.copy()
+
+
+def _fit(img: Image.Image, max_pixels: int) -> Image.Image:
+    if img.width * img.height <= max_pixels:
+        return img
+    s = (max_pixels / (img.width * img.height)) ** 0.5
+    return img.resize((max(1, int(img.width * s)), max(1, int(img.height * s))), Image.Resampling.LANCZOS)
+
+
+def _mostly_text(res: OcrResult | None, width: int, height: int) -> bool:
+    """A scanned page rather than a picture: confident words covering a good share of it, set in lines
+    of prose (a screenshot or a schematic has as many words, but one or two per line)."""
+    if res is None or len(res.words) < 30:
+        return False
+    covered = sum((b[2] - b[0]) * (b[3] - b[1]) for _, _, b in res.words)
+    n_lines = res.text.count("\n") + 1
+    return covered / max(1, width * height) >= 0.08 and len(res.words) / n_lines >= 4.0
+
+
+def _extract_image(data: bytes, doc: Document, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None) -> None:
+    ex = cfg["extract"]
+    frames = _decode_frames(data, rel, ex["max_render_pixels"])
+    dpi_info = 0.0
+    with contextlib.suppress(Exception), Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
+        dpi_info = float((probe.info.get("dpi") or (0, 0))[0] or 0.0)
+    pngs = []
+    for frame in frames:
+        buf = io.BytesIO()
+        frame.save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    digests = [hashlib.sha256(p).hexdigest() for p in pngs]
+    results = ocr.ocr(list(zip(digests, pngs, strict=True))) if ocr is not None else {}
+    for i, (frame, png, digest) in enumerate(zip(frames, pngs, digests, strict=True), start=1):
+        res = results.get(digest)
+        has_text = res is not None and bool(res.text.strip())
+        doc.pages.append(
+            PageInfo(number=i, width=frame.width, height=frame.height, text_layer=False, ocr=has_text)
+        )
+        if res is not None and has_text:
+            doc.blocks.extend(_ocr_blocks(res, i, "", res_scale=1.0))
+        quality = "ok"
+        if max(frame.width, frame.height) < 100:
+            quality = "tiny"
+        elif dpi_info and dpi_info < ex["low_res_dpi"]:
+            quality = "low-res"
+        doc.figures.append(
+            Figure(
+                digest=digest,
+                kind="scan" if _mostly_text(res, frame.width, frame.height) else "raster",
+                pages=[i],
+                bbox=(0.0, 0.0, float(frame.width), float(frame.height)),
+                width=frame.width,
+                height=frame.height,
+                dpi=round(dpi_info, 1),
+                ocr_text=res.text if res is not None else "",
+                quality=quality,
+                png=png,
+            )
+        )
+    _merge_duplicate_figures(doc)
+
+
+# ================================================================================================ text
+def _decode_text(data: bytes, doc: Document) -> str:
+    for enc in ("utf-8-sig", "utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ("utf-8-sig",):
+        try:
+            return data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    doc.warnings.append("not valid UTF-8: decoded as Latin-1")
+    return data.decode("latin-1")
+
+
+def _extract_text(data: bytes, doc: Document, rel: str, markdown: bool) -> None:
+    if b"\x00" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ExtractionError(rel, "binary data in a text file")
+    text = _decode_text(data, doc).replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    stack: list[tuple[int, str]] = []
+    first_heading = ""
+    cur: list[str] = []
+    start = 0
+    in_fence = False
+
+    def flush(end: int) -> None:
+        body = "\n".join(cur).strip("\n")
+        if body.strip():
+            heading = " > ".join(t for _, t in stack)
+            doc.blocks.append(
+                TextBlock(text=body, page=1, bbox=(0.0, float(start + 1), 0.0, float(end)), heading=heading)
+            )
+        cur.clear()
+
+    for i, line in enumerate(lines):
+        if markdown and _MD_FENCE.match(line):
+            in_fence = not in_fence
+        m = _MD_HEADING.match(line) if markdown and not in_fence else None
+        if m:
+            flush(i)
+            level, title = len(m.group(1)), m.group(2).strip()
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            stack.append((level, title))
+            first_heading = first_heading or title
+            start = i
+            cur.append(line)
+            flush(i + 1)
+            start = i + 1
+            continue
+        if not line.strip() and not in_fence:
+            flush(i)
+            start = i + 1
+            continue
+        if not cur:
+            start = i
+        cur.append(line)
+    flush(len(lines))
+    doc.pages.append(PageInfo(number=1, width=0.0, height=float(len(lines)), text_layer=True))
+    doc.title = first_heading

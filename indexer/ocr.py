@@ -1,0 +1,352 @@
+"""OCR of figure crops and scanned pages with Tesseract (through pytesseract).
+
+One tesseract process per image, several in parallel (a thread pool: each thread only waits for its
+child process). ``OMP_THREAD_LIMIT=1`` is set before the first call: the Debian build uses OpenMP and
+over-subscribes the cores 3-5x otherwise. Results are cached by the sha256 of the image bytes, in memory
+and optionally in a SQLite table (JSON values, never pickle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from indexer.errors import ManualragError
+
+log = logging.getLogger(__name__)
+
+WordBox = tuple[int, int, int, int]  # x0, y0, x1, y1 in the original image's pixels
+# decoders allowed for the crops we OCR (our own renders: PNG; callers may pass JPEG or TIFF frames)
+_IMAGE_FORMATS = ["PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP"]
+# share of strongly coloured pixels above which an image is read with local (Sauvola) thresholding
+_COLOURFUL_SHARE = 0.15
+_CACHE_TABLE = "ocr_cache"
+_SMALL_TEXT_PX = 16.0  # median word box height below which tesseract misreads (screenshots at 96 dpi)
+_GOOD_TEXT_PX = 24.0  # ... and the height it reads best (capitals ~20-30 px)
+_MAX_UPSCALE = 4.0
+
+
+class OcrUnavailableError(ManualragError):
+    """Tesseract (or a requested language pack) is not installed."""
+
+
+@dataclass
+class OcrResult:
+    """Words read from one image. Boxes are in the pixels of the image that was passed in."""
+
+    text: str  # lines joined by "\n", words by " "
+    words: list[tuple[str, float, WordBox]] = field(default_factory=list)  # (word, confidence, box)
+    mean_conf: float = 0.0
+    # paragraphs: (text, box), grouped from tesseract's block/paragraph/line numbers and line geometry
+    blocks: list[tuple[str, WordBox]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "text": self.text,
+                "words": [[w, c, list(b)] for w, c, b in self.words],
+                "mean_conf": self.mean_conf,
+                "blocks": [[t, list(b)] for t, b in self.blocks],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> OcrResult:
+        d = json.loads(raw)
+        return cls(
+            text=d["text"],
+            words=[(w, float(c), tuple(b)) for w, c, b in d["words"]],  # type: ignore[misc]
+            mean_conf=float(d["mean_conf"]),
+            blocks=[(t, tuple(b)) for t, b in d.get("blocks", [])],  # type: ignore[misc]
+        )
+
+
+def _check_tesseract(languages: str) -> None:
+    import pytesseract
+
+    try:
+        version = pytesseract.get_tesseract_version()
+        installed = set(pytesseract.get_languages(config=""))
+    except (pytesseract.TesseractNotFoundError, OSError) as exc:
+        raise OcrUnavailableError(
+            "tesseract is not installed or not on PATH (install the tesseract-ocr package, "
+            "or set ocr.enabled: false to index without OCR)"
+        ) from exc
+    missing = [lang for lang in languages.split("+") if lang and lang not in installed]
+    if missing:
+        raise OcrUnavailableError(
+            f"tesseract {version} lacks the language data {', '.join(missing)} named in ocr.languages "
+            f"(installed: {', '.join(sorted(installed)) or 'none'}; e.g. apt-get install "
+            f"tesseract-ocr-{missing[0]})"
+        )
+
+
+class OcrEngine:
+    """Runs tesseract on many images in parallel, with a digest-keyed cache."""
+
+    def __init__(self, cfg: dict[str, Any], cache_path: Path | None = None):
+        os.environ["OMP_THREAD_LIMIT"] = "1"  # before any tesseract process is spawned
+        o = cfg["ocr"]
+        self.languages: str = o["languages"]
+        self.psm: int = int(o["psm"])
+        self.min_conf: float = float(o["min_confidence"])
+        self.min_side: int = int(o["min_side"])
+        self.max_side: int = int(o["max_side"])
+        self.binarize: str = o.get("binarize", "auto")
+        self.timeout_s: int = int(o.get("timeout_s", 120))
+        self.workers: int = int(o["workers"]) or (os.cpu_count() or 1)
+        _check_tesseract(self.languages)
+        settings = [self.languages, self.psm, self.min_conf, self.min_side, self.max_side, self.binarize]
+        self._settings_key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
+        self._memory: dict[str, OcrResult] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ocr")
+        self._db: sqlite3.Connection | None = None
+        if cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(cache_path), check_same_thread=False, timeout=30)
+            with contextlib.suppress(sqlite3.Error):  # several extraction workers may share the file
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                f"CREATE TABLE IF NOT EXISTS {_CACHE_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            self._db.commit()
+        self.calls = 0  # tesseract runs made (cache misses)
+        self.seconds = 0.0  # summed wall time of those runs
+
+    # ------------------------------------------------------------------------------------------- public
+    def ocr(self, images: list[tuple[str, bytes]]) -> dict[str, OcrResult]:
+        """OCR each ``(digest, image bytes)``; returns digest -> result. Cached digests are not re-read."""
+        out: dict[str, OcrResult] = {}
+        todo: dict[str, bytes] = {}
+        for digest, data in images:
+            if digest in out or digest in todo:
+                continue
+            hit = self._cached(digest)
+            if hit is not None:
+                out[digest] = hit
+            else:
+                todo[digest] = data
+        if todo:
+            futures = {d: self._pool.submit(self._run_one_safe, d, data) for d, data in todo.items()}
+            for digest, fut in futures.items():
+                res = fut.result()
+                out[digest] = res
+                self._store(digest, res)
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> OcrEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------- cache
+    def _key(self, digest: str) -> str:
+        return f"{digest}:{self._settings_key}"
+
+    def _cached(self, digest: str) -> OcrResult | None:
+        with self._lock:
+            hit = self._memory.get(digest)
+            if hit is not None or self._db is None:
+                return hit
+            row = self._db.execute(
+                f"SELECT value FROM {_CACHE_TABLE} WHERE key = ?", (self._key(digest),)
+            ).fetchone()
+        if row is None:
+            return None
+        res = OcrResult.from_json(row[0])
+        with self._lock:
+            self._memory[digest] = res
+        return res
+
+    def _store(self, digest: str, res: OcrResult) -> None:
+        with self._lock:
+            self._memory[digest] = res
+            if self._db is not None:
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO {_CACHE_TABLE} (key, value) VALUES (?, ?)",
+                    (self._key(digest), res.to_json()),
+                )
+                self._db.commit()
+
+    # ------------------------------------------------------------------------------------------- work
+    def _run_one_safe(self, digest: str, data: bytes) -> OcrResult:
+        try:
+            return self._run_one(digest, data)
+        except Exception as exc:  # noqa: BLE001 - one bad image must not fail the document
+            log.warning("OCR failed for image %s: %s", digest[:12], exc)
+            return OcrResult(text="")
+
+    def _run_one(self, digest: str, data: bytes) -> OcrResult:
+        """OCR one image; small text (median word height under ``_SMALL_TEXT_PX`` after the first
+        scaling) is read a second time enlarged to about ``_GOOD_TEXT_PX``, and the better read kept."""
+        t0 = time.perf_counter()
+        try:
+            base, scale = self._prepare(data)
+        except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            log.warning("OCR skipped for image %s: cannot decode it (%s)", digest[:12], exc)
+            return OcrResult(text="")
+        sauvola = self._use_sauvola(base)
+        grey = base.convert("L")
+        res, median_h = self._tesseract(digest, grey, scale, sauvola)
+        if res.words and median_h < _SMALL_TEXT_PX:
+            factor = min(_GOOD_TEXT_PX / max(median_h, 1.0), _MAX_UPSCALE / scale)
+            if factor > 1.2 and max(grey.size) * factor <= 2 * self.max_side:
+                size = (round(grey.width * factor), round(grey.height * factor))
+                big = grey.resize(size, Image.Resampling.LANCZOS)
+                res2, _ = self._tesseract(digest, big, scale * factor, sauvola)
+                if _score(res2) > _score(res):
+                    res = res2
+        with self._lock:
+            self.calls += 1
+            self.seconds += time.perf_counter() - t0
+        return res
+
+    def _tesseract(
+        self, digest: str, img: Image.Image, scale: float, sauvola: bool
+    ) -> tuple[OcrResult, float]:
+        """One tesseract run; returns the result (boxes in original pixels) and the median word height in
+        the pixels tesseract saw."""
+        import pytesseract
+
+        config = f"--psm {self.psm}" + (" -c thresholding_method=2" if sauvola else "")
+        try:
+            out = pytesseract.image_to_data(
+                img,
+                lang=self.languages,
+                config=config,
+                output_type=pytesseract.Output.DICT,
+                timeout=self.timeout_s,
+            )
+        except RuntimeError as exc:  # pytesseract raises RuntimeError on timeout
+            log.warning("OCR of image %s gave up: %s", digest[:12], exc)
+            return OcrResult(text=""), 0.0
+        except pytesseract.TesseractError as exc:
+            log.warning("tesseract failed on image %s: %s", digest[:12], exc)
+            return OcrResult(text=""), 0.0
+        res = _parse(out, scale, self.min_conf)
+        heights = sorted(b[3] - b[1] for _, _, b in res.words)
+        median = heights[len(heights) // 2] * scale if heights else 0.0
+        return res, median
+
+    def _prepare(self, data: bytes) -> tuple[Image.Image, float]:
+        """Decode, and scale so the longer side lies in [min_side, max_side]; returns (image, scale)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
+            img.load()
+        if img.mode in ("RGBA", "LA", "P", "PA"):  # flatten transparency onto white
+            rgba = img.convert("RGBA")
+            bg = Image.new("RGB", rgba.size, (255, 255, 255))
+            bg.paste(rgba, mask=rgba.getchannel("A"))
+            img = bg
+        elif img.mode not in ("RGB", "L"):
+            img = img.convert("RGB")
+        longer = max(img.size)
+        scale = 1.0
+        if longer < self.min_side:
+            scale = min(self.min_side / longer, 4.0)  # beyond 4x only blur is added
+        elif longer > self.max_side:
+            scale = self.max_side / longer
+        if abs(scale - 1.0) > 0.01:
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            img = img.resize(size, Image.Resampling.LANCZOS)
+        return img, scale
+
+    def _use_sauvola(self, img: Image.Image) -> bool:
+        if self.binarize == "sauvola":
+            return True
+        if self.binarize == "otsu" or img.mode != "RGB":
+            return False
+        return _colourful_share(img) >= _COLOURFUL_SHARE
+
+
+def _colourful_share(img: Image.Image) -> float:
+    """Share of pixels with strong saturation (text on coloured cells defeats global thresholding)."""
+    import numpy as np
+
+    small = img.copy()
+    small.thumbnail((200, 200))
+    hsv = np.asarray(small.convert("HSV"))
+    if hsv.size == 0:
+        return 0.0
+    return float(((hsv[..., 1] > 90) & (hsv[..., 2] > 60)).mean())
+
+
+def _score(res: OcrResult) -> float:
+    """How much was read, and how surely: confidence-weighted characters."""
+    return sum(c * len(w) for w, c, _ in res.words)
+
+
+def _parse(d: dict[str, list[Any]], scale: float, min_conf: float) -> OcrResult:
+    """tesseract TSV (as dict) -> words (in original pixels), lines, paragraphs."""
+    lines: dict[tuple[int, int, int], list[tuple[str, float, WordBox]]] = {}
+    for i, raw in enumerate(d["text"]):
+        word = (raw or "").strip()
+        if not word:
+            continue
+        conf = float(d["conf"][i])
+        if conf < min_conf:
+            continue
+        x, y, w, h = (int(d[k][i]) for k in ("left", "top", "width", "height"))
+        box = (round(x / scale), round(y / scale), round((x + w) / scale), round((y + h) / scale))
+        key = (int(d["block_num"][i]), int(d["par_num"][i]), int(d["line_num"][i]))
+        lines.setdefault(key, []).append((word, conf, box))
+    words = [w for ws in lines.values() for w in ws]
+    if not words:
+        return OcrResult(text="")
+    line_list = [
+        (" ".join(w for w, _, _ in ws), _union([b for _, _, b in ws]), key) for key, ws in lines.items()
+    ]
+    text = "\n".join(t for t, _, _ in line_list)
+    mean_conf = sum(c for _, c, _ in words) / len(words)
+    return OcrResult(text=text, words=words, mean_conf=round(mean_conf, 1), blocks=_paragraphs(line_list))
+
+
+def _union(boxes: list[WordBox]) -> WordBox:
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def _paragraphs(lines: list[tuple[str, WordBox, tuple[int, int, int]]]) -> list[tuple[str, WordBox]]:
+    """Group lines into paragraphs: same tesseract paragraph, or (sparse modes, where every line is its
+    own paragraph) the next line directly below with overlapping horizontal extent."""
+    paras: list[tuple[list[str], WordBox, WordBox, tuple[int, int]]] = []  # texts, box, last line, key
+    for text, box, (blk, par, _) in sorted(lines, key=lambda t: (t[1][1], t[1][0])):
+        height = max(1, box[3] - box[1])
+        for i in range(len(paras) - 1, max(-1, len(paras) - 12), -1):  # open paragraphs, newest first
+            texts, pbox, last, pkey = paras[i]
+            gap = box[1] - last[3]
+            overlap = min(box[2], last[2]) - max(box[0], last[0])
+            if overlap > 0 and (pkey == (blk, par) or -height // 2 <= gap <= 0.9 * height):
+                texts.append(text)
+                paras[i] = (texts, _union([pbox, box]), box, (blk, par))
+                break
+        else:
+            paras.append(([text], box, box, (blk, par)))
+    return [("\n".join(t), b) for t, b, _, _ in paras]

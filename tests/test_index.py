@@ -1,0 +1,198 @@
+"""`manualrag index`: records match extraction, incremental re-runs, pruning, encoder guard, --no-dense.
+
+Real components throughout: the sample manuals in data/manuals, real tesseract, real Chroma (embedded and a
+real server), the tiny CLIP model loaded from disk like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from indexer.chunk import doc_id_for
+from indexer.manifest import Manifest
+from indexer.store import KINDS, VectorStore
+from manualrag.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "manuals"
+LIB_FILES = ["pump-controller-manual.pdf", "release-notes.md", "quick-start-card.png"]
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in LIB_FILES:
+        shutil.copy(SAMPLE / name, lib / name)
+    return lib
+
+
+def write_cfg(tmp_path: Path, store: dict | None = None, **extra) -> Path:
+    cfg = {"text_model": None, **extra}
+    if store is not None:
+        cfg["store"] = store
+    path = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_index(cfg_path: Path, lib: Path, index_dir: Path, *args: str) -> tuple[int, dict, str]:
+    res = CliRunner().invoke(
+        main, ["--config", str(cfg_path), "index", str(lib), "--index-dir", str(index_dir), "--json", *args]
+    )
+    out = res.stdout
+    try:
+        summary = json.loads(out)
+    except json.JSONDecodeError:
+        summary = {}
+    return res.exit_code, summary, res.stderr if hasattr(res, "stderr") else res.output
+
+
+def store_ids(index_dir: Path, store_cfg: dict) -> dict[str, set[str]]:
+    with VectorStore.open(index_dir, {"store": store_cfg}) as st:
+        return {k: set(st.all_ids(k)) for k in KINDS if st.get(k) is not None}
+
+
+def test_index_records_match_extraction_and_rerun_embeds_nothing(tmp_path, library, tiny_clip_dir, store_cfg_factory):
+    idx = tmp_path / "index"
+    scfg = store_cfg_factory(idx)
+    cfg = write_cfg(tmp_path, scfg, model=str(tiny_clip_dir))
+    rc, s, err = run_index(cfg, library, idx)
+    assert rc == 0, err
+    assert s["documents"] == {"indexed": 3, "unchanged": 0, "removed": 0, "failed": 0}
+
+    m = Manifest(idx / "index.sqlite", readonly=True)
+    try:
+        figs = {fid: f for path in LIB_FILES for f in m.figures_of_doc(path) for fid in [f.id]}
+        real = {fid: f for fid, f in figs.items() if not f.boilerplate}
+        labelled = [fid for fid, f in real.items() if (f.caption or f.labels or f.ocr_text.strip())]
+        db = sqlite3.connect(idx / "index.sqlite")
+        longest = db.execute("SELECT max(n_tokens) FROM windows WHERE channel='clip'").fetchone()[0]
+        n_windows = db.execute("SELECT count(*) FROM windows WHERE channel='clip'").fetchone()[0]
+        db.close()
+        expected = {k: set(v) for k, v in _all_vector_ids(m).items()}
+    finally:
+        m.close()
+    ids = store_ids(idx, scfg)
+    assert ids["image"] == set(real), "every figure (and nothing else) has an image record"
+    assert ids["image_text"] == {f"{fid}:t" for fid in labelled}
+    assert len(ids["text"]) == n_windows > 0
+    assert longest <= 77, "no text window over the CLIP limit"
+    for kind, got in ids.items():
+        assert got <= expected.get(kind, set()), f"the manifest names every {kind} vector in the store"
+    assert (idx / "crops").is_dir() and all((idx / f.crop_path).is_file() for f in figs.values())
+
+    # a second run on the unchanged library embeds nothing and writes nothing
+    rc, s2, err = run_index(cfg, library, idx)
+    assert rc == 0, err
+    assert s2["documents"]["unchanged"] == 3 and s2["documents"]["indexed"] == 0
+    assert s2["embedded"] == {} and s2["records"] == {}
+    assert store_ids(idx, scfg) == ids
+
+
+def _all_vector_ids(m: Manifest) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for path in m.documents():
+        for kind, ids in m.vector_ids(path).items():
+            out.setdefault(kind, []).extend(ids)
+    return out
+
+
+def test_changed_file_is_reindexed_alone_and_deleted_file_is_pruned(tmp_path, library, tiny_clip_dir):
+    idx = tmp_path / "index"
+    cfg = write_cfg(tmp_path, model=str(tiny_clip_dir))
+    assert run_index(cfg, library, idx)[0] == 0
+    scfg = {"url": None, "collection": "manualrag", "headers": {}}
+    before = store_ids(idx, scfg)
+
+    notes = library / "release-notes.md"
+    notes.write_text(notes.read_text() + "\n## 3.3.0\n\n- New: torque warning E11 on the coupling.\n")
+    rc, s, err = run_index(cfg, library, idx)
+    assert rc == 0, err
+    assert s["indexed"] == ["release-notes.md"] and s["documents"]["unchanged"] == 2
+
+    card_id = doc_id_for("quick-start-card.png")
+    with Manifest(idx / "index.sqlite", readonly=True) as m:
+        card_crops = {f.crop_path for f in m.figures_of_doc("quick-start-card.png")}
+    assert card_crops and all((idx / c).exists() for c in card_crops)
+    (library / "quick-start-card.png").unlink()
+    rc, s, err = run_index(cfg, library, idx)
+    assert rc == 0, err
+    assert s["removed"] == ["quick-start-card.png"]
+    after = store_ids(idx, scfg)
+    assert not any(i.startswith(card_id) for ids in after.values() for i in ids)
+    assert not any((idx / c).exists() for c in card_crops), "crops of a removed document are pruned"
+    pump = doc_id_for("pump-controller-manual.pdf")
+    assert {i for i in after["image"] if i.startswith(pump)} == {i for i in before["image"] if i.startswith(pump)}
+
+
+def test_encoder_mismatch_is_refused(tmp_path, library, tiny_clip_dir, tiny_siglip_dir):
+    idx = tmp_path / "index"
+    assert run_index(write_cfg(tmp_path, model=str(tiny_clip_dir)), library, idx)[0] == 0
+    res = CliRunner().invoke(
+        main, ["--config", str(write_cfg(tmp_path, model=str(tiny_siglip_dir))), "index", str(library), "--index-dir", str(idx)]
+    )
+    assert res.exit_code == 2
+    assert "reset" in res.output and "--index-dir" in res.output
+
+
+def test_unavailable_model_fails_fast_with_ways_out(tmp_path, library):
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(
+        main, ["--config", str(write_cfg(tmp_path)), "index", str(library), "--index-dir", str(tmp_path / "i"),
+               "--model", "no-such-org/no-such-clip"],
+    )
+    assert time.perf_counter() - t0 < 15
+    assert res.exit_code == 2
+    assert "no-such-org/no-such-clip" in res.output and "--no-dense" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_no_dense_then_model_equals_one_run_with_model(tmp_path, library, tiny_clip_dir):
+    cfg = write_cfg(tmp_path, model=str(tiny_clip_dir))
+    a, b = tmp_path / "a", tmp_path / "b"
+    rc, s, err = run_index(cfg, library, a, "--no-dense")
+    assert rc == 0, err
+    assert s["embedded"] == {} and not store_ids(a, {"url": None, "collection": "manualrag", "headers": {}})
+    with Manifest(a / "index.sqlite", readonly=True) as m:
+        assert m.lexical_search("Hydraulic circuit", 5), "lexical index is built without vectors"
+    assert run_index(cfg, library, a)[0] == 0
+    assert run_index(cfg, library, b)[0] == 0
+    scfg = {"url": None, "collection": "manualrag", "headers": {}}
+    assert store_ids(a, scfg) == store_ids(b, scfg)
+    with Manifest(a / "index.sqlite", readonly=True) as ma, Manifest(b / "index.sqlite", readonly=True) as mb:
+        assert _all_vector_ids(ma) == _all_vector_ids(mb)
+        assert ma.stats() == mb.stats()
+
+
+def test_bad_file_fails_alone_with_exit_1(tmp_path, library, tiny_clip_dir):
+    (library / "broken.pdf").write_bytes(b"%PDF-1.7\n1 0 obj <</Type /Catalog" + b"\x00" * 50)
+    (library / "empty.pdf").write_bytes(b"")
+    (library / "notes.docx").write_bytes(b"PK\x03\x04 not ours")
+    rc, s, err = run_index(write_cfg(tmp_path, model=str(tiny_clip_dir)), library, tmp_path / "i")
+    assert rc == 1
+    failed = {f["path"]: f["reason"] for f in s["failed"]}
+    assert set(failed) == {"broken.pdf", "empty.pdf"}
+    assert all(r and "\n" not in r for r in failed.values())
+    assert s["documents"]["indexed"] == 3
+    assert s["skipped"].get("unsupported") == 1
+
+
+def test_stats_describes_the_index(tmp_path, library, tiny_clip_dir):
+    idx = tmp_path / "index"
+    assert run_index(write_cfg(tmp_path, model=str(tiny_clip_dir)), library, idx)[0] == 0
+    res = CliRunner().invoke(main, ["stats", "--index-dir", str(idx), "--json"])
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.stdout)
+    assert st["documents"] == 3
+    assert st["model"] == str(tiny_clip_dir) and st["dim"] == 32
+    assert st["vectors"]["image"] > 0 and st["vectors"]["text"] > 0
+    assert st["size_bytes"] > 0

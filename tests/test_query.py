@@ -1,0 +1,150 @@
+"""`manualrag query` / `context` / the Retriever API over an index of the generated sample manual.
+
+The generated manual has known content: a vector wiring diagram (labels are PDF text: X3, GNYE, BK/WH),
+a hydraulic schematic whose labels exist only as pixels (PS-4, ACC1 accumulator: OCR), warning symbols,
+a scanned page and captions "Figure N: ...". Tiny CLIP (random weights) makes the dense channels real
+but meaningless, so these tests check what must hold whatever the dense channels say.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from indexer.config import load_config
+from manualrag.cli import main
+from retriever.context import build_context
+from retriever.search import Retriever
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "manuals"
+PUMP = "pump-controller-manual.pdf"
+
+HIT_FIELDS = {
+    "rank", "kind", "score", "path", "page", "pages", "channels", "id", "heading", "text", "snippet", "suspect",
+    "figure_kind", "caption", "labels", "ocr_text", "nearby_text", "crop_path", "bbox", "quality", "figures",
+}
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, tiny_clip_dir, minilm_dir):
+    base = tmp_path_factory.mktemp("query")
+    lib = base / "lib"
+    lib.mkdir()
+    for name in (PUMP, "quick-start-card.png", "release-notes.md"):
+        shutil.copy(SAMPLE / name, lib / name)
+    cfg_path = base / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump({"model": str(tiny_clip_dir), "text_model": str(minilm_dir)}))
+    idx = base / "index"
+    res = CliRunner().invoke(main, ["--config", str(cfg_path), "index", str(lib), "--index-dir", str(idx), "-q"])
+    assert res.exit_code == 0, res.output
+    return idx, cfg_path
+
+
+@pytest.fixture(scope="module")
+def retriever(index):
+    idx, cfg_path = index
+    r = Retriever.open(idx, load_config(cfg_path))
+    yield r
+    r.close()
+
+
+def _image_hits(hits, page):
+    return [h for h in hits if h.kind == "image" and h.path == PUMP and page in h.pages]
+
+
+@pytest.mark.parametrize(
+    "query, page",
+    [
+        ("PS-4 accumulator", 6),  # labels only in the pixels of Figure 3 (OCR)
+        ("GNYE BK/WH X3", 4),  # labels of the vector wiring diagram (PDF text inside the drawing)
+    ],
+)
+def test_label_inside_a_diagram_returns_that_diagram(retriever, query, page):
+    hits = retriever.search(query, k=10).hits
+    top3 = hits[:3]
+    assert _image_hits(top3, page), [(h.kind, h.path, h.pages) for h in top3]
+
+
+def test_caption_query_returns_the_figure_with_its_caption(retriever):
+    hits = retriever.search("Electric wiring layout", k=5).hits
+    fig = _image_hits(hits, 4)
+    assert fig and fig[0].caption.startswith("Figure 2")
+    assert fig[0].figure_kind == "vector"
+    assert fig[0].crop_path and Path(fig[0].crop_path).is_file()
+    assert "lexical" in fig[0].channels and len(fig[0].channels) >= 2
+
+
+def test_one_hit_per_passage_and_per_figure(retriever):
+    hits = retriever.search("thermal shutdown motor overheating thermistor", k=20).hits
+    ids = [h.id for h in hits]
+    assert len(ids) == len(set(ids))
+    assert all(":w" not in i and ":s" not in i for i in ids), "windows collapse into their parent passage"
+    text = [h for h in hits if h.kind == "text"]
+    assert text and len(text[0].text) >= len(text[0].snippet.replace("**", "").strip("…")) - 2
+
+
+def test_modality_and_source_filters(retriever):
+    only_images = retriever.search("pump", k=10, modality="image").hits
+    assert only_images and all(h.kind == "image" for h in only_images)
+    only_text = retriever.search("pump", k=10, modality="text").hits
+    assert only_text and all(h.kind == "text" for h in only_text)
+    md = retriever.search("firmware E07", k=10, source="*.md").hits
+    assert md and all(h.path.endswith(".md") for h in md)
+
+
+def test_text_hit_links_figures_on_its_page(retriever):
+    hits = retriever.search("fuse kit PC-200-F3 fuses F1 F2", k=10, modality="text").hits
+    on_p4 = [h for h in hits if h.page == 4]
+    assert on_p4 and any(f.caption.startswith("Figure 2") for f in on_p4[0].figures)
+
+
+def test_query_by_image_finds_that_figure(retriever, index):
+    hit = _image_hits(retriever.search("Hydraulic circuit", k=5).hits, 6)[0]
+    res = retriever.search(image=hit.crop_path, k=3, channels=["dense"])
+    assert res.hits[0].id == hit.id
+
+
+def test_channels_ablation_reports_what_found_each_hit(retriever):
+    res = retriever.search("PS-4", k=5, channels=["lexical"])
+    assert res.channels_used == ["lexical"]
+    assert all(set(h.channels) == {"lexical"} for h in res.hits)
+
+
+def test_context_block_budget_citations_and_fence(retriever):
+    res = retriever.search("how do I reset error E07 after thermal shutdown", k=8)
+    block = build_context(res, max_chars=1500)
+    assert len(block) <= 1500
+    assert "[1] " in block and f"{PUMP} p." in block
+    assert "untrusted" in block and "BEGIN SOURCE [1]" in block and "END SOURCE [1]" in block
+    js = build_context(res, max_chars=3000, fmt="json", with_images=True)
+    assert js["sources"] and all({"n", "path", "pages", "kind", "text"} <= set(s) for s in js["sources"])
+    imgs = [s for s in js["sources"] if s["kind"] == "image"]
+    assert all(s.get("image_base64") for s in imgs)
+
+
+def test_query_json_has_documented_fields(index):
+    idx, cfg_path = index
+    res = CliRunner().invoke(
+        main, ["--config", str(cfg_path), "query", "Hydraulic circuit", "--index-dir", str(idx), "--json", "-k", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)
+    assert hits and all(set(h) == HIT_FIELDS for h in hits)
+
+
+def test_query_table_shows_image_hit_with_caption_and_crop(index):
+    idx, cfg_path = index
+    res = CliRunner().invoke(main, ["--config", str(cfg_path), "query", "electric wiring layout", "--index-dir", str(idx)])
+    assert res.exit_code == 0, res.output
+    assert "image" in res.stdout and "Figure 2: Electric wiring layout" in res.stdout and "crop:" in res.stdout
+
+
+def test_missing_index_is_a_clear_error(tmp_path):
+    res = CliRunner().invoke(main, ["query", "anything", "--index-dir", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "manualrag index" in res.output
