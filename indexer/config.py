@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "retrieve": {
         "k": 10,
+        "fusion": "zscore",
         "rrf_k": 60,
         "candidates": 50,
     },
@@ -74,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
 _CHOICES = {
     "device": {"auto", "cpu", "cuda", "mps"},
     "dtype": {"auto", "float32", "bfloat16", "float16"},
+    "retrieve.fusion": {"zscore", "rrf"},
     "ocr.binarize": {"auto", "otsu", "sauvola"},
 }
 _POSITIVE = {

@@ -163,6 +163,7 @@ def _extract_open_pdf(
     scan_pages = _run_ocr(jobs, ocr, cfg, timeline, doc)
     doc.blocks.sort(key=lambda b: b.page)  # stable: keeps the reading order inside a page
     _merge_duplicate_figures(doc)
+    doc.figures.sort(key=lambda f: (f.pages[0], f.bbox[1], f.bbox[0]))
     for pg in pages:
         doc.pages.append(
             PageInfo(

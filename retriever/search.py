@@ -19,7 +19,7 @@ from typing import Any
 
 from indexer.errors import IndexNotFoundError, ManualragError
 from indexer.manifest import Manifest
-from retriever.fusion import Fused, Key, rrf
+from retriever.fusion import Fused, Key, fuse
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +217,13 @@ class Retriever:
         k = k or self.cfg["retrieve"]["k"]
         n = max(self.cfg["retrieve"]["candidates"], 3 * k)
         timings: dict[str, float] = {"encode": 0.0, "search": 0.0, "fusion": 0.0}
-        rankings: dict[str, list[Key]] = {}
+        rankings: dict[str, list[tuple[Key, float]]] = {}
         notes: list[str] = []
         used: list[str] = []
 
         if "lexical" in channels and text:
             t0 = time.perf_counter()
-            rankings["lexical"] = [(t, i) for t, i, _ in self.manifest.lexical_search(text, n)]
+            rankings["lexical"] = [((t, i), sc) for t, i, sc in self.manifest.lexical_search(text, n)]
             timings["search"] += time.perf_counter() - t0
             used.append("lexical")
 
@@ -266,7 +266,11 @@ class Retriever:
                 timings["search"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        fused = rrf(rankings, WEIGHTS, k=self.cfg["retrieve"]["rrf_k"])
+        rc = self.cfg["retrieve"]
+        # a query image alone has only its two CLIP channels, whose cosine spreads are too narrow to
+        # standardise reliably; they are fused by rank, image->image first (query by example)
+        method = rc["fusion"] if text else "rrf"
+        fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
         hits = self._hits(fused, text or "", k, modality, source)
         timings["fusion"] += time.perf_counter() - t0
         return SearchResult(
@@ -277,13 +281,9 @@ class Retriever:
             notes=notes,
         )
 
-    def _refs(self, kind: str, vec: Any, n: int) -> list[Key]:
+    def _refs(self, kind: str, vec: Any, n: int) -> list[tuple[Key, float]]:
         """Vector search in one collection, mapped to the things (passages/figures) the vectors belong to."""
-        rows = self.store.query_meta(kind, vec, n) if hasattr(self.store, "query_meta") else None
-        if rows is None:
-            ids = [i for i, _ in (self.store.query(kind, vec, n) or [[]])[0]]
-            return [self._ref_of(kind, i) for i in ids]
-        return [("figure" if m.get("kind") in ("image", "image_text") else "passage", m["ref"]) for _, _, m in rows]
+        return [(self._ref_of(kind, i), score) for i, score in self.store.query(kind, vec, n)[0]]
 
     @staticmethod
     def _ref_of(kind: str, vid: str) -> Key:
