@@ -12,6 +12,7 @@ whatever a crashed run left behind, and ids never duplicate.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +38,12 @@ from indexer.store import VectorStore
 log = logging.getLogger(__name__)
 
 CROPS_DIR = "crops"
+
+
+def in_shard(rel: str, shard: tuple[int, int]) -> bool:
+    """Documents are partitioned across indexer machines by the sha256 of their library-relative path."""
+    i, n = shard
+    return n == 1 or int(hashlib.sha256(rel.encode()).hexdigest()[:12], 16) % n == i
 
 
 def figure_id_for(doc_id: str, fig: Figure) -> str:
@@ -115,8 +122,16 @@ class _Timer:
 class Indexer:
     """Builds or updates an index folder from a library folder."""
 
-    def __init__(self, cfg: dict[str, Any], index_dir: Path | str, dense: bool = True, progress: bool = False):
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        index_dir: Path | str,
+        dense: bool = True,
+        progress: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ):
         self.cfg = cfg
+        self.shard = shard
         self.index_dir = Path(index_dir)
         self.dense = dense
         self.progress = progress
@@ -162,6 +177,7 @@ class Indexer:
         cfg, timings = self.cfg, summary.timings
         with _Timer(timings, "discover"):
             files, skipped = discover(library, cfg, exclude=[self.index_dir])
+            files = [f for f in files if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
         known = manifest.documents()
         fp = extraction_fingerprint(cfg)
@@ -200,6 +216,8 @@ class Indexer:
         present = {s.rel for s in files}
         # paths_with_rows also names documents whose run crashed before their manifest row was written
         for path in sorted((set(known) | manifest.paths_with_rows()) - present):
+            if not in_shard(path, self.shard):
+                continue
             self._remove_document(path, manifest, store)
             summary.removed.append(path)
 

@@ -179,13 +179,15 @@ def _stderr_tty() -> bool:
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=None, help="Model precision.")
 @click.option("--batch-size", type=int, default=None, help="Items per model forward pass.")
 @click.option("--no-dense", is_flag=True, help="Index everything except vectors (lexical only); a later run adds them.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Index only shard I of N (0-based; documents split by a hash of their path) - see docs/scaling.md.")
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary (errors still go to stderr).")
 @click.pass_obj
 def index(obj: Ctx, library: str, index_dir: str | None, model: str | None, text_model: str | None,
-          device: str | None, dtype: str | None, batch_size: int | None, no_dense: bool, store_url: str | None,
-          as_json: bool, quiet: bool) -> None:
+          device: str | None, dtype: str | None, batch_size: int | None, no_dense: bool, shard: str | None,
+          store_url: str | None, as_json: bool, quiet: bool) -> None:
     """Index a manual library (PDFs, scans, images, .txt/.md) incrementally into the index folder.
 
     Exit code 0: all files indexed; 1: some files failed (the rest is indexed); 2: usage, config or model error.
@@ -200,7 +202,8 @@ def index(obj: Ctx, library: str, index_dir: str | None, model: str | None, text
     )
     if text_model is not None:
         cfg["text_model"] = None if text_model.lower() in ("none", "null", "") else text_model
-    idx = Indexer(cfg, cfg["index_dir"], dense=not no_dense, progress=_stderr_tty() and not quiet and not as_json)
+    idx = Indexer(cfg, cfg["index_dir"], dense=not no_dense, progress=_stderr_tty() and not quiet and not as_json,
+                  shard=_parse_shard(shard))
     summary = idx.run(Path(library))
     if as_json:
         _echo_json(summary.to_dict())
@@ -210,6 +213,18 @@ def index(obj: Ctx, library: str, index_dir: str | None, model: str | None, text
         for f in summary.failed:
             click.echo(f"failed: {f.path}: {f.reason}", err=True)
     sys.exit(summary.exit_code)
+
+
+def _parse_shard(value: str | None) -> tuple[int, int]:
+    if not value:
+        return (0, 1)
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise click.BadParameter("expected I/N, e.g. 0/4", param_hint="--shard") from None
+    if n < 1 or not 0 <= i < n:
+        raise click.BadParameter(f"shard {i} of {n}: need 0 <= I < N", param_hint="--shard")
+    return (i, n)
 
 
 def _print_summary(s: Any) -> None:

@@ -196,3 +196,15 @@ def test_stats_describes_the_index(tmp_path, library, tiny_clip_dir):
     assert st["model"] == str(tiny_clip_dir) and st["dim"] == 32
     assert st["vectors"]["image"] > 0 and st["vectors"]["text"] > 0
     assert st["size_bytes"] > 0
+
+
+def test_shards_partition_the_library(tmp_path, library, tiny_clip_dir):
+    cfg = write_cfg(tmp_path, model=str(tiny_clip_dir))
+    indexed = []
+    for i in range(2):
+        rc, s, err = run_index(cfg, library, tmp_path / f"shard{i}", "--no-dense", "--shard", f"{i}/2")
+        assert rc == 0, err
+        indexed.append(set(s["indexed"]))
+    assert indexed[0] | indexed[1] == set(LIB_FILES) and not indexed[0] & indexed[1]
+    res = CliRunner().invoke(main, ["index", str(library), "--shard", "2/2", "--index-dir", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--shard" in res.output
