@@ -442,7 +442,7 @@ def _print_hits(res: Any) -> None:
             if h.suspect:
                 click.echo(f"       (suspect text: {h.suspect}; not visible on the page)")
             if h.figures:
-                click.echo("       figures: " + "; ".join(f"{f.caption or f.figure_id} p{f.page}" for f in h.figures[:3]))
+                click.echo("       figures: " + "; ".join(f"{f.caption or f.kind + ' figure'} p{f.page}" for f in h.figures[:3]))
 
 
 # ------------------------------------------------------------------------------------------------ context

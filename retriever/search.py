@@ -41,6 +41,7 @@ _FIG_REF = re.compile(r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\
 @dataclass
 class LinkedFigure:
     figure_id: str
+    kind: str
     page: int
     caption: str
     crop_path: str | None
@@ -347,13 +348,13 @@ class Retriever:
         out: dict[str, LinkedFigure] = {}
         for g in self.manifest.figures_on_page(hit.path, hit.page):
             if not g.boilerplate:
-                out[g.id] = LinkedFigure(g.id, hit.page, g.caption, _abs(self.index_dir, g.crop_path))
+                out[g.id] = LinkedFigure(g.id, g.kind, hit.page, g.caption, _abs(self.index_dir, g.crop_path))
         refs = {(m.group(1)[:3].lower(), m.group(2).lower()) for m in _FIG_REF.finditer(hit.text)}
         if refs:
             for g in self.manifest.figures_of_doc(hit.path):
                 m = _FIG_REF.match(g.caption or "")
                 if m and (m.group(1)[:3].lower(), m.group(2).lower()) in refs and not g.boilerplate:
-                    out.setdefault(g.id, LinkedFigure(g.id, g.pages[0], g.caption, _abs(self.index_dir, g.crop_path)))
+                    out.setdefault(g.id, LinkedFigure(g.id, g.kind, g.pages[0], g.caption, _abs(self.index_dir, g.crop_path)))
         return list(out.values())
 
 
