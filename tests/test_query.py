@@ -148,3 +148,10 @@ def test_query_table_shows_image_hit_with_caption_and_crop(index):
 def test_missing_index_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(main, ["query", "anything", "--index-dir", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "manualrag index" in res.output
+
+
+def test_paraphrased_question_finds_the_passage_through_the_text_channel(retriever):
+    q = "what stops the pump motor when it runs too hot"
+    hits = retriever.search(q, k=5, channels=["text"], modality="text").hits
+    assert hits[0].path == PUMP and hits[0].page == 2
+    assert "thermal" in hits[0].text.lower() or "thermal" in hits[0].heading.lower()
