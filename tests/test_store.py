@@ -1,4 +1,5 @@
-"""VectorStore against real Chroma: embedded folder and a real `chroma run` server (or MANUALRAG_TEST_STORE_URL)."""
+"""VectorStore against real Chroma: an embedded folder and a real `chroma run` server, the latter normally
+behind the authenticating nginx proxy of deploy/ (fixtures ``store_mode`` / ``store_server`` in conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,29 +13,25 @@ import pytest
 from indexer.config import DEFAULTS
 from indexer.errors import ConfigError, EncoderMismatchError, StoreError
 from indexer.store import KINDS, VectorStore, expand_headers, parse_url
-from tests.chroma_server import chroma_server_url, free_port, unique_prefix
-
-MODES = ["embedded", "server"]
-
-
-@pytest.fixture(scope="session")
-def server_url():
-    with chroma_server_url() as url:
-        yield url
+from tests.chroma_server import free_port, unique_prefix
 
 
 def make_cfg(mode: str, request: pytest.FixtureRequest, prefix: str | None = None, **store) -> dict:
+    """A config for ``mode``; in server mode with the test server's url and token header (``headers`` given
+    here add to that header)."""
     cfg = copy.deepcopy(DEFAULTS)
     cfg["store"]["collection"] = prefix or unique_prefix()
     if mode == "server":
-        cfg["store"]["url"] = request.getfixturevalue("server_url")
+        cfg["store"].update(request.getfixturevalue("store_server").store_cfg())
+    if "headers" in store:
+        cfg["store"]["headers"] = {**cfg["store"]["headers"], **store.pop("headers")}
     cfg["store"].update(store)
     return cfg
 
 
-@pytest.fixture(params=MODES)
-def mode(request):
-    return request.param
+@pytest.fixture
+def mode(store_mode):
+    return store_mode
 
 
 @pytest.fixture
@@ -325,3 +322,28 @@ def test_unknown_database_on_the_server_is_reported(request, tmp_path):
         VectorStore.open(tmp_path, cfg)
     msg = str(ei.value)
     assert cfg["store"]["url"] in msg and "store.database" in msg and "\n" not in msg
+
+
+def test_store_cfg_factory_gives_each_index_folder_its_collections(store_mode, store_cfg_factory, tmp_path):
+    """The shared fixture other suites (index, query, eval) use to run in both modes."""
+    a1, a2, b = (
+        store_cfg_factory(tmp_path / "a"),
+        store_cfg_factory(tmp_path / "a"),
+        store_cfg_factory(tmp_path / "b"),
+    )
+    assert a1["collection"] == a2["collection"] != b["collection"]
+    if store_mode == "embedded":
+        assert a1["url"] is None
+    else:
+        assert a1["url"].startswith("http")
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["store"] = a1
+    with VectorStore.open(tmp_path / "a", cfg) as st:
+        st.ensure("text", "m", 8)
+        st.upsert("text", ["x"], np.ones((1, 8)), [{"page": 1}])
+    cfg["store"] = b
+    with VectorStore.open(tmp_path / "b", cfg) as st:
+        assert st.count("text") == 0  # another folder, other collections (also on the shared server)
+    cfg["store"] = a2
+    with VectorStore.open(tmp_path / "a", cfg) as st:
+        assert st.count("text") == 1
