@@ -54,6 +54,18 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _printable(rel: str) -> str:
+    """A library-relative path as valid UTF-8 text: bytes of a file name that are not UTF-8 (which Python
+    carries as lone surrogates) become ``\\xNN`` escapes, so the name can be stored, hashed and printed."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        escaped = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        log.warning("file name is not valid UTF-8: indexed as %s", escaped)
+        return escaped
+
+
 def discover(
     library: Path, cfg: dict[str, Any], exclude: list[Path] | None = None
 ) -> tuple[list[SourceFile], dict[str, int]]:
@@ -126,7 +138,7 @@ def discover(
             if ftype is None:
                 skipped["unsupported"] += 1
                 continue
-            candidates.append((via_link or is_link, "/".join((*rel_parts, name)), path, st, ftype))
+            candidates.append((via_link or is_link, _printable("/".join((*rel_parts, name))), path, st, ftype))
 
     def visit_dir(path: Path, rel_parts: tuple[str, ...], st: os.stat_result, via_link: bool) -> None:
         key = (st.st_dev, st.st_ino)
@@ -148,12 +160,14 @@ def discover(
     # one entry per file: prefer the path that does not go through a link, then the first by name
     found: list[SourceFile] = []
     seen_files: set[tuple[int, int]] = set()
+    seen_rels: set[str] = set()
     for _via_link, rel, path, st, ftype in sorted(candidates, key=lambda c: (c[0], c[1])):
         key = (st.st_dev, st.st_ino)
-        if key in seen_files:
+        if key in seen_files or rel in seen_rels:  # same file twice, or an escaped name equal to a real one
             skipped["duplicate"] += 1
             continue
         seen_files.add(key)
+        seen_rels.add(rel)
         found.append(SourceFile(path=path, rel=rel, size=st.st_size, mtime=st.st_mtime, file_type=ftype))
     found.sort(key=lambda f: f.rel)
     return found, dict(skipped)

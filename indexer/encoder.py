@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ CLIP_MODEL_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip"}
 MAX_IMAGE_SIDE = 1024
 # ... but never below this on the shorter side (the processor wants >= 224 px, a bit of margin)
 MIN_IMAGE_SHORT_SIDE = 448
+# Pillow decoders for images (crops, query images): the types we ingest, as indexer.extract.IMAGE_FORMATS
+IMAGE_DECODERS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF")
 HUB_PROBE_TIMEOUT_S = 1.5
 
 _DTYPE_ALIASES = {
@@ -549,15 +552,18 @@ class ClipEncoder(_TextSide):
         """RGB, transparency flattened on white, very large images thumbnailed (the caller's is not modified)."""
         from PIL import Image
 
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            img = Image.open(io.BytesIO(bytes(image)))
-        elif isinstance(image, (str, os.PathLike)):
-            img = Image.open(image)
+        if isinstance(image, (bytes, bytearray, memoryview, str, os.PathLike)):
+            src = io.BytesIO(bytes(image)) if isinstance(image, (bytes, bytearray, memoryview)) else image
+            # only the decoders of the image types we ingest; a decompression bomb is an error, not a warning
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(src, formats=IMAGE_DECODERS)
+                img.load()
         elif isinstance(image, Image.Image):
             img = image
+            img.load()
         else:
             raise TypeError(f"embed_images takes PIL images or bytes, got {type(image).__name__}")
-        img.load()
         w, h = img.size
         scale = min(1.0, MAX_IMAGE_SIDE / max(w, h))
         if scale < 1.0:  # keep the shorter side usable for very elongated images

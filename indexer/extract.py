@@ -19,7 +19,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import pymupdf
@@ -76,7 +76,7 @@ def extract_file(path: Path, rel: str, cfg: dict[str, Any], ocr: OcrEngine | Non
     else:
         _extract_text(data, doc, rel, markdown=path.suffix.lower() == ".md")
     if not doc.title:
-        doc.title = path.stem
+        doc.title = PurePosixPath(rel).stem  # rel is valid UTF-8 (discover escapes undecodable names)
     return doc
 
 
@@ -128,8 +128,16 @@ def _open_pdf(data: bytes, rel: str, cfg: dict[str, Any], warnings_out: list[str
             )
     if pdf.is_repaired:
         warnings_out.append(f"repaired: {messages or 'MuPDF rebuilt a broken cross-reference table'}")
-    if pdf.page_count == 0:
+    try:
+        n_pages = pdf.page_count
+    except RuntimeError as exc:  # a page tree MuPDF cannot count (e.g. a file cut short)
         pdf.close()
+        raise ExtractionError(rel, f"corrupt PDF: cannot count its pages ({_one_line(exc)})") from None
+    if n_pages == 0:
+        repaired = pdf.is_repaired
+        pdf.close()
+        if not repaired:
+            raise ExtractionError(rel, "PDF has no pages")
         raise ExtractionError(rel, "corrupt PDF: no readable pages" + (f" ({messages})" if messages else ""))
     return pdf
 
@@ -334,7 +342,8 @@ def _same_as_background(page: pymupdf.Page, bbox: fg.Box, color: int) -> bool:
     rgb = ((color >> 16) & 255, (color >> 8) & 255, color & 255)
     if len(top) < 3:
         top = bytes([top[0]] * 3)
-    return share >= 0.9 and all(abs(int(a) - b) <= 40 for a, b in zip(top[:3], rgb, strict=True))
+    # 3 pixels in 4 (not all: lines of a diagram drawn across hidden text must not make it "visible")
+    return share >= 0.75 and all(abs(int(a) - b) <= 40 for a, b in zip(top[:3], rgb, strict=True))
 
 
 def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
@@ -650,7 +659,14 @@ def _render_figure(
     key = r.content_key()
     digest = key[4:] if key.startswith("img:") else hashlib.sha256(png).hexdigest()
     lines = pages[r.page - 1].lines
-    labels = fg.words_inside(page.get_text("words", clip=pymupdf.INFINITE_RECT()), r.bbox)
+    # words drawn invisibly (hidden, white-on-white, off-page, tiny) never become a figure's labels
+    hidden = [ln.bbox for ln in lines if ln.suspect]
+    words = [
+        w_
+        for w_ in page.get_text("words", clip=pymupdf.INFINITE_RECT())
+        if not any(fg.inside_share(fg.as_box(w_[:4]), hb) > 0.5 for hb in hidden)
+    ]
+    labels = fg.words_inside(words, r.bbox)
     quality = "ok"
     if r.native_dpi is not None and r.native_dpi < ex["low_res_dpi"] and pf.kind in ("raster", "symbol"):
         quality = "low-res"
@@ -750,8 +766,16 @@ def _decode_frames(data: bytes, rel: str, max_pixels: int) -> list[Image.Image]:
         raise ExtractionError(rel, f"image too large (decompression-bomb guard): {_one_line(exc)}") from None
     except Image.UnidentifiedImageError:
         raise ExtractionError(rel, "not a readable image (unknown or corrupt format)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except ValueError as exc:
+        if "MAX_TEXT" in str(exc):  # a zTXt/iTXt bomb or too much text metadata: refused, like a pixel bomb
+            raise ExtractionError(rel, f"image refused: oversized PNG text chunk ({_one_line(exc)})") from None
         raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None
+    except (OSError, SyntaxError, EOFError) as exc:
+        raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises TypeError, IndexError, zlib.error... on broken files
+        raise ExtractionError(rel, f"corrupt image ({type(exc).__name__}: {_one_line(exc)})") from None
     if not frames:
         raise ExtractionError(rel, "image has no frames")
     return [_fit(f, max_pixels) for f in frames]

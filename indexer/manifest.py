@@ -5,15 +5,17 @@ Crash safety (the pipeline's order of writes, per document)::
 
     begin_document(path)                # the documents row goes first: a crash now means "redo it"
     old = vector_ids(path)              # ids the store may hold for the old rows
-    store.delete(kind, old[kind])       # before the rows change, so no vector outlives its row
+    store.delete(kind, old[kind] - new[kind])  # before the rows change, so no vector outlives its row
     replace_rows(path, passages, windows, figures)   # one transaction, lexical rows included
-    store.upsert(...)                   # vectors whose ids are all in the new rows
+    store.upsert(...)                   # vectors whose ids are all in the new rows (shared ids overwritten)
     commit_document(row)                # last: the document counts as indexed
 
 At every point, each vector in the store has a row here (``vector_ids`` finds it), and a document with
 no committed row is redone by the next run. Every write method is one transaction.
 
-Readers (the retriever) open read-only (``mode=ro``) and may query while a writer runs (WAL).
+Readers (the retriever) open read-only (``mode=ro``) and may query while a writer runs (WAL); a reader
+takes one query's rows in one :meth:`Manifest.read_snapshot`, so it sees each document before or after
+``replace_rows``, never half of it.
 Lists are stored as JSON text; nothing is pickled.
 """
 
@@ -409,6 +411,21 @@ class Manifest:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """Every read inside the block sees one state of the index (a WAL read transaction), even while a
+        writer commits documents: a reader sees each document before or after its update, never half of it."""
+        with self._lock:
+            conn = self.conn
+            if conn.in_transaction:  # nested, or inside a write transaction: already one state
+                yield
+                return
+            conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                conn.execute("COMMIT")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -2,12 +2,19 @@
 
 Write order for one document (crash-safe, see DESIGN.md "Incremental and safe"):
   1. delete its manifest row (a crash from here on leaves it absent, so the next run redoes it);
-  2. delete the vectors of its previous rows (their ids are read from the manifest's tables);
+  2. delete the vectors of its previous rows that the new version does not write again (their ids are
+     read from the manifest's tables; ids the new version shares are overwritten in step 4 instead);
   3. replace its passage/window/figure rows and lexical rows (one SQLite transaction);
   4. upsert its vectors (deterministic ids);
   5. write its manifest row, last.
 The manifest's tables always name every vector id that may exist for a document, so a redo removes
 whatever a crashed run left behind, and ids never duplicate.
+
+Readers see each document before or after its update, never without it: its rows switch in one SQLite
+transaction (step 3), and the retriever maps every vector hit through the rows of one read snapshot, so a
+vector the snapshot does not name is dropped and one it names shows that snapshot's text. Until step 3
+the old rows are served (by lexical search and by the vectors they share with the new version); from step 3
+on, the new rows.
 """
 
 from __future__ import annotations
@@ -194,6 +201,8 @@ class Indexer:
                     digest = file_digest(src.path)
                 except OSError as exc:
                     summary.failed.append(FileError(src.rel, f"cannot read: {exc.strerror or exc}", "discover"))
+                    if row is not None or src.rel in manifest.paths_with_rows():
+                        self._remove_document(src.rel, manifest, store)
                     manifest.record_error(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
                     continue
                 if row is not None and row.digest == digest and self._up_to_date(row, src, fp, check_stat=False):
@@ -220,6 +229,9 @@ class Indexer:
                 continue
             self._remove_document(path, manifest, store)
             summary.removed.append(path)
+        for path in sorted(set(manifest.errors()) - present):  # errors of files no longer in the library
+            if in_shard(path, self.shard):
+                manifest.clear_error(path)
 
         # extract, chunk, embed, store
         bar = self._progress_bar(len(work))
@@ -227,6 +239,10 @@ class Indexer:
             for src, item in self._extracted(work, timings):
                 if isinstance(item, FileError):
                     summary.failed.append(item)
+                    # the file changed (or the config did) and the new version cannot be read: the records
+                    # of the old version would describe content that is no longer there
+                    if item.path in known or item.path in manifest.paths_with_rows():
+                        self._remove_document(item.path, manifest, store)
                     manifest.record_error(item.path, item.reason, item.stage)
                 else:
                     self._index_document(src, item, manifest, store, summary, fp)
@@ -323,8 +339,10 @@ class Indexer:
         with _Timer(timings, "store"):
             manifest.begin_document(doc.path)
             for kind, ids in manifest.vector_ids(doc.path).items():
-                if ids:
-                    store.delete(kind, ids)
+                rewritten = set(vectors[kind][0]) if kind in vectors else set()
+                gone = [i for i in ids if i not in rewritten]
+                if gone:
+                    store.delete(kind, gone)
             manifest.replace_rows(doc.path, passages, windows, figures + boiler)
             for kind, (ids, embs, metas, docs) in vectors.items():
                 if ids:

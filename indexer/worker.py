@@ -48,24 +48,83 @@ def _write_crops(doc: Document, index_dir: Path) -> None:
         fig.png = None
 
 
+FAULT_ENV = "MANUALRAG_TEST_WORKER_FAULT"
+
+
+def _test_fault(rel: str) -> None:
+    """Test hook, for the reliability tests only: ``MANUALRAG_TEST_WORKER_FAULT="KIND:REL[,KIND:REL...]"``
+    (an environment variable of the indexing process, never read from a config file or a document) makes
+    this worker fail on the document whose library-relative path is REL the way a broken parser would:
+    KIND is ``segv`` (a real SIGSEGV), ``abort`` (SIGABRT), ``hang`` (sleeps past the timeout), ``oom``
+    (allocates until the address-space limit stops it) or ``slow`` (sleeps 1.5 s, then extracts normally)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        kind, _, name = item.partition(":")
+        if name != rel:
+            continue
+        if kind == "segv":
+            import ctypes
+
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
+        elif kind == "abort":
+            os.abort()
+        elif kind == "hang":
+            while True:
+                time.sleep(1)
+        elif kind == "oom":
+            hog = []
+            while True:
+                hog.append(bytearray(64 << 20))
+        elif kind == "slow":
+            time.sleep(1.5)
+
+
+def _exit_with_parent() -> None:
+    """A worker whose parent died (killed, crashed) stops at once, with its tesseract children, instead of
+    finishing its document and writing crops into an index that a later run may already be cleaning."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.2)
+            if os.getppid() != parent:
+                if os.getpgid(0) == os.getpid():  # our own process group (setsid in the parent's preexec)
+                    os.killpg(0, signal.SIGKILL)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def worker_main() -> None:
     # keep the protocol channel private: anything a library prints to stdout goes to stderr instead
-    proto = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    proto = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     os.environ["OMP_THREAD_LIMIT"] = "1"
+    _exit_with_parent()
     from indexer.errors import ExtractionError, ManualragError
     from indexer.extract import extract_file
 
     cfg: dict[str, Any] = json.loads(sys.stdin.readline())
     index_dir = Path(cfg.pop("__index_dir"))
     ocr = None
-    if cfg["ocr"]["enabled"]:
-        from indexer.ocr import OcrEngine
+    try:
+        if cfg["ocr"]["enabled"]:
+            from indexer.ocr import OcrEngine
 
-        ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or index_dir / "ocr_cache.sqlite"))
+            ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or index_dir / "ocr_cache.sqlite"))
+    except ManualragError as exc:
+        proto.write(json.dumps({"ready": False, "reason": str(exc), "fatal": True}).encode() + b"\n")
+        proto.flush()
+        return
+    # ready: the parent starts a document's clock only now (imports take seconds on a busy machine)
+    proto.write(b'{"ready": true}\n')
+    proto.flush()
     for line in sys.stdin:
         req = json.loads(line)
         try:
+            _test_fault(req["rel"])
             doc = extract_file(Path(req["path"]), req["rel"], cfg, ocr=ocr)
             _write_crops(doc, index_dir)
             resp: dict[str, Any] = {"ok": True, "doc": doc.to_dict(with_png=False)}
@@ -79,7 +138,9 @@ def worker_main() -> None:
             resp = {"ok": False, "reason": "document structure too deeply nested"}
         except Exception as exc:  # any other library error: this file fails, the worker goes on
             resp = {"ok": False, "reason": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
-        proto.write(json.dumps(resp) + "\n")
+        # text from a document may hold lone surrogates (broken UTF-16 in a PDF): they become "?" here, so
+        # the parent only ever receives valid UTF-8 (SQLite and Chroma refuse anything else)
+        proto.write(json.dumps(resp, ensure_ascii=False).encode("utf-8", "replace") + b"\n")
         proto.flush()
 
 
@@ -96,6 +157,9 @@ def _limits(memory_mb: int):
     return apply
 
 
+STARTUP_TIMEOUT_S = 120.0  # a worker's imports and OCR set-up; the per-document timeout starts after them
+
+
 class _Worker:
     def __init__(self, cfg: dict[str, Any], index_dir: Path):
         env = dict(os.environ, OMP_THREAD_LIMIT="1", PYTHONFAULTHANDLER="0")
@@ -110,6 +174,33 @@ class _Worker:
             cwd=str(Path(__file__).resolve().parents[1]),
         )
         self.send({**cfg, "__index_dir": str(index_dir.resolve())})
+        self.start_error = self._await_ready(cfg["isolation"]["memory_mb"])
+
+    def _await_ready(self, memory_mb: int) -> str | None:
+        """Wait for the worker's ready line; None when it is ready, else why it did not start."""
+        timer = threading.Timer(STARTUP_TIMEOUT_S, self.kill)
+        timer.start()
+        try:
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()
+        except OSError:
+            line = b""
+        finally:
+            timer.cancel()
+        try:
+            resp = json.loads(line) if line else {}
+        except ValueError:
+            resp = {}
+        if not isinstance(resp, dict):
+            resp = {}
+        if resp.get("ready"):
+            return None
+        if resp.get("fatal"):
+            from indexer.errors import ManualragError
+
+            raise ManualragError(resp["reason"])
+        self.kill()
+        return f"extraction worker did not start: {_death_reason(self.proc.returncode, memory_mb)}"
 
     def send(self, obj: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -150,6 +241,23 @@ def _death_reason(rc: int | None, memory_mb: int) -> str:
     return f"extraction worker exited with code {rc}"
 
 
+def _is_digest(text: object) -> bool:
+    return isinstance(text, str) and 32 <= len(text) <= 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def _invalid(doc: Document, rel: str) -> str | None:
+    """Why a worker's document cannot be used (None when it can): it must describe the file asked for, and
+    figure digests, which name crop files, must be hex digests."""
+    if doc.path != rel:
+        return "document path differs from the file requested"
+    for fig in doc.figures + doc.boilerplate:
+        if not _is_digest(fig.digest):
+            return "figure digest is not a hex digest"
+        if fig.crop_path not in (None, f"crops/{fig.digest}.png"):
+            return "figure crop path is not crops/<digest>.png"
+    return None
+
+
 class WorkerPool:
     """N extraction workers; documents go to whichever is free; a dead or hung worker is replaced."""
 
@@ -177,6 +285,8 @@ class WorkerPool:
 
     def extract(self, path: Path, rel: str) -> Document | FileError:
         w = self._get()
+        if w.start_error:
+            return FileError(rel, w.start_error)
         timed_out = threading.Event()
 
         def on_timeout() -> None:
@@ -199,15 +309,31 @@ class WorkerPool:
             if timed_out.is_set():
                 return FileError(rel, f"extraction timed out after {self.timeout} s")
             return FileError(rel, _death_reason(rc, self.memory_mb))
-        self._idle.put(w)
-        resp = json.loads(line)
-        if not resp["ok"]:
+        # the worker parses untrusted files: what it sends back is checked like any untrusted input
+        try:
+            resp = json.loads(line)
+            if not isinstance(resp, dict):
+                raise ValueError("not an object")
+        except ValueError:  # never happens with our worker; a garbled reply costs the file, not the run
+            w.kill()
+            return FileError(rel, "extraction worker sent an unreadable reply")
+        if not resp.get("ok"):
+            self._idle.put(w)
             if resp.get("fatal"):
                 from indexer.errors import ManualragError
 
-                raise ManualragError(resp["reason"])
-            return FileError(rel, resp["reason"])
-        return Document.from_dict(resp["doc"])
+                raise ManualragError(str(resp.get("reason")))
+            return FileError(rel, " ".join(str(resp.get("reason") or "extraction failed").split())[:400])
+        try:
+            doc = Document.from_dict(resp["doc"])
+            problem = _invalid(doc, rel)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            problem = f"malformed document ({type(exc).__name__})"
+        if problem:
+            w.kill()
+            return FileError(rel, f"extraction worker sent an invalid result: {problem}")
+        self._idle.put(w)
+        return doc
 
     def imap(self, items: Iterable[tuple[Any, Path, str]]) -> Iterator[tuple[Any, Document | FileError, float]]:
         """Extract items (key, path, rel) with up to N in flight; yields (key, result, seconds) as they finish."""

@@ -313,6 +313,11 @@ def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: s
     from indexer.pipeline import Indexer
 
     idir = Path(cfg["index_dir"])
+    if not (idir / "index.sqlite").exists():
+        from indexer.lock import IndexLock
+
+        with IndexLock(idir):  # a first index run still going on is reported as the lock holder
+            pass
     m = Manifest(idir / "index.sqlite", readonly=True)
     library = m.get_meta("library")
     m.close()

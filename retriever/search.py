@@ -222,12 +222,6 @@ class Retriever:
         notes: list[str] = []
         used: list[str] = []
 
-        if "lexical" in channels and text:
-            t0 = time.perf_counter()
-            rankings["lexical"] = [((t, i), sc) for t, i, sc in self.manifest.lexical_search(text, n)]
-            timings["search"] += time.perf_counter() - t0
-            used.append("lexical")
-
         if "dense" in channels:
             clip = self._clip_encoder(required=explicit)
             if clip is None:
@@ -266,14 +260,24 @@ class Retriever:
                 rankings["text"] = self._refs("sem", q, n)
                 timings["search"] += time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        rc = self.cfg["retrieve"]
-        # a query image alone has only its two CLIP channels, whose cosine spreads are too narrow to
-        # standardise reliably; they are fused by rank, image->image first (query by example)
-        method = rc["fusion"] if text else "rrf"
-        fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
-        hits = self._hits(fused, text or "", k, modality, source)
-        timings["fusion"] += time.perf_counter() - t0
+        # the lexical channel and every row behind the hits come from one snapshot of the manifest, so an
+        # index run that updates a document meanwhile shows it whole, before or after (vector hits whose
+        # ids the snapshot does not name are dropped in _hits)
+        with self.manifest.read_snapshot():
+            if "lexical" in channels and text:
+                t0 = time.perf_counter()
+                lexical = [((t, i), sc) for t, i, sc in self.manifest.lexical_search(text, n)]
+                rankings = {"lexical": lexical, **rankings}
+                timings["search"] += time.perf_counter() - t0
+                used.insert(0, "lexical")
+            t0 = time.perf_counter()
+            rc = self.cfg["retrieve"]
+            # a query image alone has only its two CLIP channels, whose cosine spreads are too narrow to
+            # standardise reliably; they are fused by rank, image->image first (query by example)
+            method = rc["fusion"] if text else "rrf"
+            fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
+            hits = self._hits(fused, text or "", k, modality, source)
+            timings["fusion"] += time.perf_counter() - t0
         return SearchResult(
             query=text or f"<image {image if isinstance(image, (str, Path)) else 'bytes'}>",
             hits=hits,
