@@ -4,7 +4,7 @@ the index must equal a fresh index, built from scratch, of what the index should
 last index run, less the documents removed since. "Equal" covers the manifest rows, the lexical index, the
 per-file errors, the crop files and every vector (ids, metadata, documents, embeddings: tiny CLIP).
 
-MANUALRAG_STATEFUL_EXAMPLES (default 3) and MANUALRAG_STATEFUL_STEPS (default 10) size the search.
+MANUALRAG_STATEFUL_EXAMPLES (default 2) and MANUALRAG_STATEFUL_STEPS (default 10) size the search.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 
 from tests import rel_helpers as rh
 
-EXAMPLES = int(os.environ.get("MANUALRAG_STATEFUL_EXAMPLES", "3"))
+EXAMPLES = int(os.environ.get("MANUALRAG_STATEFUL_EXAMPLES", "2"))
 STEPS = int(os.environ.get("MANUALRAG_STATEFUL_STEPS", "10"))
 
 NAMES = ("a.pdf", "b.md", "sub/c.pdf", "d.txt")
@@ -169,4 +169,4 @@ def test_index_state_machine(tmp_path, tiny_clip_dir):
         ),
     )
     print(f"\nstate machine: {dict(STATS)}, {len(_FRESH)} distinct libraries indexed from scratch")
-    assert STATS["runs"] > EXAMPLES and STATS["writes"] >= EXAMPLES and len(_FRESH) >= 2
+    assert STATS["runs"] >= EXAMPLES and STATS["writes"] >= EXAMPLES and STATS["checks"] >= 2 * EXAMPLES

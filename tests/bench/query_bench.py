@@ -559,7 +559,7 @@ def main() -> None:
     last = R["measure"][sizes[-1]]
     txt += (
         f"\n\n{n_queries} queries per size after 10 warm-up ones; k=10, {max(cfg['retrieve']['candidates'], 30)}"
-        f" candidates per channel; CLIP dtype {last['clip_dtype']}. At {sizes[-1]:,} records: retrieval part p95"
+        f" candidates per channel; CLIP dtype {last['clip_dtype']}. At {R['grow'][sizes[-1]]['total']:,} records: retrieval part p95"
         f" **{last['retrieval']['p95']:.1f} ms** (target <= 50 ms), whole search p95"
         f" **{last['search']['p95']:.1f} ms** (target <= 150 ms), with torch's default {last['torch_threads']}"
         f" threads; limited to 1 thread: p95 {last['search_1t']['p95']:.1f} ms."
