@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -31,6 +32,14 @@ def _write_library(lib, tag: str, size: int = 2) -> None:
         (lib / name).write_bytes(data)
 
 
+def _has_schema(idx) -> bool:
+    try:
+        with rh.sqlite_ro(idx) as db:
+            return db.execute("SELECT 1 FROM meta WHERE key = 'schema'").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 def test_second_writer_gets_exit_2_naming_the_holder_and_a_stale_lock_is_recovered(tmp_path, caplog):
     lib = tmp_path / "lib"
     _write_library(lib, "rev1")
@@ -42,6 +51,7 @@ def test_second_writer_gets_exit_2_naming_the_holder_and_a_stale_lock_is_recover
     holder = rh.popen_cli(*rh.index_args(cfg, lib, idx, dense=False), env={FAULT_ENV: "hang:gamma.md"})
     try:
         assert rh.wait_for(lambda: (idx / "lock").exists(), 120), holder.communicate()
+        assert rh.wait_for(lambda: _has_schema(idx), 120), "the holder creates its manifest"
         lock = json.loads((idx / "lock").read_text())
         assert lock["pid"] == holder.pid
         for args in (
