@@ -49,6 +49,8 @@ def _write_crops(doc: Document, index_dir: Path) -> None:
 
 
 FAULT_ENV = "MANUALRAG_TEST_WORKER_FAULT"
+_RESERVED: list[Any] = []  # the ``reserve`` fault's mappings, kept alive for the worker's life
+_LIMIT_MB = [3072]  # this worker's isolation.memory_mb
 
 
 def _test_fault(rel: str) -> None:
@@ -56,7 +58,9 @@ def _test_fault(rel: str) -> None:
     (an environment variable of the indexing process, never read from a config file or a document) makes
     this worker fail on the document whose library-relative path is REL the way a broken parser would:
     KIND is ``segv`` (a real SIGSEGV), ``abort`` (SIGABRT), ``hang`` (sleeps past the timeout), ``oom``
-    (allocates until the address-space limit stops it) or ``slow`` (sleeps 1.5 s, then extracts normally)."""
+    (allocates until the memory limit stops it), ``reserve`` (reserves twice the memory limit of address space
+    that it never touches, as thread stacks and malloc arenas do on a many-core machine, then extracts
+    normally) or ``slow`` (sleeps 1.5 s, then extracts normally)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -77,6 +81,10 @@ def _test_fault(rel: str) -> None:
             hog = []
             while True:
                 hog.append(bytearray(64 << 20))
+        elif kind == "reserve":
+            import mmap
+
+            _RESERVED.append(mmap.mmap(-1, 2 * _LIMIT_MB[0] << 20, flags=mmap.MAP_PRIVATE, prot=0))  # PROT_NONE
         elif kind == "slow":
             time.sleep(1.5)
 
@@ -107,6 +115,7 @@ def worker_main() -> None:
     from indexer.extract import extract_file
 
     cfg: dict[str, Any] = json.loads(sys.stdin.readline())
+    _LIMIT_MB[0] = cfg["isolation"]["memory_mb"]
     index_dir = Path(cfg.pop("__index_dir"))
     ocr = None
     try:
@@ -151,7 +160,11 @@ def _limits(memory_mb: int):
 
         os.setsid()  # own process group: a kill reaches tesseract children too
         limit = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        # RLIMIT_DATA (heap and private writable mappings: what a decompression bomb or a runaway parser
+        # allocates), not RLIMIT_AS: address space grows with the core count (onnxruntime's thread pools,
+        # their stacks and malloc arenas) and a 3 GiB address-space limit killed every worker at start-up
+        # on a 16-core machine
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     return apply
@@ -162,7 +175,12 @@ STARTUP_TIMEOUT_S = 120.0  # a worker's imports and OCR set-up; the per-document
 
 class _Worker:
     def __init__(self, cfg: dict[str, Any], index_dir: Path):
-        env = dict(os.environ, OMP_THREAD_LIMIT="1", PYTHONFAULTHANDLER="0")
+        env = dict(
+            os.environ,
+            OMP_THREAD_LIMIT="1",
+            PYTHONFAULTHANDLER="0",
+            MALLOC_ARENA_MAX="2",  # fewer glibc arenas per thread: less memory held on many-core machines
+        )
         quiet = not log.isEnabledFor(logging.DEBUG)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "indexer.worker"],

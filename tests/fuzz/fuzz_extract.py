@@ -2,7 +2,7 @@
 (bit flips, byte overwrites, deletions, insertions of random bytes and of PDF/PNG syntax, duplications,
 truncations, splices of two seeds, PNG chunks re-checksummed so decoders read past them, a wrong file
 suffix), writes each input to a file and sends it through a real ``WorkerPool`` (subprocesses with a
-timeout and an address-space limit), then runs what the parent does with a document: checks it, chunks it
+timeout and a memory limit), then runs what the parent does with a document: checks it, chunks it
 and writes its rows into a scratch manifest.
 
 The property: the parent never fails. Every input ends as a Document or as a one-line FileError; a worker
