@@ -420,9 +420,14 @@ def index_run(cfg: dict[str, Any], library: Path, index_dir: Path, dense: bool =
 
     t0 = time.perf_counter()
     with RssSampler() as rss:
-        s = Indexer(cfg, index_dir, dense=dense).run(library)
+        ix = Indexer(cfg, index_dir, dense=dense)
+        s = ix.run(library)
     wall = time.perf_counter() - t0
     d = s.to_dict()
+    clip = getattr(ix, "_clip", None)
+    if clip is not None:  # what device and dtype the encoder resolved to (proves "auto" on a GPU machine)
+        d["device"] = str(clip.device)
+        d["dtype"] = str(clip.dtype).replace("torch.", "")
     d.pop("indexed", None)
     d["bench_wall_s"] = round(wall, 3)
     d["rss_mb"] = rss.mb()

@@ -113,6 +113,7 @@ def main() -> None:
         "--quick", action="store_true", help="fewer batch sizes, shorter timings, no fp32 index run"
     )
     ap.add_argument("--skip-index", action="store_true", help="model throughput only")
+    ap.add_argument("--copies", type=int, default=1, help="index the corpus repeated N times (changed digests)")
     ap.add_argument("--seconds", type=float, default=None, help="timing window per measurement")
     ap.add_argument("--no-results", action="store_true", help="do not append to tests/bench/RESULTS.md")
     args = ap.parse_args()
@@ -137,7 +138,7 @@ def main() -> None:
                     r.get("batch", "–"),
                     round(r.get("images_per_s", float("nan")), 1),
                     round(r.get("texts_per_s", float("nan")), 1),
-                    round(r.get("peak_mem_mb", float("nan"))),
+                    round(r["peak_mem_mb"]) if "peak_mem_mb" in r else "–",
                 ]
                 if "error" not in r
                 else [r["dtype"], "–", r["error"], "", ""]
@@ -148,14 +149,16 @@ def main() -> None:
 
     if not args.skip_index:
         work = Path(tempfile.mkdtemp(prefix="manualrag-gpubench-"))
-        lib = make_library(work / "corpus", 1, ("xfig-howto.pdf", "netgen-manual.pdf") if cpu else None)
+        lib = make_library(work / "corpus", args.copies, ("xfig-howto.pdf", "netgen-manual.pdf") if cpu else None)
         ocr_ok = tesseract_version() != "not installed"
         idx_rows = []
         for dtype in (
             ["auto"] if cpu else (["auto", "float16"] if args.quick else ["auto", "float16", "float32"])
         ):
             log(f"indexing the corpus on {args.device}, dtype {dtype}")
-            cfg = {"device": args.device}
+            # the first run uses the documented default config (device auto, dtype auto): the code path
+            # must find the GPU with no change; the others name the device
+            cfg = {"device": "auto" if dtype == "auto" else args.device}
             if not ocr_ok:
                 cfg["ocr"] = {"enabled": False}
             d = run_child(
@@ -174,7 +177,7 @@ def main() -> None:
             n_items = d["embedded"].get("texts", 0) + d["embedded"].get("images", 0)
             idx_rows.append(
                 [
-                    dtype,
+                    f"{dtype} (config device {cfg['device']}) -> {d.get('device', '?')} {d.get('dtype', '?')}",
                     d["pages"],
                     d["figures"],
                     round(d["wall_s"], 1),
@@ -189,12 +192,12 @@ def main() -> None:
             )
         shutil.rmtree(work, ignore_errors=True)
         out.append(
-            f"### Indexing the corpus with --device {args.device}"
+            f"### Indexing the corpus{f' x {args.copies}' if args.copies > 1 else ''} on the device"
             + ("" if ocr_ok else " (tesseract absent: OCR off)")
             + "\n\n"
             + table(
                 [
-                    "dtype",
+                    "config dtype -> resolved device, dtype",
                     "pages",
                     "figures",
                     "wall s",
