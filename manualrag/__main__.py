@@ -1,3 +1,3 @@
-from manualrag.cli import main
+from manualrag.cli import run
 
-main()
+run()

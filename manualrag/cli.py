@@ -18,6 +18,33 @@ log = logging.getLogger("manualrag")
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
+# set by the commands that only read an index (query, context, eval, stats): run() may then skip the
+# interpreter's teardown, which takes about 1.2 s once torch and chromadb are loaded and writes nothing
+_READ_ONLY = False
+
+
+def run() -> None:
+    """The console entry point: main(), then a fast exit after a read-only command (output flushed first)."""
+    code: int | str | None = 0
+    try:
+        main.main(prog_name="manualrag")
+    except SystemExit as exc:
+        code = exc.code
+    if not _READ_ONLY or not isinstance(code, (int, type(None))):
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe (| head): nothing left to say
+        pass
+    logging.shutdown()
+    os._exit(code or 0)
+
+
+def _read_only() -> None:
+    global _READ_ONLY
+    _READ_ONLY = True
+
 
 class Ctx:
     def __init__(self, config_path: str | None, debug: bool):
@@ -260,6 +287,7 @@ def _print_summary(s: Any) -> None:
 @click.pass_obj
 def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool) -> None:
     """Describe an index: documents, pages, records by kind, figures, models, size on disk."""
+    _read_only()
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     from indexer.errors import IndexNotFoundError
     from indexer.manifest import Manifest
@@ -402,6 +430,7 @@ def query(obj: Ctx, text: str | None, image: str | None, k: int | None, modality
           channels: str | None, model: str | None, text_model: str | None, index_dir: str | None,
           store_url: str | None, as_json: bool, timings: bool) -> None:
     """Search the index: ranked text AND image hits with file, page, caption, labels and context."""
+    _read_only()
     from indexer.errors import ManualragError
 
     if not text and not image:
@@ -466,6 +495,7 @@ def _print_hits(res: Any) -> None:
 def context(obj: Ctx, text: str, max_chars: int, fmt: str, k: int, with_images: bool, include_suspect: bool,
             channels: str | None, text_model: str | None, index_dir: str | None, store_url: str | None) -> None:
     """A prompt-ready context block for an LLM: numbered, fenced sources with pages and figures."""
+    _read_only()
     from retriever.context import build_context
 
     with _open_retriever(obj, index_dir, store_url, text_model=text_model) as r:
@@ -490,6 +520,7 @@ def context(obj: Ctx, text: str, max_chars: int, fmt: str, k: int, with_images: 
 def eval_cmd(obj: Ctx, queries: str, k: int, channels: str | None, text_model: str | None,
              index_dir: str | None, store_url: str | None, as_json: bool) -> None:
     """Measure retrieval on labelled queries (JSONL: query, file, pages, kind): recall@k, MRR, nDCG, image recall."""
+    _read_only()
     from retriever.evaluate import evaluate, format_table, load_queries
 
     qs = load_queries(queries)
@@ -507,4 +538,4 @@ def _short(text: str, n: int = 160) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run()
