@@ -55,6 +55,24 @@ STOPWORDS = frozenset(
 # unicode letters and digits: what FTS5's unicode61 tokenizer keeps as token characters
 _RUN_RE = re.compile(r"[^\W_]+")
 
+def _vector_ids(windows: Sequence[tuple[str, str]], figure_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The vector ids that rows (windows as (id, channel), figure ids) may have in the store, by kind."""
+    out: dict[str, list[str]] = {"text": [], "sem": [], "image": [], "image_text": []}
+    for wid, channel in windows:
+        out["text" if channel == "clip" else "sem"].append(wid)
+    for fid in figure_ids:
+        out["image"].append(fid)
+        out["image_text"].append(f"{fid}:t")
+        out["sem"].append(f"{fid}:s")
+    return out
+
+
+# vectors superseded by a document's new version: deleted from the store only after the new version is
+# committed (so a reader always finds the document), remembered here so a crash cannot orphan them
+_PENDING_SCHEMA = """CREATE TABLE IF NOT EXISTS pending_deletes (
+    kind TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (kind, id)
+) WITHOUT ROWID"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -367,6 +385,7 @@ class Manifest:
             with self._tx() as c:
                 for stmt in _split_sql(_SCHEMA):
                     c.execute(stmt)
+                c.execute(_PENDING_SCHEMA)
                 c.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)",
                     (json.dumps(SCHEMA_VERSION),),
@@ -378,6 +397,9 @@ class Manifest:
                 f"{self.path} has manifest schema {version}, this manualrag uses {SCHEMA_VERSION}: "
                 "run `manualrag reset` (then index again) or use a new --index-dir"
             )
+        if not self.readonly:  # indexes made before the table existed get it on their next write
+            with self._tx() as c:
+                c.execute(_PENDING_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -455,15 +477,21 @@ class Manifest:
 
     def vector_ids(self, path: str) -> dict[str, list[str]]:
         """Ids the vector store may hold for ``path``'s rows, by record kind (text, sem, image, image_text)."""
-        out: dict[str, list[str]] = {"text": [], "sem": [], "image": [], "image_text": []}
-        for r in self._query("SELECT id, channel FROM windows WHERE doc_path = ? ORDER BY id", (path,)):
-            out["text" if r["channel"] == "clip" else "sem"].append(r["id"])
-        for r in self._query("SELECT id FROM figures WHERE doc_path = ? ORDER BY id", (path,)):
-            fid = r["id"]
-            out["image"].append(fid)
-            out["image_text"].append(f"{fid}:t")
-            out["sem"].append(f"{fid}:s")
+        q = "SELECT id, channel FROM windows WHERE doc_path = ? ORDER BY id"
+        windows = [(r["id"], r["channel"]) for r in self._query(q, (path,))]
+        figures = [r["id"] for r in self._query("SELECT id FROM figures WHERE doc_path = ? ORDER BY id", (path,))]
+        return _vector_ids(windows, figures)
+
+    def pending_deletes(self) -> dict[str, list[str]]:
+        """Superseded vector ids not yet deleted from the store, by kind (see ``replace_rows``)."""
+        out: dict[str, list[str]] = {}
+        for r in self._query("SELECT kind, id FROM pending_deletes ORDER BY kind, id"):
+            out.setdefault(r["kind"], []).append(r["id"])
         return out
+
+    def clear_pending(self, kind: str, ids: Sequence[str]) -> None:
+        with self._tx() as c:
+            c.executemany("DELETE FROM pending_deletes WHERE kind = ? AND id = ?", [(kind, i) for i in ids])
 
     def all_vector_ids(self) -> dict[str, set[str]]:
         """Every id the vector store may hold, by kind (for an orphan sweep of the store)."""
@@ -483,8 +511,14 @@ class Manifest:
         passages: Sequence[Passage],
         windows: Sequence[tuple[Window, str]],
         figures: Sequence[tuple[str, Figure]],
+        live: dict[str, Sequence[str]] | None = None,
     ) -> None:
         """Replace every passage, window, figure and lexical row of ``path`` (one transaction).
+
+        ``live``: the vector ids the new version has in the store, by kind (default: every id its rows may
+        have). The old version's ids outside it are recorded as pending deletes in the same transaction,
+        for the caller to delete from the store after ``commit_document`` (``pending_deletes``,
+        ``clear_pending``); a reader meanwhile drops them, since no row names them.
 
         Boilerplate figures get rows (they have vectors) but no lexical row; suspect passages get both
         (``passages.suspect`` says why a reader cannot see the text, so the retriever can mark or drop them).
@@ -504,7 +538,19 @@ class Manifest:
             labels = "\n".join(x for x in (" ".join(f.labels), f.ocr_text) if x.strip())
             body = "\n".join(x for x in (f.nearby_text, f.heading) if x.strip())
             lexical.append((fid, "figure", path, f.pages[0] if f.pages else 0, f.caption or "", labels, body))
+        old = self.vector_ids(path)
+        if live is None:
+            live = _vector_ids([(w.window_id, ch) for w, ch in windows], [fid for fid, _ in figures])
         with self._tx() as c:
+            # ids the new version uses (again) are live, never pending; the old version's others are
+            for kind, ids in live.items():
+                c.executemany("DELETE FROM pending_deletes WHERE kind = ? AND id = ?", [(kind, i) for i in ids])
+            for kind, ids in old.items():
+                keep = set(live.get(kind, ()))
+                c.executemany(
+                    "INSERT OR IGNORE INTO pending_deletes(kind, id) VALUES (?, ?)",
+                    [(kind, i) for i in ids if i not in keep],
+                )
             self._delete_rows(c, path)
             c.executemany(
                 "INSERT INTO passages(id, doc_path, page, bbox, heading, text, suspect, ocr) VALUES (?,?,?,?,?,?,?,?)",

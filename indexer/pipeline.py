@@ -173,6 +173,7 @@ class Indexer:
             manifest = Manifest(self.index_dir / "index.sqlite")
             store = VectorStore.open(self.index_dir, self.cfg)
             try:
+                self._flush_pending(manifest, store)  # left by a run that stopped before deleting them
                 self._run_locked(library, manifest, store, summary)
             finally:
                 store.close()
@@ -336,18 +337,18 @@ class Indexer:
         if self.dense:
             vectors = self._embed(doc, passages, windows, figures, summary)
 
+        # this order keeps the document findable through every channel at every moment, and a crash at any
+        # point recoverable: mark it for redo, write the new vectors (ids it shares with the old version
+        # are overwritten in place), swap its rows in one transaction (which records the old version's
+        # other ids as pending deletes), commit, and only then delete the superseded vectors
         with _Timer(timings, "store"):
             manifest.begin_document(doc.path)
-            for kind, ids in manifest.vector_ids(doc.path).items():
-                rewritten = set(vectors[kind][0]) if kind in vectors else set()
-                gone = [i for i in ids if i not in rewritten]
-                if gone:
-                    store.delete(kind, gone)
-            manifest.replace_rows(doc.path, passages, windows, figures + boiler)
             for kind, (ids, embs, metas, docs) in vectors.items():
                 if ids:
                     store.upsert(kind, ids, embs, metas, docs)
                     summary.records[kind] += len(ids)
+            live = {kind: v[0] for kind, v in vectors.items()}
+            manifest.replace_rows(doc.path, passages, windows, figures + boiler, live=live)
             manifest.commit_document(
                 DocRow(
                     path=doc.path,
@@ -365,6 +366,7 @@ class Indexer:
                     indexed_at=time.time(),
                 )
             )
+            self._flush_pending(manifest, store)
         summary.records["passage"] += len(passages)
         summary.records["figure"] += len(figures)
         summary.pages += len(doc.pages)
@@ -467,6 +469,14 @@ class Indexer:
                 f.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------------------ remove
+    @staticmethod
+    def _flush_pending(manifest: Manifest, store: VectorStore) -> None:
+        """Delete superseded vectors from the store, then forget them (a crash in between only repeats a
+        harmless delete on the next run)."""
+        for kind, ids in manifest.pending_deletes().items():
+            store.delete(kind, ids)
+            manifest.clear_pending(kind, ids)
+
     def _remove_document(self, path: str, manifest: Manifest, store: VectorStore) -> None:
         manifest.begin_document(path)
         for kind, ids in manifest.vector_ids(path).items():
@@ -481,6 +491,7 @@ class Indexer:
             manifest = Manifest(self.index_dir / "index.sqlite")
             store = VectorStore.open(self.index_dir, self.cfg)
             try:
+                self._flush_pending(manifest, store)
                 known = manifest.documents()
                 for p in paths:
                     p = p.strip("/")

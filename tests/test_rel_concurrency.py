@@ -114,28 +114,23 @@ def _versions_seen(retriever, channels) -> dict[str, set[str]]:
     return versions
 
 
-def test_reader_sees_each_document_whole_at_every_write_of_an_index_run(tmp_path, tiny_clip_dir, monkeypatch):
-    """Deterministic: the index run is paused after every write it makes (each vector upsert or delete,
-    each manifest transaction) and a reader queries then, through the vectors alone and through every
-    channel: each document is there, in exactly one version."""
+def _index_with_a_reader_at_every_write(monkeypatch, cfg_path, lib, idx, docs, channel_sets) -> list[str]:
+    """Run the index over ``lib``, paused after every write it makes (each vector upsert or delete, each
+    manifest transaction); at each pause a reader queries through each channel set and every document of
+    ``docs`` must be there in exactly one version. Returns the problems seen."""
     from indexer.config import load_config
     from indexer.manifest import Manifest as M
     from indexer.store import VectorStore
     from retriever.search import Retriever
 
-    lib, idx = tmp_path / "lib", tmp_path / "index"
-    cfg_path = rh.write_cfg(tmp_path / "cfg.yaml", model=str(tiny_clip_dir), ocr={"enabled": False})
-    _write_library(lib, "rev1", size=3)
-    assert rh.cli(*rh.index_args(cfg_path, lib, idx, dense=True))[0] == 0
-    _write_library(lib, "rev2", size=2)
     retriever = Retriever.open(idx, load_config(str(cfg_path), overrides={"index_dir": str(idx)}))
     checks: list[str] = []
     problems: list[str] = []
 
     def check(after: str) -> None:
-        for channels in (["dense"], None):
+        for channels in channel_sets:
             seen = _versions_seen(retriever, channels)
-            for doc in DOCS:
+            for doc in docs:
                 if len(seen.get(doc, set())) != 1:
                     problems.append(
                         f"after {after}: {doc} seen as {sorted(seen.get(doc, set())) or 'missing'}"
@@ -166,8 +161,70 @@ def test_reader_sees_each_document_whole_at_every_write_of_an_index_run(tmp_path
         monkeypatch.undo()
         retriever.close()
     assert rc == 0, out
-    assert len(checks) >= 4 * len(DOCS), checks
+    assert len(checks) >= 4 * len(docs), checks
+    return problems
+
+
+def test_reader_sees_each_document_whole_at_every_write_of_an_index_run(tmp_path, tiny_clip_dir, monkeypatch):
+    """Deterministic: a reader at every write of the run sees each document in exactly one version,
+    through the vectors alone and through every channel."""
+    lib, idx = tmp_path / "lib", tmp_path / "index"
+    cfg_path = rh.write_cfg(tmp_path / "cfg.yaml", model=str(tiny_clip_dir), ocr={"enabled": False})
+    _write_library(lib, "rev1", size=3)
+    assert rh.cli(*rh.index_args(cfg_path, lib, idx, dense=True))[0] == 0
+    _write_library(lib, "rev2", size=2)
+    problems = _index_with_a_reader_at_every_write(monkeypatch, cfg_path, lib, idx, DOCS, (["dense"], None))
     assert not problems, problems[:10]
+
+
+def _moved_pdf(tag: str, first_page: int) -> bytes:
+    """Two pages of text about the query's words, starting at ``first_page`` (earlier pages blank): passage
+    ids are positional, so two versions with different first pages share no vector id."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    for _ in range(first_page - 1):
+        doc.new_page()
+    for i in range(2):
+        page = doc.new_page()
+        page.insert_textbox(
+            pymupdf.Rect(72, 72, 520, 700),
+            f"Section {i} ({tag}). Torque settings for the pump coupling and the wiring of the motor "
+            f"terminals ({tag}): tighten the coupling screws evenly, then check the wiring.",
+            fontsize=11,
+        )
+    return doc.tobytes()
+
+
+def test_a_document_rewritten_with_all_new_vector_ids_stays_findable_through_the_vectors(
+    tmp_path, tiny_clip_dir, monkeypatch
+):
+    """The new version's vectors are written before its rows are swapped and the old version's vectors are
+    deleted only after the commit: a query through the vectors alone finds the document at every write,
+    even when the two versions share no vector id (nothing is overwritten in place)."""
+    lib, idx = tmp_path / "lib", tmp_path / "index"
+    lib.mkdir()
+    cfg_path = rh.write_cfg(tmp_path / "cfg.yaml", model=str(tiny_clip_dir), ocr={"enabled": False})
+    (lib / "moved.pdf").write_bytes(_moved_pdf("rev1", first_page=1))
+    assert rh.cli(*rh.index_args(cfg_path, lib, idx, dense=True))[0] == 0
+    with rh.sqlite_ro(idx) as db:
+        old_ids = {r[0] for r in db.execute("SELECT id FROM windows")}
+    (lib / "moved.pdf").write_bytes(_moved_pdf("rev2", first_page=4))
+    problems = _index_with_a_reader_at_every_write(monkeypatch, cfg_path, lib, idx, ("moved.pdf",), (["dense"],))
+    assert not problems, problems[:10]
+    with rh.sqlite_ro(idx) as db:
+        new_ids = {r[0] for r in db.execute("SELECT id FROM windows")}
+        assert db.execute("SELECT COUNT(*) FROM pending_deletes").fetchone()[0] == 0
+    assert old_ids and new_ids and not old_ids & new_ids, "the versions share no id"
+    # the superseded vectors are gone from the store
+    from indexer.config import load_config
+    from indexer.store import VectorStore
+
+    store = VectorStore.open(idx, load_config(str(cfg_path), overrides={"index_dir": str(idx)}))
+    try:
+        assert store.count("text") == len([i for i in new_ids if ":w" in i])
+    finally:
+        store.close()
 
 
 @pytest.mark.slow
