@@ -212,12 +212,42 @@ class Indexer:
                     continue
                 work.append((src, digest))
 
-        # models are loaded only when there is something to embed, and before anything is changed,
-        # so an unavailable model or an encoder mismatch fails fast and leaves the index as it was
+        # extraction starts first, in worker processes that write nothing but digest-named crops, so it
+        # overlaps the model load. Models are loaded only when there is something to embed, and before
+        # anything in the index changes, so an unavailable model or an encoder mismatch fails fast and
+        # leaves the index as it was (the crops of this run are pruned)
+        pool, extracted = self._start_extraction(work, timings)
+        try:
+            self._run_documents(library, files, known, work, pool, extracted, manifest, store, summary, fp)
+        finally:
+            if pool is not None:
+                pool.close()
+
+    def _run_documents(
+        self,
+        library: Path,
+        files: list[SourceFile],
+        known: dict[str, DocRow],
+        work: list[tuple[SourceFile, str]],
+        pool: Any,
+        extracted: Iterator[tuple[SourceFile, Document | FileError]],
+        manifest: Manifest,
+        store: VectorStore,
+        summary: Summary,
+        fp: str,
+    ) -> None:
+        """Load models (while extraction runs), prune vanished documents, then index each extracted one."""
+        cfg, timings = self.cfg, summary.timings
         if self.dense and work:
-            with _Timer(timings, "load_models"):
-                self._load_models()
-            self._check_store_models(store)
+            try:
+                with _Timer(timings, "load_models"):
+                    self._load_models()
+                self._check_store_models(store)
+            except BaseException:
+                if pool is not None:
+                    pool.close(kill=True)
+                self._prune_crops(manifest)
+                raise
         if self.dense:
             summary.model = self._want_clip
             summary.text_model = self._want_text
@@ -237,7 +267,7 @@ class Indexer:
         # extract, chunk, embed, store
         bar = self._progress_bar(len(work))
         try:
-            for src, item in self._extracted(work, timings):
+            for src, item in extracted:
                 if isinstance(item, FileError):
                     summary.failed.append(item)
                     # the file changed (or the config did) and the new version cannot be read: the records
@@ -291,24 +321,26 @@ class Indexer:
         return tqdm(total=total, unit="doc", desc="indexing", file=sys.stderr, dynamic_ncols=True)
 
     # ------------------------------------------------------------------------------------- extraction
-    def _extracted(
-        self, work: list[tuple[SourceFile, str]], timings: dict[str, float]
-    ) -> Iterator[tuple[SourceFile, Document | FileError]]:
-        """Extract documents (OCR included) in isolated worker processes, several in flight while the
-        parent embeds; yields each document or its one-line error as it finishes."""
+    def _start_extraction(self, work: list[tuple[SourceFile, str]], timings: dict[str, float]):
+        """Start extracting documents (OCR included) in isolated worker processes, several in flight while
+        the parent loads models and embeds. Returns the pool (None when there is no work) and an iterator
+        of (source, document or its one-line error) in the order they finish."""
         from indexer.worker import WorkerPool
 
         if not work:
-            return
-        pool = WorkerPool(self.cfg, self.index_dir, n=min(len(work), self.cfg["isolation"]["workers"] or os.cpu_count() or 1))
-        try:
-            for (src, digest), result, seconds in pool.imap(((s, d), s.path, s.rel) for s, d in work):
+            return None, iter(())
+        n = min(len(work), self.cfg["isolation"]["workers"] or os.cpu_count() or 1)
+        pool = WorkerPool(self.cfg, self.index_dir, n=n)
+        results = pool.imap(((s, d), s.path, s.rel) for s, d in work)
+
+        def extracted() -> Iterator[tuple[SourceFile, Document | FileError]]:
+            for (src, digest), result, seconds in results:
                 timings["extract"] += seconds
                 if isinstance(result, Document) and result.digest != digest:
                     log.info("%s changed while it was read; indexing the version read", src.rel)
                 yield src, result
-        finally:
-            pool.close()
+
+        return pool, extracted()
 
     # --------------------------------------------------------------------------------------- indexing
     def _index_document(

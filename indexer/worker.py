@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +288,7 @@ class WorkerPool:
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def _get(self) -> _Worker:
         try:
@@ -354,33 +355,66 @@ class WorkerPool:
         return doc
 
     def imap(self, items: Iterable[tuple[Any, Path, str]]) -> Iterator[tuple[Any, Document | FileError, float]]:
-        """Extract items (key, path, rel) with up to N in flight; yields (key, result, seconds) as they finish."""
+        """Extract items (key, path, rel) with N in flight; yields (key, result, seconds) as they finish.
+
+        Workers never wait for the consumer: when one finishes, the next item goes to it at once (from the
+        completion callback), so extraction and OCR go on while the parent embeds. Up to 2N finished
+        results may wait to be consumed (a bound on memory when the parent is the slower side)."""
         items = list(items)
-        with ThreadPoolExecutor(max_workers=self.n) as ex:
-            pending: dict[Future, tuple[Any, float]] = {}
-            it = iter(items)
+        it = iter(items)
+        lock = threading.RLock()  # a callback can run in the submitting thread when its future is done
+        done_q: queue.Queue[tuple[Any, Future, float]] = queue.Queue()
+        state = {"in_flight": 0, "waiting": 0, "closed": 0}
+        ex = ThreadPoolExecutor(max_workers=self.n)
 
-            def submit_next() -> bool:
-                try:
-                    key, path, rel = next(it)
-                except StopIteration:
-                    return False
-                pending[ex.submit(self.extract, path, rel)] = (key, time.perf_counter())
-                return True
+        def submit_more() -> None:
+            with lock:
+                while (
+                    not (state["closed"] or self._closed)
+                    and state["in_flight"] < self.n
+                    and state["in_flight"] + state["waiting"] < 3 * self.n
+                ):
+                    try:
+                        key, path, rel = next(it)
+                    except StopIteration:
+                        return
+                    state["in_flight"] += 1
+                    t0 = time.perf_counter()
+                    fut = ex.submit(self.extract, path, rel)
+                    fut.add_done_callback(lambda f, key=key, t0=t0: finished(f, key, t0))
 
-            for _ in range(self.n):
-                if not submit_next():
-                    break
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    key, t0 = pending.pop(fut)
-                    yield key, fut.result(), time.perf_counter() - t0
-                    submit_next()
+        def finished(fut: Future, key: Any, t0: float) -> None:
+            with lock:
+                state["in_flight"] -= 1
+                state["waiting"] += 1
+            done_q.put((key, fut, time.perf_counter() - t0))
+            if not fut.cancelled():
+                submit_more()
 
-    def close(self) -> None:
-        for w in self._all:
-            w.close()
+        def results() -> Iterator[tuple[Any, Document | FileError, float]]:
+            try:
+                for _ in range(len(items)):
+                    key, fut, seconds = done_q.get()
+                    with lock:
+                        state["waiting"] -= 1
+                    submit_more()
+                    yield key, fut.result(), seconds
+            finally:
+                with lock:
+                    state["closed"] = 1  # the consumer stopped early (an error): submit nothing more
+                ex.shutdown(wait=True, cancel_futures=True)
+
+        submit_more()  # the workers start now, before the caller asks for the first result
+        return results()
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers: let each finish its document (``kill``: at once, e.g. when the run failed)."""
+        self._closed = True
+        for w in list(self._all):
+            if kill:
+                w.kill()
+            else:
+                w.close()
 
 
 if __name__ == "__main__":
