@@ -256,9 +256,17 @@ def query_terms(text: str) -> list[str]:
     return list(dict.fromkeys(chosen))[:MAX_QUERY_TERMS]
 
 
+_PART_NUMBER_RE = re.compile(r"^(?=[^ ]*\d)(?=[^ ]*[^\W\d_])[^\W_]{4,}$")
+
+
 def fts_query(text: str) -> str:
-    """A safe FTS5 MATCH expression for arbitrary user text: quoted terms OR-ed; "" when nothing to search."""
-    return " OR ".join(f'"{t}"' for t in query_terms(text))
+    """A safe FTS5 MATCH expression for arbitrary user text: quoted terms OR-ed; "" when nothing to search.
+
+    A single token of 4+ characters mixing letters and digits (a part or model number: "DAC0800",
+    "74HC", "RS232") also matches as a prefix: manuals print the full designation ("DAC0800LCN",
+    "74HC4040", "RS232C") where people type the family.
+    """
+    return " OR ".join(f'"{t}"*' if _PART_NUMBER_RE.match(t) else f'"{t}"' for t in query_terms(text))
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -380,7 +380,7 @@ def test_fts_syntax_in_queries_is_neutralised(manifest, query):
     ps, ws, figs = index_doc(manifest)
     hits = manifest.lexical_search(query, 10)
     assert ("figure", figs[0][0]) in [h[:2] for h in hits]
-    assert re.fullmatch(r'"[^"]+"( OR "[^"]+")*', fts_query(query))
+    assert re.fullmatch(r'"[^"]+"\*?( OR "[^"]+"\*?)*', fts_query(query))
 
 
 def test_stopwords_and_empty_queries(manifest):
@@ -392,6 +392,21 @@ def test_stopwords_and_empty_queries(manifest):
         assert fts_query(q) == "" and manifest.lexical_search(q, 10) == []
     assert manifest.lexical_search("X3", 0) == []
     assert len(query_terms(" ".join(f"w{i}" for i in range(100)))) == 32
+
+
+def test_part_numbers_match_as_prefixes(manifest):
+    """People type a part family ("DAC0800", "74HC"), manuals print the full designation ("DAC0800LCN",
+    "74HC4040"): letter+digit tokens of 4+ characters also match as prefixes; words and short codes don't."""
+    fid = "d" * 64
+    figs = [(f"{DOC_ID}:f:{fid[:16]}", figure(fid, caption="Figure 3: symbol sheet", labels=["DAC0800LCN", "74HC4040", "M30"]))]
+    ps = [passage(0, "Mount the converter board with M3 screws."), passage(1, "The display shows segments.")]
+    index_doc(manifest, rows=(ps, [], figs))
+    assert fts_query("DAC0800 converter") == '"dac0800"* OR "converter"'
+    assert fts_query("m3 seg") == '"m3" OR "seg"'  # short code and plain word: exact terms only
+    for q in ("DAC0800", "74HC", "dac0800lcn"):
+        assert [h[:2] for h in manifest.lexical_search(q, 5)] == [("figure", figs[0][0])], q
+    assert manifest.lexical_search("seg", 5) == []  # no prefix matching for words
+    assert [h[1] for h in manifest.lexical_search("M3", 5)] == [ps[0].passage_id]  # not M30
 
 
 @pytest.fixture(scope="module")
@@ -406,7 +421,7 @@ def filled(tmp_path_factory):
 @given(st.text(max_size=80))
 def test_any_text_is_a_valid_query(filled, text):
     q = fts_query(text)
-    assert q == "" or re.fullmatch(r'"[^"]+"( OR "[^"]+")*', q)
+    assert q == "" or re.fullmatch(r'"[^"]+"\*?( OR "[^"]+"\*?)*', q)
     hits = filled.lexical_search(text, 5)
     assert isinstance(hits, list) and len(hits) <= 5
 
