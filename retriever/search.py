@@ -35,6 +35,7 @@ WEIGHTS = {
     "image_text": 0.5,
 }
 
+CAPTION_PASSAGE_MAX_WORDS = 40  # longer passages hold more than a caption: they stay text hits
 _FIG_REF = re.compile(r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I)
 
 
@@ -271,6 +272,7 @@ class Retriever:
                 timings["search"] += time.perf_counter() - t0
                 used.insert(0, "lexical")
             t0 = time.perf_counter()
+            rankings = self._captions_as_figures(rankings)
             rc = self.cfg["retrieve"]
             # a query image alone has only its two CLIP channels, whose cosine spreads are too narrow to
             # standardise reliably; they are fused by rank, image->image first (query by example)
@@ -300,6 +302,38 @@ class Retriever:
         if vid.endswith(":s") and ":f:" in vid:
             return ("figure", vid[:-2])
         return ("passage", vid.rsplit(":", 1)[0])
+
+    def _captions_as_figures(self, rankings: dict[str, list[tuple[Key, float]]]) -> dict[str, list[tuple[Key, float]]]:
+        """A passage that is only a figure's caption (the caption line, extracted as text on the figure's
+        page, perhaps with a page number) is that figure: its channel scores count for the figure, so a
+        question about a diagram that matches the caption's words in one channel and the drawing's labels
+        in another finds the figure with both, rather than two half-found things."""
+        pids = [key[1] for res in rankings.values() for key, _ in res if key[0] == "passage"]
+        if not pids:
+            return rankings
+        by_page: dict[tuple[str, int], list[tuple[str, str]]] = {}
+        for pid, p in self.manifest.passages(pids).items():
+            words = p.text.split()
+            if len(words) <= CAPTION_PASSAGE_MAX_WORDS:
+                by_page.setdefault((p.doc_path, p.page), []).append((pid, " ".join(words)))
+        as_figure: dict[str, str] = {}
+        for (path, page), short in by_page.items():
+            captions = [
+                (g.id, " ".join(g.caption.split()))
+                for g in self.manifest.figures_on_page(path, page)
+                if g.caption.strip() and not g.boilerplate
+            ]
+            for pid, text in short:
+                for fid, cap in captions:
+                    if text.startswith(cap) and len(text[len(cap) :].split()) <= 2:
+                        as_figure[pid] = fid
+                        break
+        if not as_figure:
+            return rankings
+        return {
+            ch: [(("figure", as_figure[k[1]]) if k[0] == "passage" and k[1] in as_figure else k, sc) for k, sc in res]
+            for ch, res in rankings.items()
+        }
 
     # ------------------------------------------------------------------------------------------- hits
     def _hits(self, fused: list[Fused], query: str, k: int, modality: str, source: str | None) -> list[Hit]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,29 @@ def test_paraphrased_question_finds_the_passage_through_the_text_channel(retriev
     hits = retriever.search(q, k=5, channels=["text"], modality="text").hits
     assert hits[0].path == PUMP and hits[0].page == 2
     assert "thermal" in hits[0].text.lower() or "thermal" in hits[0].heading.lower()
+
+
+def test_a_passage_that_is_only_a_caption_counts_for_its_figure(tmp_path):
+    """xfig-howto.pdf page 13 shows Figure 3 and no body text: its caption line is also extracted as a
+    passage. That passage is the figure: its scores count for the figure hit, and it is never a hit of its
+    own (a question about the figure finds one thing, found by both its caption and its labels)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(SAMPLE / "xfig-howto.pdf", lib / "xfig-howto.pdf")
+    idx = tmp_path / "index"
+    res = CliRunner().invoke(main, ["index", str(lib), "--index-dir", str(idx), "--no-dense", "-q"])
+    assert res.exit_code == 0, res.output
+    db = sqlite3.connect(f"file:{idx / 'index.sqlite'}?mode=ro", uri=True)
+    try:
+        caption_passages = [
+            pid
+            for pid, text in db.execute("SELECT id, text FROM passages WHERE doc_path = 'xfig-howto.pdf' AND page = 13")
+            if text.strip() == "Figure 3: Schematic Symbols"
+        ]
+    finally:
+        db.close()
+    assert caption_passages, "the sample has the caption line as a passage of its own"
+    with Retriever.open(idx, load_config(None, overrides={"index_dir": str(idx)})) as r:
+        hits = r.search("schematic symbols sheet with DAC0800 and 74HC parts", k=10, channels=["lexical"]).hits
+    assert caption_passages[0] not in [h.id for h in hits]
+    assert hits[0].kind == "image" and hits[0].page == 13 and hits[0].caption == "Figure 3: Schematic Symbols"
