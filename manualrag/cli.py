@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,10 @@ class ManualragGroup(click.Group):
             obj = ctx.obj
             if obj is not None and getattr(obj, "debug", False):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            _echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            _echo("interrupted", err=True)
             ctx.exit(130)
 
 
@@ -94,7 +95,21 @@ def main(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))  # JSON escapes control characters
+
+
+# control characters (but tab and newline) and bidi overrides, from file names or document text, would
+# drive the terminal (move the cursor, rewrite lines, recolour, reorder text): shown as U+FFFD instead
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _clean(text: Any) -> Any:
+    return _CONTROL.sub("\ufffd", text) if isinstance(text, str) else text
+
+
+def _echo(message: Any = None, err: bool = False, **kw: Any) -> None:
+    """click.echo for human-readable output, with control characters neutralised."""
+    click.echo(_clean(message), err=err, **kw)
 
 
 # ----------------------------------------------------------------------------------------------- inspect
@@ -138,30 +153,30 @@ def inspect(obj: Ctx, file: str, as_json: bool, out: str | None, no_ocr: bool) -
 def _print_inspect(doc: Any, written: dict[str, str]) -> None:
     n_blocks = len(doc.blocks)
     n_suspect = sum(1 for b in doc.blocks if b.suspect)
-    click.echo(f"{doc.path}: {doc.file_type}, {len(doc.pages)} page(s), {n_blocks} text block(s)"
+    _echo(f"{doc.path}: {doc.file_type}, {len(doc.pages)} page(s), {n_blocks} text block(s)"
                f" ({n_suspect} suspect), {len(doc.figures)} figure(s), {len(doc.boilerplate)} boilerplate image(s)")
     for w in doc.warnings:
-        click.echo(f"  warning: {w}")
+        _echo(f"  warning: {w}")
     ocr_pages = [p.number for p in doc.pages if p.ocr]
     if ocr_pages:
-        click.echo(f"  OCR'd pages (no text layer): {', '.join(map(str, ocr_pages))}")
+        _echo(f"  OCR'd pages (no text layer): {', '.join(map(str, ocr_pages))}")
     for i, fig in enumerate(doc.figures, 1):
         pages = ",".join(map(str, fig.pages))
         bbox = ", ".join(f"{v:.0f}" for v in fig.bbox)
-        click.echo(f"\n  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
+        _echo(f"\n  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
                    + ("" if fig.quality == "ok" else f" [{fig.quality}]"))
         if fig.caption:
-            click.echo(f"      caption: {fig.caption}")
+            _echo(f"      caption: {fig.caption}")
         if fig.labels:
-            click.echo(f"      labels : {_short(' '.join(fig.labels))}")
+            _echo(f"      labels : {_short(' '.join(fig.labels))}")
         if fig.ocr_text:
-            click.echo(f"      ocr    : {_short(fig.ocr_text)}")
+            _echo(f"      ocr    : {_short(fig.ocr_text)}")
         if fig.heading:
-            click.echo(f"      heading: {fig.heading}")
+            _echo(f"      heading: {fig.heading}")
         if fig.digest in written:
-            click.echo(f"      crop   : {written[fig.digest]}")
+            _echo(f"      crop   : {written[fig.digest]}")
     for fig in doc.boilerplate:
-        click.echo(f"\n  boilerplate image on {len(fig.pages)} page(s), {fig.width}x{fig.height}px"
+        _echo(f"\n  boilerplate image on {len(fig.pages)} page(s), {fig.width}x{fig.height}px"
                    + (f" -> {written[fig.digest]}" if fig.digest in written else ""))
 
 
@@ -238,7 +253,7 @@ def index(obj: Ctx, library: str, index_dir: str | None, model: str | None, text
         _print_summary(summary)
     else:
         for f in summary.failed:
-            click.echo(f"failed: {f.path}: {f.reason}", err=True)
+            _echo(f"failed: {f.path}: {f.reason}", err=True)
     sys.exit(summary.exit_code)
 
 
@@ -257,26 +272,26 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 def _print_summary(s: Any) -> None:
     d = s.to_dict()
     docs = d["documents"]
-    click.echo(f"Indexed {d['library']} into {d['index_dir']} in {d['wall_s']:.1f} s"
+    _echo(f"Indexed {d['library']} into {d['index_dir']} in {d['wall_s']:.1f} s"
                + ("" if s.dense else "  (lexical only: --no-dense)"))
-    click.echo(f"  documents: {docs['indexed']} indexed, {docs['unchanged']} unchanged, "
+    _echo(f"  documents: {docs['indexed']} indexed, {docs['unchanged']} unchanged, "
                f"{docs['removed']} removed, {docs['failed']} failed")
     if d["skipped"]:
-        click.echo("  skipped files: " + ", ".join(f"{v} {k}" for k, v in sorted(d["skipped"].items())))
-    click.echo(f"  pages: {d['pages']}, figures: {d['figures']}")
+        _echo("  skipped files: " + ", ".join(f"{v} {k}" for k, v in sorted(d["skipped"].items())))
+    _echo(f"  pages: {d['pages']}, figures: {d['figures']}")
     if d["records"]:
-        click.echo("  records written: " + ", ".join(f"{k} {v}" for k, v in sorted(d["records"].items())))
+        _echo("  records written: " + ", ".join(f"{k} {v}" for k, v in sorted(d["records"].items())))
     if d["embedded"]:
-        click.echo("  model inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(d["embedded"].items())))
+        _echo("  model inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(d["embedded"].items())))
     if d["model"]:
-        click.echo(f"  models: {d['model']}" + (f" + {d['text_model']}" if d["text_model"] else ""))
+        _echo(f"  models: {d['model']}" + (f" + {d['text_model']}" if d["text_model"] else ""))
     t = {k: v for k, v in d["timings_s"].items() if v >= 0.05}
     if t:
-        click.echo("  time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+        _echo("  time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
     for w in d["warnings"]:
-        click.echo(f"  warning: {w}")
+        _echo(f"  warning: {w}")
     for f in d["failed"]:
-        click.echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
+        _echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
 
 
 # -------------------------------------------------------------------------------------------------- stats
@@ -325,7 +340,7 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         if key == "size_bytes":
             key, value = "size on disk", f"{size / 1e6:.1f} MB"
-        click.echo(f"{key:>14}: {value}")
+        _echo(f"{key:>14}: {value}")
 
 
 # ------------------------------------------------------------------------------------------ remove / reset
@@ -360,9 +375,9 @@ def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: s
         rels.append(p)
     removed = Indexer(cfg, idir, dense=False).remove(rels)
     for r in removed:
-        click.echo(f"removed {r}")
+        _echo(f"removed {r}")
     if not removed:
-        click.echo("nothing matched: " + ", ".join(paths), err=True)
+        _echo("nothing matched: " + ", ".join(paths), err=True)
         sys.exit(EXIT_PARTIAL)
 
 
@@ -383,7 +398,7 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
     if not yes and not click.confirm(f"Delete the index in {idir}?", default=False):
         sys.exit(EXIT_USAGE)
     if not idir.exists():
-        click.echo(f"no index in {idir}")
+        _echo(f"no index in {idir}")
         return
     with IndexLock(idir):
         store = VectorStore.open(idir, cfg)
@@ -395,7 +410,7 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
             (idir / name).unlink(missing_ok=True)
         for sub in ("crops", "chroma"):
             shutil.rmtree(idir / sub, ignore_errors=True)
-    click.echo(f"index in {idir} deleted")
+    _echo(f"index in {idir} deleted")
 
 
 # -------------------------------------------------------------------------------------------------- query
@@ -442,41 +457,41 @@ def query(obj: Ctx, text: str | None, image: str | None, k: int | None, modality
     else:
         _print_hits(res)
     for note in res.notes:
-        click.echo(f"note: {note}", err=True)
+        _echo(f"note: {note}", err=True)
     if timings:
-        click.echo("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings_ms.items()), err=True)
+        _echo("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings_ms.items()), err=True)
 
 
 def _print_hits(res: Any) -> None:
     if not res.hits:
-        click.echo("no hits")
+        _echo("no hits")
         return
     bold = (lambda s: click.style(s, bold=True)) if sys.stdout.isatty() else (lambda s: s)
-    click.echo(f"{'#':>3}  {'kind':<5}  {'score':>6}  {'file:page':<40}  found by")
+    _echo(f"{'#':>3}  {'kind':<5}  {'score':>6}  {'file:page':<40}  found by")
     for h in res.hits:
         pages = ",".join(map(str, h.pages))
         where = f"{h.path}:{pages}"
-        click.echo(f"{h.rank:>3}  {h.kind:<5}  {h.score:>6.4f}  {where:<40}  {','.join(h.channels)}")
-        snippet = h.snippet
+        _echo(f"{h.rank:>3}  {h.kind:<5}  {h.score:>6.4f}  {where:<40}  {','.join(h.channels)}")
+        snippet = _clean(h.snippet)
         if sys.stdout.isatty():
             snippet = snippet.replace("**", "\x00")
             parts = snippet.split("\x00")
             snippet = "".join(bold(p) if i % 2 else p for i, p in enumerate(parts))
         if h.kind == "image":
-            click.echo(f"       [{h.figure_kind}] {h.caption or '(no caption)'}")
+            _echo(f"       [{h.figure_kind}] {h.caption or '(no caption)'}")
             labels = " ".join(h.labels + h.ocr_text.split())
             if labels:
-                click.echo(f"       labels: {_short(labels, 150)}")
+                _echo(f"       labels: {_short(labels, 150)}")
             if h.crop_path:
-                click.echo(f"       crop: {h.crop_path}")
+                _echo(f"       crop: {h.crop_path}")
         else:
             if h.heading:
-                click.echo(f"       § {h.heading}")
-            click.echo(f"       {snippet}")
+                _echo(f"       § {h.heading}")
+            click.echo(f"       {snippet}")  # cleaned before styling
             if h.suspect:
-                click.echo(f"       (suspect text: {h.suspect}; not visible on the page)")
+                _echo(f"       (suspect text: {h.suspect}; not visible on the page)")
             if h.figures:
-                click.echo("       figures: " + "; ".join(f"{f.caption or f.kind + ' figure'} p{f.page}" for f in h.figures[:3]))
+                _echo("       figures: " + "; ".join(f"{f.caption or f.kind + ' figure'} p{f.page}" for f in h.figures[:3]))
 
 
 # ------------------------------------------------------------------------------------------------ context
@@ -504,7 +519,7 @@ def context(obj: Ctx, text: str, max_chars: int, fmt: str, k: int, with_images: 
     if fmt == "json":
         _echo_json(out)
     else:
-        click.echo(out)
+        _echo(out)
 
 
 # --------------------------------------------------------------------------------------------------- eval
@@ -529,7 +544,7 @@ def eval_cmd(obj: Ctx, queries: str, k: int, channels: str | None, text_model: s
     if as_json:
         _echo_json(report)
     else:
-        click.echo(format_table(report))
+        _echo(format_table(report))
 
 
 def _short(text: str, n: int = 160) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import struct
@@ -276,3 +277,29 @@ def test_image_decoders_are_limited_and_the_bomb_warning_is_an_error():
     with pytest.raises(Image.DecompressionBombWarning):
         ClipEncoder.prepare_image(png)
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_control_characters_from_names_and_text_never_reach_the_terminal(tmp_path):
+    """A file name or a document's text holding terminal escapes (clear screen, cursor moves, a carriage
+    return that rewrites the line, a bidi override) is shown with U+FFFD in human-readable output; JSON
+    output escapes them."""
+    from click.testing import CliRunner
+
+    from manualrag.cli import main
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    evil = "evil\x1b[2J\x1b[1;1H\u202e.md"
+    (lib / evil).write_text("# Pump\n\nThe pump relay\r OK \x1b[31mred\x1b[0m \x9b2J is wired to X9.\n")
+    idx = tmp_path / "index"
+    res = CliRunner().invoke(main, ["index", str(lib), "--index-dir", str(idx), "--no-dense"])
+    assert res.exit_code == 0, res.output
+    for args in (["query", "pump relay X9"], ["stats"], ["context", "pump relay X9"]):
+        out = CliRunner().invoke(main, [*args, "--index-dir", str(idx)])
+        assert out.exit_code == 0, out.output
+        assert "X9" in out.output or args == ["stats"]
+        bad = re.findall("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", out.output)
+        assert not bad, (args, bad)
+    q = CliRunner().invoke(main, ["query", "pump relay X9", "--index-dir", str(idx), "--json"])
+    hits = json.loads(q.stdout)
+    assert hits and hits[0]["path"] == evil, "JSON keeps the real name, escaped"
