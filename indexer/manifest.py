@@ -746,6 +746,18 @@ class Manifest:
         )
         return [_figure_row(r) for r in rows]
 
+    def captions_of_docs(self, doc_paths: Iterable[str]) -> list[tuple[str, str, list[int], str]]:
+        """(figure id, doc path, pages, caption) of the captioned, non-boilerplate figures of these documents."""
+        out: list[tuple[str, str, list[int], str]] = []
+        for part in _chunks(list(dict.fromkeys(doc_paths))):
+            rows = self._query(
+                "SELECT id, doc_path, pages, caption FROM figures WHERE boilerplate = 0 AND caption != ''"
+                f" AND doc_path IN ({_marks(len(part))})",
+                part,
+            )
+            out.extend((r["id"], r["doc_path"], json.loads(r["pages"]), r["caption"]) for r in rows)
+        return out
+
     def figures_of_doc(self, doc_path: str) -> list[FigureRow]:
         return [
             _figure_row(r)

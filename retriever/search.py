@@ -272,13 +272,16 @@ class Retriever:
                 timings["search"] += time.perf_counter() - t0
                 used.insert(0, "lexical")
             t0 = time.perf_counter()
-            rankings = self._captions_as_figures(rankings)
+            passages = self.manifest.passages(
+                {key[1] for res in rankings.values() for key, _ in res if key[0] == "passage"}
+            )
+            rankings = self._captions_as_figures(rankings, passages)
             rc = self.cfg["retrieve"]
             # a query image alone has only its two CLIP channels, whose cosine spreads are too narrow to
             # standardise reliably; they are fused by rank, image->image first (query by example)
             method = rc["fusion"] if text else "rrf"
             fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
-            hits = self._hits(fused, text or "", k, modality, source)
+            hits = self._hits(fused, text or "", k, modality, source, passages)
             timings["fusion"] += time.perf_counter() - t0
         return SearchResult(
             query=text or f"<image {image if isinstance(image, (str, Path)) else 'bytes'}>",
@@ -303,31 +306,28 @@ class Retriever:
             return ("figure", vid[:-2])
         return ("passage", vid.rsplit(":", 1)[0])
 
-    def _captions_as_figures(self, rankings: dict[str, list[tuple[Key, float]]]) -> dict[str, list[tuple[Key, float]]]:
+    def _captions_as_figures(
+        self, rankings: dict[str, list[tuple[Key, float]]], passages: dict[str, Any]
+    ) -> dict[str, list[tuple[Key, float]]]:
         """A passage that is only a figure's caption (the caption line, extracted as text on the figure's
         page, perhaps with a page number) is that figure: its channel scores count for the figure, so a
         question about a diagram that matches the caption's words in one channel and the drawing's labels
-        in another finds the figure with both, rather than two half-found things."""
-        pids = [key[1] for res in rankings.values() for key, _ in res if key[0] == "passage"]
-        if not pids:
-            return rankings
-        by_page: dict[tuple[str, int], list[tuple[str, str]]] = {}
-        for pid, p in self.manifest.passages(pids).items():
+        in another finds the figure with both, rather than two half-found things. ``passages``: the
+        candidate passages by id (fetched once per query)."""
+        short: dict[tuple[str, int], list[tuple[str, str]]] = {}
+        for pid, p in passages.items():
             words = p.text.split()
             if len(words) <= CAPTION_PASSAGE_MAX_WORDS:
-                by_page.setdefault((p.doc_path, p.page), []).append((pid, " ".join(words)))
+                short.setdefault((p.doc_path, p.page), []).append((pid, " ".join(words)))
+        if not short:
+            return rankings
         as_figure: dict[str, str] = {}
-        for (path, page), short in by_page.items():
-            captions = [
-                (g.id, " ".join(g.caption.split()))
-                for g in self.manifest.figures_on_page(path, page)
-                if g.caption.strip() and not g.boilerplate
-            ]
-            for pid, text in short:
-                for fid, cap in captions:
-                    if text.startswith(cap) and len(text[len(cap) :].split()) <= 2:
+        for fid, path, pages, caption in self.manifest.captions_of_docs(path for path, _ in short):
+            cap = " ".join(caption.split())
+            for page in pages:
+                for pid, text in short.get((path, page), ()):
+                    if pid not in as_figure and text.startswith(cap) and len(text[len(cap) :].split()) <= 2:
                         as_figure[pid] = fid
-                        break
         if not as_figure:
             return rankings
         return {
@@ -336,8 +336,10 @@ class Retriever:
         }
 
     # ------------------------------------------------------------------------------------------- hits
-    def _hits(self, fused: list[Fused], query: str, k: int, modality: str, source: str | None) -> list[Hit]:
-        passages = self.manifest.passages([f.key[1] for f in fused if f.key[0] == "passage"])
+    def _hits(
+        self, fused: list[Fused], query: str, k: int, modality: str, source: str | None, passages: dict[str, Any]
+    ) -> list[Hit]:
+        """The hits, best first; ``passages``: every candidate passage by id, read in this query's snapshot."""
         figures = self.manifest.figures([f.key[1] for f in fused if f.key[0] == "figure"])
         hits: list[Hit] = []
         for f in fused:
