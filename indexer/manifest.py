@@ -746,16 +746,20 @@ class Manifest:
         )
         return [_figure_row(r) for r in rows]
 
-    def captions_of_docs(self, doc_paths: Iterable[str]) -> list[tuple[str, str, list[int], str]]:
-        """(figure id, doc path, pages, caption) of the captioned, non-boilerplate figures of these documents."""
-        out: list[tuple[str, str, list[int], str]] = []
-        for part in _chunks(list(dict.fromkeys(doc_paths))):
+    def captions_on_pages(self, pages: Iterable[tuple[str, int]]) -> list[tuple[str, str, int, str]]:
+        """(figure id, doc path, page, caption) of the captioned, non-boilerplate figures shown on these
+        (doc path, page) pairs."""
+        pairs = list(dict.fromkeys(pages))
+        out: list[tuple[str, str, int, str]] = []
+        for i in range(0, len(pairs), 200):
+            part = pairs[i : i + 200]
             rows = self._query(
-                "SELECT id, doc_path, pages, caption FROM figures WHERE boilerplate = 0 AND caption != ''"
-                f" AND doc_path IN ({_marks(len(part))})",
-                part,
+                "SELECT f.id, f.doc_path, j.value AS page, f.caption FROM figures AS f, json_each(f.pages) AS j"
+                " WHERE f.boilerplate = 0 AND f.caption != ''"
+                f" AND (f.doc_path, j.value) IN (VALUES {','.join(['(?, ?)'] * len(part))})",
+                [x for pair in part for x in pair],
             )
-            out.extend((r["id"], r["doc_path"], json.loads(r["pages"]), r["caption"]) for r in rows)
+            out.extend((r["id"], r["doc_path"], int(r["page"]), r["caption"]) for r in rows)
         return out
 
     def figures_of_doc(self, doc_path: str) -> list[FigureRow]:

@@ -10,6 +10,7 @@ Channels (names used by ``--channels``):
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import re
 import time
@@ -91,21 +92,27 @@ def _terms(query: str) -> list[str]:
     return [t for t in re.findall(r"[\w][\w.\-/]*", query.lower()) if len(t) > 1]
 
 
+@functools.lru_cache(maxsize=256)
+def _snippet_patterns(terms: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """For a query's terms (longest first): a finder of their occurrences, and a marker of the words they
+    start. Compiled once per query, not once per hit."""
+    alt = "|".join(re.escape(t) for t in terms)
+    return re.compile(alt), re.compile(rf"(?i)(?<!\*)\b((?:{alt})\w*)")
+
+
 def make_snippet(text: str, query: str, width: int = 240) -> str:
     """A window of the passage around the densest query-term area, terms marked with **."""
-    terms = [t for t in _terms(query) if len(t) > 2]
+    terms = tuple(sorted({t for t in _terms(query) if len(t) > 2}, key=lambda t: (-len(t), t)))
     flat = " ".join(text.split())
     if not terms:
         return flat[:width]
-    low = flat.lower()
-    positions = [m.start() for t in terms for m in re.finditer(re.escape(t), low)]
+    find, mark = _snippet_patterns(terms)
+    positions = [m.start() for m in find.finditer(flat.lower())]
     start = 0
     if positions:
         best = max(positions, key=lambda p: sum(1 for q in positions if p <= q < p + width))
         start = max(0, best - width // 4)
-    piece = flat[start : start + width]
-    for t in sorted(set(terms), key=len, reverse=True):
-        piece = re.sub(rf"(?i)(?<!\*)\b({re.escape(t)}\w*)", r"**\1**", piece)
+    piece = mark.sub(r"**\1**", flat[start : start + width])
     return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
 
 
@@ -322,12 +329,11 @@ class Retriever:
         if not short:
             return rankings
         as_figure: dict[str, str] = {}
-        for fid, path, pages, caption in self.manifest.captions_of_docs(path for path, _ in short):
+        for fid, path, page, caption in self.manifest.captions_on_pages(short):
             cap = " ".join(caption.split())
-            for page in pages:
-                for pid, text in short.get((path, page), ()):
-                    if pid not in as_figure and text.startswith(cap) and len(text[len(cap) :].split()) <= 2:
-                        as_figure[pid] = fid
+            for pid, text in short[(path, page)]:
+                if pid not in as_figure and text.startswith(cap) and len(text[len(cap) :].split()) <= 2:
+                    as_figure[pid] = fid
         if not as_figure:
             return rankings
         return {
