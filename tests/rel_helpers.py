@@ -281,6 +281,16 @@ def many_pages_pdf(n: int) -> bytes:
         )
         kids.append(b"%d 0 R" % len(objs))
     objs[1] = b"<< /Type /Pages /Count %d /Kids [%s] >>" % (n, b" ".join(kids))
+    return _pdf_file(objs)
+
+
+def zero_page_pdf() -> bytes:
+    """A well-formed PDF whose page tree is empty."""
+    return _pdf_file([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Count 0 /Kids [] >>"])
+
+
+def _pdf_file(objs: list[bytes]) -> bytes:
+    """Objects 1..n (object 1 the catalog) written as a PDF file with a valid cross-reference table."""
     out = bytearray(b"%PDF-1.7\n")
     offsets = []
     for num, body in enumerate(objs, start=1):
@@ -290,18 +300,4 @@ def many_pages_pdf(n: int) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
     out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return bytes(out)
-
-
-def zero_page_pdf() -> bytes:
-    """A well-formed PDF whose page tree is empty."""
-    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Count 0 /Kids [] >>"]
-    out = bytearray(b"%PDF-1.7\n")
-    offsets = []
-    for num, body in enumerate(objs, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (num, body)
-    xref = len(out)
-    out += b"xref\n0 3\n0000000000 65535 f \n" + b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size 3 /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % xref
     return bytes(out)
