@@ -19,6 +19,7 @@ on, the new rows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -216,85 +217,64 @@ class Indexer:
         # overlaps the model load. Models are loaded only when there is something to embed, and before
         # anything in the index changes, so an unavailable model or an encoder mismatch fails fast and
         # leaves the index as it was (the crops of this run are pruned)
-        pool, extracted = self._start_extraction(work, timings)
-        try:
-            self._run_documents(library, files, known, work, pool, extracted, manifest, store, summary, fp)
-        finally:
-            if pool is not None:
-                pool.close()
+        with self._extraction(work, timings) as (pool, extracted):
+            if self.dense and work:
+                try:
+                    with _Timer(timings, "load_models"):
+                        self._load_models()
+                    self._check_store_models(store)
+                except BaseException:
+                    if pool is not None:
+                        pool.close(kill=True)
+                    self._prune_crops(manifest)
+                    raise
+            if self.dense:
+                summary.model = self._want_clip
+                summary.text_model = self._want_text
 
-    def _run_documents(
-        self,
-        library: Path,
-        files: list[SourceFile],
-        known: dict[str, DocRow],
-        work: list[tuple[SourceFile, str]],
-        pool: Any,
-        extracted: Iterator[tuple[SourceFile, Document | FileError]],
-        manifest: Manifest,
-        store: VectorStore,
-        summary: Summary,
-        fp: str,
-    ) -> None:
-        """Load models (while extraction runs), prune vanished documents, then index each extracted one."""
-        cfg, timings = self.cfg, summary.timings
-        if self.dense and work:
+            # prune vanished documents
+            present = {s.rel for s in files}
+            # paths_with_rows also names documents whose run crashed before their manifest row was written
+            for path in sorted((set(known) | manifest.paths_with_rows()) - present):
+                if not in_shard(path, self.shard):
+                    continue
+                self._remove_document(path, manifest, store)
+                summary.removed.append(path)
+            for path in sorted(set(manifest.errors()) - present):  # errors of files no longer in the library
+                if in_shard(path, self.shard):
+                    manifest.clear_error(path)
+
+            # extract, chunk, embed, store
+            bar = self._progress_bar(len(work))
             try:
-                with _Timer(timings, "load_models"):
-                    self._load_models()
-                self._check_store_models(store)
-            except BaseException:
-                if pool is not None:
-                    pool.close(kill=True)
-                self._prune_crops(manifest)
-                raise
-        if self.dense:
-            summary.model = self._want_clip
-            summary.text_model = self._want_text
-
-        # prune vanished documents
-        present = {s.rel for s in files}
-        # paths_with_rows also names documents whose run crashed before their manifest row was written
-        for path in sorted((set(known) | manifest.paths_with_rows()) - present):
-            if not in_shard(path, self.shard):
-                continue
-            self._remove_document(path, manifest, store)
-            summary.removed.append(path)
-        for path in sorted(set(manifest.errors()) - present):  # errors of files no longer in the library
-            if in_shard(path, self.shard):
-                manifest.clear_error(path)
-
-        # extract, chunk, embed, store
-        bar = self._progress_bar(len(work))
-        try:
-            for src, item in extracted:
-                if isinstance(item, FileError):
-                    summary.failed.append(item)
-                    # the file changed (or the config did) and the new version cannot be read: the records
-                    # of the old version would describe content that is no longer there
-                    if item.path in known or item.path in manifest.paths_with_rows():
-                        self._remove_document(item.path, manifest, store)
-                    manifest.record_error(item.path, item.reason, item.stage)
-                else:
-                    self._index_document(src, item, manifest, store, summary, fp)
-                    manifest.clear_error(src.rel)
-                    summary.indexed.append(src.rel)
+                for src, item in extracted:
+                    if isinstance(item, FileError):
+                        summary.failed.append(item)
+                        # the file changed (or the config did) and the new version cannot be read: the records
+                        # of the old version would describe content that is no longer there
+                        if item.path in known or item.path in manifest.paths_with_rows():
+                            self._remove_document(item.path, manifest, store)
+                        manifest.record_error(item.path, item.reason, item.stage)
+                    else:
+                        self._index_document(src, item, manifest, store, summary, fp)
+                        manifest.clear_error(src.rel)
+                        summary.indexed.append(src.rel)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(
+                            pages=summary.pages, figures=summary.figures, records=sum(summary.records.values())
+                        )
+            finally:
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        pages=summary.pages, figures=summary.figures, records=sum(summary.records.values())
-                    )
-        finally:
-            if bar is not None:
-                bar.close()
+                    bar.close()
 
-        with _Timer(timings, "prune"):
-            self._prune_crops(manifest)
-        manifest.set_meta("library", str(library.resolve()))
-        manifest.set_meta("config", public_config(cfg))
-        if self.dense:
-            manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
-        (self.index_dir / "config.json").write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
+            with _Timer(timings, "prune"):
+                self._prune_crops(manifest)
+            manifest.set_meta("library", str(library.resolve()))
+            manifest.set_meta("config", public_config(cfg))
+            if self.dense:
+                manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
+            (self.index_dir / "config.json").write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:
         if check_stat and (row.size != src.size or abs(row.mtime - src.mtime) > 1e-6):
@@ -321,14 +301,18 @@ class Indexer:
         return tqdm(total=total, unit="doc", desc="indexing", file=sys.stderr, dynamic_ncols=True)
 
     # ------------------------------------------------------------------------------------- extraction
-    def _start_extraction(self, work: list[tuple[SourceFile, str]], timings: dict[str, float]):
-        """Start extracting documents (OCR included) in isolated worker processes, several in flight while
-        the parent loads models and embeds. Returns the pool (None when there is no work) and an iterator
-        of (source, document or its one-line error) in the order they finish."""
+    @contextlib.contextmanager
+    def _extraction(
+        self, work: list[tuple[SourceFile, str]], timings: dict[str, float]
+    ) -> Iterator[tuple[Any, Iterator[tuple[SourceFile, Document | FileError]]]]:
+        """Extract documents (OCR included) in isolated worker processes, started at once and several in
+        flight while the parent loads models and embeds. Yields the pool (None when there is no work) and
+        an iterator of (source, document or its one-line error) in the order they finish; closes the pool."""
         from indexer.worker import WorkerPool
 
         if not work:
-            return None, iter(())
+            yield None, iter(())
+            return
         n = min(len(work), self.cfg["isolation"]["workers"] or os.cpu_count() or 1)
         pool = WorkerPool(self.cfg, self.index_dir, n=n)
         results = pool.imap(((s, d), s.path, s.rel) for s, d in work)
@@ -340,7 +324,10 @@ class Indexer:
                     log.info("%s changed while it was read; indexing the version read", src.rel)
                 yield src, result
 
-        return pool, extracted()
+        try:
+            yield pool, extracted()
+        finally:
+            pool.close()
 
     # --------------------------------------------------------------------------------------- indexing
     def _index_document(

@@ -364,6 +364,7 @@ class WorkerPool:
         it = iter(items)
         lock = threading.RLock()  # a callback can run in the submitting thread when its future is done
         done_q: queue.Queue[tuple[Any, Future, float]] = queue.Queue()
+        # "closed": this call's consumer stopped; the pool itself may serve later calls (the fuzz harness)
         state = {"in_flight": 0, "waiting": 0, "closed": 0}
         ex = ThreadPoolExecutor(max_workers=self.n)
 
