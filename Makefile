@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PKGS := tesseract-ocr tesseract-ocr-eng nginx
+APT_PKGS := tesseract-ocr tesseract-ocr-eng nginx chromium
 PYTEST_ARGS ?=
 
 .PHONY: setup apt demo test test-fast bench lint clean

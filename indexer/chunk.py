@@ -21,7 +21,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 
-from indexer.models import BBox, Document, Passage, TextBlock, Window
+from manualrag.models import BBox, Document, Passage, TextBlock, Window
 
 CountTokens = Callable[[list[str]], list[int]]
 

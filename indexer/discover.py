@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import ManualragError
+from manualrag.errors import ManualragError
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,9 @@ def discover(
             if ftype is None:
                 skipped["unsupported"] += 1
                 continue
-            candidates.append((via_link or is_link, _printable("/".join((*rel_parts, name))), path, st, ftype))
+            candidates.append(
+                (via_link or is_link, _printable("/".join((*rel_parts, name))), path, st, ftype)
+            )
 
     def visit_dir(path: Path, rel_parts: tuple[str, ...], st: os.stat_result, via_link: bool) -> None:
         key = (st.st_dev, st.st_ino)

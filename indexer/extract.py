@@ -1,7 +1,7 @@
-"""Extraction of one file into a :class:`~indexer.models.Document`: the orchestrator of this stage.
+"""Extraction of one file into a :class:`~manualrag.models.Document`: the orchestrator of this stage.
 
 PDF: text blocks per page in reading order (bbox, heading path from the outline or from font sizes,
-suspect text flagged), figures (``indexer.figures``), scanned pages rendered and OCR'd. Loose images: one
+suspect text flagged), figures (``manualrag.indexer.figures``), scanned pages rendered and OCR'd. Loose images: one
 page per frame, OCR words as text blocks, the image as a figure. ``.txt``/``.md``: blocks split by blank
 lines, markdown headings give the heading path. All OCR of a document goes to the engine in one batch.
 
@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 import pymupdf
 from PIL import Image, ImageSequence
 
-from indexer import figures as fg
-from indexer.discover import file_type_for
-from indexer.errors import ExtractionError
-from indexer.models import Document, Figure, PageInfo, TextBlock
+from manualrag.errors import ExtractionError
+from manualrag.indexer import figures as fg
+from manualrag.indexer.discover import file_type_for
+from manualrag.models import Document, Figure, PageInfo, TextBlock
 
 if TYPE_CHECKING:
-    from indexer.ocr import OcrEngine, OcrResult
+    from manualrag.indexer.ocr import OcrEngine, OcrResult
 
 log = logging.getLogger(__name__)
 
@@ -768,7 +768,9 @@ def _decode_frames(data: bytes, rel: str, max_pixels: int) -> list[Image.Image]:
         raise ExtractionError(rel, "not a readable image (unknown or corrupt format)") from None
     except ValueError as exc:
         if "MAX_TEXT" in str(exc):  # a zTXt/iTXt bomb or too much text metadata: refused, like a pixel bomb
-            raise ExtractionError(rel, f"image refused: oversized PNG text chunk ({_one_line(exc)})") from None
+            raise ExtractionError(
+                rel, f"image refused: oversized PNG text chunk ({_one_line(exc)})"
+            ) from None
         raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None
     except (OSError, SyntaxError, EOFError) as exc:
         raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None

@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image
 
-from indexer.errors import ManualragError
+from manualrag.errors import ManualragError
 
 log = logging.getLogger(__name__)
 

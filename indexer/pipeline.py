@@ -34,14 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from indexer.chunk import doc_id_for, make_passages, make_windows
-from indexer.config import extraction_fingerprint, public_config
-from indexer.discover import SourceFile, discover, file_digest
-from indexer.errors import ManualragError
-from indexer.lock import IndexLock
-from indexer.manifest import DocRow, Manifest
-from indexer.models import Document, Figure, FileError, Passage, Window
-from indexer.store import VectorStore
+from manualrag.config import extraction_fingerprint, public_config
+from manualrag.errors import ManualragError
+from manualrag.indexer.chunk import doc_id_for, make_passages, make_windows
+from manualrag.indexer.discover import SourceFile, discover, file_digest
+from manualrag.lock import IndexLock
+from manualrag.manifest import DocRow, Manifest
+from manualrag.models import Document, Figure, FileError, Passage, Window
+from manualrag.store import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +145,20 @@ class Indexer:
         self.progress = progress
         self._clip = None
         self._text = None
-        from indexer.encoder import model_id_for
+        from manualrag.encoder import model_id_for
 
         self._want_clip = model_id_for(cfg["model"])
         self._want_text = model_id_for(cfg["text_model"]) if cfg["text_model"] else None
 
     # ------------------------------------------------------------------------------------------ models
     def _load_models(self) -> None:
-        from indexer.encoder import ClipEncoder, TextEncoder
+        from manualrag.encoder import ClipEncoder, TextEncoder
 
         c = self.cfg
         if self._clip is None:
-            self._clip = ClipEncoder.load(c["model"], device=c["device"], dtype=c["dtype"], batch_size=c["batch_size"])
+            self._clip = ClipEncoder.load(
+                c["model"], device=c["device"], dtype=c["dtype"], batch_size=c["batch_size"]
+            )
         if self._text is None and c["text_model"]:
             self._text = TextEncoder.load(
                 c["text_model"], device=c["device"], dtype=c["dtype"], batch_size=c["batch_size"]
@@ -202,12 +204,18 @@ class Indexer:
                 try:
                     digest = file_digest(src.path)
                 except OSError as exc:
-                    summary.failed.append(FileError(src.rel, f"cannot read: {exc.strerror or exc}", "discover"))
+                    summary.failed.append(
+                        FileError(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
+                    )
                     if row is not None or src.rel in manifest.paths_with_rows():
                         self._remove_document(src.rel, manifest, store)
                     manifest.record_error(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
                     continue
-                if row is not None and row.digest == digest and self._up_to_date(row, src, fp, check_stat=False):
+                if (
+                    row is not None
+                    and row.digest == digest
+                    and self._up_to_date(row, src, fp, check_stat=False)
+                ):
                     manifest.touch_document(src.rel, src.size, src.mtime)
                     summary.unchanged += 1
                     continue
@@ -262,7 +270,9 @@ class Indexer:
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(
-                            pages=summary.pages, figures=summary.figures, records=sum(summary.records.values())
+                            pages=summary.pages,
+                            figures=summary.figures,
+                            records=sum(summary.records.values()),
                         )
             finally:
                 if bar is not None:
@@ -274,7 +284,9 @@ class Indexer:
             manifest.set_meta("config", public_config(cfg))
             if self.dense:
                 manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
-            (self.index_dir / "config.json").write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
+            (self.index_dir / "config.json").write_text(
+                json.dumps(public_config(cfg), indent=2, sort_keys=True)
+            )
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:
         if check_stat and (row.size != src.size or abs(row.mtime - src.mtime) > 1e-6):
@@ -308,7 +320,7 @@ class Indexer:
         """Extract documents (OCR included) in isolated worker processes, started at once and several in
         flight while the parent loads models and embeds. Yields the pool (None when there is no work) and
         an iterator of (source, document or its one-line error) in the order they finish; closes the pool."""
-        from indexer.worker import WorkerPool
+        from manualrag.indexer.worker import WorkerPool
 
         if not work:
             yield None, iter(())
@@ -331,7 +343,13 @@ class Indexer:
 
     # --------------------------------------------------------------------------------------- indexing
     def _index_document(
-        self, src: SourceFile, doc: Document, manifest: Manifest, store: VectorStore, summary: Summary, fp: str
+        self,
+        src: SourceFile,
+        doc: Document,
+        manifest: Manifest,
+        store: VectorStore,
+        summary: Summary,
+        fp: str,
     ) -> None:
         timings = summary.timings
         doc_id = doc_id_for(doc.path)
@@ -342,7 +360,9 @@ class Indexer:
                 clip_w = make_windows(passages, self._clip.count_tokens, self._clip.max_tokens, tag="w")
                 windows += [(w, "clip") for w in clip_w]
                 if self._text is not None:
-                    sem_w = make_windows(passages, self._text.count_tokens, self._text.max_tokens, overlap_tokens=32, tag="s")
+                    sem_w = make_windows(
+                        passages, self._text.count_tokens, self._text.max_tokens, overlap_tokens=32, tag="s"
+                    )
                     windows += [(w, "sem") for w in sem_w]
             figures = [(figure_id_for(doc_id, f), f) for f in doc.figures]
             boiler = [(figure_id_for(doc_id, f), f) for f in doc.boilerplate]
@@ -416,7 +436,10 @@ class Indexer:
                 out["text"] = (
                     [w.window_id for w in clip_w],
                     embs,
-                    [meta(by_pid[w.passage_id].page, "text", w.passage_id, by_pid[w.passage_id].suspect) for w in clip_w],
+                    [
+                        meta(by_pid[w.passage_id].page, "text", w.passage_id, by_pid[w.passage_id].suspect)
+                        for w in clip_w
+                    ],
                     [w.text for w in clip_w],
                 )
                 summary.embedded["texts"] += len(clip_w)
@@ -450,7 +473,8 @@ class Indexer:
                     embs = self._text.embed_texts(texts)
                     ids = [w.window_id for w in sem_w] + [f"{fid}:s" for fid, _, _ in fig_sem]
                     metas = [
-                        meta(by_pid[w.passage_id].page, "text", w.passage_id, by_pid[w.passage_id].suspect) for w in sem_w
+                        meta(by_pid[w.passage_id].page, "text", w.passage_id, by_pid[w.passage_id].suspect)
+                        for w in sem_w
                     ] + [meta(f.pages[0], "image_text", fid) for fid, f, _ in fig_sem]
                     out["sem"] = (ids, embs, metas, texts)
                     summary.embedded["sem"] += len(texts)

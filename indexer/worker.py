@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from indexer.models import Document, FileError
+from manualrag.models import Document, FileError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,9 @@ def _test_fault(rel: str) -> None:
         elif kind == "reserve":
             import mmap
 
-            _RESERVED.append(mmap.mmap(-1, 2 * _LIMIT_MB[0] << 20, flags=mmap.MAP_PRIVATE, prot=0))  # PROT_NONE
+            _RESERVED.append(
+                mmap.mmap(-1, 2 * _LIMIT_MB[0] << 20, flags=mmap.MAP_PRIVATE, prot=0)
+            )  # PROT_NONE
         elif kind == "slow":
             time.sleep(1.5)
 
@@ -111,8 +113,8 @@ def worker_main() -> None:
     os.dup2(2, 1)
     os.environ["OMP_THREAD_LIMIT"] = "1"
     _exit_with_parent()
-    from indexer.errors import ExtractionError, ManualragError
-    from indexer.extract import extract_file
+    from manualrag.errors import ExtractionError, ManualragError
+    from manualrag.indexer.extract import extract_file
 
     cfg: dict[str, Any] = json.loads(sys.stdin.readline())
     _LIMIT_MB[0] = cfg["isolation"]["memory_mb"]
@@ -120,7 +122,7 @@ def worker_main() -> None:
     ocr = None
     try:
         if cfg["ocr"]["enabled"]:
-            from indexer.ocr import OcrEngine
+            from manualrag.indexer.ocr import OcrEngine
 
             ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or index_dir / "ocr_cache.sqlite"))
     except ManualragError as exc:
@@ -183,7 +185,7 @@ class _Worker:
         )
         quiet = not log.isEnabledFor(logging.DEBUG)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "indexer.worker"],
+            [sys.executable, "-m", "manualrag.indexer.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL if quiet else None,
@@ -214,7 +216,7 @@ class _Worker:
         if resp.get("ready"):
             return None
         if resp.get("fatal"):
-            from indexer.errors import ManualragError
+            from manualrag.errors import ManualragError
 
             raise ManualragError(resp["reason"])
         self.kill()
@@ -339,7 +341,7 @@ class WorkerPool:
         if not resp.get("ok"):
             self._idle.put(w)
             if resp.get("fatal"):
-                from indexer.errors import ManualragError
+                from manualrag.errors import ManualragError
 
                 raise ManualragError(str(resp.get("reason")))
             return FileError(rel, " ".join(str(resp.get("reason") or "extraction failed").split())[:400])
@@ -354,7 +356,9 @@ class WorkerPool:
         self._idle.put(w)
         return doc
 
-    def imap(self, items: Iterable[tuple[Any, Path, str]]) -> Iterator[tuple[Any, Document | FileError, float]]:
+    def imap(
+        self, items: Iterable[tuple[Any, Path, str]]
+    ) -> Iterator[tuple[Any, Document | FileError, float]]:
         """Extract items (key, path, rel) with N in flight; yields (key, result, seconds) as they finish.
 
         Workers never wait for the consumer: when one finishes, the next item goes to it at once (from the

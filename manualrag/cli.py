@@ -53,7 +53,7 @@ class Ctx:
         self.debug = debug
 
     def config(self, **overrides: Any) -> dict[str, Any]:
-        from indexer.config import load_config
+        from manualrag.config import load_config
 
         return load_config(self.config_path, overrides=overrides)
 
@@ -67,7 +67,7 @@ class ManualragGroup(click.Group):
     """Maps ManualragError to a one-line message and its exit code (traceback only with --debug)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from indexer.errors import ManualragError
+        from manualrag.errors import ManualragError
 
         try:
             return super().invoke(ctx)
@@ -84,7 +84,12 @@ class ManualragGroup(click.Group):
 
 @click.group(cls=ManualragGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="manualrag")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file (overrides config.yaml defaults).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML config file (overrides config.yaml defaults).",
+)
 @click.option("--debug", is_flag=True, help="Verbose logging and full tracebacks.")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, debug: bool) -> None:
@@ -121,8 +126,8 @@ def _echo(message: Any = None, err: bool = False, **kw: Any) -> None:
 @click.pass_obj
 def inspect(obj: Ctx, file: str, as_json: bool, out: str | None, no_ocr: bool) -> None:
     """Show what extraction finds in one manual: pages, text blocks, figures (kind, bbox, caption, labels, OCR)."""
-    from indexer.extract import extract_file
-    from indexer.ocr import OcrEngine
+    from manualrag.indexer.extract import extract_file
+    from manualrag.indexer.ocr import OcrEngine
 
     cfg = obj.config(ocr={"enabled": False} if no_ocr else None)
     path = Path(file)
@@ -153,8 +158,10 @@ def inspect(obj: Ctx, file: str, as_json: bool, out: str | None, no_ocr: bool) -
 def _print_inspect(doc: Any, written: dict[str, str]) -> None:
     n_blocks = len(doc.blocks)
     n_suspect = sum(1 for b in doc.blocks if b.suspect)
-    _echo(f"{doc.path}: {doc.file_type}, {len(doc.pages)} page(s), {n_blocks} text block(s)"
-               f" ({n_suspect} suspect), {len(doc.figures)} figure(s), {len(doc.boilerplate)} boilerplate image(s)")
+    _echo(
+        f"{doc.path}: {doc.file_type}, {len(doc.pages)} page(s), {n_blocks} text block(s)"
+        f" ({n_suspect} suspect), {len(doc.figures)} figure(s), {len(doc.boilerplate)} boilerplate image(s)"
+    )
     for w in doc.warnings:
         _echo(f"  warning: {w}")
     ocr_pages = [p.number for p in doc.pages if p.ocr]
@@ -163,8 +170,10 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
     for i, fig in enumerate(doc.figures, 1):
         pages = ",".join(map(str, fig.pages))
         bbox = ", ".join(f"{v:.0f}" for v in fig.bbox)
-        _echo(f"\n  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
-                   + ("" if fig.quality == "ok" else f" [{fig.quality}]"))
+        _echo(
+            f"\n  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
+            + ("" if fig.quality == "ok" else f" [{fig.quality}]")
+        )
         if fig.caption:
             _echo(f"      caption: {fig.caption}")
         if fig.labels:
@@ -176,9 +185,10 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
         if fig.digest in written:
             _echo(f"      crop   : {written[fig.digest]}")
     for fig in doc.boilerplate:
-        _echo(f"\n  boilerplate image on {len(fig.pages)} page(s), {fig.width}x{fig.height}px"
-                   + (f" -> {written[fig.digest]}" if fig.digest in written else ""))
-
+        _echo(
+            f"\n  boilerplate image on {len(fig.pages)} page(s), {fig.width}x{fig.height}px"
+            + (f" -> {written[fig.digest]}" if fig.digest in written else "")
+        )
 
 
 # ------------------------------------------------------------------------------------------ shared options
@@ -193,7 +203,10 @@ def _index_dir_option(f):
 
 def _store_option(f):
     return click.option(
-        "--store", "store_url", default=None, metavar="URL",
+        "--store",
+        "store_url",
+        default=None,
+        metavar="URL",
         help="Chroma server URL, e.g. http://127.0.0.1:8000 (default: embedded store in the index folder).",
     )(f)
 
@@ -216,36 +229,72 @@ def _stderr_tty() -> bool:
 @click.argument("library", type=click.Path(exists=True, file_okay=False))
 @_index_dir_option
 @click.option("--model", default=None, help="CLIP/SigLIP checkpoint name or local folder.")
-@click.option("--text-model", default=None, help="Sentence-embedding model name or folder ('none' turns it off).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="Where models run.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=None, help="Model precision.")
+@click.option(
+    "--text-model", default=None, help="Sentence-embedding model name or folder ('none' turns it off)."
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="Where models run."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default=None,
+    help="Model precision.",
+)
 @click.option("--batch-size", type=int, default=None, help="Items per model forward pass.")
-@click.option("--no-dense", is_flag=True, help="Index everything except vectors (lexical only); a later run adds them.")
-@click.option("--shard", default=None, metavar="I/N",
-              help="Index only shard I of N (0-based; documents split by a hash of their path) - see docs/scaling.md.")
+@click.option(
+    "--no-dense", is_flag=True, help="Index everything except vectors (lexical only); a later run adds them."
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Index only shard I of N (0-based; documents split by a hash of their path) - see docs/scaling.md.",
+)
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary (errors still go to stderr).")
 @click.pass_obj
-def index(obj: Ctx, library: str, index_dir: str | None, model: str | None, text_model: str | None,
-          device: str | None, dtype: str | None, batch_size: int | None, no_dense: bool, shard: str | None,
-          store_url: str | None, as_json: bool, quiet: bool) -> None:
+def index(
+    obj: Ctx,
+    library: str,
+    index_dir: str | None,
+    model: str | None,
+    text_model: str | None,
+    device: str | None,
+    dtype: str | None,
+    batch_size: int | None,
+    no_dense: bool,
+    shard: str | None,
+    store_url: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Index a manual library (PDFs, scans, images, .txt/.md) incrementally into the index folder.
 
     Exit code 0: all files indexed; 1: some files failed (the rest is indexed); 2: usage, config or model error.
     """
-    from indexer.pipeline import Indexer
+    from manualrag.indexer.pipeline import Indexer
 
     if quiet:
         logging.getLogger().setLevel(logging.ERROR)
     cfg = obj.config(
-        index_dir=index_dir, model=model, device=device, dtype=dtype, batch_size=batch_size,
+        index_dir=index_dir,
+        model=model,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
         store={"url": store_url},
     )
     if text_model is not None:
         cfg["text_model"] = None if text_model.lower() in ("none", "null", "") else text_model
-    idx = Indexer(cfg, cfg["index_dir"], dense=not no_dense, progress=_stderr_tty() and not quiet and not as_json,
-                  shard=_parse_shard(shard))
+    idx = Indexer(
+        cfg,
+        cfg["index_dir"],
+        dense=not no_dense,
+        progress=_stderr_tty() and not quiet and not as_json,
+        shard=_parse_shard(shard),
+    )
     summary = idx.run(Path(library))
     if as_json:
         _echo_json(summary.to_dict())
@@ -272,10 +321,14 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 def _print_summary(s: Any) -> None:
     d = s.to_dict()
     docs = d["documents"]
-    _echo(f"Indexed {d['library']} into {d['index_dir']} in {d['wall_s']:.1f} s"
-               + ("" if s.dense else "  (lexical only: --no-dense)"))
-    _echo(f"  documents: {docs['indexed']} indexed, {docs['unchanged']} unchanged, "
-               f"{docs['removed']} removed, {docs['failed']} failed")
+    _echo(
+        f"Indexed {d['library']} into {d['index_dir']} in {d['wall_s']:.1f} s"
+        + ("" if s.dense else "  (lexical only: --no-dense)")
+    )
+    _echo(
+        f"  documents: {docs['indexed']} indexed, {docs['unchanged']} unchanged, "
+        f"{docs['removed']} removed, {docs['failed']} failed"
+    )
     if d["skipped"]:
         _echo("  skipped files: " + ", ".join(f"{v} {k}" for k, v in sorted(d["skipped"].items())))
     _echo(f"  pages: {d['pages']}, figures: {d['figures']}")
@@ -304,14 +357,16 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
     """Describe an index: documents, pages, records by kind, figures, models, size on disk."""
     _read_only()
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
-    from indexer.errors import IndexNotFoundError
-    from indexer.manifest import Manifest
-    from indexer.store import VectorStore
+    from manualrag.errors import IndexNotFoundError
+    from manualrag.manifest import Manifest
+    from manualrag.store import VectorStore
 
     idir = Path(cfg["index_dir"])
     db = idir / "index.sqlite"
     if not db.exists():
-        raise IndexNotFoundError(f"no index in {idir}; build one with `manualrag index LIBRARY --index-dir {idir}`")
+        raise IndexNotFoundError(
+            f"no index in {idir}; build one with `manualrag index LIBRARY --index-dir {idir}`"
+        )
     m = Manifest(db, readonly=True)
     try:
         st = m.stats()
@@ -327,10 +382,16 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
         store.close()
     size = sum(f.stat().st_size for f in idir.rglob("*") if f.is_file())
     out = {
-        "index_dir": str(idir), "library": library, **st, "vectors": vectors,
-        "model": models.get("clip"), "dim": (dims["text"] or (None, None))[1],
-        "text_model": models.get("text"), "text_dim": (dims["sem"] or (None, None))[1],
-        "store": cfg["store"]["url"] or "embedded", "size_bytes": size,
+        "index_dir": str(idir),
+        "library": library,
+        **st,
+        "vectors": vectors,
+        "model": models.get("clip"),
+        "dim": (dims["text"] or (None, None))[1],
+        "text_model": models.get("text"),
+        "text_dim": (dims["sem"] or (None, None))[1],
+        "store": cfg["store"]["url"] or "embedded",
+        "size_bytes": size,
     }
     if as_json:
         _echo_json(out)
@@ -352,12 +413,12 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
 def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: str | None) -> None:
     """Remove documents (paths relative to the library, or folders) from the index."""
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
-    from indexer.manifest import Manifest
-    from indexer.pipeline import Indexer
+    from manualrag.indexer.pipeline import Indexer
+    from manualrag.manifest import Manifest
 
     idir = Path(cfg["index_dir"])
     if not (idir / "index.sqlite").exists():
-        from indexer.lock import IndexLock
+        from manualrag.lock import IndexLock
 
         with IndexLock(idir):  # a first index run still going on is reported as the lock holder
             pass
@@ -367,7 +428,11 @@ def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: s
     rels = []
     for p in paths:
         ap = Path(p)
-        if library and ap.is_absolute() or (library and ap.exists() and Path(library) in ap.resolve().parents):
+        if (
+            library
+            and ap.is_absolute()
+            or (library and ap.exists() and Path(library) in ap.resolve().parents)
+        ):
             try:
                 p = ap.resolve().relative_to(Path(library)).as_posix()
             except ValueError:
@@ -391,8 +456,8 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     import shutil
 
-    from indexer.lock import IndexLock
-    from indexer.store import VectorStore
+    from manualrag.lock import IndexLock
+    from manualrag.store import VectorStore
 
     idir = Path(cfg["index_dir"])
     if not yes and not click.confirm(f"Delete the index in {idir}?", default=False):
@@ -406,7 +471,13 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
             store.drop_all()
         finally:
             store.close()
-        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "config.json", "ocr_cache.sqlite"):
+        for name in (
+            "index.sqlite",
+            "index.sqlite-wal",
+            "index.sqlite-shm",
+            "config.json",
+            "ocr_cache.sqlite",
+        ):
             (idir / name).unlink(missing_ok=True)
         for sub in ("crops", "chroma"):
             shutil.rmtree(idir / sub, ignore_errors=True)
@@ -414,9 +485,14 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
 
 
 # -------------------------------------------------------------------------------------------------- query
-def _open_retriever(obj: Ctx, index_dir: str | None, store_url: str | None, model: str | None = None,
-                    text_model: str | None = None):
-    from retriever.search import Retriever
+def _open_retriever(
+    obj: Ctx,
+    index_dir: str | None,
+    store_url: str | None,
+    model: str | None = None,
+    text_model: str | None = None,
+):
+    from manualrag.retriever.search import Retriever
 
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     if model:
@@ -429,9 +505,13 @@ def _open_retriever(obj: Ctx, index_dir: str | None, store_url: str | None, mode
 
 @main.command()
 @click.argument("text", required=False)
-@click.option("--image", type=click.Path(exists=True, dir_okay=False), help="Search by an image (alone or with text).")
+@click.option(
+    "--image", type=click.Path(exists=True, dir_okay=False), help="Search by an image (alone or with text)."
+)
 @click.option("-k", "k", type=int, default=None, help="Number of hits (default 10).")
-@click.option("--modality", type=click.Choice(["all", "text", "image"]), default="all", help="Which hits to return.")
+@click.option(
+    "--modality", type=click.Choice(["all", "text", "image"]), default="all", help="Which hits to return."
+)
 @click.option("--source", default=None, help="Only files matching this glob (e.g. '*.pdf', 'vendor/*').")
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical (default: all available).")
 @click.option("--model", default=None, help="CLIP/SigLIP to encode the query (default: the index's).")
@@ -441,12 +521,24 @@ def _open_retriever(obj: Ctx, index_dir: str | None, store_url: str | None, mode
 @click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON list.")
 @click.option("--timings", is_flag=True, help="Print encode / search / fusion times.")
 @click.pass_obj
-def query(obj: Ctx, text: str | None, image: str | None, k: int | None, modality: str, source: str | None,
-          channels: str | None, model: str | None, text_model: str | None, index_dir: str | None,
-          store_url: str | None, as_json: bool, timings: bool) -> None:
+def query(
+    obj: Ctx,
+    text: str | None,
+    image: str | None,
+    k: int | None,
+    modality: str,
+    source: str | None,
+    channels: str | None,
+    model: str | None,
+    text_model: str | None,
+    index_dir: str | None,
+    store_url: str | None,
+    as_json: bool,
+    timings: bool,
+) -> None:
     """Search the index: ranked text AND image hits with file, page, caption, labels and context."""
     _read_only()
-    from indexer.errors import ManualragError
+    from manualrag.errors import ManualragError
 
     if not text and not image:
         raise ManualragError("give a query text, --image FILE, or both")
@@ -491,14 +583,19 @@ def _print_hits(res: Any) -> None:
             if h.suspect:
                 _echo(f"       (suspect text: {h.suspect}; not visible on the page)")
             if h.figures:
-                _echo("       figures: " + "; ".join(f"{f.caption or f.kind + ' figure'} p{f.page}" for f in h.figures[:3]))
+                _echo(
+                    "       figures: "
+                    + "; ".join(f"{f.caption or f.kind + ' figure'} p{f.page}" for f in h.figures[:3])
+                )
 
 
 # ------------------------------------------------------------------------------------------------ context
 @main.command()
 @click.argument("text")
 @click.option("--max-chars", type=int, default=6000, show_default=True, help="Character budget of the block.")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True
+)
 @click.option("-k", "k", type=int, default=8, show_default=True, help="Hits considered.")
 @click.option("--with-images", is_flag=True, help="JSON only: include each figure crop as base64.")
 @click.option("--include-suspect", is_flag=True, help="Include text that is invisible on the page (marked).")
@@ -507,15 +604,28 @@ def _print_hits(res: Any) -> None:
 @_index_dir_option
 @_store_option
 @click.pass_obj
-def context(obj: Ctx, text: str, max_chars: int, fmt: str, k: int, with_images: bool, include_suspect: bool,
-            channels: str | None, text_model: str | None, index_dir: str | None, store_url: str | None) -> None:
+def context(
+    obj: Ctx,
+    text: str,
+    max_chars: int,
+    fmt: str,
+    k: int,
+    with_images: bool,
+    include_suspect: bool,
+    channels: str | None,
+    text_model: str | None,
+    index_dir: str | None,
+    store_url: str | None,
+) -> None:
     """A prompt-ready context block for an LLM: numbered, fenced sources with pages and figures."""
     _read_only()
-    from retriever.context import build_context
+    from manualrag.retriever.context import build_context
 
     with _open_retriever(obj, index_dir, store_url, text_model=text_model) as r:
         res = r.search(text, k=k, channels=_channels(channels))
-    out = build_context(res, max_chars=max_chars, fmt=fmt, with_images=with_images, include_suspect=include_suspect)
+    out = build_context(
+        res, max_chars=max_chars, fmt=fmt, with_images=with_images, include_suspect=include_suspect
+    )
     if fmt == "json":
         _echo_json(out)
     else:
@@ -532,11 +642,19 @@ def context(obj: Ctx, text: str, max_chars: int, fmt: str, k: int, with_images: 
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def eval_cmd(obj: Ctx, queries: str, k: int, channels: str | None, text_model: str | None,
-             index_dir: str | None, store_url: str | None, as_json: bool) -> None:
+def eval_cmd(
+    obj: Ctx,
+    queries: str,
+    k: int,
+    channels: str | None,
+    text_model: str | None,
+    index_dir: str | None,
+    store_url: str | None,
+    as_json: bool,
+) -> None:
     """Measure retrieval on labelled queries (JSONL: query, file, pages, kind): recall@k, MRR, nDCG, image recall."""
     _read_only()
-    from retriever.evaluate import evaluate, format_table, load_queries
+    from manualrag.retriever.evaluate import evaluate, format_table, load_queries
 
     qs = load_queries(queries)
     with _open_retriever(obj, index_dir, store_url, text_model=text_model) as r:

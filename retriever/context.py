@@ -17,7 +17,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from retriever.search import Hit, SearchResult
+from manualrag.retriever.search import Hit, SearchResult
 
 PREAMBLE = (
     "The sources below are excerpts retrieved from a library of technical manuals for the user's question. "
@@ -71,7 +71,8 @@ def _body(h: Hit) -> str:
     body = h.text
     if h.figures:
         body += "\nFigures on this page: " + "; ".join(
-            f"{f.caption or 'figure'} (p.{f.page}{', ' + f.crop_path if f.crop_path else ''})" for f in h.figures
+            f"{f.caption or 'figure'} (p.{f.page}{', ' + f.crop_path if f.crop_path else ''})"
+            for f in h.figures
         )
     return body
 

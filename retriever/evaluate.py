@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import ManualragError
-from retriever.search import Hit, Retriever
+from manualrag.errors import ManualragError
+from manualrag.retriever.search import Hit, Retriever
 
 KS = (1, 5, 10)
 
@@ -42,7 +42,15 @@ def load_queries(path: Path | str) -> list[Query]:
             continue
         try:
             d = json.loads(line)
-            out.append(Query(str(d.get("id", n)), d["query"], d["file"], [int(x) for x in d["pages"]], d.get("kind", "text")))
+            out.append(
+                Query(
+                    str(d.get("id", n)),
+                    d["query"],
+                    d["file"],
+                    [int(x) for x in d["pages"]],
+                    d.get("kind", "text"),
+                )
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise ManualragError(f"{p}:{n}: not a valid query line ({exc})") from None
     return out
@@ -76,7 +84,9 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(sum(r[key] for r in rows) / len(rows), 4) for key in rows[0]}
 
 
-def evaluate(retriever: Retriever, queries: list[Query], k: int = 10, channels: list[str] | None = None) -> dict[str, Any]:
+def evaluate(
+    retriever: Retriever, queries: list[Query], k: int = 10, channels: list[str] | None = None
+) -> dict[str, Any]:
     per: list[dict[str, Any]] = []
     by_kind: dict[str, list[dict[str, float]]] = {}
     image_rows: list[dict[str, float]] = []
@@ -119,7 +129,9 @@ def format_table(report: dict[str, Any]) -> str:
     im = report["image_recall"]
     if im:
         lines.append(
-            f"{'image hits':<14}" + "".join(f"{im.get(c, 0):>11.3f}" for c in cols[:3]) + f"{'':>22}"
+            f"{'image hits':<14}"
+            + "".join(f"{im.get(c, 0):>11.3f}" for c in cols[:3])
+            + f"{'':>22}"
             + f"{sum(1 for q in report['queries'] if q['kind'] in ('image', 'ocr')):>5}"
         )
     return "\n".join(lines)

@@ -61,7 +61,10 @@ def _zscores(results: Scored) -> list[float]:
 
 
 def fuse(
-    channels: dict[str, Scored], weights: dict[str, float] | None = None, method: str = "zscore", rrf_k: int = 60
+    channels: dict[str, Scored],
+    weights: dict[str, float] | None = None,
+    method: str = "zscore",
+    rrf_k: int = 60,
 ) -> list[Fused]:
     """Fuse channel results (each best-first; duplicates allowed) into one list, best first."""
     if method not in METHODS:
@@ -71,7 +74,11 @@ def fuse(
     for channel, results in channels.items():
         results = best_per_thing(results)
         w = weights.get(channel, 1.0)
-        contrib = _zscores(results) if method == "zscore" else [1.0 / (rrf_k + r) for r in range(1, len(results) + 1)]
+        contrib = (
+            _zscores(results)
+            if method == "zscore"
+            else [1.0 / (rrf_k + r) for r in range(1, len(results) + 1)]
+        )
         for rank, ((key, _), c) in enumerate(zip(results, contrib, strict=True), 1):
             item = table.setdefault(key, Fused(key, 0.0))
             item.score += w * c

@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import IndexNotFoundError, ManualragError
-from indexer.manifest import Manifest
-from retriever.fusion import Fused, Key, fuse
+from manualrag.errors import IndexNotFoundError, ManualragError
+from manualrag.manifest import Manifest
+from manualrag.retriever.fusion import Fused, Key, fuse
+from manualrag.retriever.lexical import lexical_search
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ WEIGHTS = {
 }
 
 CAPTION_PASSAGE_MAX_WORDS = 40  # longer passages hold more than a caption: they stay text hits
-_FIG_REF = re.compile(r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I)
+_FIG_REF = re.compile(
+    r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I
+)
 
 
 @dataclass
@@ -119,7 +122,9 @@ def make_snippet(text: str, query: str, width: int = 240) -> str:
 class Retriever:
     """Loads the index and its encoders once; answers many queries."""
 
-    def __init__(self, index_dir: Path, cfg: dict[str, Any], manifest: Manifest, store: Any, models: dict[str, Any]):
+    def __init__(
+        self, index_dir: Path, cfg: dict[str, Any], manifest: Manifest, store: Any, models: dict[str, Any]
+    ):
         self.index_dir = index_dir
         self.cfg = cfg
         self.manifest = manifest
@@ -132,8 +137,8 @@ class Retriever:
 
     @classmethod
     def open(cls, index_dir: Path | str, cfg: dict[str, Any] | None = None) -> Retriever:
-        from indexer.config import load_config
-        from indexer.store import VectorStore
+        from manualrag.config import load_config
+        from manualrag.store import VectorStore
 
         cfg = cfg or load_config()
         index_dir = Path(index_dir)
@@ -165,12 +170,14 @@ class Retriever:
             return self._clip
         model = self.cfg.get("query_model") or self.models.get("clip")
         if not model or self.store.get("image") is None:
-            self._clip_failed = "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
+            self._clip_failed = (
+                "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
+            )
             if required:
                 raise ManualragError(self._clip_failed)
             return None
-        from indexer.encoder import ClipEncoder
-        from indexer.errors import ModelUnavailableError
+        from manualrag.encoder import ClipEncoder
+        from manualrag.errors import ModelUnavailableError
 
         try:
             self._clip = ClipEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
@@ -192,8 +199,8 @@ class Retriever:
             if required:
                 raise ManualragError(self._text_failed)
             return None
-        from indexer.encoder import TextEncoder
-        from indexer.errors import ModelUnavailableError
+        from manualrag.encoder import TextEncoder
+        from manualrag.errors import ModelUnavailableError
 
         try:
             self._text = TextEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
@@ -274,7 +281,7 @@ class Retriever:
         with self.manifest.read_snapshot():
             if "lexical" in channels and text:
                 t0 = time.perf_counter()
-                lexical = [((t, i), sc) for t, i, sc in self.manifest.lexical_search(text, n)]
+                lexical = [((t, i), sc) for t, i, sc in lexical_search(self.manifest, text, n)]
                 rankings = {"lexical": lexical, **rankings}
                 timings["search"] += time.perf_counter() - t0
                 used.insert(0, "lexical")
@@ -337,13 +344,22 @@ class Retriever:
         if not as_figure:
             return rankings
         return {
-            ch: [(("figure", as_figure[k[1]]) if k[0] == "passage" and k[1] in as_figure else k, sc) for k, sc in res]
+            ch: [
+                (("figure", as_figure[k[1]]) if k[0] == "passage" and k[1] in as_figure else k, sc)
+                for k, sc in res
+            ]
             for ch, res in rankings.items()
         }
 
     # ------------------------------------------------------------------------------------------- hits
     def _hits(
-        self, fused: list[Fused], query: str, k: int, modality: str, source: str | None, passages: dict[str, Any]
+        self,
+        fused: list[Fused],
+        query: str,
+        k: int,
+        modality: str,
+        source: str | None,
+        passages: dict[str, Any],
     ) -> list[Hit]:
         """The hits, best first; ``passages``: every candidate passage by id, read in this query's snapshot."""
         figures = self.manifest.figures([f.key[1] for f in fused if f.key[0] == "figure"])
@@ -358,9 +374,19 @@ class Retriever:
                     continue
                 hits.append(
                     Hit(
-                        rank=0, kind="text", score=f.score, path=p.doc_path, page=p.page, pages=[p.page],
-                        channels=dict(f.ranks), id=ref, heading=p.heading, text=p.text,
-                        snippet=make_snippet(p.text, query), suspect=p.suspect, bbox=list(p.bbox),
+                        rank=0,
+                        kind="text",
+                        score=f.score,
+                        path=p.doc_path,
+                        page=p.page,
+                        pages=[p.page],
+                        channels=dict(f.ranks),
+                        id=ref,
+                        heading=p.heading,
+                        text=p.text,
+                        snippet=make_snippet(p.text, query),
+                        suspect=p.suspect,
+                        bbox=list(p.bbox),
                     )
                 )
             else:
@@ -371,14 +397,25 @@ class Retriever:
                     continue
                 hits.append(
                     Hit(
-                        rank=0, kind="image", score=f.score, path=g.doc_path, page=g.pages[0], pages=list(g.pages),
-                        channels=dict(f.ranks), id=ref, heading=g.heading,
+                        rank=0,
+                        kind="image",
+                        score=f.score,
+                        path=g.doc_path,
+                        page=g.pages[0],
+                        pages=list(g.pages),
+                        channels=dict(f.ranks),
+                        id=ref,
+                        heading=g.heading,
                         text="\n".join(x for x in [g.caption, " ".join(g.labels), g.ocr_text] if x),
                         snippet=make_snippet(" ".join([g.caption, " ".join(g.labels), g.ocr_text]), query),
-                        figure_kind=g.kind, caption=g.caption, labels=list(g.labels), ocr_text=g.ocr_text,
+                        figure_kind=g.kind,
+                        caption=g.caption,
+                        labels=list(g.labels),
+                        ocr_text=g.ocr_text,
                         nearby_text=g.nearby_text,
                         crop_path=str((self.index_dir / g.crop_path).resolve()) if g.crop_path else None,
-                        bbox=list(g.bbox), quality=g.quality,
+                        bbox=list(g.bbox),
+                        quality=g.quality,
                     )
                 )
             if len(hits) >= k:
@@ -400,7 +437,10 @@ class Retriever:
             for g in self.manifest.figures_of_doc(hit.path):
                 m = _FIG_REF.match(g.caption or "")
                 if m and (m.group(1)[:3].lower(), m.group(2).lower()) in refs and not g.boilerplate:
-                    out.setdefault(g.id, LinkedFigure(g.id, g.kind, g.pages[0], g.caption, _abs(self.index_dir, g.crop_path)))
+                    out.setdefault(
+                        g.id,
+                        LinkedFigure(g.id, g.kind, g.pages[0], g.caption, _abs(self.index_dir, g.crop_path)),
+                    )
         return list(out.values())
 
 

@@ -68,7 +68,9 @@ def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer_dir
     """A tiny random SiglipModel (64 text positions) whose processor carries the CLIP tokenizer."""
     from transformers import AutoTokenizer
 
-    return build_siglip(tmp_path_factory.mktemp("tiny-siglip"), tokenizer=AutoTokenizer.from_pretrained(clip_tokenizer_dir))
+    return build_siglip(
+        tmp_path_factory.mktemp("tiny-siglip"), tokenizer=AutoTokenizer.from_pretrained(clip_tokenizer_dir)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +113,7 @@ def store_cfg_factory(store_mode, request):
     import copy
     import hashlib
 
-    from indexer.config import DEFAULTS
+    from manualrag.config import DEFAULTS
     from tests.chroma_server import unique_prefix
 
     base = unique_prefix()
@@ -131,7 +133,7 @@ def store_cfg_factory(store_mode, request):
 
     yield factory
     if store_mode == "server":
-        from indexer.store import VectorStore
+        from manualrag.store import VectorStore
 
         done = set()
         for scfg in made:

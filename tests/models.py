@@ -19,7 +19,11 @@ _TINY_TOWER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, n
 
 def _bytes_to_unicode() -> dict[int, str]:
     """OpenAI CLIP / GPT-2 byte -> unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):

@@ -199,7 +199,7 @@ def index_snapshot(index_dir: Path, store_cfg: dict | None = None) -> dict[str, 
 
 
 def vector_snapshot(index_dir: Path, store_cfg: dict) -> tuple[dict[str, dict], dict[str, dict]]:
-    from indexer.store import VectorStore
+    from manualrag.store import VectorStore
 
     records: dict[str, dict] = {}
     embeddings: dict[str, dict] = {}

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer.chunk import doc_id_for, make_passages, make_windows, sentence_spans
-from indexer.models import Document, Passage, TextBlock, Window
+from manualrag.indexer.chunk import doc_id_for, make_passages, make_windows, sentence_spans
+from manualrag.models import Document, Passage, TextBlock, Window
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from indexer.config import DEFAULTS, load_config
-from indexer.errors import ConfigError
+from manualrag.config import DEFAULTS, load_config
+from manualrag.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from indexer.config import load_config
-from indexer.discover import SourceFile, discover, file_digest, file_type_for
+from manualrag.config import load_config
+from manualrag.indexer.discover import SourceFile, discover, file_digest, file_type_for
 
 
 @pytest.fixture()

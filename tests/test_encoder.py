@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer import encoder as enc_mod
-from indexer.encoder import ClipEncoder, TextEncoder, cpu_has_fast_bf16, resolve_dtype
-from indexer.errors import ManualragError, ModelUnavailableError
+from manualrag import encoder as enc_mod
+from manualrag.encoder import ClipEncoder, TextEncoder, cpu_has_fast_bf16, resolve_dtype
+from manualrag.errors import ManualragError, ModelUnavailableError
 
 TEXTS = [
     "Remove the four M6 screws holding the pump cover.",

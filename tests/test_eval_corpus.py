@@ -23,7 +23,9 @@ def corpus_index(tmp_path_factory, corpus_dir, tiny_clip_dir, minilm_dir):
     cfg = base / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"model": str(tiny_clip_dir), "text_model": str(minilm_dir)}))
     idx = base / "index"
-    res = CliRunner().invoke(main, ["--config", str(cfg), "index", str(corpus_dir), "--index-dir", str(idx), "-q"])
+    res = CliRunner().invoke(
+        main, ["--config", str(cfg), "index", str(corpus_dir), "--index-dir", str(idx), "-q"]
+    )
     assert res.exit_code == 0, res.output
     return cfg, idx, corpus_dir / "queries.jsonl"
 
@@ -31,7 +33,18 @@ def corpus_index(tmp_path_factory, corpus_dir, tiny_clip_dir, minilm_dir):
 def run_eval(corpus_index, channels: str) -> dict:
     cfg, idx, queries = corpus_index
     res = CliRunner().invoke(
-        main, ["--config", str(cfg), "eval", str(queries), "--index-dir", str(idx), "--channels", channels, "--json"]
+        main,
+        [
+            "--config",
+            str(cfg),
+            "eval",
+            str(queries),
+            "--index-dir",
+            str(idx),
+            "--channels",
+            channels,
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from indexer.config import load_config
-from indexer.extract import extract_file
-from indexer.models import Document
-from indexer.ocr import OcrEngine
+from manualrag.config import load_config
+from manualrag.indexer.extract import extract_file
+from manualrag.indexer.ocr import OcrEngine
+from manualrag.models import Document
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 QUERIES = CORPUS / "queries.jsonl"
@@ -138,7 +138,7 @@ def test_layout_model_sees_the_schematic_as_a_picture() -> None:
     """The optional layout-model signal (used for ambiguous drawings) is wired up and answers."""
     import pymupdf
 
-    from indexer.figures import page_layout_boxes
+    from manualrag.indexer.figures import page_layout_boxes
 
     with pymupdf.open(CORPUS / "xfig-howto.pdf") as pdf:
         boxes = page_layout_boxes(pdf[13])

@@ -16,11 +16,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import helpers_pdf as h  # noqa: E402
 
-from indexer.config import load_config  # noqa: E402
-from indexer.errors import ExtractionError  # noqa: E402
-from indexer.extract import extract_file  # noqa: E402
-from indexer.models import Document  # noqa: E402
-from indexer.ocr import OcrEngine  # noqa: E402
+from manualrag.config import load_config  # noqa: E402
+from manualrag.errors import ExtractionError  # noqa: E402
+from manualrag.indexer.extract import extract_file  # noqa: E402
+from manualrag.indexer.ocr import OcrEngine  # noqa: E402
+from manualrag.models import Document  # noqa: E402
 
 needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed")
 
@@ -358,7 +358,7 @@ def test_ocr_boxes_in_original_pixels_and_sqlite_cache(tmp_path: Path, cfg: dict
     import json
     import sqlite3
 
-    from indexer.ocr import OcrResult
+    from manualrag.indexer.ocr import OcrResult
 
     img = Image.open(io.BytesIO(h.rendered_text_png(["PUMP P-204 SEAL KIT"], dpi=60, fontsize=24)))
     img = img.crop((0, 0, 420, 120))  # small: the engine upscales it, boxes must come back in these pixels
@@ -389,8 +389,8 @@ def test_ocr_boxes_in_original_pixels_and_sqlite_cache(tmp_path: Path, cfg: dict
 def test_ocr_unavailable_is_one_clear_error(cfg: dict) -> None:
     import pytesseract
 
-    from indexer.errors import ManualragError
-    from indexer.ocr import OcrUnavailableError
+    from manualrag.errors import ManualragError
+    from manualrag.indexer.ocr import OcrUnavailableError
 
     if shutil.which("tesseract") is not None:
         with pytest.raises(OcrUnavailableError) as e:

@@ -16,10 +16,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from indexer.chunk import doc_id_for
-from indexer.manifest import Manifest
-from indexer.store import KINDS, VectorStore
 from manualrag.cli import main
+from manualrag.indexer.chunk import doc_id_for
+from manualrag.manifest import Manifest
+from manualrag.retriever.lexical import lexical_search
+from manualrag.store import KINDS, VectorStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "manuals"
@@ -61,7 +62,9 @@ def store_ids(index_dir: Path, store_cfg: dict) -> dict[str, set[str]]:
         return {k: set(st.all_ids(k)) for k in KINDS if st.get(k) is not None}
 
 
-def test_index_records_match_extraction_and_rerun_embeds_nothing(tmp_path, library, tiny_clip_dir, store_cfg_factory):
+def test_index_records_match_extraction_and_rerun_embeds_nothing(
+    tmp_path, library, tiny_clip_dir, store_cfg_factory
+):
     idx = tmp_path / "index"
     scfg = store_cfg_factory(idx)
     cfg = write_cfg(tmp_path, scfg, model=str(tiny_clip_dir))
@@ -131,14 +134,24 @@ def test_changed_file_is_reindexed_alone_and_deleted_file_is_pruned(tmp_path, li
     assert not any(i.startswith(card_id) for ids in after.values() for i in ids)
     assert not any((idx / c).exists() for c in card_crops), "crops of a removed document are pruned"
     pump = doc_id_for("pump-controller-manual.pdf")
-    assert {i for i in after["image"] if i.startswith(pump)} == {i for i in before["image"] if i.startswith(pump)}
+    assert {i for i in after["image"] if i.startswith(pump)} == {
+        i for i in before["image"] if i.startswith(pump)
+    }
 
 
 def test_encoder_mismatch_is_refused(tmp_path, library, tiny_clip_dir, tiny_siglip_dir):
     idx = tmp_path / "index"
     assert run_index(write_cfg(tmp_path, model=str(tiny_clip_dir)), library, idx)[0] == 0
     res = CliRunner().invoke(
-        main, ["--config", str(write_cfg(tmp_path, model=str(tiny_siglip_dir))), "index", str(library), "--index-dir", str(idx)]
+        main,
+        [
+            "--config",
+            str(write_cfg(tmp_path, model=str(tiny_siglip_dir))),
+            "index",
+            str(library),
+            "--index-dir",
+            str(idx),
+        ],
     )
     assert res.exit_code == 2
     assert "reset" in res.output and "--index-dir" in res.output
@@ -147,8 +160,17 @@ def test_encoder_mismatch_is_refused(tmp_path, library, tiny_clip_dir, tiny_sigl
 def test_unavailable_model_fails_fast_with_ways_out(tmp_path, library):
     t0 = time.perf_counter()
     res = CliRunner().invoke(
-        main, ["--config", str(write_cfg(tmp_path)), "index", str(library), "--index-dir", str(tmp_path / "i"),
-               "--model", "no-such-org/no-such-clip"],
+        main,
+        [
+            "--config",
+            str(write_cfg(tmp_path)),
+            "index",
+            str(library),
+            "--index-dir",
+            str(tmp_path / "i"),
+            "--model",
+            "no-such-org/no-such-clip",
+        ],
     )
     assert time.perf_counter() - t0 < 15
     assert res.exit_code == 2
@@ -163,7 +185,7 @@ def test_no_dense_then_model_equals_one_run_with_model(tmp_path, library, tiny_c
     assert rc == 0, err
     assert s["embedded"] == {} and not store_ids(a, {"url": None, "collection": "manualrag", "headers": {}})
     with Manifest(a / "index.sqlite", readonly=True) as m:
-        assert m.lexical_search("Hydraulic circuit", 5), "lexical index is built without vectors"
+        assert lexical_search(m, "Hydraulic circuit", 5), "lexical index is built without vectors"
     assert run_index(cfg, library, a)[0] == 0
     assert run_index(cfg, library, b)[0] == 0
     scfg = {"url": None, "collection": "manualrag", "headers": {}}
@@ -206,5 +228,7 @@ def test_shards_partition_the_library(tmp_path, library, tiny_clip_dir):
         assert rc == 0, err
         indexed.append(set(s["indexed"]))
     assert indexed[0] | indexed[1] == set(LIB_FILES) and not indexed[0] & indexed[1]
-    res = CliRunner().invoke(main, ["index", str(library), "--shard", "2/2", "--index-dir", str(tmp_path / "x")])
+    res = CliRunner().invoke(
+        main, ["index", str(library), "--shard", "2/2", "--index-dir", str(tmp_path / "x")]
+    )
     assert res.exit_code == 2 and "--shard" in res.output

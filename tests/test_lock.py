@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from indexer.errors import IndexLockedError
-from indexer.lock import IndexLock
+from manualrag.errors import IndexLockedError
+from manualrag.lock import IndexLock
 
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import sys, time
-from indexer.errors import IndexLockedError
-from indexer.lock import IndexLock
+from manualrag.errors import IndexLockedError
+from manualrag.lock import IndexLock
 try:
     with IndexLock(sys.argv[1]):
         print("ACQUIRED", flush=True)
@@ -106,7 +106,7 @@ def test_lock_held_by_a_child_is_refused_here(tmp_path):
 def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path, caplog):
     pid = dead_pid()
     write_lock(tmp_path, pid)
-    with caplog.at_level(logging.WARNING, logger="indexer.lock"), IndexLock(tmp_path):
+    with caplog.at_level(logging.WARNING, logger="manualrag.lock"), IndexLock(tmp_path):
         assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
     assert any("stale lock" in r.getMessage() and str(pid) in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "lock").exists()
@@ -141,7 +141,7 @@ def test_lock_from_another_host_is_never_taken_over(tmp_path):
 
 
 def test_unreadable_lock_file_is_taken_over(tmp_path, monkeypatch):
-    monkeypatch.setattr("indexer.lock._PARTIAL_WAIT_S", 0.2)
+    monkeypatch.setattr("manualrag.lock._PARTIAL_WAIT_S", 0.2)
     (tmp_path / "lock").write_text("")  # the writer died between creating and writing it
     t0 = time.monotonic()
     with IndexLock(tmp_path):

@@ -9,16 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.errors import IndexNotFoundError, ManualragError
-from indexer.manifest import (
+from manualrag.errors import IndexNotFoundError, ManualragError
+from manualrag.manifest import (
     DB_NAME,
     DocRow,
     Manifest,
     ManifestSchemaError,
-    fts_query,
-    query_terms,
 )
-from indexer.models import Figure, Passage, Window
+from manualrag.models import Figure, Passage, Window
+from manualrag.retriever.lexical import fts_query, lexical_search, query_terms
 
 DOC = "manuals/pump.pdf"
 DOC_ID = "0123456789abcdef"
@@ -214,7 +213,7 @@ def test_set_models_errors_and_remove(manifest):
     assert manifest.passages([p.passage_id for p in ps]) == {}
     assert manifest.figures_of_doc(DOC) == []
     assert manifest.vector_ids(DOC) == {"text": [], "sem": [], "image": [], "image_text": []}
-    assert [r[1] for r in manifest.lexical_search("connector", 10)] == [other.passage_id]
+    assert [r[1] for r in lexical_search(manifest, "connector", 10)] == [other.passage_id]
     assert manifest.paths_with_rows() == {"other.pdf"}
     assert manifest.stats()["lexical_rows"] == 1
 
@@ -226,9 +225,9 @@ def test_replace_rows_replaces_everything_of_the_document(manifest):
     manifest.replace_rows(
         DOC, new, [(Window(f"{new[0].passage_id}:w0", new[0].passage_id, "x", 1), "clip")], []
     )
-    assert manifest.lexical_search("X3", 10) == []
-    assert manifest.lexical_search("sensor", 10) == []
-    assert [r[1] for r in manifest.lexical_search("impeller", 10)] == [new[0].passage_id]
+    assert lexical_search(manifest, "X3", 10) == []
+    assert lexical_search(manifest, "sensor", 10) == []
+    assert [r[1] for r in lexical_search(manifest, "impeller", 10)] == [new[0].passage_id]
     assert manifest.figures_of_doc(DOC) == []
     assert manifest.vector_ids(DOC) == {
         "text": [f"{new[0].passage_id}:w0"],
@@ -244,7 +243,7 @@ def test_replace_rows_is_one_transaction(manifest):
     with pytest.raises(sqlite3.IntegrityError):
         manifest.replace_rows(DOC, dup, [], [])
     assert manifest.passages([p.passage_id for p in ps]) == {p.passage_id: p for p in ps}  # rolled back
-    assert manifest.lexical_search("X3", 5)
+    assert lexical_search(manifest, "X3", 5)
     with pytest.raises(ValueError, match="belongs to"):
         manifest.replace_rows("elsewhere.pdf", ps, [], [])
     with pytest.raises(ValueError, match="channel"):
@@ -308,7 +307,7 @@ def test_reader_queries_while_a_writer_writes(manifest, tmp_path):
         with manifest._tx() as c:  # a writer in the middle of a transaction
             c.execute("DELETE FROM documents")
             assert list(reader.documents()) == [DOC]  # not blocked, sees the last commit
-            assert reader.lexical_search("X3", 3)
+            assert lexical_search(reader, "X3", 3)
         assert reader.documents() == {}  # and the new state once committed
         index_doc(manifest, "b.pdf", ([passage(0, "bee", path="b.pdf", doc_id="b" * 16)], [], []))
         assert list(reader.documents()) == ["b.pdf"]
@@ -319,34 +318,34 @@ def test_reader_queries_while_a_writer_writes(manifest, tmp_path):
 # ---------------------------------------------------------------------------------------------- lexical
 def test_lexical_ranks_the_figure_labelled_x3_first(manifest):
     ps, ws, figs = index_doc(manifest)
-    hits = manifest.lexical_search("X3", 10)
+    hits = lexical_search(manifest, "X3", 10)
     assert hits[0][:2] == ("figure", figs[0][0])
     assert ("passage", ps[1].passage_id) in [h[:2] for h in hits]
     assert all(s > 0 for *_, s in hits)
     assert [s for *_, s in hits] == sorted((s for *_, s in hits), reverse=True)
-    assert manifest.lexical_search("x3", 1) == hits[:1]  # case-insensitive, limit honoured
+    assert lexical_search(manifest, "x3", 1) == hits[:1]  # case-insensitive, limit honoured
 
 
 def test_porter_stemming(manifest):
     ps, *_ = index_doc(
         manifest, rows=([passage(0, "Each connector is keyed."), passage(1, "Unrelated text")], [], [])
     )
-    assert [h[1] for h in manifest.lexical_search("connectors", 10)] == [ps[0].passage_id]
-    assert [h[1] for h in manifest.lexical_search("keying", 10)] == [ps[0].passage_id]
+    assert [h[1] for h in lexical_search(manifest, "connectors", 10)] == [ps[0].passage_id]
+    assert [h[1] for h in lexical_search(manifest, "keying", 10)] == [ps[0].passage_id]
 
 
 def test_ocr_text_and_caption_and_nearby_text_are_searchable(manifest):
     ps, ws, figs = index_doc(manifest)
-    assert manifest.lexical_search("24V", 5)[0][:2] == ("figure", figs[0][0])  # OCR text
-    assert manifest.lexical_search("hot surface", 5)[0][:2] == ("figure", figs[1][0])  # nearby text
-    assert manifest.lexical_search("ACME", 5) == []  # boilerplate: no lexical row
-    assert ("passage", ps[2].passage_id) in [h[:2] for h in manifest.lexical_search("search engines", 5)]
+    assert lexical_search(manifest, "24V", 5)[0][:2] == ("figure", figs[0][0])  # OCR text
+    assert lexical_search(manifest, "hot surface", 5)[0][:2] == ("figure", figs[1][0])  # nearby text
+    assert lexical_search(manifest, "ACME", 5) == []  # boilerplate: no lexical row
+    assert ("passage", ps[2].passage_id) in [h[:2] for h in lexical_search(manifest, "search engines", 5)]
 
 
 def test_phrases_for_joined_tokens(manifest):
     ps, *_ = index_doc(manifest)
     assert query_terms("0.2 Nm") == ["0 2", "nm"]
-    assert manifest.lexical_search("0.2", 5)[0][1] == ps[1].passage_id
+    assert lexical_search(manifest, "0.2", 5)[0][1] == ps[1].passage_id
     assert query_terms("X3/X4") == ["x3 x4", "x3", "x4"]
     assert query_terms("74HC125 self-test") == ["74hc125", "self test", "self", "test"]
 
@@ -378,7 +377,7 @@ def test_phrases_for_joined_tokens(manifest):
 )
 def test_fts_syntax_in_queries_is_neutralised(manifest, query):
     ps, ws, figs = index_doc(manifest)
-    hits = manifest.lexical_search(query, 10)
+    hits = lexical_search(manifest, query, 10)
     assert ("figure", figs[0][0]) in [h[:2] for h in hits]
     assert re.fullmatch(r'"[^"]+"\*?( OR "[^"]+"\*?)*', fts_query(query))
 
@@ -389,8 +388,8 @@ def test_stopwords_and_empty_queries(manifest):
     assert query_terms("the") == ["the"]  # nothing else left: keep it rather than search nothing
     assert query_terms("ON/OFF switch") == ["on off", "on", "off", "switch"]
     for q in ("", "   ", "!!! -- ***", '""', "_"):
-        assert fts_query(q) == "" and manifest.lexical_search(q, 10) == []
-    assert manifest.lexical_search("X3", 0) == []
+        assert fts_query(q) == "" and lexical_search(manifest, q, 10) == []
+    assert lexical_search(manifest, "X3", 0) == []
     assert len(query_terms(" ".join(f"w{i}" for i in range(100)))) == 32
 
 
@@ -398,15 +397,20 @@ def test_part_numbers_match_as_prefixes(manifest):
     """People type a part family ("DAC0800", "74HC"), manuals print the full designation ("DAC0800LCN",
     "74HC4040"): letter+digit tokens of 4+ characters also match as prefixes; words and short codes don't."""
     fid = "d" * 64
-    figs = [(f"{DOC_ID}:f:{fid[:16]}", figure(fid, caption="Figure 3: symbol sheet", labels=["DAC0800LCN", "74HC4040", "M30"]))]
+    figs = [
+        (
+            f"{DOC_ID}:f:{fid[:16]}",
+            figure(fid, caption="Figure 3: symbol sheet", labels=["DAC0800LCN", "74HC4040", "M30"]),
+        )
+    ]
     ps = [passage(0, "Mount the converter board with M3 screws."), passage(1, "The display shows segments.")]
     index_doc(manifest, rows=(ps, [], figs))
     assert fts_query("DAC0800 converter") == '"dac0800"* OR "converter"'
     assert fts_query("m3 seg") == '"m3" OR "seg"'  # short code and plain word: exact terms only
     for q in ("DAC0800", "74HC", "dac0800lcn"):
-        assert [h[:2] for h in manifest.lexical_search(q, 5)] == [("figure", figs[0][0])], q
-    assert manifest.lexical_search("seg", 5) == []  # no prefix matching for words
-    assert [h[1] for h in manifest.lexical_search("M3", 5)] == [ps[0].passage_id]  # not M30
+        assert [h[:2] for h in lexical_search(manifest, q, 5)] == [("figure", figs[0][0])], q
+    assert lexical_search(manifest, "seg", 5) == []  # no prefix matching for words
+    assert [h[1] for h in lexical_search(manifest, "M3", 5)] == [ps[0].passage_id]  # not M30
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +426,7 @@ def filled(tmp_path_factory):
 def test_any_text_is_a_valid_query(filled, text):
     q = fts_query(text)
     assert q == "" or re.fullmatch(r'"[^"]+"\*?( OR "[^"]+"\*?)*', q)
-    hits = filled.lexical_search(text, 5)
+    hits = lexical_search(filled, text, 5)
     assert isinstance(hits, list) and len(hits) <= 5
 
 
@@ -438,7 +442,7 @@ def test_any_text_round_trips(tmp_path_factory, text, channel):
         )
         assert m.passages([p.passage_id])[p.passage_id] == p
         assert m.figures([fid(f)])[fid(f)].to_figure() == f
-        m.lexical_search(text, 3)
+        lexical_search(m, text, 3)
     finally:
         m.close()
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.config import DEFAULTS
-from indexer.errors import StoreError
-from indexer.store import VectorStore
+from manualrag.config import DEFAULTS
+from manualrag.errors import StoreError
+from manualrag.store import VectorStore
 from tests.chroma_server import (
     ENV_TOKEN,
     SERVE_SH,

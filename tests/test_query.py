@@ -17,18 +17,37 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from indexer.config import load_config
 from manualrag.cli import main
-from retriever.context import build_context
-from retriever.search import Retriever
+from manualrag.config import load_config
+from manualrag.retriever.context import build_context
+from manualrag.retriever.search import Retriever
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "manuals"
 PUMP = "pump-controller-manual.pdf"
 
 HIT_FIELDS = {
-    "rank", "kind", "score", "path", "page", "pages", "channels", "id", "heading", "text", "snippet", "suspect",
-    "figure_kind", "caption", "labels", "ocr_text", "nearby_text", "crop_path", "bbox", "quality", "figures",
+    "rank",
+    "kind",
+    "score",
+    "path",
+    "page",
+    "pages",
+    "channels",
+    "id",
+    "heading",
+    "text",
+    "snippet",
+    "suspect",
+    "figure_kind",
+    "caption",
+    "labels",
+    "ocr_text",
+    "nearby_text",
+    "crop_path",
+    "bbox",
+    "quality",
+    "figures",
 }
 
 
@@ -42,7 +61,9 @@ def index(tmp_path_factory, tiny_clip_dir, minilm_dir):
     cfg_path = base / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump({"model": str(tiny_clip_dir), "text_model": str(minilm_dir)}))
     idx = base / "index"
-    res = CliRunner().invoke(main, ["--config", str(cfg_path), "index", str(lib), "--index-dir", str(idx), "-q"])
+    res = CliRunner().invoke(
+        main, ["--config", str(cfg_path), "index", str(lib), "--index-dir", str(idx), "-q"]
+    )
     assert res.exit_code == 0, res.output
     return idx, cfg_path
 
@@ -132,7 +153,18 @@ def test_context_block_budget_citations_and_fence(retriever):
 def test_query_json_has_documented_fields(index):
     idx, cfg_path = index
     res = CliRunner().invoke(
-        main, ["--config", str(cfg_path), "query", "Hydraulic circuit", "--index-dir", str(idx), "--json", "-k", "3"]
+        main,
+        [
+            "--config",
+            str(cfg_path),
+            "query",
+            "Hydraulic circuit",
+            "--index-dir",
+            str(idx),
+            "--json",
+            "-k",
+            "3",
+        ],
     )
     assert res.exit_code == 0, res.output
     hits = json.loads(res.stdout)
@@ -141,9 +173,13 @@ def test_query_json_has_documented_fields(index):
 
 def test_query_table_shows_image_hit_with_caption_and_crop(index):
     idx, cfg_path = index
-    res = CliRunner().invoke(main, ["--config", str(cfg_path), "query", "electric wiring layout", "--index-dir", str(idx)])
+    res = CliRunner().invoke(
+        main, ["--config", str(cfg_path), "query", "electric wiring layout", "--index-dir", str(idx)]
+    )
     assert res.exit_code == 0, res.output
-    assert "image" in res.stdout and "Figure 2: Electric wiring layout" in res.stdout and "crop:" in res.stdout
+    assert (
+        "image" in res.stdout and "Figure 2: Electric wiring layout" in res.stdout and "crop:" in res.stdout
+    )
 
 
 def test_missing_index_is_a_clear_error(tmp_path):
@@ -172,13 +208,17 @@ def test_a_passage_that_is_only_a_caption_counts_for_its_figure(tmp_path):
     try:
         caption_passages = [
             pid
-            for pid, text in db.execute("SELECT id, text FROM passages WHERE doc_path = 'xfig-howto.pdf' AND page = 13")
+            for pid, text in db.execute(
+                "SELECT id, text FROM passages WHERE doc_path = 'xfig-howto.pdf' AND page = 13"
+            )
             if text.strip() == "Figure 3: Schematic Symbols"
         ]
     finally:
         db.close()
     assert caption_passages, "the sample has the caption line as a passage of its own"
     with Retriever.open(idx, load_config(None, overrides={"index_dir": str(idx)})) as r:
-        hits = r.search("schematic symbols sheet with DAC0800 and 74HC parts", k=10, channels=["lexical"]).hits
+        hits = r.search(
+            "schematic symbols sheet with DAC0800 and 74HC parts", k=10, channels=["lexical"]
+        ).hits
     assert caption_passages[0] not in [h.id for h in hits]
     assert hits[0].kind == "image" and hits[0].page == 13 and hits[0].caption == "Figure 3: Schematic Symbols"

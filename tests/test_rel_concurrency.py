@@ -15,8 +15,9 @@ from collections import Counter
 
 import pytest
 
-from indexer.manifest import Manifest
-from indexer.worker import FAULT_ENV
+from manualrag.indexer.worker import FAULT_ENV
+from manualrag.manifest import Manifest
+from manualrag.retriever.lexical import lexical_search
 from tests import rel_helpers as rh
 
 DOCS = ("alpha.pdf", "beta.pdf", "gamma.md")
@@ -69,7 +70,7 @@ def test_second_writer_gets_exit_2_naming_the_holder_and_a_stale_lock_is_recover
     assert (idx / "lock").exists(), "a killed writer leaves its lock behind"
     time.sleep(0.3)
 
-    with caplog.at_level(logging.WARNING, logger="indexer.lock"):
+    with caplog.at_level(logging.WARNING, logger="manualrag.lock"):
         rc, s, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=False))
     assert rc == 0, out
     assert any("taking over the stale lock" in m and str(holder.pid) in m for m in caplog.messages), (
@@ -93,7 +94,7 @@ def test_read_snapshot_sees_one_state_while_a_writer_commits(tmp_path):
     writer = Manifest(idx / "index.sqlite")
     try:
         with reader.read_snapshot():
-            hits = reader.lexical_search("torque", 100)
+            hits = lexical_search(reader, "torque", 100)
             ids = [i for t, i, _ in hits if t == "passage"]
             assert ids
             writer.remove_document("alpha.pdf")  # commits while the reader is between two reads
@@ -118,10 +119,10 @@ def _index_with_a_reader_at_every_write(monkeypatch, cfg_path, lib, idx, docs, c
     """Run the index over ``lib``, paused after every write it makes (each vector upsert or delete, each
     manifest transaction); at each pause a reader queries through each channel set and every document of
     ``docs`` must be there in exactly one version. Returns the problems seen."""
-    from indexer.config import load_config
-    from indexer.manifest import Manifest as M
-    from indexer.store import VectorStore
-    from retriever.search import Retriever
+    from manualrag.config import load_config
+    from manualrag.manifest import Manifest as M
+    from manualrag.retriever.search import Retriever
+    from manualrag.store import VectorStore
 
     retriever = Retriever.open(idx, load_config(str(cfg_path), overrides={"index_dir": str(idx)}))
     checks: list[str] = []
@@ -210,15 +211,17 @@ def test_a_document_rewritten_with_all_new_vector_ids_stays_findable_through_the
     with rh.sqlite_ro(idx) as db:
         old_ids = {r[0] for r in db.execute("SELECT id FROM windows")}
     (lib / "moved.pdf").write_bytes(_moved_pdf("rev2", first_page=4))
-    problems = _index_with_a_reader_at_every_write(monkeypatch, cfg_path, lib, idx, ("moved.pdf",), (["dense"],))
+    problems = _index_with_a_reader_at_every_write(
+        monkeypatch, cfg_path, lib, idx, ("moved.pdf",), (["dense"],)
+    )
     assert not problems, problems[:10]
     with rh.sqlite_ro(idx) as db:
         new_ids = {r[0] for r in db.execute("SELECT id FROM windows")}
         assert db.execute("SELECT COUNT(*) FROM pending_deletes").fetchone()[0] == 0
     assert old_ids and new_ids and not old_ids & new_ids, "the versions share no id"
     # the superseded vectors are gone from the store
-    from indexer.config import load_config
-    from indexer.store import VectorStore
+    from manualrag.config import load_config
+    from manualrag.store import VectorStore
 
     store = VectorStore.open(idx, load_config(str(cfg_path), overrides={"index_dir": str(idx)}))
     try:
@@ -229,8 +232,8 @@ def test_a_document_rewritten_with_all_new_vector_ids_stays_findable_through_the
 
 @pytest.mark.slow
 def test_queries_during_an_index_run_see_each_document_before_or_after(tmp_path, tiny_clip_dir):
-    from indexer.config import load_config
-    from retriever.search import Retriever
+    from manualrag.config import load_config
+    from manualrag.retriever.search import Retriever
 
     lib = tmp_path / "lib"
     idx = tmp_path / "index"

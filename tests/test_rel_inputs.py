@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.worker import FAULT_ENV
+from manualrag.indexer.worker import FAULT_ENV
 from tests import helpers_pdf as h
 from tests import rel_helpers as rh
 
@@ -263,7 +263,7 @@ def test_unreadable_file_is_a_one_line_error(tmp_path):
 
 
 def test_file_that_changes_or_vanishes_during_the_run(tmp_path, monkeypatch):
-    import indexer.pipeline as pipeline
+    import manualrag.indexer.pipeline as pipeline
 
     lib = tmp_path / "lib"
     lib.mkdir()

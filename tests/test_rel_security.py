@@ -18,10 +18,10 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from indexer.models import Document, Figure
-from indexer.worker import _invalid, _write_crops
-from retriever.context import build_context
-from retriever.search import Hit, SearchResult
+from manualrag.indexer.worker import _invalid, _write_crops
+from manualrag.models import Document, Figure
+from manualrag.retriever.context import build_context
+from manualrag.retriever.search import Hit, SearchResult
 from tests import helpers_pdf as h
 from tests import rel_helpers as rh
 
@@ -260,7 +260,7 @@ def test_no_pickle_no_remote_code_no_unsafe_loaders_in_the_code():
 
 
 def test_image_decoders_are_limited_and_the_bomb_warning_is_an_error():
-    from indexer.encoder import ClipEncoder
+    from manualrag.encoder import ClipEncoder
 
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     buf = io.BytesIO()

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.config import DEFAULTS
-from indexer.errors import ConfigError, EncoderMismatchError, StoreError
-from indexer.store import KINDS, VectorStore, expand_headers, parse_url
+from manualrag.config import DEFAULTS
+from manualrag.errors import ConfigError, EncoderMismatchError, StoreError
+from manualrag.store import KINDS, VectorStore, expand_headers, parse_url
 from tests.chroma_server import free_port, unique_prefix
 
 

@@ -52,7 +52,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def bench_config(model: str, text_model: str | None = None, **overrides: Any) -> dict[str, Any]:
     """The documented default config (no config file, no MANUALRAG_* variables) with the bench's models."""
-    from indexer.config import load_config
+    from manualrag.config import load_config
 
     cfg = load_config(None, overrides={"model": model, **overrides}, environ={})
     cfg["text_model"] = text_model  # load_config drops None overrides
@@ -416,7 +416,7 @@ def cpu_busy_s() -> float:
 
 def index_run(cfg: dict[str, Any], library: Path, index_dir: Path, dense: bool = True) -> dict[str, Any]:
     """Indexer(cfg, index_dir).run(library) with RSS sampling; the Summary dict plus peaks and sizes."""
-    from indexer.pipeline import Indexer
+    from manualrag.indexer.pipeline import Indexer
 
     t0 = time.perf_counter()
     with RssSampler() as rss:

@@ -113,7 +113,9 @@ def main() -> None:
         "--quick", action="store_true", help="fewer batch sizes, shorter timings, no fp32 index run"
     )
     ap.add_argument("--skip-index", action="store_true", help="model throughput only")
-    ap.add_argument("--copies", type=int, default=1, help="index the corpus repeated N times (changed digests)")
+    ap.add_argument(
+        "--copies", type=int, default=1, help="index the corpus repeated N times (changed digests)"
+    )
     ap.add_argument("--seconds", type=float, default=None, help="timing window per measurement")
     ap.add_argument("--no-results", action="store_true", help="do not append to tests/bench/RESULTS.md")
     args = ap.parse_args()
@@ -149,7 +151,9 @@ def main() -> None:
 
     if not args.skip_index:
         work = Path(tempfile.mkdtemp(prefix="manualrag-gpubench-"))
-        lib = make_library(work / "corpus", args.copies, ("xfig-howto.pdf", "netgen-manual.pdf") if cpu else None)
+        lib = make_library(
+            work / "corpus", args.copies, ("xfig-howto.pdf", "netgen-manual.pdf") if cpu else None
+        )
         ocr_ok = tesseract_version() != "not installed"
         idx_rows = []
         for dtype in (

@@ -118,8 +118,8 @@ def task_ocr(a: dict[str, Any]) -> dict[str, Any]:
     each), the CPU time of the tesseract processes, and a later run served by the digest cache."""
     import resource
 
-    from indexer.extract import extract_file
-    from indexer.ocr import OcrEngine
+    from manualrag.indexer.extract import extract_file
+    from manualrag.indexer.ocr import OcrEngine
 
     cfg = bench_config(a["model"])
     rec = _RecordingOcr()
@@ -193,14 +193,14 @@ def task_ocr(a: dict[str, Any]) -> dict[str, Any]:
 
 def task_naive(a: dict[str, Any]) -> dict[str, Any]:
     """What a straightforward implementation of the design does, with the same building blocks."""
-    from indexer.chunk import doc_id_for, make_passages, make_windows
-    from indexer.discover import discover
-    from indexer.encoder import ClipEncoder
-    from indexer.extract import extract_file
-    from indexer.manifest import DocRow, Manifest
-    from indexer.ocr import OcrEngine
-    from indexer.pipeline import figure_id_for
-    from indexer.store import VectorStore
+    from manualrag.encoder import ClipEncoder
+    from manualrag.indexer.chunk import doc_id_for, make_passages, make_windows
+    from manualrag.indexer.discover import discover
+    from manualrag.indexer.extract import extract_file
+    from manualrag.indexer.ocr import OcrEngine
+    from manualrag.indexer.pipeline import figure_id_for
+    from manualrag.manifest import DocRow, Manifest
+    from manualrag.store import VectorStore
 
     cfg = bench_config(a["model"], dtype=a.get("dtype", "auto"))
     library, index_dir = Path(a["library"]), Path(a["index_dir"])
@@ -322,8 +322,8 @@ def task_embed(a: dict[str, Any]) -> dict[str, Any]:
     """Our encoder calls versus the pure batched forward for the same items (see the module doc)."""
     import torch
 
-    from indexer.encoder import ClipEncoder, _normalise, _pooled
-    from indexer.manifest import Manifest
+    from manualrag.encoder import ClipEncoder, _normalise, _pooled
+    from manualrag.manifest import Manifest
 
     enc = ClipEncoder.load(a["model"], device="cpu", dtype=a["dtype"], batch_size=a.get("batch_size", 32))
     m = Manifest(Path(a["index_dir"]) / "index.sqlite", readonly=True)

@@ -73,8 +73,8 @@ class Grower:
     """Adds synthetic documents (rows, lexical rows, vectors) to a real index until it holds N vectors."""
 
     def __init__(self, index_dir: Path, cfg: dict[str, Any], seed: int = 7):
-        from indexer.manifest import Manifest
-        from indexer.store import VectorStore
+        from manualrag.manifest import Manifest
+        from manualrag.store import VectorStore
 
         self.index_dir = index_dir
         self.manifest = Manifest(index_dir / "index.sqlite")
@@ -134,9 +134,9 @@ class Grower:
         return " ".join(words)
 
     def grow(self, target: int) -> dict[str, Any]:
-        from indexer.chunk import doc_id_for
-        from indexer.manifest import DocRow
-        from indexer.models import Figure, Passage, Window
+        from manualrag.indexer.chunk import doc_id_for
+        from manualrag.manifest import DocRow
+        from manualrag.models import Figure, Passage, Window
 
         t0 = time.perf_counter()
         pending: dict[str, tuple[list[str], list[np.ndarray], list[dict[str, Any]], list[str]]] = {
@@ -265,7 +265,7 @@ class Grower:
 
 # ============================================================================================= queries
 def make_queries(index_dir: Path, n: int, seed: int = 11) -> list[str]:
-    from indexer.manifest import Manifest
+    from manualrag.manifest import Manifest
 
     qs: list[str] = []
     qfile = CORPUS / "queries.jsonl"
@@ -303,7 +303,8 @@ class _Encoded:
 
 
 def measure(index_dir: Path, cfg: dict[str, Any], queries: list[str], warmup: int = 10) -> dict[str, Any]:
-    from retriever.search import Retriever
+    from manualrag.retriever.lexical import lexical_search
+    from manualrag.retriever.search import Retriever
 
     r = Retriever.open(index_dir, cfg)
     clip = r._clip_encoder(required=True)
@@ -325,7 +326,7 @@ def measure(index_dir: Path, cfg: dict[str, Any], queries: list[str], warmup: in
         ):
             r._refs(kind, vec, n)
         t1 = time.perf_counter()
-        r.manifest.lexical_search(q, n)
+        lexical_search(r.manifest, q, n)
         t2 = time.perf_counter()
         # the retrieval part: a whole search with the query already encoded (fusion + hits from its timings)
         r._clip, r._text = stub_c, stub_t
@@ -382,7 +383,7 @@ def measure(index_dir: Path, cfg: dict[str, Any], queries: list[str], warmup: in
 
 # ========================================================================================= cold start
 def task_load(a: dict[str, Any]) -> dict[str, Any]:
-    from indexer.encoder import ClipEncoder, TextEncoder
+    from manualrag.encoder import ClipEncoder, TextEncoder
 
     c = ClipEncoder.load(a["model"])
     t = TextEncoder.load(a["text_model"]) if a.get("text_model") else None

@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from indexer.config import DEFAULTS  # noqa: E402
-from indexer.store import VectorStore  # noqa: E402
+from manualrag.config import DEFAULTS  # noqa: E402
+from manualrag.store import VectorStore  # noqa: E402
 from tests.chroma_server import SERVE_SH, chroma_cli, free_port, nginx_cli  # noqa: E402
 
 DIM = 512

@@ -40,11 +40,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from indexer.chunk import make_passages, make_windows  # noqa: E402
-from indexer.config import DEFAULTS  # noqa: E402
-from indexer.manifest import Manifest  # noqa: E402
-from indexer.models import Document, FileError  # noqa: E402
-from indexer.worker import WorkerPool  # noqa: E402
+from manualrag.config import DEFAULTS  # noqa: E402
+from manualrag.indexer.chunk import make_passages, make_windows  # noqa: E402
+from manualrag.indexer.worker import WorkerPool  # noqa: E402
+from manualrag.manifest import Manifest  # noqa: E402
+from manualrag.models import Document, FileError  # noqa: E402
 
 PDF_TOKENS = [
     b" 0 obj",

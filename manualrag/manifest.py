@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,27 +32,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import IndexNotFoundError, ManualragError
-from indexer.models import Figure, FileError, Passage, Window
+from manualrag.errors import IndexNotFoundError, ManualragError
+from manualrag.models import Figure, FileError, Passage, Window
 
 SCHEMA_VERSION = 1
 DB_NAME = "index.sqlite"
 CHANNELS = ("clip", "sem")
 # bm25 column weights: caption (passage heading / figure caption), labels (figure labels + OCR), body
 W_CAPTION, W_LABELS, W_BODY = 2.0, 1.5, 1.0
-MAX_QUERY_TERMS = 32
 _CHUNK = 500  # ids per IN (...) list
 
-# Query words that carry no meaning for BM25. Deliberately small: "on", "off", "no", "in", "out", "up",
-# "down" stay searchable (ON/OFF switch, NO/NC contact, IN/OUT pins).
-STOPWORDS = frozenset(
-    """a an and are as at be been but by can could do does did for from had has have how i if into is it
-    its me my of or our shall should so such than that the their them then there these they this those to
-    was we were what when where which who whom why will with would you your""".split()
-)
-
-# unicode letters and digits: what FTS5's unicode61 tokenizer keeps as token characters
-_RUN_RE = re.compile(r"[^\W_]+")
 
 def _vector_ids(windows: Sequence[tuple[str, str]], figure_ids: Sequence[str]) -> dict[str, list[str]]:
     """The vector ids that rows (windows as (id, channel), figure ids) may have in the store, by kind."""
@@ -229,44 +217,6 @@ class FigureRow:
             quality=self.quality,
             crop_path=self.crop_path,
         )
-
-
-# ----------------------------------------------------------------------------------- lexical query text
-def query_terms(text: str) -> list[str]:
-    """The FTS5 terms for a user query: words, and phrases for joined tokens ("0.2", "X3/X4", "self-test").
-
-    Tokens are runs of unicode letters and digits (what FTS5's unicode61 tokenizer keeps), lower-cased;
-    "74HC125" and "X3" stay whole. A whitespace-separated chunk made of several runs becomes a phrase
-    ("0.2" -> "0 2", which matches the indexed text "0.2") plus its runs of two or more characters.
-    Stopwords are dropped unless nothing else is left. FTS5 syntax in the input (quotes, ``-``, ``*``,
-    ``:``, ``^``, parentheses, AND/OR/NOT/NEAR) is never passed through.
-    """
-    terms: list[str] = []
-    stop: list[str] = []
-    for chunk in text.split():
-        runs = [r.lower() for r in _RUN_RE.findall(chunk)]
-        if not runs:
-            continue
-        if len(runs) == 1:
-            (stop if runs[0] in STOPWORDS else terms).append(runs[0])
-            continue
-        terms.append(" ".join(runs))
-        terms.extend(r for r in runs if len(r) > 1 and r not in STOPWORDS)
-    chosen = terms or stop
-    return list(dict.fromkeys(chosen))[:MAX_QUERY_TERMS]
-
-
-_PART_NUMBER_RE = re.compile(r"^(?=[^ ]*\d)(?=[^ ]*[^\W\d_])[^\W_]{4,}$")
-
-
-def fts_query(text: str) -> str:
-    """A safe FTS5 MATCH expression for arbitrary user text: quoted terms OR-ed; "" when nothing to search.
-
-    A single token of 4+ characters mixing letters and digits (a part or model number: "DAC0800",
-    "74HC", "RS232") also matches as a prefix: manuals print the full designation ("DAC0800LCN",
-    "74HC4040", "RS232C") where people type the family.
-    """
-    return " OR ".join(f'"{t}"*' if _PART_NUMBER_RE.match(t) else f'"{t}"' for t in query_terms(text))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -487,7 +437,9 @@ class Manifest:
         """Ids the vector store may hold for ``path``'s rows, by record kind (text, sem, image, image_text)."""
         q = "SELECT id, channel FROM windows WHERE doc_path = ? ORDER BY id"
         windows = [(r["id"], r["channel"]) for r in self._query(q, (path,))]
-        figures = [r["id"] for r in self._query("SELECT id FROM figures WHERE doc_path = ? ORDER BY id", (path,))]
+        figures = [
+            r["id"] for r in self._query("SELECT id FROM figures WHERE doc_path = ? ORDER BY id", (path,))
+        ]
         return _vector_ids(windows, figures)
 
     def pending_deletes(self) -> dict[str, list[str]]:
@@ -552,7 +504,9 @@ class Manifest:
         with self._tx() as c:
             # ids the new version uses (again) are live, never pending; the old version's others are
             for kind, ids in live.items():
-                c.executemany("DELETE FROM pending_deletes WHERE kind = ? AND id = ?", [(kind, i) for i in ids])
+                c.executemany(
+                    "DELETE FROM pending_deletes WHERE kind = ? AND id = ?", [(kind, i) for i in ids]
+                )
             for kind, ids in old.items():
                 keep = set(live.get(kind, ()))
                 c.executemany(
@@ -768,13 +722,13 @@ class Manifest:
             for r in self._query("SELECT * FROM figures WHERE doc_path = ? ORDER BY id", (doc_path,))
         ]
 
-    def lexical_search(self, query: str, limit: int) -> list[tuple[str, str, float]]:
-        """BM25 over captions/headings, figure labels + OCR, and body text.
+    def match_lexical(self, match: str, limit: int) -> list[tuple[str, str, float]]:
+        """BM25 over captions/headings, figure labels + OCR, and body text, for an FTS5 MATCH expression.
 
         Returns ``(ref_type, ref_id, score)`` best first; ref_type is "passage" or "figure"; score is
-        ``-bm25`` (positive, larger is better). Any user text is safe (see :func:`query_terms`).
+        ``-bm25`` (positive, larger is better). User text becomes a safe expression in
+        :mod:`manualrag.retriever.lexical`; nothing else should call this.
         """
-        match = fts_query(query)
         if not match or limit <= 0:
             return []
         rows = self._query(

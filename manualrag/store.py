@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from indexer.errors import ConfigError, EncoderMismatchError, StoreError
+from manualrag.errors import ConfigError, EncoderMismatchError, StoreError
 
 log = logging.getLogger(__name__)
 

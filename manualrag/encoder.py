@@ -6,7 +6,7 @@ L2-normalised numpy vectors.
 
 Contract with the chunker: ``count_tokens`` counts what the encoder sees (special tokens included) and
 ``embed_texts`` refuses a text longer than ``max_tokens`` (``ValueError``) instead of truncating it
-silently; ``indexer.chunk.make_windows`` produces texts that fit, and ``fit`` deliberately cuts a text
+silently; ``manualrag.indexer.chunk.make_windows`` produces texts that fit, and ``fit`` deliberately cuts a text
 (a figure's caption + labels) at a word boundary.
 
 Loading fails fast and clearly: when the weights are neither in a given folder nor in the HF cache and
@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from indexer.errors import ModelUnavailableError
+from manualrag.errors import ModelUnavailableError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -46,7 +46,7 @@ CLIP_MODEL_TYPES = {"clip": "clip", "siglip": "siglip", "siglip2": "siglip"}
 MAX_IMAGE_SIDE = 1024
 # ... but never below this on the shorter side (the processor wants >= 224 px, a bit of margin)
 MIN_IMAGE_SHORT_SIDE = 448
-# Pillow decoders for images (crops, query images): the types we ingest, as indexer.extract.IMAGE_FORMATS
+# Pillow decoders for images (crops, query images): the types we ingest, as manualrag.indexer.extract.IMAGE_FORMATS
 IMAGE_DECODERS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF")
 HUB_PROBE_TIMEOUT_S = 1.5
 
@@ -403,7 +403,7 @@ class _TextSide:
             if n > self.max_tokens:
                 raise ValueError(
                     f"text {i} has {n} tokens, more than the limit of {self.max_tokens} of {self.model_id}; "
-                    f"split it with indexer.chunk.make_windows or cut it with fit() (no silent truncation): "
+                    f"split it with manualrag.indexer.chunk.make_windows or cut it with fit() (no silent truncation): "
                     f"{texts[i][:60]!r}..."
                 )
         return counts

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from indexer.errors import ConfigError
+from manualrag.errors import ConfigError
 
 DEFAULTS: dict[str, Any] = {
     "index_dir": "data/index",

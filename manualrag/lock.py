@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import IndexLockedError
+from manualrag.errors import IndexLockedError
 
 log = logging.getLogger(__name__)
 
