@@ -161,3 +161,159 @@ def test_integration_without_its_extra_names_the_extra(monkeypatch, module, extr
 def _env() -> dict[str, str]:
     keep = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "ANONYMIZED_TELEMETRY")
     return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def _conversation(index: Path) -> dict:
+    """Start `manualrag mcp` from another folder with a relative --index-dir, and talk to it with the SDK's
+    ClientSession over stdio: the calls of a model looking for the wiring diagram, then hostile ones."""
+    import anyio
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "manualrag", "mcp", "--index-dir", index.name],
+        cwd=str(index.parent),
+        env=_env(),
+    )
+    out: dict = {}
+
+    async def talk() -> None:
+        with open(index.parent / "mcp-stderr.log", "w") as errlog:
+            async with stdio_client(params, errlog=errlog) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    out["tools"] = (await session.list_tools()).tools
+                    call = session.call_tool
+                    out["search"] = await call("search_manuals", {"query": WIRING_QUERY, "k": 5})
+                    out["search_images"] = await call(
+                        "search_manuals", {"query": "pump", "k": 5, "modality": "image"}
+                    )
+                    hits = out["search"].structured_content["hits"]
+                    fig = next(h["figure_id"] for h in hits if h["kind"] == "image")
+                    out["figure"] = await call("get_figure", {"figure_id": fig})
+                    out["context"] = await call("get_context", {"query": WIRING_QUERY, "max_chars": 2000})
+                    out["page"] = await call("get_page", {"path": PUMP, "page": 4})
+                    out["page_text_doc"] = await call("get_page", {"path": "release-notes.md", "page": 1})
+                    out["documents"] = await call("list_documents", {})
+                    bad = {
+                        "bad_figure": ("get_figure", {"figure_id": "no-such-figure"}),
+                        "figure_traversal": ("get_figure", {"figure_id": "../secret.txt"}),
+                        "page_traversal": ("get_page", {"path": "../secret.txt", "page": 1}),
+                        "page_absolute": ("get_page", {"path": str(index.parent / "secret.txt"), "page": 1}),
+                        "page_unindexed": ("get_page", {"path": "secret.txt", "page": 1}),
+                        "page_out_of_range": ("get_page", {"path": PUMP, "page": 999}),
+                        "empty_query": ("search_manuals", {"query": "  "}),
+                        "bad_k": ("search_manuals", {"query": "pump", "k": 0}),
+                        "bad_modality": ("search_manuals", {"query": "pump", "modality": "video"}),
+                        "bad_max_chars": ("get_context", {"query": "pump", "max_chars": 10}),
+                        "page_zero": ("get_page", {"path": PUMP, "page": 0}),
+                    }
+                    for key, (tool, args) in bad.items():
+                        out[key] = await call(tool, args)
+
+    anyio.run(talk)
+    out["stderr"] = (index.parent / "mcp-stderr.log").read_text()
+    return out
+
+
+@pytest.fixture(scope="module")
+def mcp_talk(index) -> dict:
+    """One server subprocess for all MCP tests (slow: it loads torch, Chroma and the models: ~10 s alone,
+    ~30 s on a busy machine)."""
+    return _conversation(index)
+
+
+def _texts(result) -> str:
+    return "\n".join(c.text for c in result.content if c.type == "text")
+
+
+@pytest.mark.slow
+def test_mcp_lists_its_tools_with_descriptions_for_a_model(mcp_talk):
+    tools = {t.name: t for t in mcp_talk["tools"]}
+    assert set(tools) == {"search_manuals", "get_context", "get_figure", "get_page", "list_documents"}
+    for t in tools.values():
+        assert len(t.description) > 100, t.name
+        assert t.annotations.read_only_hint
+    assert set(tools["search_manuals"].input_schema["properties"]) == {"query", "k", "modality", "source"}
+    assert tools["search_manuals"].input_schema["required"] == ["query"]
+
+
+@pytest.mark.slow
+def test_mcp_search_returns_structured_hits_with_the_wiring_figure_first(mcp_talk):
+    res = mcp_talk["search"]
+    assert not res.is_error
+    hits = res.structured_content["hits"]
+    top = hits[0]
+    assert top["kind"] == "image" and top["path"] == PUMP and top["page"] == 4
+    assert top["figure_id"] and top["caption"].startswith("Figure 2: Electric wiring layout")
+    assert all({"rank", "score", "path", "page", "snippet", "found_by"} <= set(h) for h in hits)
+    assert "crop_path" not in top, "server paths stay on the server: figures go by id"
+    images = mcp_talk["search_images"].structured_content["hits"]
+    assert images and all(h["kind"] == "image" for h in images)
+
+
+@pytest.mark.slow
+def test_mcp_get_figure_returns_the_diagram_as_a_png_with_its_citation(mcp_talk):
+    from PIL import Image
+
+    res = mcp_talk["figure"]
+    assert not res.is_error
+    image = [c for c in res.content if c.type == "image"]
+    assert len(image) == 1 and image[0].mime_type == "image/png"
+    with Image.open(io.BytesIO(base64.b64decode(image[0].data))) as im:
+        im.load()
+        assert im.format == "PNG" and min(im.size) > 50 and max(im.size) <= 1568
+    text = _texts(res)
+    assert PUMP in text and "page 4" in text and "Caption: Figure 2: Electric wiring layout" in text
+    assert res.structured_content["path"] == PUMP and res.structured_content["pages"] == [4]
+
+
+@pytest.mark.slow
+def test_mcp_get_context_get_page_and_list_documents(mcp_talk):
+    ctx = _texts(mcp_talk["context"])
+    assert len(ctx) <= 2000 and "BEGIN SOURCE [1]" in ctx and f"{PUMP} p.4" in ctx
+    page = mcp_talk["page"]
+    assert not page.is_error
+    from PIL import Image
+
+    png = next(c for c in page.content if c.type == "image")
+    with Image.open(io.BytesIO(base64.b64decode(png.data))) as im:
+        assert im.format == "PNG" and im.height > im.width > 500  # a portrait page, readable
+    assert "page 4 of" in _texts(page) and "wiring" in _texts(page).lower()
+    md = mcp_talk["page_text_doc"]
+    assert not md.is_error and all(c.type == "text" for c in md.content) and "E07" in _texts(md)
+    docs = mcp_talk["documents"].structured_content["documents"]
+    assert {d["path"] for d in docs} == {PUMP, "quick-start-card.png", "release-notes.md"}
+    assert all(d["pages"] >= 1 and d["file_type"] in ("pdf", "image", "text") for d in docs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "key, says",
+    [
+        ("bad_figure", "no-such-figure"),
+        ("figure_traversal", "secret"),
+        ("page_traversal", "no indexed document"),
+        ("page_absolute", "no indexed document"),
+        ("page_unindexed", "no indexed document"),
+        ("page_out_of_range", "999"),
+        ("empty_query", "query: give a non-empty question"),
+        ("bad_k", "k: the number of hits must be a whole number from 1 to 50, not 0"),
+        ("bad_modality", "modality: choose all, text or image, not 'video'"),
+        ("bad_max_chars", "max_chars: give a size from 500 to 50000 characters, not 10"),
+        ("page_zero", "there is no page 0"),
+    ],
+)
+def test_mcp_bad_input_is_a_clear_tool_error_and_reads_nothing_outside(mcp_talk, key, says):
+    res = mcp_talk[key]
+    assert res.is_error
+    text = _texts(res)
+    assert says in text and len(text.splitlines()) == 1, text
+    assert not any(c.type == "image" for c in res.content)
+    assert "TOP-SECRET-TOKEN" not in text and "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_mcp_server_kept_stdout_for_the_protocol(mcp_talk):
+    assert "Traceback" not in mcp_talk["stderr"], mcp_talk["stderr"][-2000:]

@@ -100,9 +100,9 @@ def check_query(query: Any) -> str:
     return query.strip()
 
 
-def check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 100:
-        raise ManualragError(f"k: the number of hits must be an integer from 1 to 100, not {k!r}")
+def check_k(k: Any, most: int = 100) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= most:
+        raise ManualragError(f"k: the number of hits must be a whole number from 1 to {most}, not {k!r}")
     return k
 
 
