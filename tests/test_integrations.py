@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import importlib
 import io
+import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -26,6 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "manuals"
 PUMP = "pump-controller-manual.pdf"
 WIRING_QUERY = "electric wiring layout"
+
+
+def _readme_blocks(lang: str) -> list[str]:
+    """The ``lang`` code blocks of the README's "Use from an LLM" section, as a user would paste them."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Use from an LLM\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{lang}\n(.*?)```", section, flags=re.S)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +141,12 @@ def test_llamaindex_figure_query_returns_an_image_node(index):
     assert "Electric wiring layout" in llm_text and PUMP in llm_text and "channels" not in llm_text
     texts = [n for n in nodes if not isinstance(n.node, ImageNode)]
     assert texts and all(isinstance(n.node, TextNode) for n in texts)
+    with_image = ManualragRetriever(index_dir=index, k=1, include_images=True).retrieve(WIRING_QUERY)[0].node
+    assert isinstance(with_image, ImageNode) and with_image.image
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(with_image.image))) as im:
+        assert im.format == "PNG"
 
 
 @pytest.mark.parametrize(
@@ -157,6 +172,18 @@ def test_integration_without_its_extra_names_the_extra(monkeypatch, module, extr
     assert "\n" not in msg and f"manualrag[{extra}]" in msg
 
 
+@pytest.mark.parametrize("n", [0, 1], ids=["langchain", "llamaindex"])
+def test_readme_recipe_runs_as_pasted(index, tmp_path, monkeypatch, capsys, n):
+    """The README's Python recipes, run unchanged from a folder whose data/index is our index."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "index").symlink_to(index)
+    monkeypatch.chdir(tmp_path)
+    code = _readme_blocks("python")[n]
+    exec(compile(code, f"README recipe {n}", "exec"), {"__name__": "__readme__"})
+    out = capsys.readouterr().out
+    assert PUMP in out and ("figure" in out or "image" in out)
+
+
 # -------------------------------------------------------------------------------------------- MCP
 def _env() -> dict[str, str]:
     keep = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "ANONYMIZED_TELEMETRY")
@@ -170,11 +197,18 @@ def _conversation(index: Path) -> dict:
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
+    # the README's client configuration, with this machine's paths: the installed `manualrag` script, and a
+    # relative --index-dir from another folder
+    (snippet,) = _readme_blocks("json")
+    spec = json.loads(snippet)["mcpServers"]["manuals"]
+    script = Path(sys.executable).parent / "manualrag"
+    args = list(spec["args"])
+    args[args.index("--index-dir") + 1] = index.name
     params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "manualrag", "mcp", "--index-dir", index.name],
+        command=str(script) if script.exists() else shutil.which("manualrag") or spec["command"],
+        args=args,
         cwd=str(index.parent),
-        env=_env(),
+        env={**_env(), **spec["env"]},
     )
     out: dict = {}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from manualrag.errors import ManualragError
+from manualrag.retriever.assets import Assets
 from manualrag.retriever.search import Hit, Retriever, SearchResult
 
 # the longest side of an image handed to a model: what the large multimodal models read without
@@ -34,9 +35,22 @@ class SharedRetriever:
     """A Retriever and a lock: searches run one at a time (the encoders load lazily on first use and hold
     no per-thread state worth the risk of a race)."""
 
-    def __init__(self, retriever: Retriever):
+    def __init__(self, retriever: Retriever, assets: Assets | None = None):
         self.retriever = retriever
         self.lock = threading.Lock()
+        # the index's files (crops, page renders), over the Retriever's read-only manifest
+        self.assets = assets or Assets(
+            retriever.index_dir, retriever.manifest, passwords=retriever.cfg.get("passwords") or []
+        )
+
+    def figure_png(self, figure_id: str) -> bytes | None:
+        """A figure's crop as a PNG a model accepts (bounded size), or None when it has none."""
+        from manualrag.retriever.assets import NotFound
+
+        try:
+            return bounded_png(self.assets.figure_png(figure_id))
+        except NotFound:
+            return None
 
     @property
     def index_dir(self) -> Path:

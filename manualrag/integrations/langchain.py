@@ -30,7 +30,6 @@ except ImportError:  # pragma: no cover - exercised by a test that hides the pac
 
 from manualrag.integrations._common import (
     SharedRetriever,
-    bounded_png,
     hit_content,
     hit_metadata,
     shared_retriever,
@@ -83,10 +82,9 @@ class ManualragRetriever(BaseRetriever):
     def _document(self, hit: Hit) -> Document:
         meta = hit_metadata(hit)
         if self.include_images and hit.kind == "image":
-            from manualrag.retriever.context import _crop_file
-
-            crop = _crop_file(hit.crop_path)
-            if crop is not None:
-                meta["image_base64"] = base64.b64encode(bounded_png(crop.read_bytes())).decode()
+            assert self._shared is not None
+            png = self._shared.figure_png(hit.id)
+            if png is not None:
+                meta["image_base64"] = base64.b64encode(png).decode()
                 meta["image_mime_type"] = "image/png"
         return Document(id=hit.id, page_content=hit_content(hit), metadata=meta)

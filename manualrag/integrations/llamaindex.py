@@ -28,7 +28,6 @@ except ImportError:  # pragma: no cover - exercised by a test that hides the pac
     raise missing_extra("manualrag.integrations.llamaindex", "llamaindex", "llama-index-core") from None
 
 from manualrag.integrations._common import (
-    bounded_png,
     check_k,
     check_modality,
     hit_content,
@@ -95,9 +94,7 @@ class ManualragRetriever(BaseRetriever):
             return TextNode(**common)
         image: str | None = None
         if self.include_images:
-            from manualrag.retriever.context import _crop_file
-
-            crop = _crop_file(hit.crop_path)
-            if crop is not None:
-                image = base64.b64encode(bounded_png(crop.read_bytes())).decode()
+            png = self._shared.figure_png(hit.id)
+            if png is not None:
+                image = base64.b64encode(png).decode()
         return ImageNode(image_path=hit.crop_path, image=image, image_mimetype="image/png", **common)

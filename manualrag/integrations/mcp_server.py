@@ -116,10 +116,8 @@ def create_server(
     """An MCP server with manualrag's tools over an open Retriever (and the Assets of the same index;
     default: over the Retriever's manifest). Run it with ``server.run()`` (stdio) or mount
     :func:`streamable_http_app`. The caller keeps ownership of the Retriever (closes it)."""
-    shared = retriever if isinstance(retriever, SharedRetriever) else SharedRetriever(retriever)
-    r = shared.retriever
-    if assets is None:
-        assets = Assets(r.index_dir, r.manifest, passwords=r.cfg.get("passwords") or [])
+    shared = retriever if isinstance(retriever, SharedRetriever) else SharedRetriever(retriever, assets)
+    assets = assets or shared.assets
     server: MCPServer = MCPServer(name, version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     tools = _Tools(shared, assets)
     ro = ToolAnnotations(
