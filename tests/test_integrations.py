@@ -351,3 +351,52 @@ def test_mcp_bad_input_is_a_clear_tool_error_and_reads_nothing_outside(mcp_talk,
 @pytest.mark.slow
 def test_mcp_server_kept_stdout_for_the_protocol(mcp_talk):
     assert "Traceback" not in mcp_talk["stderr"], mcp_talk["stderr"][-2000:]
+
+
+def test_mcp_mounted_over_streamable_http_in_a_web_app(index):
+    """The factory the web server uses: the same tools at /api/mcp of a FastAPI app, through the app's own
+    middleware, spoken to by the SDK's streamable-HTTP client."""
+    import anyio
+    import httpx2
+    from fastapi import FastAPI
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from manualrag.integrations._common import shared_retriever
+    from manualrag.integrations.mcp_server import create_server, mount_http
+
+    seen: list[str] = []
+
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> str:
+        return "ok"
+
+    @app.middleware("http")
+    async def record(request, call_next):  # stands for the web server's token check
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    mount_http(app, create_server(shared_retriever(index, None)), path="/api/mcp")
+    out: dict = {}
+
+    async def talk() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx2.ASGITransport(app=app)
+            async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8765") as http:
+                assert (await http.get("/health")).json() == "ok"
+                async with streamable_http_client("http://127.0.0.1:8765/api/mcp", http_client=http) as (
+                    read,
+                    write,
+                ):
+                    async with ClientSession(read, write) as session:
+                        await session.initialize()
+                        out["tools"] = [t.name for t in (await session.list_tools()).tools]
+                        hits = await session.call_tool("search_manuals", {"query": WIRING_QUERY, "k": 3})
+                        fid = hits.structured_content["hits"][0]["figure_id"]
+                        out["figure"] = await session.call_tool("get_figure", {"figure_id": fid})
+
+    anyio.run(talk)
+    assert "get_figure" in out["tools"] and "/api/mcp" in seen
+    assert [c.type for c in out["figure"].content] == ["image", "text"]

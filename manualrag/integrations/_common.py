@@ -35,9 +35,11 @@ class SharedRetriever:
     """A Retriever and a lock: searches run one at a time (the encoders load lazily on first use and hold
     no per-thread state worth the risk of a race)."""
 
-    def __init__(self, retriever: Retriever, assets: Assets | None = None):
+    def __init__(
+        self, retriever: Retriever, assets: Assets | None = None, lock: threading.Lock | None = None
+    ):
         self.retriever = retriever
-        self.lock = threading.Lock()
+        self.lock = lock or threading.Lock()
         # the index's files (crops, page renders), over the Retriever's read-only manifest
         self.assets = assets or Assets(
             retriever.index_dir, retriever.manifest, passwords=retriever.cfg.get("passwords") or []

@@ -9,15 +9,17 @@ ever a file-system path to follow (files are reached through :class:`manualrag.r
 which reads only crops inside the index folder and documents inside the library).
 
 :func:`create_server` builds the server around an open Retriever, so ``manualrag serve`` can mount the same
-tools over streamable HTTP (see :func:`streamable_http_app`) with the models it already loaded.
+tools over streamable HTTP (:func:`mount_http`) with the models it already loaded.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 try:
@@ -111,12 +113,14 @@ def create_server(
     retriever: Retriever | SharedRetriever,
     assets: Assets | None = None,
     *,
+    lock: threading.Lock | None = None,
     name: str = SERVER_NAME,
 ) -> MCPServer:
     """An MCP server with manualrag's tools over an open Retriever (and the Assets of the same index;
     default: over the Retriever's manifest). Run it with ``server.run()`` (stdio) or mount
-    :func:`streamable_http_app`. The caller keeps ownership of the Retriever (closes it)."""
-    shared = retriever if isinstance(retriever, SharedRetriever) else SharedRetriever(retriever, assets)
+    :func:`mount_http`. The caller keeps ownership of the Retriever (closes it). ``lock``: the one the
+    caller's own searches hold, so the Retriever serves one search at a time."""
+    shared = retriever if isinstance(retriever, SharedRetriever) else SharedRetriever(retriever, assets, lock)
     assets = assets or shared.assets
     server: MCPServer = MCPServer(name, version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     tools = _Tools(shared, assets)
@@ -138,14 +142,24 @@ def create_server(
     return server
 
 
-def streamable_http_app(server: MCPServer, path: str = "/", host: str = "127.0.0.1") -> Any:
-    """The server as an ASGI (Starlette) app speaking streamable HTTP at ``path``, stateless (each POST is
-    answered on its own: no session to keep between requests). Mount it behind the web server's token check
-    and run ``server.session_manager.run()`` in the web app's lifespan. ``host``: the address served; on a
-    loopback address the SDK also checks Host/Origin headers (DNS rebinding)."""
-    return server.streamable_http_app(
+def mount_http(app: Any, server: MCPServer, path: str = "/api/mcp", host: str = "127.0.0.1") -> None:
+    """Serve ``server`` over streamable HTTP at ``path`` of a Starlette/FastAPI ``app``: the route joins the
+    app's own (so its middleware, e.g. a token check, guards it too) and the app's lifespan runs the MCP
+    session manager (uvicorn must run with lifespan on). Stateless: each POST is answered on its own.
+    ``host``: the address served; on a loopback address the SDK also checks Host/Origin (DNS rebinding)."""
+    sub = server.streamable_http_app(
         streamable_http_path=path, stateless_http=True, json_response=True, host=host
     )
+    app.router.routes.extend(sub.routes)
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        async with server.session_manager.run():
+            async with inner(a) as state:
+                yield state
+
+    app.router.lifespan_context = lifespan
 
 
 def run_stdio(
@@ -358,4 +372,4 @@ def _hit(h: Hit) -> SearchHit:
     )
 
 
-__all__ = ["create_server", "run_stdio", "streamable_http_app"]
+__all__ = ["create_server", "mount_http", "run_stdio"]
