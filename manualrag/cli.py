@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,11 @@ class Ctx:
 
 def _setup_logging(debug: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from manualrag.terminal import OneLineFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 class ManualragGroup(click.Group):
@@ -103,18 +106,19 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))  # JSON escapes control characters
 
 
-# control characters (but tab and newline) and bidi overrides, from file names or document text, would
-# drive the terminal (move the cursor, rewrite lines, recolour, reorder text): shown as U+FFFD instead
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
 def _clean(text: Any) -> Any:
-    return _CONTROL.sub("\ufffd", text) if isinstance(text, str) else text
+    from manualrag.terminal import one_line
+
+    return one_line(text)
 
 
-def _echo(message: Any = None, err: bool = False, **kw: Any) -> None:
-    """click.echo for human-readable output, with control characters neutralised."""
-    click.echo(_clean(message), err=err, **kw)
+def _echo(message: Any = None, err: bool = False, multiline: bool = False, **kw: Any) -> None:
+    """click.echo for human-readable output: one line, whatever the file names and document text in it hold
+    (line breaks escaped, control characters neutralised: see manualrag/terminal.py); ``multiline`` for
+    output that is several lines by design."""
+    from manualrag.terminal import block, one_line
+
+    click.echo(block(message) if multiline else one_line(message), err=err, **kw)
 
 
 # ----------------------------------------------------------------------------------------------- inspect
@@ -170,8 +174,9 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
     for i, fig in enumerate(doc.figures, 1):
         pages = ",".join(map(str, fig.pages))
         bbox = ", ".join(f"{v:.0f}" for v in fig.bbox)
+        _echo()
         _echo(
-            f"\n  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
+            f"  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
             + ("" if fig.quality == "ok" else f" [{fig.quality}]")
         )
         if fig.caption:
@@ -185,8 +190,9 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
         if fig.digest in written:
             _echo(f"      crop   : {written[fig.digest]}")
     for fig in doc.boilerplate:
+        _echo()
         _echo(
-            f"\n  boilerplate image on {len(fig.pages)} page(s), {fig.width}x{fig.height}px"
+            f"  boilerplate image on {len(fig.pages)} page(s), {fig.width}x{fig.height}px"
             + (f" -> {written[fig.digest]}" if fig.digest in written else "")
         )
 
@@ -629,7 +635,7 @@ def context(
     if fmt == "json":
         _echo_json(out)
     else:
-        _echo(out)
+        _echo(out, multiline=True)
 
 
 # --------------------------------------------------------------------------------------------------- eval
@@ -662,7 +668,7 @@ def eval_cmd(
     if as_json:
         _echo_json(report)
     else:
-        _echo(format_table(report))
+        _echo(format_table(report), multiline=True)
 
 
 def _short(text: str, n: int = 160) -> str:

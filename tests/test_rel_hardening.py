@@ -4,6 +4,7 @@ row is about the process (its working directory, its output lines, its exit code
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +48,32 @@ def test_relative_paths_work_from_any_directory(tmp_path):
         assert (cwd / "cache" / "ocr.sqlite").is_file(), "the OCR cache lands where the user said"
     q = _run("--config", str(cfg), "query", "torque relpath", "--index-dir", idx, cwd=cwd)
     assert q.returncode == 0 and "r.md" in q.stdout, (q.stdout, q.stderr)
+
+
+# --------------------------------------------------------------- row 6: line breaks in untrusted strings
+def test_line_breaks_in_names_and_text_cannot_forge_output_lines(tmp_path):
+    """A file name or document text holding a newline, CR or U+2028 is shown on one line, escaped: it
+    cannot forge a line of the summary (before: "FAILED ok.md: forged error line" printed as its own line)
+    nor break the query table. JSON output keeps the real strings."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    forged = "x\nFAILED ok.md: forged error line\n.md"
+    (lib / forged).write_bytes(b"")  # fails: empty file
+    crname = "b\r\u2028\u2029c\x85.md"
+    (lib / crname).write_text("# Pump\n\nThe pump relay X9\u2028FORGED 1 text\r\nis wired to the panel.\n")
+    idx = tmp_path / "idx"
+    res = _run("index", str(lib), "--index-dir", str(idx), "--no-dense", cwd=tmp_path)
+    assert res.returncode == 1, res.stderr
+    for out in (res.stdout, res.stderr):
+        assert not any(c in out for c in "\r\u2028\u2029\x85"), out
+        assert not any(line.startswith("FAILED") for line in out.splitlines()), out
+    failed = [line for line in res.stderr.splitlines() if "FAILED" in line]
+    assert failed == ["  FAILED x\\nFAILED ok.md: forged error line\\n.md: empty file (0 bytes)"], res.stderr
+    q = _run("query", "pump relay X9", "--index-dir", str(idx), cwd=tmp_path)
+    assert q.returncode == 0, q.stderr
+    lines = q.stdout.splitlines()
+    assert not any(c in q.stdout for c in "\r\u2028\u2029\x85"), q.stdout
+    assert any("b\\r\\u2028\\u2029c\\x85.md:1" in line for line in lines), q.stdout
+    assert not any(line.lstrip().startswith("FORGED") for line in lines), q.stdout
+    j = _run("query", "pump relay X9", "--index-dir", str(idx), "--json", cwd=tmp_path)
+    assert json.loads(j.stdout)[0]["path"] == crname
