@@ -218,9 +218,24 @@ def _store_option(f):
 
 
 def _channels(value: str | None) -> list[str] | None:
-    if not value:
+    """--channels as a list (None: not given, all available); empty or unknown names are usage errors."""
+    from manualrag.retriever.search import CHANNELS
+
+    if value is None:
         return None
-    return [c.strip() for c in value.split(",") if c.strip()]
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    if not names:
+        raise click.BadParameter(
+            f"no channel named; give a comma list of {', '.join(CHANNELS)} (or leave the option out)",
+            param_hint="--channels",
+        )
+    unknown = [c for c in names if c not in CHANNELS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown channel {', '.join(map(repr, unknown))}; choose from {', '.join(CHANNELS)}",
+            param_hint="--channels",
+        )
+    return names
 
 
 def _stderr_tty() -> bool:
@@ -467,6 +482,7 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
 
     idir = Path(cfg["index_dir"])
     if not yes and not click.confirm(f"Delete the index in {idir}?", default=False):
+        _echo(f"not deleted: the index in {idir} is kept (--yes skips the question)", err=True)
         sys.exit(EXIT_USAGE)
     if not idir.exists():
         _echo(f"no index in {idir}")
@@ -514,7 +530,7 @@ def _open_retriever(
 @click.option(
     "--image", type=click.Path(exists=True, dir_okay=False), help="Search by an image (alone or with text)."
 )
-@click.option("-k", "k", type=int, default=None, help="Number of hits (default 10).")
+@click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Number of hits (default 10).")
 @click.option(
     "--modality", type=click.Choice(["all", "text", "image"]), default="all", help="Which hits to return."
 )
@@ -598,11 +614,17 @@ def _print_hits(res: Any) -> None:
 # ------------------------------------------------------------------------------------------------ context
 @main.command()
 @click.argument("text")
-@click.option("--max-chars", type=int, default=6000, show_default=True, help="Character budget of the block.")
+@click.option(
+    "--max-chars",
+    type=click.IntRange(min=1),
+    default=6000,
+    show_default=True,
+    help="Character budget of the block.",
+)
 @click.option(
     "--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True
 )
-@click.option("-k", "k", type=int, default=8, show_default=True, help="Hits considered.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=8, show_default=True, help="Hits considered.")
 @click.option("--with-images", is_flag=True, help="JSON only: include each figure crop as base64.")
 @click.option("--include-suspect", is_flag=True, help="Include text that is invisible on the page (marked).")
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical.")
@@ -627,6 +649,9 @@ def context(
     _read_only()
     from manualrag.retriever.context import build_context
 
+    if with_images and fmt != "json":
+        raise click.UsageError("--with-images needs --format json (a markdown block carries no image data)")
+
     with _open_retriever(obj, index_dir, store_url, text_model=text_model) as r:
         res = r.search(text, k=k, channels=_channels(channels))
     out = build_context(
@@ -641,7 +666,7 @@ def context(
 # --------------------------------------------------------------------------------------------------- eval
 @main.command(name="eval")
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
-@click.option("--k", "k", type=int, default=10, show_default=True)
+@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Cut-off rank.")
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical (an ablation).")
 @click.option("--text-model", default=None, help="Text model to encode queries (default: the index's).")
 @_index_dir_option

@@ -226,10 +226,14 @@ class Retriever:
         if modality not in ("all", "text", "image"):
             raise ManualragError(f"--modality must be all, text or image, not {modality!r}")
         explicit = channels is not None
-        channels = list(channels or CHANNELS)
+        if explicit and not channels:
+            raise ManualragError(f"no channel given: choose from {', '.join(CHANNELS)}")
+        channels = list(channels if explicit else CHANNELS)
         for c in channels:
             if c not in CHANNELS:
                 raise ManualragError(f"unknown channel {c!r}: choose from {', '.join(CHANNELS)}")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ManualragError(f"k must be a positive number of hits, not {k!r}")
         k = k or self.cfg["retrieve"]["k"]
         n = max(self.cfg["retrieve"]["candidates"], 3 * k)
         timings: dict[str, float] = {"encode": 0.0, "search": 0.0, "fusion": 0.0}

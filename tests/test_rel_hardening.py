@@ -10,6 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from manualrag.cli import main
+from tests import helpers_pdf as h
 from tests import rel_helpers as rh
 
 
@@ -77,3 +82,79 @@ def test_line_breaks_in_names_and_text_cannot_forge_output_lines(tmp_path):
     assert not any(line.lstrip().startswith("FORGED") for line in lines), q.stdout
     j = _run("query", "pump relay X9", "--index-dir", str(idx), "--json", cwd=tmp_path)
     assert json.loads(j.stdout)[0]["path"] == crname
+
+
+# ------------------------------------------------------------------ a small dense index shared by rows
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory, tiny_clip_dir):
+    """Two manuals and a photo, indexed with the tiny CLIP (no text model): (cfg, library, index)."""
+    root = tmp_path_factory.mktemp("small")
+    lib = root / "lib"
+    lib.mkdir()
+    (lib / "pump.md").write_bytes(rh.versioned_md("pumpdoc", sections=3))
+    (lib / "valve.md").write_text("# Valve\n\nThe relief valve opens at 6 bar; replace the O-ring yearly.\n")
+    (lib / "photo.png").write_bytes(h.photo_png(200, 150))
+    cfg = rh.write_cfg(root / "cfg.yaml", model=str(tiny_clip_dir))
+    idx = root / "idx"
+    rc, s, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=True))
+    assert rc == 0, out
+    return cfg, lib, idx
+
+
+# ------------------------------------------------------------------------- row 8: ranges, usage errors
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["query", "torque", "-k", "0"], "-k"),
+        (["query", "torque", "-k", "-1"], "-k"),
+        (["query", "torque", "--channels", ""], "--channels"),
+        (["query", "torque", "--channels", "dense,bogus"], "bogus"),
+        (["context", "torque", "--max-chars", "-5"], "--max-chars"),
+        (["context", "torque", "--max-chars", "100"], "preamble"),
+        (["context", "torque", "-k", "0"], "-k"),
+        (["context", "torque", "--with-images"], "--format json"),
+        (["eval", "QUERIES", "--k", "0"], "--k"),
+    ],
+)
+def test_out_of_range_options_are_usage_errors(small_index, tmp_path, args, says):
+    """Before: -k -1 gave 1 hit and -k 0 ten, eval --k 0 an all-zero report with rc 0, --max-chars 100 a
+    268-character block (and -5 was accepted), --channels "" meant all channels, --with-images was ignored
+    with markdown. Now each is a one-line usage error, rc 2."""
+    cfg, _, idx = small_index
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        json.dumps({"query": "torque", "file": "pump.md", "pages": [1], "kind": "text"}) + "\n"
+    )
+    args = [str(queries) if a == "QUERIES" else a for a in args]
+    rc, _, out = rh.cli("--config", str(cfg), *args, "--index-dir", str(idx))
+    assert rc == 2, out
+    assert says in out and "Traceback" not in out, out
+
+
+def test_context_block_fits_its_budget_and_library_calls_refuse_bad_values(small_index):
+    cfg, _, idx = small_index
+    rc, _, out = rh.cli(
+        "--config", str(cfg), "context", "torque coupling", "--max-chars", "700", "--index-dir", str(idx)
+    )
+    assert rc == 0 and "BEGIN SOURCE [1]" in out, out
+    assert len(out.rstrip("\n")) <= 700
+    from manualrag.config import load_config
+    from manualrag.errors import ManualragError
+    from manualrag.retriever.evaluate import evaluate
+    from manualrag.retriever.search import Retriever
+
+    with Retriever.open(idx, load_config(cfg)) as r:
+        for bad in ({"k": 0}, {"k": -1}, {"channels": []}):
+            with pytest.raises(ManualragError):
+                r.search("torque", **bad)
+        with pytest.raises(ManualragError, match="cut-off"):
+            evaluate(r, [], k=0)
+
+
+def test_declining_reset_says_so_and_keeps_the_index(small_index, tmp_path):
+    cfg, lib, _ = small_index
+    idx = tmp_path / "idx"
+    assert rh.cli(*rh.index_args(cfg, lib, idx, dense=False))[0] == 0
+    res = CliRunner().invoke(main, ["--config", str(cfg), "reset", "--index-dir", str(idx)], input="n\n")
+    assert res.exit_code == 2 and "not deleted" in res.output, res.output
+    assert (idx / "index.sqlite").is_file()
