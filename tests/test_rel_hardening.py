@@ -158,3 +158,32 @@ def test_declining_reset_says_so_and_keeps_the_index(small_index, tmp_path):
     res = CliRunner().invoke(main, ["--config", str(cfg), "reset", "--index-dir", str(idx)], input="n\n")
     assert res.exit_code == 2 and "not deleted" in res.output, res.output
     assert (idx / "index.sqlite").is_file()
+
+
+# ------------------------------------------------------------------------ row 5: bad query images
+def test_bad_query_images_are_one_line_usage_errors_like_index(small_index, tmp_path):
+    """``query --image`` with a file that is not a usable image: rc 2 and the same one-line reason that
+    ``index`` gives for the same file (before: a traceback, UnidentifiedImageError or
+    DecompressionBombError, rc 1)."""
+    cfg, _, idx = small_index
+    lib = tmp_path / "badimg"
+    lib.mkdir()
+    bad = rh.bad_images()
+    for name, (data, _) in bad.items():
+        (lib / name).write_bytes(data)
+    rc, s, out = rh.cli(*rh.index_args(cfg, lib, tmp_path / "idx", dense=False))
+    indexed_reasons = {f["path"]: f["reason"] for f in s["failed"]}
+    assert set(indexed_reasons) == set(bad), out
+    for name, (_, reason) in bad.items():
+        assert indexed_reasons[name].startswith(reason), (name, indexed_reasons[name])
+        rc, _, out = rh.cli(
+            "--config", str(cfg), "query", "--image", str(lib / name), "--index-dir", str(idx)
+        )
+        assert rc == 2, (name, out)
+        lines = out.strip().splitlines()
+        assert lines == [f"error: query image {lib / name}: {indexed_reasons[name]}"], (name, out)
+    (tmp_path / "ok.png").write_bytes(h.photo_png(200, 150))  # a good image still works
+    rc, _, out = rh.cli(
+        "--config", str(cfg), "query", "--image", str(tmp_path / "ok.png"), "--index-dir", str(idx)
+    )
+    assert rc == 0 and "photo.png" in out, out
