@@ -634,6 +634,11 @@ class Manifest:
         rows = self._query("SELECT * FROM documents WHERE path = ? AND state = 'ok'", (path,))
         return _doc_row(rows[0]) if rows else None
 
+    def document_by_id(self, doc_id: str) -> DocRow | None:
+        """The committed document whose ``doc_id`` this is (ids are hashes of paths: at most one)."""
+        rows = self._query("SELECT * FROM documents WHERE doc_id = ? AND state = 'ok'", (doc_id,))
+        return _doc_row(rows[0]) if rows else None
+
     def errors(self) -> dict[str, FileError]:
         return {
             r["path"]: FileError(r["path"], r["reason"], r["stage"])
