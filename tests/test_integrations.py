@@ -353,43 +353,34 @@ def test_mcp_server_kept_stdout_for_the_protocol(mcp_talk):
     assert "Traceback" not in mcp_talk["stderr"], mcp_talk["stderr"][-2000:]
 
 
-def test_mcp_mounted_over_streamable_http_in_a_web_app(index):
-    """The factory the web server uses: the same tools at /api/mcp of a FastAPI app, through the app's own
-    middleware, spoken to by the SDK's streamable-HTTP client."""
+def test_mcp_over_streamable_http_in_manualrag_serve_behind_its_token(index):
+    """`manualrag serve`'s app carries the same tools at /api/mcp, behind its token, with its own Retriever;
+    the SDK's streamable-HTTP client talks to it."""
     import anyio
     import httpx2
-    from fastapi import FastAPI
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
-    from manualrag.integrations._common import shared_retriever
-    from manualrag.integrations.mcp_server import create_server, mount_http
+    from manualrag.config import load_config
+    from manualrag.serve.app import create_app
+    from manualrag.serve.state import IndexState
 
-    seen: list[str] = []
-
-    app = FastAPI()
-
-    @app.get("/health")
-    def health() -> str:
-        return "ok"
-
-    @app.middleware("http")
-    async def record(request, call_next):  # stands for the web server's token check
-        seen.append(request.url.path)
-        return await call_next(request)
-
-    mount_http(app, create_server(shared_retriever(index, None)), path="/api/mcp")
+    token = "t0ken-for-the-integration-test-0123456789"
+    state = IndexState(index, load_config())
+    app = create_app(state, token=token, loopback_only=False)
+    base = "http://testserver"
     out: dict = {}
 
     async def talk() -> None:
         async with app.router.lifespan_context(app):
             transport = httpx2.ASGITransport(app=app)
-            async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8765") as http:
-                assert (await http.get("/health")).json() == "ok"
-                async with streamable_http_client("http://127.0.0.1:8765/api/mcp", http_client=http) as (
-                    read,
-                    write,
-                ):
+            async with httpx2.AsyncClient(transport=transport, base_url=base) as anonymous:
+                out["no_token"] = await anonymous.post(
+                    "/api/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+                )
+            headers = {"Authorization": f"Bearer {token}"}
+            async with httpx2.AsyncClient(transport=transport, base_url=base, headers=headers) as http:
+                async with streamable_http_client(f"{base}/api/mcp", http_client=http) as (read, write):
                     async with ClientSession(read, write) as session:
                         await session.initialize()
                         out["tools"] = [t.name for t in (await session.list_tools()).tools]
@@ -397,6 +388,10 @@ def test_mcp_mounted_over_streamable_http_in_a_web_app(index):
                         fid = hits.structured_content["hits"][0]["figure_id"]
                         out["figure"] = await session.call_tool("get_figure", {"figure_id": fid})
 
-    anyio.run(talk)
-    assert "get_figure" in out["tools"] and "/api/mcp" in seen
+    try:
+        anyio.run(talk)
+    finally:
+        state.close()
+    assert out["no_token"].status_code == 401
+    assert "get_figure" in out["tools"]
     assert [c.type for c in out["figure"].content] == ["image", "text"]

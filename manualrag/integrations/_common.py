@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,17 @@ class SharedRetriever:
     no per-thread state worth the risk of a race)."""
 
     def __init__(
-        self, retriever: Retriever, assets: Assets | None = None, lock: threading.Lock | None = None
+        self,
+        retriever: Retriever,
+        assets: Assets | None = None,
+        lock: threading.Lock | None = None,
+        search: Callable[..., SearchResult] | None = None,
     ):
+        """``search``: a host's own locked search (``manualrag serve``'s, which also follows index updates),
+        called as ``search(text, k=, modality=, source=)`` instead of the Retriever's under ``lock``."""
         self.retriever = retriever
         self.lock = lock or threading.Lock()
+        self._search = search
         # the index's files (crops, page renders), over the Retriever's read-only manifest
         self.assets = assets or Assets(
             retriever.index_dir, retriever.manifest, passwords=retriever.cfg.get("passwords") or []
@@ -64,6 +72,8 @@ class SharedRetriever:
         query = check_query(query)
         k = check_k(k)
         modality = check_modality(modality)
+        if self._search is not None:
+            return self._search(query, k=k, modality=modality, source=source or None)
         with self.lock:
             return self.retriever.search(query, k=k, modality=modality, source=source or None)
 

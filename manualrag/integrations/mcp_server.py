@@ -114,13 +114,17 @@ def create_server(
     assets: Assets | None = None,
     *,
     lock: threading.Lock | None = None,
+    search: Any = None,
     name: str = SERVER_NAME,
 ) -> MCPServer:
     """An MCP server with manualrag's tools over an open Retriever (and the Assets of the same index;
     default: over the Retriever's manifest). Run it with ``server.run()`` (stdio) or mount
     :func:`mount_http`. The caller keeps ownership of the Retriever (closes it). ``lock``: the one the
-    caller's own searches hold, so the Retriever serves one search at a time."""
-    shared = retriever if isinstance(retriever, SharedRetriever) else SharedRetriever(retriever, assets, lock)
+    caller's own searches hold, so the Retriever serves one search at a time; ``search``: or the caller's
+    own search function (see :class:`~manualrag.integrations._common.SharedRetriever`)."""
+    if not isinstance(retriever, SharedRetriever):
+        retriever = SharedRetriever(retriever, assets, lock, search)
+    shared = retriever
     assets = assets or shared.assets
     server: MCPServer = MCPServer(name, version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     tools = _Tools(shared, assets)
