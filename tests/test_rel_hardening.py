@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -187,3 +188,90 @@ def test_bad_query_images_are_one_line_usage_errors_like_index(small_index, tmp_
         "--config", str(cfg), "query", "--image", str(tmp_path / "ok.png"), "--index-dir", str(idx)
     )
     assert rc == 0 and "photo.png" in out, out
+
+
+# -------------------------------------------------------------- row 4: damaged index, manualrag check
+def _damage(db: Path, how: str) -> None:
+    data = db.read_bytes()
+    if how == "truncated":
+        db.write_bytes(data[:8192])
+    else:  # garbage over the header and the first pages
+        db.write_bytes(os.urandom(100) + data[100:4096] + os.urandom(8192) + data[12288:])
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_check_finds_and_repairs_inconsistencies_and_a_damaged_manifest(small_index, tmp_path):
+    """`manualrag check` verifies SQLite integrity and manifest <-> vector ids <-> crops; `--repair` fixes
+    them from the library. A damaged index.sqlite makes every command say so in one line naming the file and
+    the ways out, rc 2 (before: a raw sqlite3.DatabaseError traceback, rc 1)."""
+    from manualrag.config import load_config
+    from manualrag.store import VectorStore
+
+    cfg, small_lib, _ = small_index
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for f in small_lib.iterdir():
+        (lib / f.name).write_bytes(f.read_bytes())
+    (lib / "figs.pdf").write_bytes(rh.versioned_pdf("figs", pages=1))
+    idx = tmp_path / "idx"
+    base = ["--config", str(cfg)]
+    assert rh.cli(*rh.index_args(cfg, lib, idx, dense=True))[0] == 0
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+    assert rc == 0 and rep["ok"], out
+
+    # inconsistencies: an orphan vector, a missing vector, a missing crop, an unused crop
+    with rh.sqlite_ro(idx) as db:
+        victim = db.execute(
+            "SELECT id FROM windows WHERE doc_path = 'valve.md' AND channel = 'clip'"
+        ).fetchone()[0]
+    store = VectorStore.open(idx, load_config(cfg))
+    try:
+        store.delete("text", [victim])
+        dim = store.model_of("text")[1]
+        v = np.ones((1, dim), dtype=np.float32) / np.sqrt(dim)
+        store.upsert("text", ["orphan:w:0"], v, [{"path": "gone.md", "page": 1, "kind": "text", "ref": "x"}])
+    finally:
+        store.close()
+    with rh.sqlite_ro(idx) as db:
+        crop = db.execute("SELECT crop_path FROM figures WHERE doc_path = 'figs.pdf'").fetchone()[0]
+    (idx / crop).unlink()
+    (idx / "crops" / ("0" * 64 + ".png")).write_bytes(b"unused")
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+    assert rc == 1 and not rep["ok"], out
+    assert rep["orphan_vectors"]["text"] == 1 and rep["missing_vectors"]["text"] == 1, rep
+    assert rep["missing_crops"] == 1 and rep["unused_crops"] == 1, rep
+    assert rep["redo"] == ["figs.pdf", "valve.md"], rep
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--repair", "--json")
+    assert rc == 0 and rep["after_repair"]["ok"], out
+    assert sorted(rep["repair"]["indexed"]) == ["figs.pdf", "valve.md"], rep["repair"]
+
+    # a damaged index.sqlite: every command says so in one line, rc 2; check --repair rebuilds it
+    for how in ("truncated", "garbage"):
+        _damage(idx / "index.sqlite", how)
+        for args in (
+            ["query", "relief valve"],
+            ["stats"],
+            ["context", "relief valve"],
+            ["remove", "valve.md"],
+            ["index", str(lib), "--no-dense"],
+        ):
+            rc, _, out = rh.cli(*base, *args, "--index-dir", str(idx))
+            assert rc == 2, (how, args, out)
+            lines = out.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in out, (how, args, out)
+            assert str(idx / "index.sqlite") in lines[0] and "damaged" in lines[0], lines
+            assert "manualrag reset" in lines[0] and "check --repair" in lines[0], lines
+        rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+        assert rc == 1 and rep["sqlite"] != "ok", out
+        rc, rep, out = rh.cli(
+            *base, "check", "--index-dir", str(idx), "--repair", "--library", str(lib), "--json"
+        )
+        assert rc == 0 and rep["after_repair"]["ok"], out
+        assert len(rep["repair"]["indexed"]) == 4, rep["repair"]
+        assert list(idx.glob("index.sqlite.damaged-*")), "the damaged file is kept aside"
+        rc, _, out = rh.cli(*base, "query", "relief valve", "--index-dir", str(idx))
+        assert rc == 0 and "valve.md" in out, out
+        for f in idx.glob("index.sqlite*.damaged-*"):
+            f.unlink()
