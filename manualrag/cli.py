@@ -767,6 +767,32 @@ def eval_cmd(
         _echo(format_table(report), multiline=True)
 
 
+# -------------------------------------------------------------------------------------------------- serve
+@main.command()
+@_index_dir_option
+@_store_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (beyond loopback needs --token-env).",
+)
+@click.option("--port", type=int, default=8080, show_default=True, help="TCP port.")
+@click.option(
+    "--token-env", default=None, metavar="NAME", help="Environment variable holding the API token (Bearer)."
+)
+@click.pass_obj
+def serve(
+    obj: Ctx, index_dir: str | None, store_url: str | None, host: str, port: int, token_env: str | None
+) -> None:
+    """Serve the web page and the JSON API over an index (models loaded once; see /docs)."""
+    from manualrag.serve.server import serve as run_server
+
+    run_server(
+        obj.config(index_dir=index_dir, store={"url": store_url}), host, port, token_env, access_log=obj.debug
+    )
+
+
 def _short(text: str, n: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from manualrag import ids
 from manualrag.errors import IndexNotFoundError, ManualragError
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, fuse
@@ -313,18 +314,7 @@ class Retriever:
 
     def _refs(self, kind: str, vec: Any, n: int) -> list[tuple[Key, float]]:
         """Vector search in one collection, mapped to the things (passages/figures) the vectors belong to."""
-        return [(self._ref_of(kind, i), score) for i, score in self.store.query(kind, vec, n)[0]]
-
-    @staticmethod
-    def _ref_of(kind: str, vid: str) -> Key:
-        if kind in ("image",):
-            return ("figure", vid)
-        if kind == "image_text":
-            return ("figure", vid.removesuffix(":t"))
-        # text windows "{passage_id}:w3"; sem vectors: windows "{passage_id}:s0" or figures "{figure_id}:s"
-        if vid.endswith(":s") and ":f:" in vid:
-            return ("figure", vid[:-2])
-        return ("passage", vid.rsplit(":", 1)[0])
+        return [(ids.ref_of(kind, i), score) for i, score in self.store.query(kind, vec, n)[0]]
 
     def _captions_as_figures(
         self, rankings: dict[str, list[tuple[Key, float]]], passages: dict[str, Any]
