@@ -275,3 +275,28 @@ def test_check_finds_and_repairs_inconsistencies_and_a_damaged_manifest(small_in
         assert rc == 0 and "valve.md" in out, out
         for f in idx.glob("index.sqlite*.damaged-*"):
             f.unlink()
+
+
+# ------------------------------------------------------------------ row 7: a worker memory limit too low
+@pytest.mark.parametrize("mb", [1, 20, 200])
+def test_memory_limit_too_low_to_start_a_worker_is_a_config_error(tmp_path, mb):
+    """Before: memory_mb 1 printed nothing (rc 1); 20 or 200 failed every file "worker did not start"."""
+    from manualrag.config import MIN_WORKER_MB, load_config
+    from manualrag.errors import ConfigError
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "r.md").write_bytes(rh.versioned_md("mem"))
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "memory_mb": mb})
+    rc, _, out = rh.cli(
+        "--config", str(cfg), "index", str(lib), "--index-dir", str(tmp_path / "i"), "--no-dense"
+    )
+    assert rc == 2, out
+    assert out.strip().splitlines() == [
+        f"error: config key 'isolation.memory_mb' must be at least {MIN_WORKER_MB} "
+        f"(MiB: an extraction worker needs about 300 MiB just to start), got {mb}"
+    ], out
+    assert not (tmp_path / "i").exists()
+    with pytest.raises(ConfigError, match="isolation.memory_mb"):
+        load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(mb)})
+    load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(MIN_WORKER_MB)})
