@@ -38,7 +38,7 @@ from manualrag import ids
 from manualrag.config import extraction_fingerprint, public_config
 from manualrag.errors import ManualragError
 from manualrag.indexer.chunk import make_passages, make_windows
-from manualrag.indexer.discover import SourceFile, discover, file_digest
+from manualrag.indexer.discover import SourceFile, discover, file_digest, printable_name
 from manualrag.lock import IndexLock
 from manualrag.manifest import DocRow, Manifest
 from manualrag.models import Document, Figure, FileError, Passage, Window
@@ -540,7 +540,7 @@ class Indexer:
                 self._flush_pending(manifest, store)
                 known = manifest.documents()
                 for p in paths:
-                    p = p.strip("/")
+                    p = printable_name(p.strip("/"))  # a name as the shell gives it: mapped like discover
                     hits = [k for k in known if k == p or k.startswith(p + "/")]
                     for k in hits:
                         if k not in removed:

@@ -300,3 +300,38 @@ def test_memory_limit_too_low_to_start_a_worker_is_a_config_error(tmp_path, mb):
     with pytest.raises(ConfigError, match="isolation.memory_mb"):
         load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(mb)})
     load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(MIN_WORKER_MB)})
+
+
+# ------------------------------------------------------------------------ row 9: non-UTF-8 file names
+def test_remove_accepts_a_non_utf8_name_as_the_shell_gives_it(tmp_path):
+    """A file name that is not UTF-8 is indexed as ``caf\\xe9-manual.md``; ``remove`` with the real name
+    (bytes on the command line, relative or absolute) removes it (before: "nothing matched", rc 1)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    raw = b"caf\xe9-manual.md"
+    for sub in (b"", b"sub/"):
+        os.makedirs(os.path.join(os.fsencode(lib), sub), exist_ok=True)
+        with open(os.path.join(os.fsencode(lib), sub + raw), "wb") as f:
+            f.write(rh.versioned_md("latin"))
+    idx = tmp_path / "idx"
+    rc, s, out = rh.cli("index", str(lib), "--index-dir", str(idx), "--no-dense", "--json")
+    assert rc == 0 and sorted(s["indexed"]) == ["caf\\xe9-manual.md", "sub/caf\\xe9-manual.md"], out
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "manualrag",
+            "remove",
+            raw,
+            os.path.join(os.fsencode(lib), b"sub/" + raw),
+            "--index-dir",
+            str(idx),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().splitlines() == [
+        "removed caf\\xe9-manual.md",
+        "removed sub/caf\\xe9-manual.md",
+    ]
