@@ -462,6 +462,10 @@ class Manifest:
         with self._tx() as c:
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
+    def delete_meta(self, key: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else default

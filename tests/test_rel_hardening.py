@@ -335,3 +335,45 @@ def test_remove_accepts_a_non_utf8_name_as_the_shell_gives_it(tmp_path):
         "removed caf\\xe9-manual.md",
         "removed sub/caf\\xe9-manual.md",
     ]
+
+
+# ---------------------------------------------------------------- row 10: query during a first index run
+@pytest.mark.slow
+def test_query_during_a_first_run_says_the_index_is_being_built(tmp_path, tiny_clip_dir):
+    """While a first index run goes on, a query finds the documents committed so far (dense channels
+    included) and says "the index is being built (N of M documents so far)" (before: "no hits" and the false
+    "the index has no CLIP vectors (built with --no-dense)"). Once the run is gone, the note is too."""
+    from manualrag.indexer.worker import FAULT_ENV
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.md", "b.md", "c.md"):
+        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    cfg = rh.write_cfg(
+        tmp_path / "cfg.yaml", model=str(tiny_clip_dir), isolation={"workers": 1, "timeout_s": 300}
+    )
+    idx = tmp_path / "idx"
+    proc = rh.popen_cli(*rh.index_args(cfg, lib, idx, dense=True), env={FAULT_ENV: "hang:c.md"})
+    try:
+
+        def committed() -> int:
+            if not (idx / "index.sqlite").exists():
+                return 0
+            try:
+                with rh.sqlite_ro(idx) as db:
+                    return db.execute("SELECT count(*) FROM documents WHERE state = 'ok'").fetchone()[0]
+            except Exception:  # noqa: BLE001 - the file is being created
+                return 0
+
+        assert rh.wait_for(lambda: committed() == 2, timeout=180, interval=0.2), proc.stderr
+        rc, hits, out = rh.cli(
+            "--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx), "--json"
+        )
+        assert rc == 0 and hits and hits[0]["path"] == "a.md", out
+        assert "the index is being built (2 of 3 documents so far)" in out, out
+        assert "--no-dense" not in out
+        assert any(c.startswith("dense") for h in hits for c in h["channels"]), hits
+    finally:
+        rh.kill_hard(proc)
+    rc, _, out = rh.cli("--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx))
+    assert rc == 0 and "being built" not in out, out
