@@ -793,6 +793,21 @@ def serve(
     )
 
 
+# ---------------------------------------------------------------------------------------------------- mcp
+@main.command(name="mcp")
+@_index_dir_option
+@click.pass_obj
+def mcp_cmd(obj: Ctx, index_dir: str | None) -> None:
+    """Serve the index to LLM apps over MCP on stdin/stdout: search, context, figure and page images."""
+    from manualrag.errors import ManualragError
+
+    try:
+        from manualrag.integrations.mcp_server import run_stdio
+    except ImportError as exc:
+        raise ManualragError(str(exc)) from None
+    run_stdio(index_dir, obj.config_path)
+
+
 def _short(text: str, n: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"

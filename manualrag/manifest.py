@@ -252,6 +252,19 @@ def _figure_row(r: sqlite3.Row) -> FigureRow:
     )
 
 
+def _passage(r: sqlite3.Row) -> Passage:
+    return Passage(
+        passage_id=r["id"],
+        doc_path=r["doc_path"],
+        page=int(r["page"]),
+        bbox=tuple(float(v) for v in json.loads(r["bbox"])),  # type: ignore[arg-type]
+        heading=r["heading"],
+        text=r["text"],
+        suspect=r["suspect"],
+        ocr=bool(r["ocr"]),
+    )
+
+
 def _doc_row(r: sqlite3.Row) -> DocRow:
     return DocRow(
         path=r["path"],
@@ -708,19 +721,7 @@ class Manifest:
         return {r[0] for r in rows}
 
     def passages(self, ids: Iterable[str]) -> dict[str, Passage]:
-        return {
-            r["id"]: Passage(
-                passage_id=r["id"],
-                doc_path=r["doc_path"],
-                page=int(r["page"]),
-                bbox=tuple(float(v) for v in json.loads(r["bbox"])),  # type: ignore[arg-type]
-                heading=r["heading"],
-                text=r["text"],
-                suspect=r["suspect"],
-                ocr=bool(r["ocr"]),
-            )
-            for r in self._by_ids("passages", ids)
-        }
+        return {r["id"]: _passage(r) for r in self._by_ids("passages", ids)}
 
     def windows(self, ids: Iterable[str]) -> dict[str, WindowRow]:
         return {
@@ -741,6 +742,13 @@ class Manifest:
             (doc_path, int(page)),
         )
         return [_figure_row(r) for r in rows]
+
+    def passages_on_page(self, doc_path: str, page: int) -> list[Passage]:
+        """The passages of ``doc_path`` on ``page``, in reading order (their order of extraction)."""
+        rows = self._query(
+            "SELECT * FROM passages WHERE doc_path = ? AND page = ? ORDER BY rowid", (doc_path, int(page))
+        )
+        return [_passage(r) for r in rows]
 
     def captions_on_pages(self, pages: Iterable[tuple[str, int]]) -> list[tuple[str, str, int, str]]:
         """(figure id, doc path, page, caption) of the captioned, non-boilerplate figures shown on these
