@@ -17,10 +17,10 @@ window a sum under-estimates is re-cut exactly.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Sequence
 
+from manualrag import ids
 from manualrag.models import BBox, Document, Passage, TextBlock, Window
 
 CountTokens = Callable[[list[str]], list[int]]
@@ -42,11 +42,6 @@ _ABBREVIATIONS = frozenset(
     "fig figs e.g eg i.e ie no nos approx ca vs cf ref refs eq eqs sec ch chap pp p pg vol art para "
     "incl dept mr mrs ms dr prof st nr tab".split()
 )
-
-
-def doc_id_for(path: str) -> str:
-    """Deterministic document id: first 16 hex digits of sha256 of the library-relative POSIX path."""
-    return hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,9 +136,9 @@ def make_passages(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> list[Pas
 
     Consecutive blocks on the same page under the same heading are merged (joined by a line break) up to
     ~``max_chars``; never across pages, headings, OCR/non-OCR or different suspect reasons. A block longer
-    than ``max_chars`` is cut at sentence ends. Ids: ``{doc_id}:p{page}:{n}``, n counted per page from 0.
+    than ``max_chars`` is cut at sentence ends. Ids: :func:`manualrag.ids.passage_id`.
     """
-    doc_id = doc_id_for(doc.path)
+    doc_id = ids.doc_id(doc.path)
     out: list[Passage] = []
     per_page: dict[int, int] = {}
     group: list[tuple[str, BBox]] = []
@@ -158,7 +153,7 @@ def make_passages(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> list[Pas
             per_page[b.page] = n + 1
             out.append(
                 Passage(
-                    passage_id=f"{doc_id}:p{b.page}:{n}",
+                    passage_id=ids.passage_id(doc_id, b.page, n),
                     doc_path=doc.path,
                     page=b.page,
                     bbox=_union([bb for _, bb in group]),
@@ -279,14 +274,14 @@ def make_windows(
     count_tokens: CountTokens,
     max_tokens: int,
     overlap_tokens: int = 12,
-    tag: str = "w",
+    tag: str = ids.CLIP_TAG,
 ) -> list[Window]:
     """Windows of every passage that fit ``max_tokens`` as ``count_tokens`` measures them.
 
     ``count_tokens(texts)`` must count special tokens too (``ClipEncoder.count_tokens`` does). A passage
     that fits is one window; longer ones are cut at sentence ends (words inside an over-long sentence,
     characters inside an over-long word) and consecutive windows share about ``overlap_tokens`` tokens of
-    trailing sentences/words. Ids: ``{passage_id}:{tag}{m}``, m from 0. Deterministic.
+    trailing sentences/words. Ids: :func:`manualrag.ids.window_id` (``tag``: ``CLIP_TAG`` or ``SEM_TAG``).
     """
     passages = list(passages)
     if not passages:
@@ -432,7 +427,7 @@ def make_windows(
         for m, (s, e, n) in enumerate(spans):
             windows.append(
                 Window(
-                    window_id=f"{p.passage_id}:{tag}{m}",
+                    window_id=ids.window_id(p.passage_id, tag, m),
                     passage_id=p.passage_id,
                     text=text[s:e],
                     n_tokens=n + count.special,

@@ -26,6 +26,7 @@ import pymupdf
 from PIL import Image, ImageSequence
 
 from manualrag.errors import ExtractionError
+from manualrag.images import IMAGE_FORMATS, check_pixels, decode_problem, open_image
 from manualrag.indexer import figures as fg
 from manualrag.indexer.discover import file_type_for
 from manualrag.models import Document, Figure, PageInfo, TextBlock
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Pillow decoders for the loose image types we ingest (JPEG also opens camera multi-picture files)
-IMAGE_FORMATS = ["PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF"]
 _TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_PRESERVE_LIGATURES  # no mediabox clip
 _FILLED = 16  # FZ_STEXT_FILLED
 _STROKED = 32  # FZ_STEXT_STROKED
@@ -774,34 +773,18 @@ def _decode_frames(data: bytes, rel: str, max_pixels: int) -> list[Image.Image]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            img = open_image(data)
             frames: list[Image.Image] = []
             multi = img.format == "TIFF" and getattr(img, "n_frames", 1) > 1
             for i, frame in enumerate(ImageSequence.Iterator(img)):
                 if i >= (_MAX_FRAMES if multi else 1):
                     break
-                limit = Image.MAX_IMAGE_PIXELS
-                if limit and frame.width * frame.height > limit:
-                    raise Image.DecompressionBombError(
-                        f"frame {i + 1} has {frame.width * frame.height} pixels, over the limit of {limit}"
-                    )
+                check_pixels(frame, f"frame {i + 1}")
                 frames.append(_normalise(frame))
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ExtractionError(rel, f"image too large (decompression-bomb guard): {_one_line(exc)}") from None
-    except Image.UnidentifiedImageError:
-        raise ExtractionError(rel, "not a readable image (unknown or corrupt format)") from None
-    except ValueError as exc:
-        if "MAX_TEXT" in str(exc):  # a zTXt/iTXt bomb or too much text metadata: refused, like a pixel bomb
-            raise ExtractionError(
-                rel, f"image refused: oversized PNG text chunk ({_one_line(exc)})"
-            ) from None
-        raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None
-    except (OSError, SyntaxError, EOFError) as exc:
-        raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises TypeError, IndexError, zlib.error... on broken files
-        raise ExtractionError(rel, f"corrupt image ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise ExtractionError(rel, decode_problem(exc)) from None
     if not frames:
         raise ExtractionError(rel, "image has no frames")
     return [_fit(f, max_pixels) for f in frames]

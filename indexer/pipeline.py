@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from manualrag import ids
 from manualrag.config import extraction_fingerprint, public_config
 from manualrag.errors import ManualragError
-from manualrag.indexer.chunk import doc_id_for, make_passages, make_windows
+from manualrag.indexer.chunk import make_passages, make_windows
 from manualrag.indexer.discover import SourceFile, discover, file_digest
 from manualrag.lock import IndexLock
 from manualrag.manifest import DocRow, Manifest
@@ -52,10 +53,6 @@ def in_shard(rel: str, shard: tuple[int, int]) -> bool:
     """Documents are partitioned across indexer machines by the sha256 of their library-relative path."""
     i, n = shard
     return n == 1 or int(hashlib.sha256(rel.encode()).hexdigest()[:12], 16) % n == i
-
-
-def figure_id_for(doc_id: str, fig: Figure) -> str:
-    return f"{doc_id}:f:{fig.digest[:16]}"
 
 
 def figure_sem_text(fig: Figure) -> str:
@@ -352,20 +349,26 @@ class Indexer:
         fp: str,
     ) -> None:
         timings = summary.timings
-        doc_id = doc_id_for(doc.path)
+        doc_id = ids.doc_id(doc.path)
         with _Timer(timings, "chunk"):
             passages = make_passages(doc)
             windows: list[tuple[Window, str]] = []
             if self.dense:
-                clip_w = make_windows(passages, self._clip.count_tokens, self._clip.max_tokens, tag="w")
+                clip_w = make_windows(
+                    passages, self._clip.count_tokens, self._clip.max_tokens, tag=ids.CLIP_TAG
+                )
                 windows += [(w, "clip") for w in clip_w]
                 if self._text is not None:
                     sem_w = make_windows(
-                        passages, self._text.count_tokens, self._text.max_tokens, overlap_tokens=32, tag="s"
+                        passages,
+                        self._text.count_tokens,
+                        self._text.max_tokens,
+                        overlap_tokens=32,
+                        tag=ids.SEM_TAG,
                     )
                     windows += [(w, "sem") for w in sem_w]
-            figures = [(figure_id_for(doc_id, f), f) for f in doc.figures]
-            boiler = [(figure_id_for(doc_id, f), f) for f in doc.boilerplate]
+            figures = [(ids.figure_id(doc_id, f.digest), f) for f in doc.figures]
+            boiler = [(ids.figure_id(doc_id, f.digest), f) for f in doc.boilerplate]
 
         with _Timer(timings, "crops"):
             for _, fig in figures + boiler:
@@ -382,10 +385,10 @@ class Indexer:
         # other ids as pending deletes), commit, and only then delete the superseded vectors
         with _Timer(timings, "store"):
             manifest.begin_document(doc.path)
-            for kind, (ids, embs, metas, docs) in vectors.items():
-                if ids:
-                    store.upsert(kind, ids, embs, metas, docs)
-                    summary.records[kind] += len(ids)
+            for kind, (vids, embs, metas, docs) in vectors.items():
+                if vids:
+                    store.upsert(kind, vids, embs, metas, docs)
+                    summary.records[kind] += len(vids)
             live = {kind: v[0] for kind, v in vectors.items()}
             manifest.replace_rows(doc.path, passages, windows, figures + boiler, live=live)
             manifest.commit_document(
@@ -448,7 +451,7 @@ class Indexer:
                 texts = [self._clip.fit(f.label_text) for _, f in labelled]
                 embs = self._clip.embed_texts(texts)
                 out["image_text"] = (
-                    [f"{fid}:t" for fid, _ in labelled],
+                    [ids.figure_label_id(fid) for fid, _ in labelled],
                     embs,
                     [meta(f.pages[0], "image_text", fid) for fid, f in labelled],
                     texts,
@@ -471,12 +474,12 @@ class Indexer:
                 texts = [w.text for w in sem_w] + [t for _, _, t in fig_sem]
                 if texts:
                     embs = self._text.embed_texts(texts)
-                    ids = [w.window_id for w in sem_w] + [f"{fid}:s" for fid, _, _ in fig_sem]
+                    vids = [w.window_id for w in sem_w] + [ids.figure_sem_id(fid) for fid, _, _ in fig_sem]
                     metas = [
                         meta(by_pid[w.passage_id].page, "text", w.passage_id, by_pid[w.passage_id].suspect)
                         for w in sem_w
                     ] + [meta(f.pages[0], "image_text", fid) for fid, f, _ in fig_sem]
-                    out["sem"] = (ids, embs, metas, texts)
+                    out["sem"] = (vids, embs, metas, texts)
                     summary.embedded["sem"] += len(texts)
         return out
 
@@ -516,15 +519,15 @@ class Indexer:
     def _flush_pending(manifest: Manifest, store: VectorStore) -> None:
         """Delete superseded vectors from the store, then forget them (a crash in between only repeats a
         harmless delete on the next run)."""
-        for kind, ids in manifest.pending_deletes().items():
-            store.delete(kind, ids)
-            manifest.clear_pending(kind, ids)
+        for kind, vids in manifest.pending_deletes().items():
+            store.delete(kind, vids)
+            manifest.clear_pending(kind, vids)
 
     def _remove_document(self, path: str, manifest: Manifest, store: VectorStore) -> None:
         manifest.begin_document(path)
-        for kind, ids in manifest.vector_ids(path).items():
-            if ids:
-                store.delete(kind, ids)
+        for kind, vids in manifest.vector_ids(path).items():
+            if vids:
+                store.delete(kind, vids)
         manifest.remove_document(path)
 
     def remove(self, paths: list[str]) -> list[str]:

@@ -193,7 +193,11 @@ class _Worker:
             env=env,
             cwd=str(Path(__file__).resolve().parents[1]),
         )
-        self.send({**cfg, "__index_dir": str(index_dir.resolve())})
+        # the worker runs in another working directory (the package's, so that a module in the user's cwd
+        # cannot shadow an import): every path it is sent must be absolute
+        cache = cfg["ocr"]["cache"]
+        ocr = {**cfg["ocr"], "cache": str(Path(cache).absolute()) if cache else None}
+        self.send({**cfg, "ocr": ocr, "__index_dir": str(index_dir.absolute())})
         self.start_error = self._await_ready(cfg["isolation"]["memory_mb"])
 
     def _await_ready(self, memory_mb: int) -> str | None:
@@ -318,7 +322,7 @@ class WorkerPool:
         timer.start()
         try:
             try:
-                w.send({"path": str(path), "rel": rel})
+                w.send({"path": str(Path(path).absolute()), "rel": rel})  # the worker's cwd is not ours
                 assert w.proc.stdout is not None
                 line = w.proc.stdout.readline()
             except (BrokenPipeError, OSError):

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from manualrag import ids
 from manualrag.errors import IndexNotFoundError, ManualragError
 from manualrag.models import Figure, FileError, Passage, Window
 
@@ -41,18 +42,6 @@ CHANNELS = ("clip", "sem")
 # bm25 column weights: caption (passage heading / figure caption), labels (figure labels + OCR), body
 W_CAPTION, W_LABELS, W_BODY = 2.0, 1.5, 1.0
 _CHUNK = 500  # ids per IN (...) list
-
-
-def _vector_ids(windows: Sequence[tuple[str, str]], figure_ids: Sequence[str]) -> dict[str, list[str]]:
-    """The vector ids that rows (windows as (id, channel), figure ids) may have in the store, by kind."""
-    out: dict[str, list[str]] = {"text": [], "sem": [], "image": [], "image_text": []}
-    for wid, channel in windows:
-        out["text" if channel == "clip" else "sem"].append(wid)
-    for fid in figure_ids:
-        out["image"].append(fid)
-        out["image_text"].append(f"{fid}:t")
-        out["sem"].append(f"{fid}:s")
-    return out
 
 
 # vectors superseded by a document's new version: deleted from the store only after the new version is
@@ -440,7 +429,7 @@ class Manifest:
         figures = [
             r["id"] for r in self._query("SELECT id FROM figures WHERE doc_path = ? ORDER BY id", (path,))
         ]
-        return _vector_ids(windows, figures)
+        return ids.vector_ids(windows, figures)
 
     def pending_deletes(self) -> dict[str, list[str]]:
         """Superseded vector ids not yet deleted from the store, by kind (see ``replace_rows``)."""
@@ -455,15 +444,9 @@ class Manifest:
 
     def all_vector_ids(self) -> dict[str, set[str]]:
         """Every id the vector store may hold, by kind (for an orphan sweep of the store)."""
-        out: dict[str, set[str]] = {"text": set(), "sem": set(), "image": set(), "image_text": set()}
-        for r in self._query("SELECT id, channel FROM windows"):
-            out["text" if r["channel"] == "clip" else "sem"].add(r["id"])
-        for r in self._query("SELECT id FROM figures"):
-            fid = r["id"]
-            out["image"].add(fid)
-            out["image_text"].add(f"{fid}:t")
-            out["sem"].add(f"{fid}:s")
-        return out
+        windows = [(r["id"], r["channel"]) for r in self._query("SELECT id, channel FROM windows")]
+        figures = [r["id"] for r in self._query("SELECT id FROM figures")]
+        return {kind: set(v) for kind, v in ids.vector_ids(windows, figures).items()}
 
     def replace_rows(
         self,
@@ -500,18 +483,18 @@ class Manifest:
             lexical.append((fid, "figure", path, f.pages[0] if f.pages else 0, f.caption or "", labels, body))
         old = self.vector_ids(path)
         if live is None:
-            live = _vector_ids([(w.window_id, ch) for w, ch in windows], [fid for fid, _ in figures])
+            live = ids.vector_ids([(w.window_id, ch) for w, ch in windows], [fid for fid, _ in figures])
         with self._tx() as c:
             # ids the new version uses (again) are live, never pending; the old version's others are
-            for kind, ids in live.items():
+            for kind, vids in live.items():
                 c.executemany(
-                    "DELETE FROM pending_deletes WHERE kind = ? AND id = ?", [(kind, i) for i in ids]
+                    "DELETE FROM pending_deletes WHERE kind = ? AND id = ?", [(kind, i) for i in vids]
                 )
-            for kind, ids in old.items():
+            for kind, vids in old.items():
                 keep = set(live.get(kind, ()))
                 c.executemany(
                     "INSERT OR IGNORE INTO pending_deletes(kind, id) VALUES (?, ?)",
-                    [(kind, i) for i in ids if i not in keep],
+                    [(kind, i) for i in vids if i not in keep],
                 )
             self._delete_rows(c, path)
             c.executemany(
@@ -649,6 +632,11 @@ class Manifest:
 
     def document(self, path: str) -> DocRow | None:
         rows = self._query("SELECT * FROM documents WHERE path = ? AND state = 'ok'", (path,))
+        return _doc_row(rows[0]) if rows else None
+
+    def document_by_id(self, doc_id: str) -> DocRow | None:
+        """The committed document whose ``doc_id`` this is (ids are hashes of paths: at most one)."""
+        rows = self._query("SELECT * FROM documents WHERE doc_id = ? AND state = 'ok'", (doc_id,))
         return _doc_row(rows[0]) if rows else None
 
     def errors(self) -> dict[str, FileError]:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from manualrag import ids
 from manualrag.errors import IndexNotFoundError, ManualragError
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, fuse
@@ -223,13 +224,19 @@ class Retriever:
     ) -> SearchResult:
         if not text and image is None:
             raise ManualragError("give a query text, an --image, or both")
+        if image is not None:
+            image = _read_image(image)  # before any model is loaded: a bad file fails fast
         if modality not in ("all", "text", "image"):
             raise ManualragError(f"--modality must be all, text or image, not {modality!r}")
         explicit = channels is not None
-        channels = list(channels or CHANNELS)
+        if explicit and not channels:
+            raise ManualragError(f"no channel given: choose from {', '.join(CHANNELS)}")
+        channels = list(channels if explicit else CHANNELS)
         for c in channels:
             if c not in CHANNELS:
                 raise ManualragError(f"unknown channel {c!r}: choose from {', '.join(CHANNELS)}")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ManualragError(f"k must be a positive number of hits, not {k!r}")
         k = k or self.cfg["retrieve"]["k"]
         n = max(self.cfg["retrieve"]["candidates"], 3 * k)
         timings: dict[str, float] = {"encode": 0.0, "search": 0.0, "fusion": 0.0}
@@ -254,7 +261,7 @@ class Retriever:
                     timings["search"] += time.perf_counter() - t0
                 if image is not None:
                     t0 = time.perf_counter()
-                    qi = clip.embed_images([_read_image(image)])[0]
+                    qi = clip.embed_images([image])[0]
                     timings["encode"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     rankings["image_image"] = self._refs("image", qi, n)
@@ -307,18 +314,7 @@ class Retriever:
 
     def _refs(self, kind: str, vec: Any, n: int) -> list[tuple[Key, float]]:
         """Vector search in one collection, mapped to the things (passages/figures) the vectors belong to."""
-        return [(self._ref_of(kind, i), score) for i, score in self.store.query(kind, vec, n)[0]]
-
-    @staticmethod
-    def _ref_of(kind: str, vid: str) -> Key:
-        if kind in ("image",):
-            return ("figure", vid)
-        if kind == "image_text":
-            return ("figure", vid.removesuffix(":t"))
-        # text windows "{passage_id}:w3"; sem vectors: windows "{passage_id}:s0" or figures "{figure_id}:s"
-        if vid.endswith(":s") and ":f:" in vid:
-            return ("figure", vid[:-2])
-        return ("passage", vid.rsplit(":", 1)[0])
+        return [(ids.ref_of(kind, i), score) for i, score in self.store.query(kind, vec, n)[0]]
 
     def _captions_as_figures(
         self, rankings: dict[str, list[tuple[Key, float]]], passages: dict[str, Any]
@@ -452,11 +448,27 @@ def _match(path: str, pattern: str) -> bool:
     return fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(Path(path).name, pattern)
 
 
-def _read_image(image: str | Path | bytes) -> bytes:
-    if isinstance(image, bytes):
+def _read_image(image: str | Path | bytes | Any) -> Any:
+    """The query image decoded (a PIL image), with the guards and one-line reasons of ``index``: a file
+    that is not an image, a corrupt one or a decompression bomb is a usage error naming the file."""
+    from PIL import Image
+
+    from manualrag.images import decode_first_frame
+
+    if isinstance(image, Image.Image):
         return image
-    p = Path(image)
+    if isinstance(image, bytes):
+        data, name = image, "query image"
+    else:
+        p = Path(image)
+        name = f"query image {p}"
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise ManualragError(f"cannot read {name}: {exc.strerror or exc}") from None
+    if not data:
+        raise ManualragError(f"{name}: empty file (0 bytes)")
     try:
-        return p.read_bytes()
-    except OSError as exc:
-        raise ManualragError(f"cannot read query image {p}: {exc.strerror or exc}") from None
+        return decode_first_frame(data)
+    except ValueError as exc:
+        raise ManualragError(f"{name}: {exc}") from None

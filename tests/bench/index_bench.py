@@ -194,11 +194,12 @@ def task_ocr(a: dict[str, Any]) -> dict[str, Any]:
 def task_naive(a: dict[str, Any]) -> dict[str, Any]:
     """What a straightforward implementation of the design does, with the same building blocks."""
     from manualrag.encoder import ClipEncoder
-    from manualrag.indexer.chunk import doc_id_for, make_passages, make_windows
+    from manualrag.ids import doc_id as doc_id_for
+    from manualrag.ids import figure_id
+    from manualrag.indexer.chunk import make_passages, make_windows
     from manualrag.indexer.discover import discover
     from manualrag.indexer.extract import extract_file
     from manualrag.indexer.ocr import OcrEngine
-    from manualrag.indexer.pipeline import figure_id_for
     from manualrag.manifest import DocRow, Manifest
     from manualrag.store import VectorStore
 
@@ -255,8 +256,8 @@ def task_naive(a: dict[str, Any]) -> dict[str, Any]:
                     fig.crop_path = f"crops/{fig.digest}.png"
             passages = make_passages(doc)
             windows = make_windows(passages, clip.count_tokens, clip.max_tokens, tag="w")
-            figures = [(figure_id_for(doc_id, f), f) for f in doc.figures]
-            boiler = [(figure_id_for(doc_id, f), f) for f in doc.boilerplate]
+            figures = [(figure_id(doc_id, f.digest), f) for f in doc.figures]
+            boiler = [(figure_id(doc_id, f.digest), f) for f in doc.boilerplate]
             by_pid = {p.passage_id: p for p in passages}
             t["chunk"] += time.perf_counter() - t0
 

@@ -134,7 +134,7 @@ class Grower:
         return " ".join(words)
 
     def grow(self, target: int) -> dict[str, Any]:
-        from manualrag.indexer.chunk import doc_id_for
+        from manualrag.ids import doc_id as doc_id_for
         from manualrag.manifest import DocRow
         from manualrag.models import Figure, Passage, Window
 
