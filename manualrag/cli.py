@@ -178,6 +178,7 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
         _echo(
             f"  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
             + ("" if fig.quality == "ok" else f" [{fig.quality}]")
+            + (f" (rotated {fig.rotation}\u00b0 to read upright)" if fig.rotation else "")
         )
         if fig.caption:
             _echo(f"      caption: {fig.caption}")
