@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -47,6 +48,7 @@ from manualrag.store import VectorStore
 log = logging.getLogger(__name__)
 
 CROPS_DIR = "crops"
+TMP_DIR = ".tmp"  # the run's private temporary files (workers' TMPDIR)
 
 
 def in_shard(rel: str, shard: tuple[int, int]) -> bool:
@@ -140,6 +142,7 @@ class Indexer:
         self.index_dir = Path(index_dir)
         self.dense = dense
         self.progress = progress
+        self._tmp_dir: Path | None = None
         self._clip = None
         self._text = None
         from manualrag.encoder import model_id_for
@@ -169,7 +172,7 @@ class Indexer:
         t_start = time.perf_counter()
         self.index_dir.mkdir(parents=True, exist_ok=True)
         summary = Summary(library=str(library), index_dir=str(self.index_dir), dense=self.dense)
-        with IndexLock(self.index_dir):
+        with IndexLock(self.index_dir), self._private_tmp():
             manifest = Manifest(self.index_dir / "index.sqlite")
             store = VectorStore.open(self.index_dir, self.cfg)
             try:
@@ -182,6 +185,23 @@ class Indexer:
                 manifest.close()
         summary.wall_s = time.perf_counter() - t_start
         return summary
+
+    @contextlib.contextmanager
+    def _private_tmp(self) -> Iterator[None]:
+        """A private (0700) temporary folder for this run's workers (tesseract writes renders of the
+        manual's pages there), removed at the end; what a killed run left behind is swept here first (the
+        caller holds the index lock, so no other run is using it)."""
+        root = self.index_dir / TMP_DIR
+        shutil.rmtree(root, ignore_errors=True)
+        self._tmp_dir = root / f"run-{os.getpid()}"
+        self._tmp_dir.mkdir(parents=True, mode=0o700)
+        os.chmod(root, 0o700)
+        os.chmod(self._tmp_dir, 0o700)
+        try:
+            yield
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+            self._tmp_dir = None
 
     def _run_locked(self, library: Path, manifest: Manifest, store: VectorStore, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
@@ -330,7 +350,7 @@ class Indexer:
             yield None, iter(())
             return
         n = min(len(work), self.cfg["isolation"]["workers"] or os.cpu_count() or 1)
-        pool = WorkerPool(self.cfg, self.index_dir, n=n)
+        pool = WorkerPool(self.cfg, self.index_dir, n=n, tmp_dir=self._tmp_dir)
         results = pool.imap(((s, d), s.path, s.rel) for s, d in work)
 
         def extracted() -> Iterator[tuple[SourceFile, Document | FileError]]:

@@ -176,13 +176,17 @@ STARTUP_TIMEOUT_S = 120.0  # a worker's imports and OCR set-up; the per-document
 
 
 class _Worker:
-    def __init__(self, cfg: dict[str, Any], index_dir: Path):
+    def __init__(self, cfg: dict[str, Any], index_dir: Path, tmp_dir: Path | None = None):
         env = dict(
             os.environ,
             OMP_THREAD_LIMIT="1",
             PYTHONFAULTHANDLER="0",
             MALLOC_ARENA_MAX="2",  # fewer glibc arenas per thread: less memory held on many-core machines
         )
+        if tmp_dir is not None:  # tesseract's input renders of the manual's pages go here, not to /tmp
+            env.update(
+                TMPDIR=str(tmp_dir.absolute()), TEMP=str(tmp_dir.absolute()), TMP=str(tmp_dir.absolute())
+            )
         quiet = not log.isEnabledFor(logging.DEBUG)
         try:
             self.proc = subprocess.Popen(
@@ -296,9 +300,12 @@ def _invalid(doc: Document, rel: str) -> str | None:
 class WorkerPool:
     """N extraction workers; documents go to whichever is free; a dead or hung worker is replaced."""
 
-    def __init__(self, cfg: dict[str, Any], index_dir: Path, n: int | None = None):
+    def __init__(
+        self, cfg: dict[str, Any], index_dir: Path, n: int | None = None, tmp_dir: Path | None = None
+    ):
         self.cfg = cfg
         self.index_dir = index_dir
+        self.tmp_dir = tmp_dir
         self.n = n or cfg["isolation"]["workers"] or os.cpu_count() or 1
         self.timeout = cfg["isolation"]["timeout_s"]
         self.memory_mb = cfg["isolation"]["memory_mb"]
@@ -315,7 +322,7 @@ class WorkerPool:
                 return w
         except queue.Empty:
             pass
-        w = _Worker(self.cfg, self.index_dir)
+        w = _Worker(self.cfg, self.index_dir, self.tmp_dir)
         with self._lock:
             self._all.append(w)
         return w
@@ -432,11 +439,21 @@ class WorkerPool:
                     yield key, fut.result(), seconds
             finally:
                 with lock:
+                    early = state["closed"] == 0 and (state["in_flight"] or state["waiting"])
                     state["closed"] = 1  # the consumer stopped early (an error): submit nothing more
+                if early:  # (Ctrl-C, SIGTERM, an error) nobody wants the documents in flight: stop them
+                    self._kill_busy()
                 ex.shutdown(wait=True, cancel_futures=True)
 
         submit_more()  # the workers start now, before the caller asks for the first result
         return results()
+
+    def _kill_busy(self) -> None:
+        """Kill the workers that are extracting a document (their callers get a FileError at once)."""
+        idle = set(map(id, list(self._idle.queue)))
+        for w in list(self._all):
+            if id(w) not in idle and w.alive():
+                w.kill()
 
     def close(self, kill: bool = False) -> None:
         """Stop the workers: let each finish its document (``kill``: at once, e.g. when the run failed)."""

@@ -23,8 +23,20 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 _READ_ONLY = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the same clean-up as Ctrl-C (the index lock released, workers
+    stopped, the run's temporary files removed), then exit 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run() -> None:
     """The console entry point: main(), then a fast exit after a read-only command (output flushed first)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     code: int | str | None = 0
     try:
         main.main(prog_name="manualrag")
@@ -80,9 +92,10 @@ class ManualragGroup(click.Group):
                 raise
             _echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            _echo("interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            _echo("terminated" if terminated else "interrupted", err=True)
+            ctx.exit(143 if terminated else 130)
 
 
 @click.group(cls=ManualragGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -501,7 +514,7 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
             "ocr_cache.sqlite",
         ):
             (idir / name).unlink(missing_ok=True)
-        for sub in ("crops", "chroma"):
+        for sub in ("crops", "chroma", ".tmp"):
             shutil.rmtree(idir / sub, ignore_errors=True)
     _echo(f"index in {idir} deleted")
 

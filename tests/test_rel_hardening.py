@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -377,3 +378,79 @@ def test_query_during_a_first_run_says_the_index_is_being_built(tmp_path, tiny_c
         rh.kill_hard(proc)
     rc, _, out = rh.cli("--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx))
     assert rc == 0 and "being built" not in out, out
+
+
+# ------------------------------------------------------------- row 11: temporary files, SIGTERM and the lock
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:  # field 4: the parent's pid
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_temporary_files_are_private_and_swept_and_sigterm_releases_the_lock(tmp_path):
+    """Workers get a private (0700) TMPDIR inside the index (tesseract writes renders of the manual's pages
+    there: before, /tmp/tess_*_input.PNG, mode 0644, stayed after SIGKILL/SIGINT); it is removed at exit and
+    what a killed run left is swept by the next. SIGTERM releases the lock like SIGINT (before: the lock file
+    stayed)."""
+    import signal
+
+    from manualrag.indexer.worker import FAULT_ENV
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.md", "b.md", "c.md"):
+        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "timeout_s": 300})
+    idx = tmp_path / "idx"
+    args = rh.index_args(cfg, lib, idx, dense=False)
+
+    def hung_run() -> tuple[subprocess.Popen, Path]:
+        """An index run whose worker hangs on c.md, a.md and b.md committed."""
+        proc = rh.popen_cli(*args, env={FAULT_ENV: "hang:c.md"})
+        try:
+            run_tmp = idx / ".tmp" / f"run-{proc.pid}"
+
+            def on_c() -> bool:
+                try:
+                    with rh.sqlite_ro(idx) as db:
+                        done = db.execute("SELECT count(*) FROM documents WHERE state = 'ok'").fetchone()[0]
+                except sqlite3.Error:  # being created
+                    return False
+                return done == 2 and bool(_children(proc.pid))
+
+            assert rh.wait_for(on_c, 120, 0.2)
+            worker = _children(proc.pid)[0]
+            environ = Path(f"/proc/{worker}/environ").read_text().split("\0")
+            env = dict(kv.split("=", 1) for kv in environ if "=" in kv)
+            assert env["TMPDIR"] == str(run_tmp.absolute()), env.get("TMPDIR")
+            assert run_tmp.stat().st_mode & 0o777 == 0o700 and (idx / ".tmp").stat().st_mode & 0o777 == 0o700
+        except BaseException:
+            rh.kill_hard(proc)
+            raise
+        return proc, run_tmp
+
+    proc, run_tmp = hung_run()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            rh.kill_hard(proc)
+    assert proc.returncode == 143 and b"Traceback" not in err, err
+    assert not (idx / "lock").exists(), "SIGTERM released the lock"
+    assert not (idx / ".tmp").exists(), "the run's temporary folder is removed at exit"
+
+    proc, run_tmp = hung_run()
+    (run_tmp / "tess_abc_input.PNG").write_bytes(b"a render of a page")  # what tesseract leaves on SIGKILL
+    rh.kill_hard(proc)
+    assert (run_tmp / "tess_abc_input.PNG").exists()
+    rc, s, out = rh.cli(*args)
+    assert rc == 0 and s["indexed"] == ["c.md"], out
+    assert not (idx / ".tmp").exists(), "the next run swept what the killed one left"
