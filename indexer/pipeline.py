@@ -136,8 +136,10 @@ class Indexer:
         dense: bool = True,
         progress: bool = False,
         shard: tuple[int, int] = (0, 1),
+        retry_failed: bool = False,
     ):
         self.cfg = cfg
+        self.retry_failed = retry_failed
         self.shard = shard
         self.index_dir = Path(index_dir)
         self.dense = dense
@@ -213,6 +215,11 @@ class Indexer:
         manifest.set_meta("run", {"pid": os.getpid(), "total": len(files), "started": time.time()})
         known = manifest.documents()
         fp = extraction_fingerprint(cfg)
+        # a failure is worth retrying when the file, the extraction settings or the worker's limits change
+        limits = {k: cfg["isolation"][k] for k in ("timeout_s", "memory_mb")}
+        fail_fp = hashlib.sha256(f"{fp}:{json.dumps(limits, sort_keys=True)}".encode()).hexdigest()[:16]
+        failed_before = {} if self.retry_failed else manifest.failed_versions()
+        errors_before = manifest.errors() if failed_before else {}
 
         # decide what to do with each file
         work: list[tuple[SourceFile, str]] = []
@@ -222,6 +229,19 @@ class Indexer:
                 if row is not None and self._up_to_date(row, src, fp):
                     summary.unchanged += 1
                     continue
+                failed = failed_before.get(src.rel)
+                if row is None and failed is not None and src.rel in errors_before:
+                    size, mtime, failed_fp = failed
+                    if size == src.size and abs(mtime - src.mtime) <= 1e-6 and failed_fp == fail_fp:
+                        err = errors_before[src.rel]
+                        summary.failed.append(
+                            FileError(
+                                src.rel,
+                                f"{err.reason} (unchanged since; --retry-failed tries again)",
+                                err.stage,
+                            )
+                        )
+                        continue
                 try:
                     digest = file_digest(src.path)
                 except OSError as exc:
@@ -286,7 +306,9 @@ class Indexer:
                         # of the old version would describe content that is no longer there
                         if item.path in known or item.path in manifest.paths_with_rows():
                             self._remove_document(item.path, manifest, store)
-                        manifest.record_error(item.path, item.reason, item.stage)
+                        manifest.record_error(
+                            item.path, item.reason, item.stage, version=(src.size, src.mtime, fail_fp)
+                        )
                     else:
                         self._index_document(src, item, manifest, store, summary, fp)
                         manifest.clear_error(src.rel)

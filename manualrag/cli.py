@@ -280,6 +280,11 @@ def _stderr_tty() -> bool:
     "--no-dense", is_flag=True, help="Index everything except vectors (lexical only); a later run adds them."
 )
 @click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Try again the files that failed last time although neither they nor the settings changed.",
+)
+@click.option(
     "--shard",
     default=None,
     metavar="I/N",
@@ -299,6 +304,7 @@ def index(
     dtype: str | None,
     batch_size: int | None,
     no_dense: bool,
+    retry_failed: bool,
     shard: str | None,
     store_url: str | None,
     as_json: bool,
@@ -328,6 +334,7 @@ def index(
         dense=not no_dense,
         progress=_stderr_tty() and not quiet and not as_json,
         shard=_parse_shard(shard),
+        retry_failed=retry_failed,
     )
     summary = idx.run(Path(library))
     if as_json:

@@ -51,6 +51,12 @@ _PENDING_SCHEMA = """CREATE TABLE IF NOT EXISTS pending_deletes (
     kind TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (kind, id)
 ) WITHOUT ROWID"""
 
+# the version of a file (size, mtime, extraction settings) whose last run failed: an unchanged file is
+# reported as still failing without being tried again (and without loading models) until --retry-failed
+_FAILED_VERSIONS_SCHEMA = """CREATE TABLE IF NOT EXISTS failed_versions (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime REAL NOT NULL, config_fp TEXT NOT NULL
+) WITHOUT ROWID"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -383,6 +389,7 @@ class Manifest:
                 for stmt in _split_sql(_SCHEMA):
                     c.execute(stmt)
                 c.execute(_PENDING_SCHEMA)
+                c.execute(_FAILED_VERSIONS_SCHEMA)
                 c.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)",
                     (json.dumps(SCHEMA_VERSION),),
@@ -397,6 +404,7 @@ class Manifest:
         if not self.readonly:  # indexes made before the table existed get it on their next write
             with self._tx() as c:
                 c.execute(_PENDING_SCHEMA)
+                c.execute(_FAILED_VERSIONS_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -664,17 +672,33 @@ class Manifest:
             c.execute("DELETE FROM errors WHERE path = ?", (path,))
             self._delete_rows(c, path)
 
-    def record_error(self, path: str, reason: str, stage: str) -> None:
+    def record_error(
+        self, path: str, reason: str, stage: str, version: tuple[int, float, str] | None = None
+    ) -> None:
+        """Record a file's failure; ``version`` (size, mtime, extraction fingerprint) when the failure is
+        the file's own (its content or the settings must change before it is worth trying again)."""
         reason = " ".join(str(reason).split())
         with self._tx() as c:
             c.execute(
                 "INSERT OR REPLACE INTO errors(path, reason, stage, at) VALUES (?,?,?,?)",
                 (path, reason, stage, _now()),
             )
+            c.execute("DELETE FROM failed_versions WHERE path = ?", (path,))
+            if version is not None:
+                c.execute(
+                    "INSERT INTO failed_versions(path, size, mtime, config_fp) VALUES (?,?,?,?)",
+                    (path, *version),
+                )
 
     def clear_error(self, path: str) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM errors WHERE path = ?", (path,))
+            c.execute("DELETE FROM failed_versions WHERE path = ?", (path,))
+
+    def failed_versions(self) -> dict[str, tuple[int, float, str]]:
+        """Files whose last run failed, by path: the (size, mtime, extraction fingerprint) that failed."""
+        rows = self._query("SELECT path, size, mtime, config_fp FROM failed_versions")
+        return {r["path"]: (int(r["size"]), float(r["mtime"]), r["config_fp"]) for r in rows}
 
     # ------------------------------------------------------------------------------------------- read
     def documents(self) -> dict[str, DocRow]:

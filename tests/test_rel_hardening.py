@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from manualrag.cli import main
@@ -454,3 +455,44 @@ def test_temporary_files_are_private_and_swept_and_sigterm_releases_the_lock(tmp
     rc, s, out = rh.cli(*args)
     assert rc == 0 and s["indexed"] == ["c.md"], out
     assert not (idx / ".tmp").exists(), "the next run swept what the killed one left"
+
+
+# ------------------------------------------------------------ row 12: a file that always fails, re-runs
+@pytest.mark.slow
+def test_an_unchanged_failing_file_is_not_retried_and_loads_no_model(small_index, tmp_path):
+    """Before: one file that always fails made every re-run reload both models (5-11 s) though nothing
+    changed. Now it is reported as still failing without extraction or model load; --retry-failed, a change
+    of the file or of the settings tries it again."""
+    cfg, _, _ = small_index
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "good.md").write_bytes(rh.versioned_md("good"))
+    (lib / "random.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 4)
+    idx = tmp_path / "idx"
+    args = rh.index_args(cfg, lib, idx, dense=True)
+
+    def run(*extra: str) -> dict:
+        rc, s, out = rh.cli(*args, *extra)
+        assert rc == 1 and [f["path"] for f in s["failed"]] == ["random.pdf"], out
+        return s
+
+    first = run()
+    assert "load_models" in first["timings_s"] and first["indexed"] == ["good.md"]
+    again = run()
+    assert again["documents"]["unchanged"] == 1 and again["indexed"] == []
+    assert "load_models" not in again["timings_s"] and "extract" not in again["timings_s"], again["timings_s"]
+    reason = again["failed"][0]["reason"]
+    assert reason.startswith(first["failed"][0]["reason"]) and "--retry-failed" in reason, reason
+    forced = run("--retry-failed")
+    assert (
+        "load_models" in forced["timings_s"] and forced["failed"][0]["reason"] == first["failed"][0]["reason"]
+    )
+    cfg2 = rh.write_cfg(
+        tmp_path / "cfg2.yaml",
+        **{**yaml.safe_load(cfg.read_text()), "isolation": {"workers": 1, "timeout_s": 99}},
+    )
+    rc, s, out = rh.cli(*rh.index_args(cfg2, lib, idx, dense=True))
+    assert rc == 1 and "extract" in s["timings_s"], "a new worker limit is worth a new try"
+    (lib / "random.pdf").write_bytes(rh.versioned_pdf("fixed", pages=1, figure=False))
+    rc, s, out = rh.cli(*args)
+    assert rc == 0 and s["indexed"] == ["random.pdf"], out
