@@ -172,21 +172,56 @@ class Indexer:
         if not library.is_dir():
             raise ManualragError(f"library folder not found: {library}")
         t_start = time.perf_counter()
+        existed = self.index_dir.exists()
+        fresh = not (self.index_dir / "index.sqlite").exists()
         self.index_dir.mkdir(parents=True, exist_ok=True)
         summary = Summary(library=str(library), index_dir=str(self.index_dir), dense=self.dense)
-        with IndexLock(self.index_dir), self._private_tmp():
-            manifest = Manifest(self.index_dir / "index.sqlite")
-            store = VectorStore.open(self.index_dir, self.cfg)
-            try:
-                self._flush_pending(manifest, store)  # left by a run that stopped before deleting them
-                self._run_locked(library, manifest, store, summary)
-            finally:
-                with contextlib.suppress(ManualragError):
-                    manifest.delete_meta("run")  # readers stop saying "being built"
-                store.close()
-                manifest.close()
+        skeleton_removed = False
+        try:
+            with IndexLock(self.index_dir):
+                try:
+                    with self._private_tmp():
+                        self._run_open(library, summary)
+                except BaseException:
+                    # a first run that fails before it records anything (a model that cannot load, a
+                    # device that is not there, a dead store) leaves nothing behind: no index skeleton
+                    if fresh and not (summary.indexed or summary.failed or summary.removed):
+                        self._remove_skeleton()
+                        skeleton_removed = True
+                    raise
+        finally:
+            if skeleton_removed and not existed:
+                with contextlib.suppress(OSError):
+                    self.index_dir.rmdir()  # only when empty: nothing of anyone else's is removed
         summary.wall_s = time.perf_counter() - t_start
         return summary
+
+    def _run_open(self, library: Path, summary: Summary) -> None:
+        manifest = Manifest(self.index_dir / "index.sqlite")
+        try:
+            store = VectorStore.open(self.index_dir, self.cfg)
+        except BaseException:
+            manifest.close()
+            raise
+        try:
+            self._flush_pending(manifest, store)  # left by a run that stopped before deleting them
+            self._run_locked(library, manifest, store, summary)
+        finally:
+            with contextlib.suppress(ManualragError):
+                manifest.delete_meta("run")  # readers stop saying "being built"
+            store.close()
+            manifest.close()
+
+    def _remove_skeleton(self) -> None:
+        """Delete what a first run created in the index folder (the caller holds the lock)."""
+        names = ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "config.json"]
+        if not self.cfg["ocr"]["cache"]:
+            names += ["ocr_cache.sqlite", "ocr_cache.sqlite-wal", "ocr_cache.sqlite-shm"]
+        for name in names:
+            (self.index_dir / name).unlink(missing_ok=True)
+        subs = [CROPS_DIR, TMP_DIR] + ([] if self.cfg["store"]["url"] else ["chroma"])
+        for sub in subs:
+            shutil.rmtree(self.index_dir / sub, ignore_errors=True)
 
     @contextlib.contextmanager
     def _private_tmp(self) -> Iterator[None]:

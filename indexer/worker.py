@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,13 @@ STARTUP_TIMEOUT_S = 120.0  # a worker's imports and OCR set-up; the per-document
 
 
 class _Worker:
-    def __init__(self, cfg: dict[str, Any], index_dir: Path, tmp_dir: Path | None = None):
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        index_dir: Path,
+        tmp_dir: Path | None = None,
+        on_spawn: Callable[[_Worker], None] | None = None,
+    ):
         env = dict(
             os.environ,
             OMP_THREAD_LIMIT="1",
@@ -205,6 +211,8 @@ class _Worker:
                 f"cannot start an extraction worker ({exc}); check config key 'isolation.memory_mb'"
                 f" (now {cfg['isolation']['memory_mb']})"
             ) from None
+        if on_spawn is not None:  # the pool can kill it from now on, also while it starts
+            on_spawn(self)
         # the worker runs in another working directory (the package's, so that a module in the user's cwd
         # cannot shadow an import): every path it is sent must be absolute
         cache = cfg["ocr"]["cache"]
@@ -314,6 +322,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._closed = False
         self._ever_started = False
+        self._executors: list[ThreadPoolExecutor] = []
 
     def _get(self) -> _Worker:
         try:
@@ -322,10 +331,15 @@ class WorkerPool:
                 return w
         except queue.Empty:
             pass
-        w = _Worker(self.cfg, self.index_dir, self.tmp_dir)
-        with self._lock:
-            self._all.append(w)
-        return w
+
+        def spawned(w: _Worker) -> None:
+            with self._lock:
+                self._all.append(w)
+                closed = self._closed
+            if closed:  # the pool was closed (killed) while this worker was being started
+                w.kill()
+
+        return _Worker(self.cfg, self.index_dir, self.tmp_dir, on_spawn=spawned)
 
     def extract(self, path: Path, rel: str) -> Document | FileError:
         w = self._get()
@@ -404,6 +418,7 @@ class WorkerPool:
         # "closed": this call's consumer stopped; the pool itself may serve later calls (the fuzz harness)
         state = {"in_flight": 0, "waiting": 0, "closed": 0}
         ex = ThreadPoolExecutor(max_workers=self.n)
+        self._executors.append(ex)
 
         def submit_more() -> None:
             with lock:
@@ -457,12 +472,17 @@ class WorkerPool:
 
     def close(self, kill: bool = False) -> None:
         """Stop the workers: let each finish its document (``kill``: at once, e.g. when the run failed)."""
-        self._closed = True
-        for w in list(self._all):
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+        for w in workers:
             if kill:
                 w.kill()
             else:
                 w.close()
+        # the threads that feed workers: none is left writing crops or caches once close() returns
+        for ex in self._executors:
+            ex.shutdown(wait=True, cancel_futures=True)
 
 
 if __name__ == "__main__":

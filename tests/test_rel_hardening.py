@@ -496,3 +496,71 @@ def test_an_unchanged_failing_file_is_not_retried_and_loads_no_model(small_index
     (lib / "random.pdf").write_bytes(rh.versioned_pdf("fixed", pages=1, figure=False))
     rc, s, out = rh.cli(*args)
     assert rc == 0 and s["indexed"] == ["random.pdf"], out
+
+
+# ------------------------------------------------- row 13: failed first runs leave nothing; store errors
+def test_a_first_run_that_fails_creates_nothing_and_store_errors_are_plain(
+    tmp_path, tiny_clip_dir, monkeypatch
+):
+    """Before: an offline model, --device cuda on a CPU machine or a dead store left index.sqlite and
+    chroma/ behind; an unroutable store said "refused the connection: ValueError (check store.tenant...)"."""
+    import http.server
+    import socket
+    import threading
+
+    import torch
+
+    from manualrag import store as store_mod
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "r.md").write_bytes(rh.versioned_md("skel"))
+    (lib / "p.pdf").write_bytes(rh.versioned_pdf("skel", pages=1))  # a figure: its worker writes a crop
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", model=str(tiny_clip_dir), isolation={"workers": 1})
+    idx = tmp_path / "parent" / "idx"
+
+    def fails(*extra: str, says: str) -> None:
+        rc, _, out = rh.cli("--config", str(cfg), "index", str(lib), "--index-dir", str(idx), *extra)
+        assert rc == 2 and says in out and "Traceback" not in out, out
+        assert len(out.strip().splitlines()) == 1, out
+        assert not idx.exists(), sorted(p.name for p in idx.rglob("*"))
+
+    fails("--model", str(tmp_path / "no-such-model"), says="error: ")
+    if not torch.cuda.is_available():
+        fails("--device", "cuda", says="cuda")
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fails("--store", f"http://127.0.0.1:{port}", says="refused the connection (nothing listens on")
+    fails("--store", "http://no-such-host.invalid:8000", says="does not resolve")
+
+    class NotChroma(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_error(404)
+
+        def log_message(self, *a):
+            pass
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), NotChroma)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections (the kernel does) and never answers
+    monkeypatch.setattr(store_mod, "CONNECT_TIMEOUT_S", 1.0)
+    try:
+        fails("--store", f"http://127.0.0.1:{web.server_port}", says="it is not a Chroma (1.x) server")
+        fails(
+            "--store", f"http://127.0.0.1:{silent.getsockname()[1]}", says="timed out after 1 s waiting for"
+        )
+    finally:
+        web.shutdown()
+        silent.close()
+
+    # an existing index is never removed by a failed run
+    rc, _, out = rh.cli("--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0, out
+    rc, _, out = rh.cli(
+        "--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--model", str(tmp_path / "nope")
+    )
+    assert rc == 2 and (idx / "index.sqlite").is_file(), out
