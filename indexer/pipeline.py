@@ -37,16 +37,14 @@ import numpy as np
 from manualrag import ids
 from manualrag.config import extraction_fingerprint, public_config
 from manualrag.errors import ManualragError
+from manualrag.index import Index, IndexLayout
 from manualrag.indexer.chunk import make_passages, make_windows
 from manualrag.indexer.discover import SourceFile, discover, file_digest
-from manualrag.lock import IndexLock
-from manualrag.manifest import DocRow, Manifest
+from manualrag.manifest import DocRow
 from manualrag.models import Document, Figure, FileError, Passage, Window
 from manualrag.store import VectorStore
 
 log = logging.getLogger(__name__)
-
-CROPS_DIR = "crops"
 
 
 def in_shard(rel: str, shard: tuple[int, int]) -> bool:
@@ -169,20 +167,14 @@ class Indexer:
         t_start = time.perf_counter()
         self.index_dir.mkdir(parents=True, exist_ok=True)
         summary = Summary(library=str(library), index_dir=str(self.index_dir), dense=self.dense)
-        with IndexLock(self.index_dir):
-            manifest = Manifest(self.index_dir / "index.sqlite")
-            store = VectorStore.open(self.index_dir, self.cfg)
-            try:
-                self._flush_pending(manifest, store)  # left by a run that stopped before deleting them
-                self._run_locked(library, manifest, store, summary)
-            finally:
-                store.close()
-                manifest.close()
+        with Index.open(self.index_dir, self.cfg, write=True) as index:
+            self._run_locked(library, index, summary)
         summary.wall_s = time.perf_counter() - t_start
         return summary
 
-    def _run_locked(self, library: Path, manifest: Manifest, store: VectorStore, summary: Summary) -> None:
+    def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
+        manifest, store = index.manifest, index.store
         with _Timer(timings, "discover"):
             files, skipped = discover(library, cfg, exclude=[self.index_dir])
             files = [f for f in files if in_shard(f.rel, self.shard)]
@@ -205,7 +197,7 @@ class Indexer:
                         FileError(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
                     )
                     if row is not None or src.rel in manifest.paths_with_rows():
-                        self._remove_document(src.rel, manifest, store)
+                        index.remove_document(src.rel)
                     manifest.record_error(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
                     continue
                 if (
@@ -231,7 +223,7 @@ class Indexer:
                 except BaseException:
                     if pool is not None:
                         pool.close(kill=True)
-                    self._prune_crops(manifest)
+                    index.prune_crops()
                     raise
             if self.dense:
                 summary.model = self._want_clip
@@ -243,7 +235,7 @@ class Indexer:
             for path in sorted((set(known) | manifest.paths_with_rows()) - present):
                 if not in_shard(path, self.shard):
                     continue
-                self._remove_document(path, manifest, store)
+                index.remove_document(path)
                 summary.removed.append(path)
             for path in sorted(set(manifest.errors()) - present):  # errors of files no longer in the library
                 if in_shard(path, self.shard):
@@ -258,10 +250,10 @@ class Indexer:
                         # the file changed (or the config did) and the new version cannot be read: the records
                         # of the old version would describe content that is no longer there
                         if item.path in known or item.path in manifest.paths_with_rows():
-                            self._remove_document(item.path, manifest, store)
+                            index.remove_document(item.path)
                         manifest.record_error(item.path, item.reason, item.stage)
                     else:
-                        self._index_document(src, item, manifest, store, summary, fp)
+                        self._index_document(src, item, index, summary, fp)
                         manifest.clear_error(src.rel)
                         summary.indexed.append(src.rel)
                     if bar is not None:
@@ -276,14 +268,12 @@ class Indexer:
                     bar.close()
 
             with _Timer(timings, "prune"):
-                self._prune_crops(manifest)
+                index.prune_crops()
             manifest.set_meta("library", str(library.resolve()))
             manifest.set_meta("config", public_config(cfg))
             if self.dense:
                 manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
-            (self.index_dir / "config.json").write_text(
-                json.dumps(public_config(cfg), indent=2, sort_keys=True)
-            )
+            index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:
         if check_stat and (row.size != src.size or abs(row.mtime - src.mtime) > 1e-6):
@@ -343,12 +333,12 @@ class Indexer:
         self,
         src: SourceFile,
         doc: Document,
-        manifest: Manifest,
-        store: VectorStore,
+        index: Index,
         summary: Summary,
         fp: str,
     ) -> None:
         timings = summary.timings
+        manifest, store = index.manifest, index.store
         doc_id = ids.doc_id(doc.path)
         with _Timer(timings, "chunk"):
             passages = make_passages(doc)
@@ -408,7 +398,7 @@ class Indexer:
                     indexed_at=time.time(),
                 )
             )
-            self._flush_pending(manifest, store)
+            index.flush_pending()
         summary.records["passage"] += len(passages)
         summary.records["figure"] += len(figures)
         summary.pages += len(doc.pages)
@@ -487,11 +477,8 @@ class Indexer:
         return self._text.fit(text) if hasattr(self._text, "fit") else text
 
     # ------------------------------------------------------------------------------------------ crops
-    def _crop_rel(self, fig: Figure) -> str:
-        return f"{CROPS_DIR}/{fig.digest}.png"
-
     def _write_crop(self, fig: Figure) -> None:
-        rel = self._crop_rel(fig)
+        rel = IndexLayout.crop_rel(fig.digest)
         fig.crop_path = rel
         dest = self.index_dir / rel
         if dest.exists() or fig.png is None:
@@ -502,52 +489,4 @@ class Indexer:
         os.replace(tmp, dest)
 
     def _read_crop(self, fig: Figure) -> bytes:
-        return (self.index_dir / self._crop_rel(fig)).read_bytes()
-
-    def _prune_crops(self, manifest: Manifest) -> None:
-        crops = self.index_dir / CROPS_DIR
-        if not crops.is_dir():
-            return
-        keep = manifest.crop_paths()
-        for f in crops.iterdir():
-            rel = f"{CROPS_DIR}/{f.name}"
-            if rel not in keep:
-                f.unlink(missing_ok=True)
-
-    # ------------------------------------------------------------------------------------------ remove
-    @staticmethod
-    def _flush_pending(manifest: Manifest, store: VectorStore) -> None:
-        """Delete superseded vectors from the store, then forget them (a crash in between only repeats a
-        harmless delete on the next run)."""
-        for kind, vids in manifest.pending_deletes().items():
-            store.delete(kind, vids)
-            manifest.clear_pending(kind, vids)
-
-    def _remove_document(self, path: str, manifest: Manifest, store: VectorStore) -> None:
-        manifest.begin_document(path)
-        for kind, vids in manifest.vector_ids(path).items():
-            if vids:
-                store.delete(kind, vids)
-        manifest.remove_document(path)
-
-    def remove(self, paths: list[str]) -> list[str]:
-        """Remove documents (library-relative paths, or prefixes of them) from the index."""
-        removed: list[str] = []
-        with IndexLock(self.index_dir):
-            manifest = Manifest(self.index_dir / "index.sqlite")
-            store = VectorStore.open(self.index_dir, self.cfg)
-            try:
-                self._flush_pending(manifest, store)
-                known = manifest.documents()
-                for p in paths:
-                    p = p.strip("/")
-                    hits = [k for k in known if k == p or k.startswith(p + "/")]
-                    for k in hits:
-                        if k not in removed:
-                            self._remove_document(k, manifest, store)
-                            removed.append(k)
-                self._prune_crops(manifest)
-            finally:
-                store.close()
-                manifest.close()
-        return removed
+        return (self.index_dir / IndexLayout.crop_rel(fig.digest)).read_bytes()

@@ -34,10 +34,10 @@ from typing import Any
 
 from manualrag import ids
 from manualrag.errors import IndexNotFoundError, ManualragError
+from manualrag.index import DB_NAME
 from manualrag.models import Figure, FileError, Passage, Window
 
 SCHEMA_VERSION = 1
-DB_NAME = "index.sqlite"
 CHANNELS = ("clip", "sem")
 # bm25 column weights: caption (passage heading / figure caption), labels (figure labels + OCR), body
 W_CAPTION, W_LABELS, W_BODY = 2.0, 1.5, 1.0

@@ -17,6 +17,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from manualrag.index import CROPS_DIR
 from manualrag.retriever.search import Hit, SearchResult
 
 PREAMBLE = (
@@ -35,7 +36,7 @@ def _crop_file(path: str | None) -> Path | None:
     if not path:
         return None
     p = Path(path)
-    if p.parent.name != "crops" or not _CROP_NAME.fullmatch(p.name) or p.is_symlink() or not p.is_file():
+    if p.parent.name != CROPS_DIR or not _CROP_NAME.fullmatch(p.name) or p.is_symlink() or not p.is_file():
         return None
     return p
 

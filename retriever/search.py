@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from manualrag import ids
-from manualrag.errors import IndexNotFoundError, ManualragError
+from manualrag.errors import ManualragError
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, fuse
 from manualrag.retriever.lexical import lexical_search
@@ -124,34 +124,47 @@ class Retriever:
     """Loads the index and its encoders once; answers many queries."""
 
     def __init__(
-        self, index_dir: Path, cfg: dict[str, Any], manifest: Manifest, store: Any, models: dict[str, Any]
+        self,
+        index_dir: Path,
+        cfg: dict[str, Any],
+        manifest: Manifest,
+        store: Any,
+        models: dict[str, Any],
+        clip_model: str | None = None,
+        text_model: str | None = None,
     ):
         self.index_dir = index_dir
         self.cfg = cfg
         self.manifest = manifest
         self.store = store
         self.models = models  # what the index was built with: {"clip": id|None, "text": id|None}
+        # the encoders of the queries: the index's unless given (a local copy of the same model, say)
+        self.query_models = {
+            "clip": clip_model or models.get("clip"),
+            "text": text_model or models.get("text"),
+        }
         self._clip = None
         self._text = None
         self._clip_failed: str | None = None
         self._text_failed: str | None = None
 
     @classmethod
-    def open(cls, index_dir: Path | str, cfg: dict[str, Any] | None = None) -> Retriever:
+    def open(
+        cls,
+        index_dir: Path | str,
+        cfg: dict[str, Any] | None = None,
+        clip_model: str | None = None,
+        text_model: str | None = None,
+    ) -> Retriever:
+        """Open an index read-only. ``clip_model`` / ``text_model``: encode queries with these models
+        instead of the ones the index names (they must produce the same vectors)."""
         from manualrag.config import load_config
-        from manualrag.store import VectorStore
+        from manualrag.index import Index
 
         cfg = cfg or load_config()
-        index_dir = Path(index_dir)
-        db = index_dir / "index.sqlite"
-        if not db.exists():
-            raise IndexNotFoundError(
-                f"no index in {index_dir} (missing {db.name}); build one with `manualrag index LIBRARY --index-dir {index_dir}`"
-            )
-        manifest = Manifest(db, readonly=True)
-        store = VectorStore.open(index_dir, cfg)
-        models = manifest.get_meta("models") or {}
-        return cls(index_dir, cfg, manifest, store, models)
+        index = Index.open(index_dir, cfg)
+        models = index.manifest.get_meta("models") or {}
+        return cls(index.root, cfg, index.manifest, index.store, models, clip_model, text_model)
 
     def close(self) -> None:
         self.store.close()
@@ -169,7 +182,7 @@ class Retriever:
             if self._clip is None and required:
                 raise ManualragError(self._clip_failed)
             return self._clip
-        model = self.cfg.get("query_model") or self.models.get("clip")
+        model = self.query_models["clip"]
         if not model or self.store.get("image") is None:
             self._clip_failed = (
                 "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
@@ -194,7 +207,7 @@ class Retriever:
             if self._text is None and required:
                 raise ManualragError(self._text_failed)
             return self._text
-        model = self.models.get("text")
+        model = self.query_models["text"]
         if not model or self.store.get("sem") is None:
             self._text_failed = "the index has no text-model vectors; use --channels lexical or dense"
             if required:
@@ -265,7 +278,7 @@ class Retriever:
         if "text" in channels and text:
             enc = self._text_encoder(required=explicit)
             if enc is None:
-                if self.models.get("text"):
+                if self.query_models["text"]:
                     notes.append("text channel off: " + (self._text_failed or "").splitlines()[0])
             else:
                 used.append("text")
