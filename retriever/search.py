@@ -44,6 +44,18 @@ _FIG_REF = re.compile(
 )
 
 
+# the Figure fields an image hit carries as they are stored (Hit field -> Figure field); a figure field
+# that query results should show goes here and on Hit (tests/test_schema.py checks the two agree)
+HIT_FIGURE_FIELDS = {
+    "figure_kind": "kind",
+    "caption": "caption",
+    "labels": "labels",
+    "ocr_text": "ocr_text",
+    "nearby_text": "nearby_text",
+    "quality": "quality",
+}
+
+
 @dataclass
 class LinkedFigure:
     figure_id: str
@@ -411,14 +423,9 @@ class Retriever:
                         heading=g.heading,
                         text="\n".join(x for x in [g.caption, " ".join(g.labels), g.ocr_text] if x),
                         snippet=make_snippet(" ".join([g.caption, " ".join(g.labels), g.ocr_text]), query),
-                        figure_kind=g.kind,
-                        caption=g.caption,
-                        labels=list(g.labels),
-                        ocr_text=g.ocr_text,
-                        nearby_text=g.nearby_text,
-                        crop_path=str((self.index_dir / g.crop_path).resolve()) if g.crop_path else None,
+                        crop_path=_abs(self.index_dir, g.crop_path),
                         bbox=list(g.bbox),
-                        quality=g.quality,
+                        **{h: _copy(getattr(g, name)) for h, name in HIT_FIGURE_FIELDS.items()},
                     )
                 )
             if len(hits) >= k:
@@ -449,6 +456,10 @@ class Retriever:
 
 def _abs(index_dir: Path, rel: str | None) -> str | None:
     return str((index_dir / rel).resolve()) if rel else None
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
 
 
 def _match(path: str, pattern: str) -> bool:
