@@ -1,20 +1,11 @@
 """`manualrag index`: discover -> extract -> chunk -> embed -> store -> manifest, incrementally.
 
-Write order for one document (crash-safe, see DESIGN.md "Incremental and safe"):
-  1. delete its manifest row (a crash from here on leaves it absent, so the next run redoes it);
-  2. delete the vectors of its previous rows that the new version does not write again (their ids are
-     read from the manifest's tables; ids the new version shares are overwritten in step 4 instead);
-  3. replace its passage/window/figure rows and lexical rows (one SQLite transaction);
-  4. upsert its vectors (deterministic ids);
-  5. write its manifest row, last.
-The manifest's tables always name every vector id that may exist for a document, so a redo removes
-whatever a crashed run left behind, and ids never duplicate.
-
-Readers see each document before or after its update, never without it: its rows switch in one SQLite
-transaction (step 3), and the retriever maps every vector hit through the rows of one read snapshot, so a
-vector the snapshot does not name is dropped and one it names shows that snapshot's text. Until step 3
-the old rows are served (by lexical search and by the vectors they share with the new version); from step 3
-on, the new rows.
+Per document: extract (in worker processes), chunk, embed (before anything in the index changes, so a model
+error leaves the old version intact), then write in the order of the write-order contract in
+docs/reliability.md ("Write order"): documents row out, vectors upserted, rows swapped in one transaction
+(recording the superseded vector ids as pending deletes), documents row in, superseded vectors deleted.
+Readers see each document whole, before or after its rows switch. The index folder, its lock and the
+delete half of the contract belong to :class:`manualrag.index.Index`.
 """
 
 from __future__ import annotations
