@@ -26,6 +26,7 @@ import pymupdf
 from PIL import Image, ImageSequence
 
 from manualrag.errors import ExtractionError
+from manualrag.images import IMAGE_FORMATS, check_pixels, decode_problem, open_image
 from manualrag.indexer import figures as fg
 from manualrag.indexer.discover import file_type_for
 from manualrag.models import Document, Figure, PageInfo, TextBlock
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Pillow decoders for the loose image types we ingest (JPEG also opens camera multi-picture files)
-IMAGE_FORMATS = ["PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF"]
 _TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_PRESERVE_LIGATURES  # no mediabox clip
 _FILLED = 16  # FZ_STEXT_FILLED
 _STROKED = 32  # FZ_STEXT_STROKED
@@ -294,6 +293,8 @@ def _run_ocr(
     for fig, key in jobs.figures:
         if key in results:
             fig.ocr_text = results[key].text
+            if not fig.rotation:
+                _turn_upright(fig, results[key].rotation)
     scale = 72.0 / cfg["extract"]["scan_dpi"]
     done: set[int] = set()
     for number, fig, key in jobs.scans:
@@ -301,6 +302,7 @@ def _run_ocr(
         if res is None or not res.text.strip():
             continue
         fig.ocr_text = res.text
+        _turn_upright(fig, res.rotation)
         doc.blocks.extend(_ocr_blocks(res, number, _heading_at(timeline, number, 0.0), res_scale=scale))
         done.add(number)
     return done
@@ -355,7 +357,9 @@ def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
         if block.get("type") != 0:
             continue
         for line in block["lines"]:
-            vertical = abs(line.get("dir", (1.0, 0.0))[0]) < 0.5
+            direction = line.get("dir", (1.0, 0.0))
+            vertical = abs(direction[0]) < 0.5
+            rotation = fg.line_rotation(direction)
             run: list[dict[str, Any]] = []
             run_suspect: str | None = None
             for span in line["spans"]:
@@ -366,17 +370,19 @@ def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
                     if _same_as_background(page, fg.as_box(span["bbox"]), span["color"]):
                         sus = "white"
                 if run and sus != run_suspect and span["text"].strip():
-                    out.append(_make_line(run, bi, run_suspect, vertical))
+                    out.append(_make_line(run, bi, run_suspect, vertical, rotation))
                     run = []
                 if not run:
                     run_suspect = sus
                 run.append(span)
             if run:
-                out.append(_make_line(run, bi, run_suspect, vertical))
+                out.append(_make_line(run, bi, run_suspect, vertical, rotation))
     return [ln for ln in out if ln.text.strip()]
 
 
-def _make_line(spans: list[dict[str, Any]], block: int, suspect: str | None, vertical: bool) -> fg.TextLine:
+def _make_line(
+    spans: list[dict[str, Any]], block: int, suspect: str | None, vertical: bool, rotation: int
+) -> fg.TextLine:
     text = "".join(s["text"] for s in spans)
     box = fg.as_box(spans[0]["bbox"])
     for s in spans[1:]:
@@ -397,6 +403,7 @@ def _make_line(spans: list[dict[str, Any]], block: int, suspect: str | None, ver
         block=block,
         suspect=suspect,
         vertical=vertical,
+        rotation=rotation,
     )
 
 
@@ -667,12 +674,13 @@ def _render_figure(
         if not any(fg.inside_share(fg.as_box(w_[:4]), hb) > 0.5 for hb in hidden)
     ]
     labels = fg.words_inside(words, r.bbox)
+    rotation = fg.text_rotation(lines, r.bbox)  # a drawing printed sideways: its labels run vertically
     quality = "ok"
     if r.native_dpi is not None and r.native_dpi < ex["low_res_dpi"] and pf.kind in ("raster", "symbol"):
         quality = "low-res"
     elif max(w, h) < 100 or r.area_frac < ex["small_figure_area"]:
         quality = "tiny"
-    return Figure(
+    fig = Figure(
         digest=digest,
         kind=pf.kind,
         pages=pf.pages,
@@ -688,6 +696,21 @@ def _render_figure(
         quality=quality,
         png=png,
     )
+    if rotation:
+        _turn_upright(fig, rotation)
+    return fig
+
+
+def _turn_upright(fig: Figure, rotation: int) -> None:
+    """Store the figure's crop upright: turned ``rotation`` degrees clockwise (its bbox stays on the page).
+    A digest that named the pixels names the turned pixels; an embedded image's digest stays."""
+    if not rotation or fig.png is None:
+        return
+    old = fig.png
+    fig.png, fig.width, fig.height = fg.turn_png(old, rotation)
+    fig.rotation = rotation
+    if fig.digest == hashlib.sha256(old).hexdigest():
+        fig.digest = hashlib.sha256(fig.png).hexdigest()
 
 
 def _render_scan(
@@ -750,34 +773,18 @@ def _decode_frames(data: bytes, rel: str, max_pixels: int) -> list[Image.Image]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            img = open_image(data)
             frames: list[Image.Image] = []
             multi = img.format == "TIFF" and getattr(img, "n_frames", 1) > 1
             for i, frame in enumerate(ImageSequence.Iterator(img)):
                 if i >= (_MAX_FRAMES if multi else 1):
                     break
-                limit = Image.MAX_IMAGE_PIXELS
-                if limit and frame.width * frame.height > limit:
-                    raise Image.DecompressionBombError(
-                        f"frame {i + 1} has {frame.width * frame.height} pixels, over the limit of {limit}"
-                    )
+                check_pixels(frame, f"frame {i + 1}")
                 frames.append(_normalise(frame))
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ExtractionError(rel, f"image too large (decompression-bomb guard): {_one_line(exc)}") from None
-    except Image.UnidentifiedImageError:
-        raise ExtractionError(rel, "not a readable image (unknown or corrupt format)") from None
-    except ValueError as exc:
-        if "MAX_TEXT" in str(exc):  # a zTXt/iTXt bomb or too much text metadata: refused, like a pixel bomb
-            raise ExtractionError(
-                rel, f"image refused: oversized PNG text chunk ({_one_line(exc)})"
-            ) from None
-        raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None
-    except (OSError, SyntaxError, EOFError) as exc:
-        raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises TypeError, IndexError, zlib.error... on broken files
-        raise ExtractionError(rel, f"corrupt image ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise ExtractionError(rel, decode_problem(exc)) from None
     if not frames:
         raise ExtractionError(rel, "image has no frames")
     return [_fit(f, max_pixels) for f in frames]
@@ -841,20 +848,20 @@ def _extract_image(data: bytes, doc: Document, rel: str, cfg: dict[str, Any], oc
             quality = "tiny"
         elif dpi_info and dpi_info < ex["low_res_dpi"]:
             quality = "low-res"
-        doc.figures.append(
-            Figure(
-                digest=digest,
-                kind="scan" if _mostly_text(res, frame.width, frame.height) else "raster",
-                pages=[i],
-                bbox=(0.0, 0.0, float(frame.width), float(frame.height)),
-                width=frame.width,
-                height=frame.height,
-                dpi=round(dpi_info, 1),
-                ocr_text=res.text if res is not None else "",
-                quality=quality,
-                png=png,
-            )
+        fig = Figure(
+            digest=digest,
+            kind="scan" if _mostly_text(res, frame.width, frame.height) else "raster",
+            pages=[i],
+            bbox=(0.0, 0.0, float(frame.width), float(frame.height)),
+            width=frame.width,
+            height=frame.height,
+            dpi=round(dpi_info, 1),
+            ocr_text=res.text if res is not None else "",
+            quality=quality,
+            png=png,
         )
+        _turn_upright(fig, res.rotation if res is not None else 0)
+        doc.figures.append(fig)
     _merge_duplicate_figures(doc)
 
 

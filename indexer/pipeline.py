@@ -159,7 +159,11 @@ class Indexer:
         self.index_dir.mkdir(parents=True, exist_ok=True)
         summary = Summary(library=str(library), index_dir=str(self.index_dir), dense=self.dense)
         with Index.open(self.index_dir, self.cfg, write=True) as index:
-            self._run_locked(library, index, summary)
+            try:
+                self._run_locked(library, index, summary)
+            finally:
+                with contextlib.suppress(ManualragError):
+                    index.manifest.delete_meta("run")  # readers stop saying "being built"
         summary.wall_s = time.perf_counter() - t_start
         return summary
 
@@ -170,6 +174,8 @@ class Indexer:
             files, skipped = discover(library, cfg, exclude=[self.index_dir])
             files = [f for f in files if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
+        # what a reader says while this run goes on: "the index is being built (N of M documents so far)"
+        manifest.set_meta("run", {"pid": os.getpid(), "total": len(files), "started": time.time()})
         known = manifest.documents()
         fp = extraction_fingerprint(cfg)
 
@@ -211,6 +217,9 @@ class Indexer:
                     with _Timer(timings, "load_models"):
                         self._load_models()
                     self._check_store_models(store)
+                    # recorded now, not at the end, so a reader can search a first run's documents by
+                    # their vectors as they are committed
+                    manifest.set_meta("models", {"clip": self._want_clip, "text": self._want_text})
                 except BaseException:
                     if pool is not None:
                         pool.close(kill=True)

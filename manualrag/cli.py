@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,11 @@ class Ctx:
 
 def _setup_logging(debug: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from manualrag.terminal import OneLineFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 class ManualragGroup(click.Group):
@@ -103,18 +106,19 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))  # JSON escapes control characters
 
 
-# control characters (but tab and newline) and bidi overrides, from file names or document text, would
-# drive the terminal (move the cursor, rewrite lines, recolour, reorder text): shown as U+FFFD instead
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
 def _clean(text: Any) -> Any:
-    return _CONTROL.sub("\ufffd", text) if isinstance(text, str) else text
+    from manualrag.terminal import one_line
+
+    return one_line(text)
 
 
-def _echo(message: Any = None, err: bool = False, **kw: Any) -> None:
-    """click.echo for human-readable output, with control characters neutralised."""
-    click.echo(_clean(message), err=err, **kw)
+def _echo(message: Any = None, err: bool = False, multiline: bool = False, **kw: Any) -> None:
+    """click.echo for human-readable output: one line, whatever the file names and document text in it hold
+    (line breaks escaped, control characters neutralised: see manualrag/terminal.py); ``multiline`` for
+    output that is several lines by design."""
+    from manualrag.terminal import block, one_line
+
+    click.echo(block(message) if multiline else one_line(message), err=err, **kw)
 
 
 # ----------------------------------------------------------------------------------------------- inspect
@@ -170,9 +174,11 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
     for i, fig in enumerate(doc.figures, 1):
         pages = ",".join(map(str, fig.pages))
         bbox = ", ".join(f"{v:.0f}" for v in fig.bbox)
+        _echo()
         _echo(
-            f"\n  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
+            f"  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
             + ("" if fig.quality == "ok" else f" [{fig.quality}]")
+            + (f" (rotated {fig.rotation}\u00b0 to read upright)" if fig.rotation else "")
         )
         if fig.caption:
             _echo(f"      caption: {fig.caption}")
@@ -185,8 +191,9 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
         if fig.digest in written:
             _echo(f"      crop   : {written[fig.digest]}")
     for fig in doc.boilerplate:
+        _echo()
         _echo(
-            f"\n  boilerplate image on {len(fig.pages)} page(s), {fig.width}x{fig.height}px"
+            f"  boilerplate image on {len(fig.pages)} page(s), {fig.width}x{fig.height}px"
             + (f" -> {written[fig.digest]}" if fig.digest in written else "")
         )
 
@@ -212,9 +219,24 @@ def _store_option(f):
 
 
 def _channels(value: str | None) -> list[str] | None:
-    if not value:
+    """--channels as a list (None: not given, all available); empty or unknown names are usage errors."""
+    from manualrag.retriever.search import CHANNELS
+
+    if value is None:
         return None
-    return [c.strip() for c in value.split(",") if c.strip()]
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    if not names:
+        raise click.BadParameter(
+            f"no channel named; give a comma list of {', '.join(CHANNELS)} (or leave the option out)",
+            param_hint="--channels",
+        )
+    unknown = [c for c in names if c not in CHANNELS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown channel {', '.join(map(repr, unknown))}; choose from {', '.join(CHANNELS)}",
+            param_hint="--channels",
+        )
+    return names
 
 
 def _stderr_tty() -> bool:
@@ -410,11 +432,83 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
 
     idir = Path(cfg["index_dir"])
     if not yes and not click.confirm(f"Delete the index in {idir}?", default=False):
+        _echo(f"not deleted: the index in {idir} is kept (--yes skips the question)", err=True)
         sys.exit(EXIT_USAGE)
     if not Index.reset(idir, cfg):
         _echo(f"no index in {idir}")
         return
     _echo(f"index in {idir} deleted")
+
+
+# -------------------------------------------------------------------------------------------------- check
+@main.command()
+@_index_dir_option
+@_store_option
+@click.option("--repair", is_flag=True, help="Fix what was found and index the library again where needed.")
+@click.option(
+    "--library",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Library to rebuild from (default: the one the index records).",
+)
+@click.option("--no-dense", is_flag=True, help="Rebuild lexical only (default: as the index was built).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def check(
+    obj: Ctx,
+    index_dir: str | None,
+    store_url: str | None,
+    repair: bool,
+    library: str | None,
+    no_dense: bool,
+    as_json: bool,
+) -> None:
+    """Verify an index: SQLite integrity, manifest <-> vector ids <-> crop files; --repair rebuilds.
+
+    Exit code 0: the index is sound (or was repaired); 1: problems found (or files failed in the repair);
+    2: usage or index error."""
+    from manualrag.check import check_index, repair_index
+
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
+    idir = Path(cfg["index_dir"])
+    report = check_index(idir, cfg)
+    out: dict[str, Any] = report.to_dict()
+    code = EXIT_OK if report.ok else EXIT_PARTIAL
+    if repair and not report.ok:
+        summary = repair_index(
+            idir,
+            cfg,
+            report,
+            Path(library) if library else None,
+            dense=False if no_dense else None,
+            progress=_stderr_tty() and not as_json,
+        )
+        out["repair"] = summary.to_dict()
+        after = check_index(idir, cfg)
+        out["after_repair"] = after.to_dict()
+        code = summary.exit_code if after.ok else EXIT_PARTIAL
+    if as_json:
+        _echo_json(out)
+        sys.exit(code)
+    if report.ok:
+        _echo(f"{idir}: ok (SQLite integrity, vectors and crops all match the manifest)")
+    else:
+        _echo(f"{idir}: {len(report.problems())} problem(s)")
+        for p in report.problems():
+            _echo(f"  {p}")
+        if "repair" in out:
+            r = out["repair"]
+            _echo(
+                f"repaired: {r['documents']['indexed']} document(s) indexed again, "
+                f"{r['documents']['failed']} failed; the index is now "
+                + ("sound" if out["after_repair"]["ok"] else "still inconsistent: ")
+                + "; ".join(out["after_repair"]["problems"])
+            )
+            for f in r["failed"]:
+                _echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
+        else:
+            _echo(f"run `manualrag check --repair --index-dir {idir}` to fix it")
+    sys.exit(code)
 
 
 # -------------------------------------------------------------------------------------------------- query
@@ -436,7 +530,7 @@ def _open_retriever(
 @click.option(
     "--image", type=click.Path(exists=True, dir_okay=False), help="Search by an image (alone or with text)."
 )
-@click.option("-k", "k", type=int, default=None, help="Number of hits (default 10).")
+@click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Number of hits (default 10).")
 @click.option(
     "--modality", type=click.Choice(["all", "text", "image"]), default="all", help="Which hits to return."
 )
@@ -520,11 +614,17 @@ def _print_hits(res: Any) -> None:
 # ------------------------------------------------------------------------------------------------ context
 @main.command()
 @click.argument("text")
-@click.option("--max-chars", type=int, default=6000, show_default=True, help="Character budget of the block.")
+@click.option(
+    "--max-chars",
+    type=click.IntRange(min=1),
+    default=6000,
+    show_default=True,
+    help="Character budget of the block.",
+)
 @click.option(
     "--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True
 )
-@click.option("-k", "k", type=int, default=8, show_default=True, help="Hits considered.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=8, show_default=True, help="Hits considered.")
 @click.option("--with-images", is_flag=True, help="JSON only: include each figure crop as base64.")
 @click.option("--include-suspect", is_flag=True, help="Include text that is invisible on the page (marked).")
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical.")
@@ -549,6 +649,9 @@ def context(
     _read_only()
     from manualrag.retriever.context import build_context
 
+    if with_images and fmt != "json":
+        raise click.UsageError("--with-images needs --format json (a markdown block carries no image data)")
+
     with _open_retriever(obj, index_dir, store_url, text_model=text_model) as r:
         res = r.search(text, k=k, channels=_channels(channels))
     out = build_context(
@@ -557,13 +660,13 @@ def context(
     if fmt == "json":
         _echo_json(out)
     else:
-        _echo(out)
+        _echo(out, multiline=True)
 
 
 # --------------------------------------------------------------------------------------------------- eval
 @main.command(name="eval")
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
-@click.option("--k", "k", type=int, default=10, show_default=True)
+@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Cut-off rank.")
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical (an ablation).")
 @click.option("--text-model", default=None, help="Text model to encode queries (default: the index's).")
 @_index_dir_option
@@ -590,7 +693,48 @@ def eval_cmd(
     if as_json:
         _echo_json(report)
     else:
-        _echo(format_table(report))
+        _echo(format_table(report), multiline=True)
+
+
+# -------------------------------------------------------------------------------------------------- serve
+@main.command()
+@_index_dir_option
+@_store_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (beyond loopback needs --token-env).",
+)
+@click.option("--port", type=int, default=8080, show_default=True, help="TCP port.")
+@click.option(
+    "--token-env", default=None, metavar="NAME", help="Environment variable holding the API token (Bearer)."
+)
+@click.pass_obj
+def serve(
+    obj: Ctx, index_dir: str | None, store_url: str | None, host: str, port: int, token_env: str | None
+) -> None:
+    """Serve the web page and the JSON API over an index (models loaded once; see /docs)."""
+    from manualrag.serve.server import serve as run_server
+
+    run_server(
+        obj.config(index_dir=index_dir, store={"url": store_url}), host, port, token_env, access_log=obj.debug
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- mcp
+@main.command(name="mcp")
+@_index_dir_option
+@click.pass_obj
+def mcp_cmd(obj: Ctx, index_dir: str | None) -> None:
+    """Serve the index to LLM apps over MCP on stdin/stdout: search, context, figure and page images."""
+    from manualrag.errors import ManualragError
+
+    try:
+        from manualrag.integrations.mcp_server import run_stdio
+    except ImportError as exc:
+        raise ManualragError(str(exc)) from None
+    run_stdio(index_dir, obj.config_path)
 
 
 def _short(text: str, n: int = 160) -> str:

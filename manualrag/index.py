@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from manualrag.errors import IndexNotFoundError
+from manualrag.ids import printable_name
 from manualrag.lock import LOCK_NAME, IndexLock
 
 if TYPE_CHECKING:
@@ -172,23 +173,7 @@ class Index:
     # --------------------------------------------------------------------------------------------- read
     def stats(self) -> dict[str, Any]:
         """What ``manualrag stats`` shows: documents, pages, records by kind, models, size on disk."""
-        m = self.manifest
-        models = m.get_meta("models") or {}
-        vectors = {kind: self.store.count(kind) for kind in VECTOR_KINDS}
-        dims = {kind: self.store.model_of(kind) for kind in ("text", "sem")}
-        size = sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
-        return {
-            "index_dir": str(self.root),
-            "library": m.get_meta("library"),
-            **m.stats(),
-            "vectors": vectors,
-            "model": models.get("clip"),
-            "dim": (dims["text"] or (None, None))[1],
-            "text_model": models.get("text"),
-            "text_dim": (dims["sem"] or (None, None))[1],
-            "store": self.cfg["store"]["url"] or "embedded",
-            "size_bytes": size,
-        }
+        return describe(self.root, self.cfg, self.manifest, self.store, folder_size(self.root))
 
     # -------------------------------------------------------------------------------------------- write
     def flush_pending(self) -> None:
@@ -224,7 +209,7 @@ class Index:
         removed: list[str] = []
         known = self.manifest.documents()
         for p in paths:
-            rel = _library_relative(p, library).strip("/")
+            rel = printable_name(_library_relative(p, library).strip("/"))  # as the shell gives it
             for k in known:
                 if (k == rel or k.startswith(rel + "/")) and k not in removed:
                     self.remove_document(k)
@@ -253,6 +238,42 @@ class Index:
                 else:
                     p.unlink(missing_ok=True)
         return True
+
+
+def describe(
+    root: Path, cfg: dict[str, Any], manifest: Manifest, store: VectorStore, size_bytes: int
+) -> dict[str, Any]:
+    """The stats of an open index (``manualrag stats --json``, the server's /api/stats)."""
+    with manifest.read_snapshot():
+        st = manifest.stats()
+        models = manifest.get_meta("models") or {}
+        library = manifest.get_meta("library")
+    vectors = {kind: store.count(kind) for kind in VECTOR_KINDS}
+    dims = {kind: store.model_of(kind) for kind in ("text", "sem")}
+    return {
+        "index_dir": str(root),
+        "library": library,
+        **st,
+        "vectors": vectors,
+        "model": models.get("clip"),
+        "dim": (dims["text"] or (None, None))[1],
+        "text_model": models.get("text"),
+        "text_dim": (dims["sem"] or (None, None))[1],
+        "store": cfg["store"]["url"] or "embedded",
+        "size_bytes": size_bytes,
+    }
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (a file an index run removes meanwhile is skipped)."""
+    total = 0
+    for f in folder.rglob("*"):
+        try:
+            if f.is_file():
+                total += f.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _library_relative(path: str, library: str | None) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manualrag.schema import PENDING_DELETES_DDL, Table
+from manualrag.schema import FIGURES, PENDING_DELETES_DDL, Table
 
 LEGACY_KEY = "schema"  # the only version key before version 2
 VERSION_KEY = "schema_version"
@@ -46,6 +46,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "pending_deletes: vectors superseded by a document's new version, deleted after its commit "
         "(indexes of version 1 made before 2026-11-27 lack the table)",
         (PENDING_DELETES_DDL,),
+    ),
+    Migration(
+        3,
+        "figures.rotation: the degrees a crop was turned to read upright (models.Figure.rotation)",
+        add_column(FIGURES, "rotation"),
     ),
 )
 

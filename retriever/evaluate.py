@@ -87,6 +87,8 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 def evaluate(
     retriever: Retriever, queries: list[Query], k: int = 10, channels: list[str] | None = None
 ) -> dict[str, Any]:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ManualragError(f"k must be a positive cut-off rank, not {k!r}")
     per: list[dict[str, Any]] = []
     by_kind: dict[str, list[dict[str, float]]] = {}
     image_rows: list[dict[str, float]] = []

@@ -150,11 +150,8 @@ class Retriever:
         self.manifest = manifest
         self.store = store
         self.models = models  # what the index was built with: {"clip": id|None, "text": id|None}
-        # the encoders of the queries: the index's unless given (a local copy of the same model, say)
-        self.query_models = {
-            "clip": clip_model or models.get("clip"),
-            "text": text_model or models.get("text"),
-        }
+        # encoders of the queries given instead of the index's (a local copy of the same model, say)
+        self._query_override = {"clip": clip_model, "text": text_model}
         self._clip = None
         self._text = None
         self._clip_failed: str | None = None
@@ -188,16 +185,36 @@ class Retriever:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def building(self) -> str | None:
+        """ "the index is being built (N of M documents so far)" while an index run holds the lock, else None."""
+        run = self.manifest.get_meta("run")
+        if not isinstance(run, dict):
+            return None
+        from manualrag.lock import live_holder
+
+        if live_holder(self.index_dir) is None:
+            return None  # a run that died: what is committed is the index
+        done = len(self.manifest.documents())
+        return f"the index is being built ({done} of {run.get('total', '?')} documents so far)"
+
     # ------------------------------------------------------------------------------------------- models
+    def query_model(self, kind: str) -> str | None:
+        """The model that encodes queries for ``kind`` ("clip" or "text"): the one given to :meth:`open`,
+        else the one the index was built with."""
+        return self._query_override[kind] or self.models.get(kind)
+
     def _clip_encoder(self, required: bool):
         if self._clip is not None or self._clip_failed:
             if self._clip is None and required:
                 raise ManualragError(self._clip_failed)
             return self._clip
-        model = self.query_models["clip"]
+        model = self.query_model("clip")
         if not model or self.store.get("image") is None:
+            building = self.building()
             self._clip_failed = (
-                "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
+                f"no CLIP vectors yet: {building}"
+                if building
+                else "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
             )
             if required:
                 raise ManualragError(self._clip_failed)
@@ -219,7 +236,7 @@ class Retriever:
             if self._text is None and required:
                 raise ManualragError(self._text_failed)
             return self._text
-        model = self.query_models["text"]
+        model = self.query_model("text")
         if not model or self.store.get("sem") is None:
             self._text_failed = "the index has no text-model vectors; use --channels lexical or dense"
             if required:
@@ -249,18 +266,27 @@ class Retriever:
     ) -> SearchResult:
         if not text and image is None:
             raise ManualragError("give a query text, an --image, or both")
+        if image is not None:
+            image = _read_image(image)  # before any model is loaded: a bad file fails fast
         if modality not in ("all", "text", "image"):
             raise ManualragError(f"--modality must be all, text or image, not {modality!r}")
         explicit = channels is not None
-        channels = list(channels or CHANNELS)
+        if explicit and not channels:
+            raise ManualragError(f"no channel given: choose from {', '.join(CHANNELS)}")
+        channels = list(channels if explicit else CHANNELS)
         for c in channels:
             if c not in CHANNELS:
                 raise ManualragError(f"unknown channel {c!r}: choose from {', '.join(CHANNELS)}")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ManualragError(f"k must be a positive number of hits, not {k!r}")
         k = k or self.cfg["retrieve"]["k"]
         n = max(self.cfg["retrieve"]["candidates"], 3 * k)
         timings: dict[str, float] = {"encode": 0.0, "search": 0.0, "fusion": 0.0}
         rankings: dict[str, list[tuple[Key, float]]] = {}
         notes: list[str] = []
+        building = self.building()
+        if building:
+            notes.append(building)
         used: list[str] = []
 
         if "dense" in channels:
@@ -280,7 +306,7 @@ class Retriever:
                     timings["search"] += time.perf_counter() - t0
                 if image is not None:
                     t0 = time.perf_counter()
-                    qi = clip.embed_images([_read_image(image)])[0]
+                    qi = clip.embed_images([image])[0]
                     timings["encode"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     rankings["image_image"] = self._refs("image", qi, n)
@@ -290,7 +316,7 @@ class Retriever:
         if "text" in channels and text:
             enc = self._text_encoder(required=explicit)
             if enc is None:
-                if self.query_models["text"]:
+                if self.query_model("text"):
                     notes.append("text channel off: " + (self._text_failed or "").splitlines()[0])
             else:
                 used.append("text")
@@ -466,11 +492,27 @@ def _match(path: str, pattern: str) -> bool:
     return fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(Path(path).name, pattern)
 
 
-def _read_image(image: str | Path | bytes) -> bytes:
-    if isinstance(image, bytes):
+def _read_image(image: str | Path | bytes | Any) -> Any:
+    """The query image decoded (a PIL image), with the guards and one-line reasons of ``index``: a file
+    that is not an image, a corrupt one or a decompression bomb is a usage error naming the file."""
+    from PIL import Image
+
+    from manualrag.images import decode_first_frame
+
+    if isinstance(image, Image.Image):
         return image
-    p = Path(image)
+    if isinstance(image, bytes):
+        data, name = image, "query image"
+    else:
+        p = Path(image)
+        name = f"query image {p}"
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise ManualragError(f"cannot read {name}: {exc.strerror or exc}") from None
+    if not data:
+        raise ManualragError(f"{name}: empty file (0 bytes)")
     try:
-        return p.read_bytes()
-    except OSError as exc:
-        raise ManualragError(f"cannot read query image {p}: {exc.strerror or exc}") from None
+        return decode_first_frame(data)
+    except ValueError as exc:
+        raise ManualragError(f"{name}: {exc}") from None

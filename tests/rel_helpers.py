@@ -8,9 +8,11 @@ import json
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,41 @@ def versioned_md(tag: str, sections: int = 2) -> bytes:
             f"## Section {i} {tag}\n\nTorque values for release {tag}, section {i}: 12 Nm on the coupling.\n"
         )
     return "\n".join(parts).encode()
+
+
+# ------------------------------------------------------------------------------------------ images
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def bomb_png(side: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0"))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def text_chunk_png() -> bytes:
+    """A real small picture with a zTXt chunk that inflates to 50 MB (a text-chunk decompression bomb)."""
+    png = h.photo_png(120, 80)
+    ztxt = png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (50 << 20), 9))
+    return png[:33] + ztxt + png[33:]  # after the 8-byte signature and the 25-byte IHDR chunk
+
+
+def bad_images() -> dict[str, tuple[bytes, str]]:
+    """Files that are not usable images, by name: (bytes, the one-line reason both ``index`` and
+    ``query --image`` give for them)."""
+    png = h.photo_png(120, 80)
+    return {
+        "text-as.png": (b"# Not an image\n\nJust some markdown.\n", "not a readable image"),
+        "bomb.png": (bomb_png(30_000), "image too large (decompression-bomb guard)"),
+        "truncated.png": (png[: len(png) // 2], "corrupt or truncated image"),
+        "text-chunk.png": (text_chunk_png(), "image refused: oversized PNG text chunk"),
+        "empty.png": (b"", "empty file (0 bytes)"),
+    }
 
 
 def corrupt_pdf() -> bytes:

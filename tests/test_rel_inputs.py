@@ -33,9 +33,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
@@ -45,27 +43,6 @@ from tests import helpers_pdf as h
 from tests import rel_helpers as rh
 
 BIG_PAGES = 2000
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def _bomb_png(side: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(b"\0"))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def _text_chunk_png() -> bytes:
-    """A real small picture with a zTXt chunk that inflates to 50 MB (a text-chunk decompression bomb)."""
-    png = h.photo_png(120, 80)
-    ztxt = _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (50 << 20), 9))
-    return png[:33] + ztxt + png[33:]  # after the 8-byte signature and the 25-byte IHDR chunk
 
 
 def _bad_library(root: Path) -> tuple[Path, Path]:
@@ -92,8 +69,8 @@ def _bad_library(root: Path) -> tuple[Path, Path]:
     h.encrypted_pdf(lib / "locked-unknown.pdf", "not-in-config")
     (lib / "zero-pages.pdf").write_bytes(rh.zero_page_pdf())
     (lib / "empty.pdf").write_bytes(b"")
-    (lib / "bomb.png").write_bytes(_bomb_png(30_000))
-    (lib / "text-chunk.png").write_bytes(_text_chunk_png())
+    (lib / "bomb.png").write_bytes(rh.bomb_png(30_000))
+    (lib / "text-chunk.png").write_bytes(rh.text_chunk_png())
     (lib / "big.pdf").write_bytes(rh.many_pages_pdf(BIG_PAGES))
     with open(os.path.join(os.fsencode(lib), b"caf\xe9-manual.pdf"), "wb") as f:
         f.write(h.simple_pdf_bytes("Manual with a Latin-1 file name: torque the lid screws to 3 Nm."))
