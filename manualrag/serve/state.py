@@ -54,6 +54,8 @@ class IndexState:
 
     def _refresh(self) -> None:
         """Reopen the vector store if another process committed to the index since it was opened."""
+        if self.cfg["store"].get("url"):  # a Chroma server answers from its current state
+            return
         version = self._data_version()
         now = time.monotonic()
         if version == self._version or now - self._reopened_at < self.refresh_s:

@@ -209,3 +209,12 @@ def test_phone_screen(browser, server, shots):
         pg.screenshot(path=str(shots / "phone-viewer.png"))
     finally:
         ctx.close()
+
+
+def test_api_docs_page_offline(page, server):
+    """/docs renders /openapi.json without any CDN (FastAPI's Swagger UI would fetch its scripts)."""
+    page.goto(server + "/docs")
+    page.wait_for_selector(".op")
+    routes = " ".join(page.locator(".op h2").all_inner_texts())
+    for route in ("/api/search", "/api/pages/{doc_id}/{page}.png", "/api/hits/{hit_id}", "/api/context"):
+        assert route in routes
