@@ -271,6 +271,7 @@ def test_mcp_lists_its_tools_with_descriptions_for_a_model(mcp_talk):
         assert t.annotations.read_only_hint
     assert set(tools["search_manuals"].input_schema["properties"]) == {"query", "k", "modality", "source"}
     assert tools["search_manuals"].input_schema["required"] == ["query"]
+    assert "hits" in tools["search_manuals"].output_schema["properties"]
 
 
 @pytest.mark.slow
@@ -283,6 +284,9 @@ def test_mcp_search_returns_structured_hits_with_the_wiring_figure_first(mcp_tal
     assert top["figure_id"] and top["caption"].startswith("Figure 2: Electric wiring layout")
     assert all({"rank", "score", "path", "page", "snippet", "found_by"} <= set(h) for h in hits)
     assert "crop_path" not in top, "server paths stay on the server: figures go by id"
+    # what the model reads: a compact ranked list with the citation and the id to call get_figure with
+    assert f"1. [figure, vector] {PUMP} p.4: Figure 2: Electric wiring layout" in _texts(res)
+    assert f"figure_id: {top['figure_id']}" in _texts(res)
     images = mcp_talk["search_images"].structured_content["hits"]
     assert images and all(h["kind"] == "image" for h in images)
 
