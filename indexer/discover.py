@@ -54,16 +54,22 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _printable(rel: str) -> str:
+def printable_name(rel: str) -> str:
     """A library-relative path as valid UTF-8 text: bytes of a file name that are not UTF-8 (which Python
-    carries as lone surrogates) become ``\\xNN`` escapes, so the name can be stored, hashed and printed."""
+    carries as lone surrogates) become ``\\xNN`` escapes, so the name can be stored, hashed and printed.
+    The one mapping from a name on disk (or on a command line) to a document's path in the index."""
     try:
         rel.encode("utf-8")
         return rel
     except UnicodeEncodeError:
-        escaped = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        log.warning("file name is not valid UTF-8: indexed as %s", escaped)
-        return escaped
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _printable(rel: str) -> str:
+    name = printable_name(rel)
+    if name != rel:
+        log.warning("file name is not valid UTF-8: indexed as %s", name)
+    return name
 
 
 def discover(

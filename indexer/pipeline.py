@@ -38,7 +38,7 @@ from manualrag import ids
 from manualrag.config import extraction_fingerprint, public_config
 from manualrag.errors import ManualragError
 from manualrag.indexer.chunk import make_passages, make_windows
-from manualrag.indexer.discover import SourceFile, discover, file_digest
+from manualrag.indexer.discover import SourceFile, discover, file_digest, printable_name
 from manualrag.lock import IndexLock
 from manualrag.manifest import DocRow, Manifest
 from manualrag.models import Document, Figure, FileError, Passage, Window
@@ -176,6 +176,8 @@ class Indexer:
                 self._flush_pending(manifest, store)  # left by a run that stopped before deleting them
                 self._run_locked(library, manifest, store, summary)
             finally:
+                with contextlib.suppress(ManualragError):
+                    manifest.delete_meta("run")  # readers stop saying "being built"
                 store.close()
                 manifest.close()
         summary.wall_s = time.perf_counter() - t_start
@@ -187,6 +189,8 @@ class Indexer:
             files, skipped = discover(library, cfg, exclude=[self.index_dir])
             files = [f for f in files if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
+        # what a reader says while this run goes on: "the index is being built (N of M documents so far)"
+        manifest.set_meta("run", {"pid": os.getpid(), "total": len(files), "started": time.time()})
         known = manifest.documents()
         fp = extraction_fingerprint(cfg)
 
@@ -228,6 +232,9 @@ class Indexer:
                     with _Timer(timings, "load_models"):
                         self._load_models()
                     self._check_store_models(store)
+                    # recorded now, not at the end, so a reader can search a first run's documents by
+                    # their vectors as they are committed
+                    manifest.set_meta("models", {"clip": self._want_clip, "text": self._want_text})
                 except BaseException:
                     if pool is not None:
                         pool.close(kill=True)
@@ -540,7 +547,7 @@ class Indexer:
                 self._flush_pending(manifest, store)
                 known = manifest.documents()
                 for p in paths:
-                    p = p.strip("/")
+                    p = printable_name(p.strip("/"))  # a name as the shell gives it: mapped like discover
                     hits = [k for k in known if k == p or k.startswith(p + "/")]
                     for k in hits:
                         if k not in removed:

@@ -184,20 +184,31 @@ class _Worker:
             MALLOC_ARENA_MAX="2",  # fewer glibc arenas per thread: less memory held on many-core machines
         )
         quiet = not log.isEnabledFor(logging.DEBUG)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "manualrag.indexer.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL if quiet else None,
-            preexec_fn=_limits(cfg["isolation"]["memory_mb"]),
-            env=env,
-            cwd=str(Path(__file__).resolve().parents[1]),
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "manualrag.indexer.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL if quiet else None,
+                preexec_fn=_limits(cfg["isolation"]["memory_mb"]),
+                env=env,
+                cwd=str(Path(__file__).resolve().parents[1]),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:  # the limits or the exec itself failed
+            from manualrag.errors import ManualragError
+
+            raise ManualragError(
+                f"cannot start an extraction worker ({exc}); check config key 'isolation.memory_mb'"
+                f" (now {cfg['isolation']['memory_mb']})"
+            ) from None
         # the worker runs in another working directory (the package's, so that a module in the user's cwd
         # cannot shadow an import): every path it is sent must be absolute
         cache = cfg["ocr"]["cache"]
         ocr = {**cfg["ocr"], "cache": str(Path(cache).absolute()) if cache else None}
-        self.send({**cfg, "ocr": ocr, "__index_dir": str(index_dir.absolute())})
+        try:
+            self.send({**cfg, "ocr": ocr, "__index_dir": str(index_dir.absolute())})
+        except OSError:  # it died at once: _await_ready reads the end of its output and says why
+            pass
         self.start_error = self._await_ready(cfg["isolation"]["memory_mb"])
 
     def _await_ready(self, memory_mb: int) -> str | None:
@@ -295,6 +306,7 @@ class WorkerPool:
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._ever_started = False
 
     def _get(self) -> _Worker:
         try:
@@ -311,7 +323,17 @@ class WorkerPool:
     def extract(self, path: Path, rel: str) -> Document | FileError:
         w = self._get()
         if w.start_error:
+            if not self._ever_started:
+                # no worker of this run has ever started: every file would fail the same way, so it is a
+                # run-level error (a limit too low, a broken installation), not this file's
+                from manualrag.errors import ManualragError
+
+                raise ManualragError(
+                    f"{w.start_error}; no extraction worker could start, so no file can be read "
+                    f"(if the limit is the cause, raise config key 'isolation.memory_mb', now {self.memory_mb})"
+                )
             return FileError(rel, w.start_error)
+        self._ever_started = True
         timed_out = threading.Event()
 
         def on_timeout() -> None:

@@ -507,6 +507,77 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
     _echo(f"index in {idir} deleted")
 
 
+# -------------------------------------------------------------------------------------------------- check
+@main.command()
+@_index_dir_option
+@_store_option
+@click.option("--repair", is_flag=True, help="Fix what was found and index the library again where needed.")
+@click.option(
+    "--library",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Library to rebuild from (default: the one the index records).",
+)
+@click.option("--no-dense", is_flag=True, help="Rebuild lexical only (default: as the index was built).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def check(
+    obj: Ctx,
+    index_dir: str | None,
+    store_url: str | None,
+    repair: bool,
+    library: str | None,
+    no_dense: bool,
+    as_json: bool,
+) -> None:
+    """Verify an index: SQLite integrity, manifest <-> vector ids <-> crop files; --repair rebuilds.
+
+    Exit code 0: the index is sound (or was repaired); 1: problems found (or files failed in the repair);
+    2: usage or index error."""
+    from manualrag.check import check_index, repair_index
+
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
+    idir = Path(cfg["index_dir"])
+    report = check_index(idir, cfg)
+    out: dict[str, Any] = report.to_dict()
+    code = EXIT_OK if report.ok else EXIT_PARTIAL
+    if repair and not report.ok:
+        summary = repair_index(
+            idir,
+            cfg,
+            report,
+            Path(library) if library else None,
+            dense=False if no_dense else None,
+            progress=_stderr_tty() and not as_json,
+        )
+        out["repair"] = summary.to_dict()
+        after = check_index(idir, cfg)
+        out["after_repair"] = after.to_dict()
+        code = summary.exit_code if after.ok else EXIT_PARTIAL
+    if as_json:
+        _echo_json(out)
+        sys.exit(code)
+    if report.ok:
+        _echo(f"{idir}: ok (SQLite integrity, vectors and crops all match the manifest)")
+    else:
+        _echo(f"{idir}: {len(report.problems())} problem(s)")
+        for p in report.problems():
+            _echo(f"  {p}")
+        if "repair" in out:
+            r = out["repair"]
+            _echo(
+                f"repaired: {r['documents']['indexed']} document(s) indexed again, "
+                f"{r['documents']['failed']} failed; the index is now "
+                + ("sound" if out["after_repair"]["ok"] else "still inconsistent: ")
+                + "; ".join(out["after_repair"]["problems"])
+            )
+            for f in r["failed"]:
+                _echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
+        else:
+            _echo(f"run `manualrag check --repair --index-dir {idir}` to fix it")
+    sys.exit(code)
+
+
 # -------------------------------------------------------------------------------------------------- query
 def _open_retriever(
     obj: Ctx,
@@ -721,6 +792,21 @@ def serve(
     run_server(
         obj.config(index_dir=index_dir, store={"url": store_url}), host, port, token_env, access_log=obj.debug
     )
+
+
+# ---------------------------------------------------------------------------------------------------- mcp
+@main.command(name="mcp")
+@_index_dir_option
+@click.pass_obj
+def mcp_cmd(obj: Ctx, index_dir: str | None) -> None:
+    """Serve the index to LLM apps over MCP on stdin/stdout: search, context, figure and page images."""
+    from manualrag.errors import ManualragError
+
+    try:
+        from manualrag.integrations.mcp_server import run_stdio
+    except ImportError as exc:
+        raise ManualragError(str(exc)) from None
+    run_stdio(index_dir, obj.config_path)
 
 
 def _short(text: str, n: int = 160) -> str:

@@ -21,6 +21,7 @@ Lists are stored as JSON text; nothing is pickled.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from manualrag import ids
-from manualrag.errors import IndexNotFoundError, ManualragError
+from manualrag.errors import IndexCorruptError, IndexNotFoundError, ManualragError
 from manualrag.models import Figure, FileError, Passage, Window
 
 SCHEMA_VERSION = 1
@@ -251,6 +252,19 @@ def _figure_row(r: sqlite3.Row) -> FigureRow:
     )
 
 
+def _passage(r: sqlite3.Row) -> Passage:
+    return Passage(
+        passage_id=r["id"],
+        doc_path=r["doc_path"],
+        page=int(r["page"]),
+        bbox=tuple(float(v) for v in json.loads(r["bbox"])),  # type: ignore[arg-type]
+        heading=r["heading"],
+        text=r["text"],
+        suspect=r["suspect"],
+        ocr=bool(r["ocr"]),
+    )
+
+
 def _doc_row(r: sqlite3.Row) -> DocRow:
     return DocRow(
         path=r["path"],
@@ -271,6 +285,55 @@ def _doc_row(r: sqlite3.Row) -> DocRow:
 
 
 # ---------------------------------------------------------------------------------------------- manifest
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """SQLite says the file is damaged ("database disk image is malformed") or not a database at all."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return type(exc) is sqlite3.DatabaseError
+
+
+def corrupt_error(path: Path, exc: BaseException) -> IndexCorruptError:
+    idir = path.parent
+    return IndexCorruptError(
+        f"{path} is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+        f"`manualrag check --repair --index-dir {idir}` rebuilds it from the library, "
+        f"`manualrag reset --index-dir {idir}` deletes the index, or restore the folder from a backup"
+    )
+
+
+def _corruption_is_an_index_error(cls: type) -> type:
+    """Every public method (and the constructor) of the manifest turns SQLite's corruption errors into
+    :class:`IndexCorruptError` naming the file and the ways out, instead of a raw traceback."""
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                if is_corruption(exc):
+                    raise corrupt_error(Path(self.path), exc) from exc
+                raise
+
+        return method
+
+    for name, fn in list(vars(cls).items()):
+        if (
+            callable(fn)
+            and not isinstance(fn, (staticmethod, classmethod, type))
+            and (name == "__init__" or not name.startswith("_"))
+        ):
+            setattr(cls, name, wrap(fn))
+    return cls
+
+
+@_corruption_is_an_index_error
 class Manifest:
     """``index_dir/index.sqlite``: ``Manifest(db_file, readonly=...)`` or ``Manifest.open(index_dir, ...)``.
 
@@ -411,6 +474,10 @@ class Manifest:
     def set_meta(self, key: str, value: Any) -> None:
         with self._tx() as c:
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def delete_meta(self, key: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -654,19 +721,7 @@ class Manifest:
         return {r[0] for r in rows}
 
     def passages(self, ids: Iterable[str]) -> dict[str, Passage]:
-        return {
-            r["id"]: Passage(
-                passage_id=r["id"],
-                doc_path=r["doc_path"],
-                page=int(r["page"]),
-                bbox=tuple(float(v) for v in json.loads(r["bbox"])),  # type: ignore[arg-type]
-                heading=r["heading"],
-                text=r["text"],
-                suspect=r["suspect"],
-                ocr=bool(r["ocr"]),
-            )
-            for r in self._by_ids("passages", ids)
-        }
+        return {r["id"]: _passage(r) for r in self._by_ids("passages", ids)}
 
     def windows(self, ids: Iterable[str]) -> dict[str, WindowRow]:
         return {
@@ -687,6 +742,13 @@ class Manifest:
             (doc_path, int(page)),
         )
         return [_figure_row(r) for r in rows]
+
+    def passages_on_page(self, doc_path: str, page: int) -> list[Passage]:
+        """The passages of ``doc_path`` on ``page``, in reading order (their order of extraction)."""
+        rows = self._query(
+            "SELECT * FROM passages WHERE doc_path = ? AND page = ? ORDER BY rowid", (doc_path, int(page))
+        )
+        return [_passage(r) for r in rows]
 
     def captions_on_pages(self, pages: Iterable[tuple[str, int]]) -> list[tuple[str, str, int, str]]:
         """(figure id, doc path, page, caption) of the captioned, non-boilerplate figures shown on these

@@ -163,6 +163,18 @@ class Retriever:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def building(self) -> str | None:
+        """ "the index is being built (N of M documents so far)" while an index run holds the lock, else None."""
+        run = self.manifest.get_meta("run")
+        if not isinstance(run, dict):
+            return None
+        from manualrag.lock import live_holder
+
+        if live_holder(self.index_dir) is None:
+            return None  # a run that died: what is committed is the index
+        done = len(self.manifest.documents())
+        return f"the index is being built ({done} of {run.get('total', '?')} documents so far)"
+
     # ------------------------------------------------------------------------------------------- models
     def _clip_encoder(self, required: bool):
         if self._clip is not None or self._clip_failed:
@@ -171,8 +183,11 @@ class Retriever:
             return self._clip
         model = self.cfg.get("query_model") or self.models.get("clip")
         if not model or self.store.get("image") is None:
+            building = self.building()
             self._clip_failed = (
-                "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
+                f"no CLIP vectors yet: {building}"
+                if building
+                else "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
             )
             if required:
                 raise ManualragError(self._clip_failed)
@@ -242,6 +257,9 @@ class Retriever:
         timings: dict[str, float] = {"encode": 0.0, "search": 0.0, "fusion": 0.0}
         rankings: dict[str, list[tuple[Key, float]]] = {}
         notes: list[str] = []
+        building = self.building()
+        if building:
+            notes.append(building)
         used: list[str] = []
 
         if "dense" in channels:
