@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from manualrag.index import IndexLayout
 from manualrag.models import Document, FileError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------- worker side
 def _write_crops(doc: Document, index_dir: Path) -> None:
-    crops = index_dir / "crops"
+    layout = IndexLayout(index_dir)
+    crops = layout.crops
     crops.mkdir(parents=True, exist_ok=True)
     for fig in doc.figures + doc.boilerplate:
         if fig.png is None:
@@ -44,7 +46,7 @@ def _write_crops(doc: Document, index_dir: Path) -> None:
             tmp = crops / f".{fig.digest}.{os.getpid()}.tmp"
             tmp.write_bytes(fig.png)
             os.replace(tmp, dest)
-        fig.crop_path = f"crops/{fig.digest}.png"
+        fig.crop_path = layout.crop_rel(fig.digest)
         fig.png = None
 
 
@@ -124,7 +126,7 @@ def worker_main() -> None:
         if cfg["ocr"]["enabled"]:
             from manualrag.indexer.ocr import OcrEngine
 
-            ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or index_dir / "ocr_cache.sqlite"))
+            ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or IndexLayout(index_dir).ocr_cache))
     except ManualragError as exc:
         proto.write(json.dumps({"ready": False, "reason": str(exc), "fatal": True}).encode() + b"\n")
         proto.flush()
@@ -300,7 +302,7 @@ def _invalid(doc: Document, rel: str) -> str | None:
     for fig in doc.figures + doc.boilerplate:
         if not _is_digest(fig.digest):
             return "figure digest is not a hex digest"
-        if fig.crop_path not in (None, f"crops/{fig.digest}.png"):
+        if fig.crop_path not in (None, IndexLayout.crop_rel(fig.digest)):
             return "figure crop path is not crops/<digest>.png"
     return None
 

@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "binarize": "auto",
         "timeout_s": 120,
         "cache": None,
+        "orientation": True,
     },
     "isolation": {
         "workers": 0,

@@ -36,6 +36,7 @@ def _run(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | 
 
 
 # ------------------------------------------------------------------------------ row 1: relative paths
+@pytest.mark.slow
 def test_relative_paths_work_from_any_directory(tmp_path):
     """Extraction workers run in another working directory: a library, index or OCR cache given relative
     to the user's cwd must still be found (before: every file FAILED "No such file or directory", rc 1)."""
