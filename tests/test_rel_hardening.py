@@ -194,16 +194,6 @@ def test_bad_query_images_are_one_line_usage_errors_like_index(small_index, tmp_
 
 
 # -------------------------------------------------------------- row 4: damaged index, manualrag check
-def _damage(db: Path, how: str) -> None:
-    data = db.read_bytes()
-    if how == "truncated":
-        db.write_bytes(data[:8192])
-    else:  # garbage over the header and the first pages
-        db.write_bytes(os.urandom(100) + data[100:4096] + os.urandom(8192) + data[12288:])
-    for suffix in ("-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-
-
 @pytest.mark.slow
 def test_check_finds_and_repairs_inconsistencies_and_a_damaged_manifest(small_index, tmp_path):
     """`manualrag check` verifies SQLite integrity and manifest <-> vector ids <-> crops; `--repair` fixes
@@ -252,7 +242,7 @@ def test_check_finds_and_repairs_inconsistencies_and_a_damaged_manifest(small_in
 
     # a damaged index.sqlite: every command says so in one line, rc 2; check --repair rebuilds it
     for how in ("truncated", "garbage"):
-        _damage(idx / "index.sqlite", how)
+        rh.damage_sqlite(idx / "index.sqlite", how)
         for args in (
             ["query", "relief valve"],
             ["stats"],

@@ -24,6 +24,7 @@ Outcomes (the table in docs/reliability.md):
 | symlink loop / symlink out of the library | skipped (counted), outside file indexed with follow_symlinks |
 | native crash / abort / out of memory in the worker | error "extraction crashed (SIGSEGV)" / "(SIGABRT)" / "out of memory (limit N MiB)" |
 | hang | error "extraction timed out after N s" |
+| file name with a newline, CR, U+2028/2029 or NEL | indexed; shown on one line with the break escaped |
 | unreadable file | error "cannot read: Permission denied" |
 | file that changes during the run | the version read is indexed; the next run is consistent |
 | file that disappears during the run | error "cannot read ...: No such file or directory", old records removed |
@@ -77,6 +78,8 @@ def _bad_library(root: Path) -> tuple[Path, Path]:
     (lib / "big.pdf").write_bytes(rh.many_pages_pdf(BIG_PAGES))
     with open(os.path.join(os.fsencode(lib), b"caf\xe9-manual.pdf"), "wb") as f:
         f.write(h.simple_pdf_bytes("Manual with a Latin-1 file name: torque the lid screws to 3 Nm."))
+    for name in rh.HOSTILE_NAMES:  # line breaks in names: indexed; shown escaped on one line
+        (lib / name).write_bytes(rh.versioned_md("hostile"))
     (lib / "sub").mkdir()
     (lib / "sub" / "loop").symlink_to("..", target_is_directory=True)
     (outside / "outside.pdf").write_bytes(h.simple_pdf_bytes("A manual kept outside the library folder."))
@@ -100,6 +103,7 @@ INDEXED = {
     # reserves twice the limit in untouched address space (as onnxruntime's thread pools and malloc arenas do
     # on a many-core machine): the limit counts memory used, not address space, so it is indexed
     "reserve.pdf": None,
+    **{name: None for name in rh.HOSTILE_NAMES},
 }
 # queries for the labels of the sideways scan's diagram (good.pdf's wiring diagram has a K1 too)
 SIDEWAYS_QUERIES = ("K1 relay 24 V DC coil", "MAINS 230V 50/60 Hz PTC")
