@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from manualrag.index import IndexLayout
 from manualrag.models import Document, FileError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------- worker side
 def _write_crops(doc: Document, index_dir: Path) -> None:
-    crops = index_dir / "crops"
+    layout = IndexLayout(index_dir)
+    crops = layout.crops
     crops.mkdir(parents=True, exist_ok=True)
     for fig in doc.figures + doc.boilerplate:
         if fig.png is None:
@@ -44,7 +46,7 @@ def _write_crops(doc: Document, index_dir: Path) -> None:
             tmp = crops / f".{fig.digest}.{os.getpid()}.tmp"
             tmp.write_bytes(fig.png)
             os.replace(tmp, dest)
-        fig.crop_path = f"crops/{fig.digest}.png"
+        fig.crop_path = layout.crop_rel(fig.digest)
         fig.png = None
 
 
@@ -124,7 +126,7 @@ def worker_main() -> None:
         if cfg["ocr"]["enabled"]:
             from manualrag.indexer.ocr import OcrEngine
 
-            ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or index_dir / "ocr_cache.sqlite"))
+            ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or IndexLayout(index_dir).ocr_cache))
     except ManualragError as exc:
         proto.write(json.dumps({"ready": False, "reason": str(exc), "fatal": True}).encode() + b"\n")
         proto.flush()
@@ -184,20 +186,31 @@ class _Worker:
             MALLOC_ARENA_MAX="2",  # fewer glibc arenas per thread: less memory held on many-core machines
         )
         quiet = not log.isEnabledFor(logging.DEBUG)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "manualrag.indexer.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL if quiet else None,
-            preexec_fn=_limits(cfg["isolation"]["memory_mb"]),
-            env=env,
-            cwd=str(Path(__file__).resolve().parents[1]),
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "manualrag.indexer.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL if quiet else None,
+                preexec_fn=_limits(cfg["isolation"]["memory_mb"]),
+                env=env,
+                cwd=str(Path(__file__).resolve().parents[1]),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:  # the limits or the exec itself failed
+            from manualrag.errors import ManualragError
+
+            raise ManualragError(
+                f"cannot start an extraction worker ({exc}); check config key 'isolation.memory_mb'"
+                f" (now {cfg['isolation']['memory_mb']})"
+            ) from None
         # the worker runs in another working directory (the package's, so that a module in the user's cwd
         # cannot shadow an import): every path it is sent must be absolute
         cache = cfg["ocr"]["cache"]
         ocr = {**cfg["ocr"], "cache": str(Path(cache).absolute()) if cache else None}
-        self.send({**cfg, "ocr": ocr, "__index_dir": str(index_dir.absolute())})
+        try:
+            self.send({**cfg, "ocr": ocr, "__index_dir": str(index_dir.absolute())})
+        except OSError:  # it died at once: _await_ready reads the end of its output and says why
+            pass
         self.start_error = self._await_ready(cfg["isolation"]["memory_mb"])
 
     def _await_ready(self, memory_mb: int) -> str | None:
@@ -277,7 +290,7 @@ def _invalid(doc: Document, rel: str) -> str | None:
     for fig in doc.figures + doc.boilerplate:
         if not _is_digest(fig.digest):
             return "figure digest is not a hex digest"
-        if fig.crop_path not in (None, f"crops/{fig.digest}.png"):
+        if fig.crop_path not in (None, IndexLayout.crop_rel(fig.digest)):
             return "figure crop path is not crops/<digest>.png"
     return None
 
@@ -295,6 +308,7 @@ class WorkerPool:
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._ever_started = False
 
     def _get(self) -> _Worker:
         try:
@@ -311,7 +325,17 @@ class WorkerPool:
     def extract(self, path: Path, rel: str) -> Document | FileError:
         w = self._get()
         if w.start_error:
+            if not self._ever_started:
+                # no worker of this run has ever started: every file would fail the same way, so it is a
+                # run-level error (a limit too low, a broken installation), not this file's
+                from manualrag.errors import ManualragError
+
+                raise ManualragError(
+                    f"{w.start_error}; no extraction worker could start, so no file can be read "
+                    f"(if the limit is the cause, raise config key 'isolation.memory_mb', now {self.memory_mb})"
+                )
             return FileError(rel, w.start_error)
+        self._ever_started = True
         timed_out = threading.Event()
 
         def on_timeout() -> None:

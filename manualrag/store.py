@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from manualrag.errors import ConfigError, EncoderMismatchError, StoreError
+from manualrag.index import IndexLayout
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class VectorStore:
 
         url = scfg.get("url")
         if not url:
-            path = Path(index_dir) / "chroma"
+            path = IndexLayout(Path(index_dir)).chroma
             try:
                 path.mkdir(parents=True, exist_ok=True)
                 client = chromadb.PersistentClient(

@@ -32,9 +32,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from manualrag.errors import ManualragError
+from manualrag.index import CROPS_DIR
 from manualrag.manifest import DocRow, Manifest
 
-CROPS_DIR = "crops"
 _CROP_NAME = re.compile(r"[0-9a-f]{32,64}\.png")
 _DOC_ID = re.compile(r"[0-9a-f]{16}")
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -187,3 +188,192 @@ def test_bad_query_images_are_one_line_usage_errors_like_index(small_index, tmp_
         "--config", str(cfg), "query", "--image", str(tmp_path / "ok.png"), "--index-dir", str(idx)
     )
     assert rc == 0 and "photo.png" in out, out
+
+
+# -------------------------------------------------------------- row 4: damaged index, manualrag check
+def _damage(db: Path, how: str) -> None:
+    data = db.read_bytes()
+    if how == "truncated":
+        db.write_bytes(data[:8192])
+    else:  # garbage over the header and the first pages
+        db.write_bytes(os.urandom(100) + data[100:4096] + os.urandom(8192) + data[12288:])
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_check_finds_and_repairs_inconsistencies_and_a_damaged_manifest(small_index, tmp_path):
+    """`manualrag check` verifies SQLite integrity and manifest <-> vector ids <-> crops; `--repair` fixes
+    them from the library. A damaged index.sqlite makes every command say so in one line naming the file and
+    the ways out, rc 2 (before: a raw sqlite3.DatabaseError traceback, rc 1)."""
+    from manualrag.config import load_config
+    from manualrag.store import VectorStore
+
+    cfg, small_lib, _ = small_index
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for f in small_lib.iterdir():
+        (lib / f.name).write_bytes(f.read_bytes())
+    (lib / "figs.pdf").write_bytes(rh.versioned_pdf("figs", pages=1))
+    idx = tmp_path / "idx"
+    base = ["--config", str(cfg)]
+    assert rh.cli(*rh.index_args(cfg, lib, idx, dense=True))[0] == 0
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+    assert rc == 0 and rep["ok"], out
+
+    # inconsistencies: an orphan vector, a missing vector, a missing crop, an unused crop
+    with rh.sqlite_ro(idx) as db:
+        victim = db.execute(
+            "SELECT id FROM windows WHERE doc_path = 'valve.md' AND channel = 'clip'"
+        ).fetchone()[0]
+    store = VectorStore.open(idx, load_config(cfg))
+    try:
+        store.delete("text", [victim])
+        dim = store.model_of("text")[1]
+        v = np.ones((1, dim), dtype=np.float32) / np.sqrt(dim)
+        store.upsert("text", ["orphan:w:0"], v, [{"path": "gone.md", "page": 1, "kind": "text", "ref": "x"}])
+    finally:
+        store.close()
+    with rh.sqlite_ro(idx) as db:
+        crop = db.execute("SELECT crop_path FROM figures WHERE doc_path = 'figs.pdf'").fetchone()[0]
+    (idx / crop).unlink()
+    (idx / "crops" / ("0" * 64 + ".png")).write_bytes(b"unused")
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+    assert rc == 1 and not rep["ok"], out
+    assert rep["orphan_vectors"]["text"] == 1 and rep["missing_vectors"]["text"] == 1, rep
+    assert rep["missing_crops"] == 1 and rep["unused_crops"] == 1, rep
+    assert rep["redo"] == ["figs.pdf", "valve.md"], rep
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--repair", "--json")
+    assert rc == 0 and rep["after_repair"]["ok"], out
+    assert sorted(rep["repair"]["indexed"]) == ["figs.pdf", "valve.md"], rep["repair"]
+
+    # a damaged index.sqlite: every command says so in one line, rc 2; check --repair rebuilds it
+    for how in ("truncated", "garbage"):
+        _damage(idx / "index.sqlite", how)
+        for args in (
+            ["query", "relief valve"],
+            ["stats"],
+            ["context", "relief valve"],
+            ["remove", "valve.md"],
+            ["index", str(lib), "--no-dense"],
+        ):
+            rc, _, out = rh.cli(*base, *args, "--index-dir", str(idx))
+            assert rc == 2, (how, args, out)
+            lines = out.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in out, (how, args, out)
+            assert str(idx / "index.sqlite") in lines[0] and "damaged" in lines[0], lines
+            assert "manualrag reset" in lines[0] and "check --repair" in lines[0], lines
+        rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+        assert rc == 1 and rep["sqlite"] != "ok", out
+        rc, rep, out = rh.cli(
+            *base, "check", "--index-dir", str(idx), "--repair", "--library", str(lib), "--json"
+        )
+        assert rc == 0 and rep["after_repair"]["ok"], out
+        assert len(rep["repair"]["indexed"]) == 4, rep["repair"]
+        assert list(idx.glob("index.sqlite.damaged-*")), "the damaged file is kept aside"
+        rc, _, out = rh.cli(*base, "query", "relief valve", "--index-dir", str(idx))
+        assert rc == 0 and "valve.md" in out, out
+        for f in idx.glob("index.sqlite*.damaged-*"):
+            f.unlink()
+
+
+# ------------------------------------------------------------------ row 7: a worker memory limit too low
+@pytest.mark.parametrize("mb", [1, 20, 200])
+def test_memory_limit_too_low_to_start_a_worker_is_a_config_error(tmp_path, mb):
+    """Before: memory_mb 1 printed nothing (rc 1); 20 or 200 failed every file "worker did not start"."""
+    from manualrag.config import MIN_WORKER_MB, load_config
+    from manualrag.errors import ConfigError
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "r.md").write_bytes(rh.versioned_md("mem"))
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "memory_mb": mb})
+    rc, _, out = rh.cli(
+        "--config", str(cfg), "index", str(lib), "--index-dir", str(tmp_path / "i"), "--no-dense"
+    )
+    assert rc == 2, out
+    assert out.strip().splitlines() == [
+        f"error: config key 'isolation.memory_mb' must be at least {MIN_WORKER_MB} "
+        f"(MiB: an extraction worker needs about 300 MiB just to start), got {mb}"
+    ], out
+    assert not (tmp_path / "i").exists()
+    with pytest.raises(ConfigError, match="isolation.memory_mb"):
+        load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(mb)})
+    load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(MIN_WORKER_MB)})
+
+
+# ------------------------------------------------------------------------ row 9: non-UTF-8 file names
+def test_remove_accepts_a_non_utf8_name_as_the_shell_gives_it(tmp_path):
+    """A file name that is not UTF-8 is indexed as ``caf\\xe9-manual.md``; ``remove`` with the real name
+    (bytes on the command line, relative or absolute) removes it (before: "nothing matched", rc 1)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    raw = b"caf\xe9-manual.md"
+    for sub in (b"", b"sub/"):
+        os.makedirs(os.path.join(os.fsencode(lib), sub), exist_ok=True)
+        with open(os.path.join(os.fsencode(lib), sub + raw), "wb") as f:
+            f.write(rh.versioned_md("latin"))
+    idx = tmp_path / "idx"
+    rc, s, out = rh.cli("index", str(lib), "--index-dir", str(idx), "--no-dense", "--json")
+    assert rc == 0 and sorted(s["indexed"]) == ["caf\\xe9-manual.md", "sub/caf\\xe9-manual.md"], out
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "manualrag",
+            "remove",
+            raw,
+            os.path.join(os.fsencode(lib), b"sub/" + raw),
+            "--index-dir",
+            str(idx),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().splitlines() == [
+        "removed caf\\xe9-manual.md",
+        "removed sub/caf\\xe9-manual.md",
+    ]
+
+
+# ---------------------------------------------------------------- row 10: query during a first index run
+@pytest.mark.slow
+def test_query_during_a_first_run_says_the_index_is_being_built(tmp_path, tiny_clip_dir):
+    """While a first index run goes on, a query finds the documents committed so far (dense channels
+    included) and says "the index is being built (N of M documents so far)" (before: "no hits" and the false
+    "the index has no CLIP vectors (built with --no-dense)"). Once the run is gone, the note is too."""
+    from manualrag.indexer.worker import FAULT_ENV
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.md", "b.md", "c.md"):
+        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    cfg = rh.write_cfg(
+        tmp_path / "cfg.yaml", model=str(tiny_clip_dir), isolation={"workers": 1, "timeout_s": 300}
+    )
+    idx = tmp_path / "idx"
+    proc = rh.popen_cli(*rh.index_args(cfg, lib, idx, dense=True), env={FAULT_ENV: "hang:c.md"})
+    try:
+
+        def committed() -> int:
+            if not (idx / "index.sqlite").exists():
+                return 0
+            try:
+                with rh.sqlite_ro(idx) as db:
+                    return db.execute("SELECT count(*) FROM documents WHERE state = 'ok'").fetchone()[0]
+            except Exception:  # noqa: BLE001 - the file is being created
+                return 0
+
+        assert rh.wait_for(lambda: committed() == 2, timeout=180, interval=0.2), proc.stderr
+        rc, hits, out = rh.cli(
+            "--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx), "--json"
+        )
+        assert rc == 0 and hits and hits[0]["path"] == "a.md", out
+        assert "the index is being built (2 of 3 documents so far)" in out, out
+        assert "--no-dense" not in out
+        assert any(c.startswith("dense") for h in hits for c in h["channels"]), hits
+    finally:
+        rh.kill_hard(proc)
+    rc, _, out = rh.cli("--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx))
+    assert rc == 0 and "being built" not in out, out
