@@ -399,3 +399,8 @@ def test_mcp_over_streamable_http_in_manualrag_serve_behind_its_token(index):
     assert out["no_token"].status_code == 401
     assert "get_figure" in out["tools"]
     assert [c.type for c in out["figure"].content] == ["image", "text"]
+
+
+def test_mcp_command_without_an_index_is_a_one_line_error(tmp_path):
+    res = CliRunner().invoke(main, ["mcp", "--index-dir", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "manualrag index" in res.output

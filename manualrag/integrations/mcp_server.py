@@ -131,18 +131,22 @@ def create_server(
     ro = ToolAnnotations(
         read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
     )
-    server.add_tool(tools.search_manuals, name="search_manuals", annotations=ro, description=SEARCH_DOC)
+    server.add_tool(
+        tools.search_manuals, name="search_manuals", annotations=ro, description=_unwrap(SEARCH_DOC)
+    )
     # the block is the answer: one text content, not echoed again as {"result": ...}
     server.add_tool(
         tools.get_context,
         name="get_context",
         annotations=ro,
-        description=CONTEXT_DOC,
+        description=_unwrap(CONTEXT_DOC),
         structured_output=False,
     )
-    server.add_tool(tools.get_figure, name="get_figure", annotations=ro, description=FIGURE_DOC)
-    server.add_tool(tools.get_page, name="get_page", annotations=ro, description=PAGE_DOC)
-    server.add_tool(tools.list_documents, name="list_documents", annotations=ro, description=LIST_DOC)
+    server.add_tool(tools.get_figure, name="get_figure", annotations=ro, description=_unwrap(FIGURE_DOC))
+    server.add_tool(tools.get_page, name="get_page", annotations=ro, description=_unwrap(PAGE_DOC))
+    server.add_tool(
+        tools.list_documents, name="list_documents", annotations=ro, description=_unwrap(LIST_DOC)
+    )
     return server
 
 
@@ -343,6 +347,11 @@ async def _call(fn: Any, *args: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args))
     except ManualragError as exc:
         raise ToolError(str(exc)) from None
+
+
+def _unwrap(text: str) -> str:
+    """A description as one paragraph (the source wraps it at the line length)."""
+    return " ".join(text.split())
 
 
 def _range(lo: int, hi: int) -> dict[str, int]:
