@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from manualrag.errors import ManualragError
+from manualrag.ids import printable_name
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,6 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def printable_name(rel: str) -> str:
-    """A library-relative path as valid UTF-8 text: bytes of a file name that are not UTF-8 (which Python
-    carries as lone surrogates) become ``\\xNN`` escapes, so the name can be stored, hashed and printed.
-    The one mapping from a name on disk (or on a command line) to a document's path in the index."""
-    try:
-        rel.encode("utf-8")
-        return rel
-    except UnicodeEncodeError:
-        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _printable(rel: str) -> str:

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from manualrag.errors import IndexNotFoundError, ManualragError
-from manualrag.manifest import DB_NAME, Manifest, is_corruption
+from manualrag.errors import ManualragError
+from manualrag.index import CROPS_DIR, DB_NAME, Index, IndexLayout
+from manualrag.manifest import Manifest, is_corruption
 
 KINDS = ("text", "image", "image_text", "sem")
 
@@ -123,9 +124,7 @@ def check_index(index_dir: Path | str, cfg: dict[str, Any]) -> CheckReport:
     from manualrag.store import VectorStore
 
     idir = Path(index_dir)
-    db = idir / DB_NAME
-    if not db.is_file():
-        raise IndexNotFoundError(f"no index in {idir} ({DB_NAME} is missing)")
+    db = Index.require(idir).db
     report = CheckReport(index_dir=str(idir))
     report.sqlite_problem = _sqlite_problem(db)
     if report.sqlite_problem:
@@ -169,10 +168,12 @@ def check_index(index_dir: Path | str, cfg: dict[str, Any]) -> CheckReport:
             if not (idir / r["crop_path"]).is_file():
                 report.missing_crops.append(r["crop_path"])
                 redo.add(r["doc_path"])
-    crops = idir / "crops"
+    crops = IndexLayout(idir).crops
     if crops.is_dir():
         report.unused_crops = sorted(
-            f"crops/{f.name}" for f in crops.iterdir() if f.is_file() and f"crops/{f.name}" not in used
+            f"{CROPS_DIR}/{f.name}"
+            for f in crops.iterdir()
+            if f.is_file() and f"{CROPS_DIR}/{f.name}" not in used
         )
     report.redo = sorted(redo)
     return report
@@ -204,30 +205,26 @@ def repair_index(
     indexer = Indexer(cfg, idir, dense=dense, progress=progress)
     if dense:
         indexer._load_models()  # an unavailable model fails here, before anything is moved or deleted
-    with IndexLock(idir):
-        if report.sqlite_problem:
+    if report.sqlite_problem:
+        with IndexLock(idir):
+            db = IndexLayout(idir).db
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             for suffix in ("", "-wal", "-shm"):
-                src = idir / f"{DB_NAME}{suffix}"
+                src = db.with_name(db.name + suffix)
                 if src.exists():
-                    src.rename(idir / f"{DB_NAME}{suffix}.damaged-{stamp}")
+                    src.rename(src.with_name(f"{src.name}.damaged-{stamp}"))
             store = VectorStore.open(idir, cfg)
             try:
                 store.drop_all()  # which vectors are whose is unknown now: all are rebuilt
             finally:
                 store.close()
-        else:
-            store = VectorStore.open(idir, cfg)
-            manifest = Manifest(idir / DB_NAME)
-            try:
-                for kind, ids in report.orphan_vectors.items():
-                    if ids:
-                        store.delete(kind, ids)
-                for path in report.redo:
-                    indexer._remove_document(path, manifest, store)
-                for rel in report.unused_crops:
-                    (idir / rel).unlink(missing_ok=True)
-            finally:
-                manifest.close()
-                store.close()
+    else:
+        with Index.open(idir, cfg, write=True) as index:
+            for kind, vids in report.orphan_vectors.items():
+                if vids:
+                    index.store.delete(kind, vids)
+            for path in report.redo:
+                index.remove_document(path)
+            for rel in report.unused_crops:
+                (idir / rel).unlink(missing_ok=True)
     return indexer.run(lib)
