@@ -133,14 +133,16 @@ class Indexer:
         self.retry_failed = retry_failed
         self.shard = shard
         self.index_dir = Path(index_dir)
-        self.dense = dense
+        # dense: this run makes vectors. Which: the CLIP/SigLIP ones unless ``model`` is null (then the text
+        # model alone embeds passages and figure texts), the text model's unless ``text_model`` is null
+        self.dense = dense and bool(cfg["model"] or cfg["text_model"])
         self.progress = progress
         self._tmp_dir: Path | None = None
         self._clip = None
         self._text = None
         from manualrag.encoder import model_id_for
 
-        self._want_clip = model_id_for(cfg["model"])
+        self._want_clip = model_id_for(cfg["model"]) if cfg["model"] else None
         self._want_text = model_id_for(cfg["text_model"]) if cfg["text_model"] else None
 
     # ------------------------------------------------------------------------------------------ models
@@ -148,7 +150,7 @@ class Indexer:
         from manualrag.encoder import ClipEncoder, TextEncoder
 
         c = self.cfg
-        if self._clip is None:
+        if self._clip is None and c["model"]:
             self._clip = ClipEncoder.load(
                 c["model"], device=c["device"], dtype=c["dtype"], batch_size=c["batch_size"]
             )
@@ -384,9 +386,10 @@ class Indexer:
 
     def _check_store_models(self, store: VectorStore) -> None:
         """Refuse to mix encoders in one index (raises EncoderMismatchError)."""
-        store.ensure("text", self._clip.model_id, self._clip.dim)
-        store.ensure("image", self._clip.model_id, self._clip.dim)
-        store.ensure("image_text", self._clip.model_id, self._clip.dim)
+        if self._clip is not None:
+            store.ensure("text", self._clip.model_id, self._clip.dim)
+            store.ensure("image", self._clip.model_id, self._clip.dim)
+            store.ensure("image_text", self._clip.model_id, self._clip.dim)
         if self._text is not None:
             store.ensure("sem", self._text.model_id, self._text.dim)
 
@@ -442,10 +445,11 @@ class Indexer:
             passages = make_passages(doc)
             windows: list[tuple[Window, str]] = []
             if self.dense:
-                clip_w = make_windows(
-                    passages, self._clip.count_tokens, self._clip.max_tokens, tag=ids.CLIP_TAG
-                )
-                windows += [(w, "clip") for w in clip_w]
+                if self._clip is not None:
+                    clip_w = make_windows(
+                        passages, self._clip.count_tokens, self._clip.max_tokens, tag=ids.CLIP_TAG
+                    )
+                    windows += [(w, "clip") for w in clip_w]
                 if self._text is not None:
                     sem_w = make_windows(
                         passages,
@@ -491,7 +495,7 @@ class Indexer:
                     n_pages=len(doc.pages),
                     title=doc.title,
                     warnings=list(doc.warnings),
-                    clip_model=self._clip.model_id if self.dense else None,
+                    clip_model=(self._clip.model_id if self._clip else None) if self.dense else None,
                     text_model=(self._text.model_id if self._text else None) if self.dense else None,
                     indexed_at=time.time(),
                 )
@@ -521,6 +525,7 @@ class Indexer:
 
         clip_w = [w for w, ch in windows if ch == "clip"]
         sem_w = [w for w, ch in windows if ch == "sem"]
+        clip = self._clip
         with _Timer(timings, "embed_text"):
             if clip_w:
                 embs = self._clip.embed_texts([w.text for w in clip_w])
@@ -534,7 +539,7 @@ class Indexer:
                     [w.text for w in clip_w],
                 )
                 summary.embedded["texts"] += len(clip_w)
-            labelled = [(fid, f) for fid, f in figures if f.label_text.strip()]
+            labelled = [(fid, f) for fid, f in figures if clip is not None and f.label_text.strip()]
             if labelled:
                 texts = [self._clip.fit(f.label_text) for _, f in labelled]
                 embs = self._clip.embed_texts(texts)
@@ -545,7 +550,7 @@ class Indexer:
                     texts,
                 )
                 summary.embedded["texts"] += len(labelled)
-        if figures:
+        if figures and clip is not None:
             with _Timer(timings, "embed_image"):
                 embs = self._clip.embed_images([f.png or self._read_crop(f) for _, f in figures])
             out["image"] = (

@@ -40,7 +40,8 @@ class CheckReport:
     unused_crops: list[str] = field(default_factory=list)
     redo: list[str] = field(default_factory=list)  # documents that must be indexed again
     library: str | None = None
-    dense: bool = True
+    dense: bool = True  # the index has vectors (CLIP, text model or both)
+    clip: bool = True  # ... CLIP/SigLIP ones among them (an index built with `model: null` has not)
 
     @property
     def ok(self) -> bool:
@@ -103,9 +104,9 @@ def _sqlite_problem(db: Path) -> str | None:
         conn.close()
 
 
-def _salvage_meta(db: Path) -> tuple[str | None, bool | None]:
-    """The library path and whether the index was dense, read from a damaged file where its meta table
-    can still be read (else None: unknown)."""
+def _salvage_meta(db: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """The library path and the models the index was built with, read from a damaged file where its meta
+    table can still be read (else None: unknown)."""
     try:
         conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
         try:
@@ -114,8 +115,7 @@ def _salvage_meta(db: Path) -> tuple[str | None, bool | None]:
             conn.close()
         library = json.loads(meta["library"]) if "library" in meta else None
         models = json.loads(meta.get("models", "null")) or {}
-        dense = bool(models.get("clip")) if "models" in meta else None
-        return (library if isinstance(library, str) else None), dense
+        return (library if isinstance(library, str) else None), (models if "models" in meta else None)
     except (sqlite3.Error, ValueError, TypeError, AttributeError):
         return None, None
 
@@ -128,17 +128,22 @@ def check_index(index_dir: Path | str, cfg: dict[str, Any]) -> CheckReport:
     report = CheckReport(index_dir=str(idir))
     report.sqlite_problem = _sqlite_problem(db)
     if report.sqlite_problem:
-        report.library, dense = _salvage_meta(db)
+        report.library, models = _salvage_meta(db)
+        if models is not None:
+            report.clip = bool(models.get("clip"))
+            report.dense = report.clip or bool(models.get("text"))
+            return report
         store = VectorStore.open(idir, cfg)
         try:  # the store still tells whether the index had CLIP vectors
-            report.dense = dense if dense is not None else store.get("text") is not None
+            report.dense = report.clip = store.get("text") is not None
         finally:
             store.close()
         return report
     with Manifest(db, readonly=True) as m:
         report.library = m.get_meta("library")
         models = m.get_meta("models") or {}
-        report.dense = bool(models.get("clip"))
+        report.clip = bool(models.get("clip"))
+        report.dense = report.clip or bool(models.get("text"))
         need: dict[str, dict[str, str]] = {k: {} for k in KINDS}  # kind -> id -> document
         allowed = m.all_vector_ids()
         with m.read_snapshot():
@@ -157,7 +162,11 @@ def check_index(index_dir: Path | str, cfg: dict[str, Any]) -> CheckReport:
     redo: set[str] = set()
     for kind in KINDS:
         report.orphan_vectors[kind] = sorted(present[kind] - allowed[kind])
-        if has[kind] or (kind in ("text", "image") and report.dense):
+        if kind == "sem":
+            expected = has[kind]
+        else:  # CLIP kinds: only in an index built with a CLIP model (figure labels may be absent)
+            expected = report.clip and (has[kind] or kind != "image_text")
+        if expected:
             missing = sorted(set(need[kind]) - present[kind])
             report.missing_vectors[kind] = missing
             redo.update(need[kind][i] for i in missing)
@@ -202,6 +211,8 @@ def repair_index(
     if not lib.is_dir():
         raise ManualragError(f"library folder not found: {lib} (give the right one with --library PATH)")
     dense = report.dense if dense is None else dense
+    if dense and not report.clip:  # rebuilt as it was built: without CLIP vectors
+        cfg = {**cfg, "model": None}
     indexer = Indexer(cfg, idir, dense=dense, progress=progress)
     if dense:
         indexer._load_models()  # an unavailable model fails here, before anything is moved or deleted

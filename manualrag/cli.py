@@ -263,7 +263,11 @@ def _stderr_tty() -> bool:
 @main.command()
 @click.argument("library", type=click.Path(exists=True, file_okay=False))
 @_index_dir_option
-@click.option("--model", default=None, help="CLIP/SigLIP checkpoint name or local folder.")
+@click.option(
+    "--model",
+    default=None,
+    help="CLIP/SigLIP checkpoint name or local folder ('none': no CLIP vectors; the text model still embeds).",
+)
 @click.option(
     "--text-model", default=None, help="Sentence-embedding model name or folder ('none' turns it off)."
 )
@@ -363,10 +367,13 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 def _print_summary(s: Any) -> None:
     d = s.to_dict()
     docs = d["documents"]
-    _echo(
-        f"Indexed {d['library']} into {d['index_dir']} in {d['wall_s']:.1f} s"
-        + ("" if s.dense else "  (lexical only: --no-dense)")
-    )
+    if not s.dense:
+        mode = "  (lexical only: no vectors)"
+    elif not d["model"]:
+        mode = "  (text channel only: no CLIP model)"
+    else:
+        mode = ""
+    _echo(f"Indexed {d['library']} into {d['index_dir']} in {d['wall_s']:.1f} s{mode}")
     _echo(
         f"  documents: {docs['indexed']} indexed, {docs['unchanged']} unchanged, "
         f"{docs['removed']} removed, {docs['failed']} failed"
@@ -378,8 +385,8 @@ def _print_summary(s: Any) -> None:
         _echo("  records written: " + ", ".join(f"{k} {v}" for k, v in sorted(d["records"].items())))
     if d["embedded"]:
         _echo("  model inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(d["embedded"].items())))
-    if d["model"]:
-        _echo(f"  models: {d['model']}" + (f" + {d['text_model']}" if d["text_model"] else ""))
+    if d["model"] or d["text_model"]:
+        _echo(f"  models: {d['model'] or 'no CLIP model'} + {d['text_model'] or 'no text model'}")
     t = {k: v for k, v in d["timings_s"].items() if v >= 0.05}
     if t:
         _echo("  time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
@@ -411,6 +418,8 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         if key == "size_bytes":
             key, value = "size on disk", f"{value / 1e6:.1f} MB"
+        elif key in ("model", "text_model") and value is None:
+            value = "none (no CLIP vectors)" if key == "model" else "none (no text-model vectors)"
         _echo(f"{key:>14}: {value}")
 
 
@@ -592,8 +601,21 @@ def query(
         _print_hits(res)
     for note in res.notes:
         _echo(f"note: {note}", err=True)
+    for hint in _channel_hints(res.channels_off):
+        _echo(f"hint: {hint}", err=True)
     if timings:
         _echo("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in res.timings_ms.items()), err=True)
+
+
+def _channel_hints(off: dict[str, str]) -> list[str]:
+    """The CLI's wording of what to do about a channel the index lacks (the retriever's notes say only
+    what is off, in words that fit every front end)."""
+    out = []
+    if off.get("dense") == "no_vectors":
+        out.append("`manualrag index LIBRARY --model NAME_OR_FOLDER` adds CLIP vectors (figure pictures)")
+    if off.get("text") == "no_vectors":
+        out.append("`manualrag index LIBRARY --text-model NAME_OR_FOLDER` adds text-model vectors")
+    return out
 
 
 def _print_hits(res: Any) -> None:

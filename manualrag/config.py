@@ -100,12 +100,17 @@ _MINIMUM = {
     # below this every file would fail with "worker did not start"
     "isolation.memory_mb": (MIN_WORKER_MB, "MiB: an extraction worker needs about 300 MiB just to start"),
 }
-_NULLABLE = {"text_model", "store.url", "ocr.cache"}
+_NULLABLE = {"model", "text_model", "store.url", "ocr.cache"}
+# model keys where the word "none" (a flag or environment value: --model none, MANUALRAG_MODEL=none) means
+# null: no CLIP/SigLIP vectors (model) or no semantic text vectors (text_model)
+_NONE_WORDS = {"model", "text_model"}
 # keys whose change alters what extraction/chunking produces (re-index the document when they change)
 EXTRACTION_KEYS = ("extract", "ocr", "passwords")
 
 
 def _check(key: str, value: Any, default: Any) -> Any:
+    if key in _NONE_WORDS and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        value = None
     if value is None:
         if key in _NULLABLE:
             return None

@@ -198,7 +198,8 @@ class _Source:
         elif _looks_like_path(name):
             raise ModelUnavailableError(
                 f"model folder '{name}' does not exist. Pass an existing folder ({flag} /path/to/folder) "
-                f"or a Hugging Face model name, or run with --no-dense (lexical search only)."
+                f"or a Hugging Face model name, or run with {flag} none (without that model's vectors) or "
+                f"--no-dense (lexical search only)."
             )
         else:
             self.ref = name
@@ -226,10 +227,15 @@ class _Source:
         return f"the Hugging Face cache ({_hf_cache_dir()})"
 
     def ways_out(self) -> str:
+        without = (
+            "no CLIP vectors: the text model and keyword search still work"
+            if self.flag == "--model"
+            else "no text-model vectors"
+        )
         return (
             f"Ways out: pass a local model folder ({self.flag} /path/to/folder); download it into the cache "
-            f"on a connected machine (hf download {self.name}) and copy the cache over; or run with "
-            f"--no-dense (lexical search only)."
+            f"on a connected machine (hf download {self.name}) and copy the cache over; run with "
+            f"{self.flag} none ({without}); or run with --no-dense (lexical search only)."
         )
 
     def unavailable(self, reason: str) -> ModelUnavailableError:

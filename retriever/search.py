@@ -101,7 +101,10 @@ class SearchResult:
     hits: list[Hit]
     channels_used: list[str]
     timings_ms: dict[str, float]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a front end shows as is (no CLI flags in them)
+    # channels that could not search, and why: "no_vectors" (the index has none for it), "building" (none
+    # committed yet), "unavailable" (its model cannot be loaded); each front end words its own advice
+    channels_off: dict[str, str] = field(default_factory=dict)
 
 
 def _terms(query: str) -> list[str]:
@@ -156,6 +159,7 @@ class Retriever:
         self._text = None
         self._clip_failed: str | None = None
         self._text_failed: str | None = None
+        self._clip_off = self._text_off = ""  # why a channel is off: a code of SearchResult.channels_off
 
     @classmethod
     def open(
@@ -209,13 +213,17 @@ class Retriever:
                 raise ManualragError(self._clip_failed)
             return self._clip
         model = self.query_model("clip")
-        if not model or self.store.get("image") is None:
+        if not model or not self.models.get("clip") or self.store.get("image") is None:
             building = self.building()
-            self._clip_failed = (
-                f"no CLIP vectors yet: {building}"
-                if building
-                else "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
-            )
+            if building:
+                self._clip_off, self._clip_failed = "building", f"no CLIP vectors yet: {building}"
+            else:
+                self._clip_off = "no_vectors"
+                self._clip_failed = "the index has no CLIP vectors (it was built " + (
+                    "without a CLIP model)"
+                    if self.models.get("text")
+                    else "without vectors: keyword search only)"
+                )
             if required:
                 raise ManualragError(self._clip_failed)
             return None
@@ -225,7 +233,7 @@ class Retriever:
         try:
             self._clip = ClipEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
         except ModelUnavailableError as exc:
-            self._clip_failed = str(exc)
+            self._clip_off, self._clip_failed = "unavailable", str(exc)
             if required:
                 raise
             log.warning("dense channels off: %s", str(exc).splitlines()[0])
@@ -238,7 +246,7 @@ class Retriever:
             return self._text
         model = self.query_model("text")
         if not model or self.store.get("sem") is None:
-            self._text_failed = "the index has no text-model vectors; use --channels lexical or dense"
+            self._text_off, self._text_failed = "no_vectors", "the index has no text-model vectors"
             if required:
                 raise ManualragError(self._text_failed)
             return None
@@ -248,7 +256,7 @@ class Retriever:
         try:
             self._text = TextEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
         except ModelUnavailableError as exc:
-            self._text_failed = str(exc)
+            self._text_off, self._text_failed = "unavailable", str(exc)
             if required:
                 raise
             log.warning("text channel off: %s", str(exc).splitlines()[0])
@@ -288,11 +296,18 @@ class Retriever:
         if building:
             notes.append(building)
         used: list[str] = []
+        off: dict[str, str] = {}
 
         if "dense" in channels:
-            clip = self._clip_encoder(required=explicit)
+            try:
+                # a query image alone has only the CLIP channels: without them there is nothing to search
+                clip = self._clip_encoder(required=explicit or not text)
+            except ManualragError as exc:
+                self._channel_error(exc, "dense", image is not None and not text)
+                raise
             if clip is None:
                 notes.append("dense channels off: " + (self._clip_failed or "").splitlines()[0])
+                off["dense"] = self._clip_off
             else:
                 used.append("dense")
                 if text:
@@ -314,10 +329,15 @@ class Retriever:
                     timings["search"] += time.perf_counter() - t0
 
         if "text" in channels and text:
-            enc = self._text_encoder(required=explicit)
+            try:
+                enc = self._text_encoder(required=explicit)
+            except ManualragError as exc:
+                self._channel_error(exc, "text", False)
+                raise
             if enc is None:
                 if self.query_model("text"):
                     notes.append("text channel off: " + (self._text_failed or "").splitlines()[0])
+                    off["text"] = self._text_off
             else:
                 used.append("text")
                 t0 = time.perf_counter()
@@ -355,7 +375,25 @@ class Retriever:
             channels_used=used,
             timings_ms={key: round(v * 1000, 2) for key, v in timings.items()},
             notes=notes,
+            channels_off=off,
         )
+
+    def _channel_error(self, exc: ManualragError, channel: str, image_only: bool) -> None:
+        """For a channel asked for by name (or needed by a query image) that the index has no vectors for:
+        raise a one-line error saying so and naming the channels it does have (else return, and the
+        caller re-raises ``exc``)."""
+        code = self._clip_off if channel == "dense" else self._text_off
+        if code != "no_vectors":
+            return
+        if image_only:
+            raise ManualragError(f"{exc}: a query image needs them") from None
+        have = {
+            "lexical",
+            "dense" if self.models.get("clip") else "",
+            "text" if self.models.get("text") else "",
+        }
+        have -= {"", channel}
+        raise ManualragError(f"{exc}; channels it has: {', '.join(sorted(have))}") from None
 
     def _refs(self, kind: str, vec: Any, n: int) -> list[tuple[Key, float]]:
         """Vector search in one collection, mapped to the things (passages/figures) the vectors belong to."""
