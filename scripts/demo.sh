@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job: index the sample manuals in data/manuals and run a query.
-# Uses the configured CLIP model when it can be loaded; otherwise says so and indexes lexical-only.
+# Uses the configured CLIP model when it can be loaded; otherwise says so and indexes without CLIP vectors
+# (--model none: the text model, installed with manualrag, still gives the semantic channel; keyword search
+# as always), and as a last resort lexical-only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 INDEX_DIR="${MANUALRAG_INDEX_DIR:-data/index}"
@@ -10,15 +12,25 @@ echo "== manualrag index data/manuals --index-dir $INDEX_DIR"
 out=$(mktemp)
 manualrag index data/manuals --index-dir "$INDEX_DIR" 2> >(tee "$out" >&2)
 rc=$?
-if [ "$rc" = 2 ] && grep -q -- "--no-dense" "$out"; then
+if [ "$rc" = 2 ] && grep -q -- "--model none" "$out"; then
   echo
-  echo "!! The CLIP model could not be loaded (see above), so this demo runs LEXICAL-ONLY:"
-  echo "!! figures, crops, OCR'd labels and captions are indexed, but no vectors."
-  echo "!! Point --model (or 'model:' in config.yaml) at a local CLIP/SigLIP folder to add them."
+  echo "!! The CLIP model could not be loaded (see above), so this demo runs WITHOUT CLIP VECTORS:"
+  echo "!! the semantic text channel (all-MiniLM-L6-v2) and keyword search find passages and figures"
+  echo "!! (by captions, OCR'd labels and nearby text), but not by their pictures, and --image queries are off."
+  echo "!! Point --model (or 'model:' in config.yaml) at a local CLIP/SigLIP folder and run index again to add them."
   echo
-  echo "== manualrag index data/manuals --index-dir $INDEX_DIR --no-dense"
-  manualrag index data/manuals --index-dir "$INDEX_DIR" --no-dense
+  echo "== manualrag index data/manuals --index-dir $INDEX_DIR --model none"
+  manualrag index data/manuals --index-dir "$INDEX_DIR" --model none 2> >(tee "$out" >&2)
   rc=$?
+  if [ "$rc" = 2 ] && grep -q -- "--no-dense" "$out"; then
+    echo
+    echo "!! The text model could not be loaded either (see above), so this demo runs LEXICAL-ONLY:"
+    echo "!! figures, crops, OCR'd labels and captions are indexed, but no vectors."
+    echo
+    echo "== manualrag index data/manuals --index-dir $INDEX_DIR --no-dense"
+    manualrag index data/manuals --index-dir "$INDEX_DIR" --no-dense
+    rc=$?
+  fi
 fi
 rm -f "$out"
 [ "$rc" -le 1 ] || exit "$rc"
