@@ -242,6 +242,8 @@ def _conversation(index: Path) -> dict:
                         "bad_modality": ("search_manuals", {"query": "pump", "modality": "video"}),
                         "bad_max_chars": ("get_context", {"query": "pump", "max_chars": 10}),
                         "page_zero": ("get_page", {"path": PUMP, "page": 0}),
+                        "k_not_a_number": ("search_manuals", {"query": "pump", "k": "abc"}),
+                        "page_not_a_number": ("get_page", {"path": PUMP, "page": [4]}),
                     }
                     for key, (tool, args) in bad.items():
                         out[key] = await call(tool, args)
@@ -345,6 +347,9 @@ def test_mcp_get_context_get_page_and_list_documents(mcp_talk):
         ("bad_modality", "modality: choose all, text or image, not 'video'"),
         ("bad_max_chars", "max_chars: give a size from 500 to 50000 characters, not 10"),
         ("page_zero", "there is no page 0"),
+        # wrong types are refused by the SDK's argument check: one line too, not pydantic's report
+        ("k_not_a_number", "k: Input should be a valid integer"),
+        ("page_not_a_number", "page: Input should be a valid integer"),
     ],
 )
 def test_mcp_bad_input_is_a_clear_tool_error_and_reads_nothing_outside(mcp_talk, key, says):

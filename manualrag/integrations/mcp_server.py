@@ -26,9 +26,9 @@ from typing import Annotated, Any, Literal
 try:
     import anyio
     from mcp.server.mcpserver import MCPServer
-    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
     from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, Field, ValidationError
 except ImportError:  # pragma: no cover - exercised by a test that hides the package
     from manualrag.integrations._common import missing_extra
 
@@ -110,6 +110,29 @@ class DocumentList(BaseModel):
 
 
 # -------------------------------------------------------------------------------------------- the server
+class _Server(MCPServer):
+    """The SDK's server, with arguments of the wrong type (k="abc") refused in one line, like every other
+    bad input, rather than pydantic's multi-line report with its documentation links."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            raise ToolError(f"Error executing tool {name}: {_validation_line(cause)}") from cause
+
+
+def _validation_line(exc: ValidationError, most: int = 3) -> str:
+    """pydantic's errors as one line: "k: Input should be a valid integer, ..." (values left out)."""
+    parts = []
+    for e in exc.errors(include_url=False)[:most]:
+        where = ".".join(str(x) for x in e.get("loc", ())) or "arguments"
+        parts.append(f"{where}: {' '.join(str(e.get('msg', 'invalid')).split())}")
+    return "; ".join(parts)
+
+
 def create_server(
     retriever: Retriever | SharedRetriever,
     assets: Assets | None = None,
@@ -127,7 +150,7 @@ def create_server(
         retriever = SharedRetriever(retriever, assets, lock, search)
     shared = retriever
     assets = assets or shared.assets
-    server: MCPServer = MCPServer(name, version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+    server: MCPServer = _Server(name, version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     tools = _Tools(shared, assets)
     ro = ToolAnnotations(
         read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
