@@ -254,6 +254,13 @@ class OcrEngine:
         """One read; small text (median word height under ``_SMALL_TEXT_PX`` after the first scaling) is
         read a second time enlarged to about ``_GOOD_TEXT_PX``, and the better read kept."""
         res, median_h = self._tesseract(digest, grey, scale, sauvola)
+        return self._enlarged(digest, grey, scale, sauvola, res, median_h)
+
+    def _enlarged(
+        self, digest: str, grey: Image.Image, scale: float, sauvola: bool, res: OcrResult, median_h: float
+    ) -> OcrResult:
+        """``res`` (a first read of ``grey``), or a read of ``grey`` enlarged when its text is small and the
+        enlarged read is better."""
         if res.words and median_h < _SMALL_TEXT_PX:
             factor = min(_GOOD_TEXT_PX / max(median_h, 1.0), _MAX_UPSCALE / scale)
             if factor > 1.2 and max(grey.size) * factor <= 2 * self.max_side:
@@ -290,9 +297,11 @@ class OcrEngine:
             candidates = (rotation, (rotation + 180) % 360)
         else:
             candidates = ROTATIONS
+        first: dict[int, tuple[OcrResult, float]] = {}  # quick reads (no enlarged retry) to compare
         for r in candidates:
             if r not in reads:
-                reads[r] = self._read(digest, turn(grey, r), scale, sauvola)
+                first[r] = self._tesseract(digest, turn(grey, r), scale, sauvola)
+                reads[r] = first[r][0]
         if len(candidates) == 1:
             chosen = candidates[0]
         else:
@@ -300,6 +309,17 @@ class OcrEngine:
             best = reads[chosen]
             if _quality(best) < _TURN_MARGIN * _quality(upright) or best.mean_conf < upright.mean_conf:
                 chosen = 0
+        if chosen:
+            turned = turn(grey, chosen)
+            reads[chosen] = self._enlarged(digest, turned, scale, sauvola, *first[chosen])
+        log.debug(
+            "orientation of image %s: OSD %s (conf %.2f), read %s, chose %d",
+            digest[:12],
+            rotation,
+            conf,
+            sorted(reads),
+            chosen,
+        )
         with self._lock:
             self.orient_seconds += time.perf_counter() - t0
             self.turned += bool(chosen)

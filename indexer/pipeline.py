@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -31,7 +32,8 @@ from manualrag.errors import ManualragError
 from manualrag.index import Index, IndexLayout
 from manualrag.indexer.chunk import make_passages, make_windows
 from manualrag.indexer.discover import SourceFile, discover, file_digest
-from manualrag.manifest import DocRow
+from manualrag.lock import IndexLock
+from manualrag.manifest import DocRow, Manifest
 from manualrag.models import Document, Figure, FileError, Passage, Window
 from manualrag.store import VectorStore
 
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from manualrag.encoder import ClipEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
+
+TMP_DIR = ".tmp"  # the run's private temporary files (workers' TMPDIR)
 
 
 def in_shard(rel: str, shard: tuple[int, int]) -> bool:
@@ -136,12 +140,15 @@ class Indexer:
         dense: bool = True,
         progress: bool = False,
         shard: tuple[int, int] = (0, 1),
+        retry_failed: bool = False,
     ):
         self.cfg = cfg
+        self.retry_failed = retry_failed
         self.shard = shard
         self.index_dir = Path(index_dir)
         self.dense = dense
         self.progress = progress
+        self._tmp_dir: Path | None = None
         self._clip: ClipEncoder | None = None
         self._text: TextEncoder | None = None
         from manualrag.encoder import model_id_for
@@ -176,16 +183,87 @@ class Indexer:
         if not library.is_dir():
             raise ManualragError(f"library folder not found: {library}")
         t_start = time.perf_counter()
+        existed = self.index_dir.exists()
+        fresh = not (self.index_dir / "index.sqlite").exists()
         self.index_dir.mkdir(parents=True, exist_ok=True)
         summary = Summary(library=str(library), index_dir=str(self.index_dir), dense=self.dense)
-        with Index.open(self.index_dir, self.cfg, write=True) as index:
+        skeleton_removed = False
+        try:
             try:
-                self._run_locked(library, index, summary)
+                index = Index.open(self.index_dir, self.cfg, write=True)
+            except BaseException:
+                if fresh:  # e.g. a dead store: what the attempt created goes, under the lock
+                    with contextlib.suppress(ManualragError), IndexLock(self.index_dir):
+                        if not self._has_records():
+                            self._remove_skeleton()
+                            skeleton_removed = True
+                raise
+            try:
+                with self._private_tmp():
+                    self._run_locked(library, index, summary)
+            except BaseException:
+                # a first run that fails before it records anything (a model that cannot load, a device
+                # that is not there) leaves nothing behind: no index skeleton
+                if fresh and not (summary.indexed or summary.failed or summary.removed):
+                    index.store.close()
+                    index.manifest.close()
+                    self._remove_skeleton()  # still under the lock: index.close() releases it below
+                    skeleton_removed = True
+                raise
             finally:
                 with contextlib.suppress(ManualragError):
-                    index.manifest.delete_meta("run")  # readers stop saying "being built"
+                    if not skeleton_removed:
+                        index.manifest.delete_meta("run")  # readers stop saying "being built"
+                index.close()
+        finally:
+            if skeleton_removed and not existed:
+                with contextlib.suppress(OSError):
+                    self.index_dir.rmdir()  # only when empty: nothing of anyone else's is removed
         summary.wall_s = time.perf_counter() - t_start
         return summary
+
+    def _has_records(self) -> bool:
+        """Whether the index folder's manifest names any document or error (False when there is none)."""
+        db = IndexLayout(self.index_dir).db
+        if not db.is_file():
+            return False
+        try:
+            with Manifest(db, readonly=True) as m:
+                return bool(m.documents() or m.errors())
+        except ManualragError:
+            return True  # cannot tell: keep it
+
+    def _remove_skeleton(self) -> None:
+        """Delete what a first run created in the index folder (the caller holds the lock)."""
+        layout = IndexLayout(self.index_dir)
+        for p in layout.reset_files() + [self.index_dir / TMP_DIR]:
+            if p == layout.ocr_cache and self.cfg["ocr"]["cache"]:
+                continue
+            if p == layout.chroma and self.cfg["store"]["url"]:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+                for suffix in ("-wal", "-shm"):
+                    Path(f"{p}{suffix}").unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _private_tmp(self) -> Iterator[None]:
+        """A private (0700) temporary folder for this run's workers (tesseract writes renders of the
+        manual's pages there), removed at the end; what a killed run left behind is swept here first (the
+        caller holds the index lock, so no other run is using it)."""
+        root = self.index_dir / TMP_DIR
+        shutil.rmtree(root, ignore_errors=True)
+        self._tmp_dir = root / f"run-{os.getpid()}"
+        self._tmp_dir.mkdir(parents=True, mode=0o700)
+        os.chmod(root, 0o700)
+        os.chmod(self._tmp_dir, 0o700)
+        try:
+            yield
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+            self._tmp_dir = None
 
     def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
@@ -198,6 +276,11 @@ class Indexer:
         manifest.set_meta("run", {"pid": os.getpid(), "total": len(files), "started": time.time()})
         known = manifest.documents()
         fp = extraction_fingerprint(cfg)
+        # a failure is worth retrying when the file, the extraction settings or the worker's limits change
+        limits = {k: cfg["isolation"][k] for k in ("timeout_s", "memory_mb")}
+        fail_fp = hashlib.sha256(f"{fp}:{json.dumps(limits, sort_keys=True)}".encode()).hexdigest()[:16]
+        failed_before = {} if self.retry_failed else manifest.failed_versions()
+        errors_before = manifest.errors() if failed_before else {}
 
         # decide what to do with each file
         work: list[tuple[SourceFile, str]] = []
@@ -207,6 +290,19 @@ class Indexer:
                 if row is not None and self._up_to_date(row, src, fp):
                     summary.unchanged += 1
                     continue
+                failed = failed_before.get(src.rel)
+                if row is None and failed is not None and src.rel in errors_before:
+                    size, mtime, failed_fp = failed
+                    if size == src.size and abs(mtime - src.mtime) <= 1e-6 and failed_fp == fail_fp:
+                        err = errors_before[src.rel]
+                        summary.failed.append(
+                            FileError(
+                                src.rel,
+                                f"{err.reason} (unchanged since; --retry-failed tries again)",
+                                err.stage,
+                            )
+                        )
+                        continue
                 try:
                     digest = file_digest(src.path)
                 except OSError as exc:
@@ -271,7 +367,9 @@ class Indexer:
                         # of the old version would describe content that is no longer there
                         if item.path in known or item.path in manifest.paths_with_rows():
                             index.remove_document(item.path)
-                        manifest.record_error(item.path, item.reason, item.stage)
+                        manifest.record_error(
+                            item.path, item.reason, item.stage, version=(src.size, src.mtime, fail_fp)
+                        )
                     else:
                         self._index_document(src, item, index, summary, fp)
                         manifest.clear_error(src.rel)
@@ -333,7 +431,7 @@ class Indexer:
             yield None, iter(())
             return
         n = min(len(work), self.cfg["isolation"]["workers"] or os.cpu_count() or 1)
-        pool = WorkerPool(self.cfg, self.index_dir, n=n)
+        pool = WorkerPool(self.cfg, self.index_dir, n=n, tmp_dir=self._tmp_dir)
         results = pool.imap(((s, d), s.path, s.rel) for s, d in work)
 
         def extracted() -> Iterator[tuple[SourceFile, Document | FileError]]:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -179,13 +179,23 @@ STARTUP_TIMEOUT_S = 120.0  # a worker's imports and OCR set-up; the per-document
 
 
 class _Worker:
-    def __init__(self, cfg: dict[str, Any], index_dir: Path):
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        index_dir: Path,
+        tmp_dir: Path | None = None,
+        on_spawn: Callable[[_Worker], None] | None = None,
+    ):
         env = dict(
             os.environ,
             OMP_THREAD_LIMIT="1",
             PYTHONFAULTHANDLER="0",
             MALLOC_ARENA_MAX="2",  # fewer glibc arenas per thread: less memory held on many-core machines
         )
+        if tmp_dir is not None:  # tesseract's input renders of the manual's pages go here, not to /tmp
+            env.update(
+                TMPDIR=str(tmp_dir.absolute()), TEMP=str(tmp_dir.absolute()), TMP=str(tmp_dir.absolute())
+            )
         quiet = not log.isEnabledFor(logging.DEBUG)
         try:
             self.proc = subprocess.Popen(
@@ -204,6 +214,8 @@ class _Worker:
                 f"cannot start an extraction worker ({exc}); check config key 'isolation.memory_mb'"
                 f" (now {cfg['isolation']['memory_mb']})"
             ) from None
+        if on_spawn is not None:  # the pool can kill it from now on, also while it starts
+            on_spawn(self)
         # the worker runs in another working directory (the package's, so that a module in the user's cwd
         # cannot shadow an import): every path it is sent must be absolute
         cache = cfg["ocr"]["cache"]
@@ -299,9 +311,12 @@ def _invalid(doc: Document, rel: str) -> str | None:
 class WorkerPool:
     """N extraction workers; documents go to whichever is free; a dead or hung worker is replaced."""
 
-    def __init__(self, cfg: dict[str, Any], index_dir: Path, n: int | None = None):
+    def __init__(
+        self, cfg: dict[str, Any], index_dir: Path, n: int | None = None, tmp_dir: Path | None = None
+    ):
         self.cfg = cfg
         self.index_dir = index_dir
+        self.tmp_dir = tmp_dir
         self.n = n or cfg["isolation"]["workers"] or os.cpu_count() or 1
         self.timeout = cfg["isolation"]["timeout_s"]
         self.memory_mb = cfg["isolation"]["memory_mb"]
@@ -310,6 +325,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._closed = False
         self._ever_started = False
+        self._executors: list[ThreadPoolExecutor] = []
 
     def _get(self) -> _Worker:
         try:
@@ -318,10 +334,15 @@ class WorkerPool:
                 return w
         except queue.Empty:
             pass
-        w = _Worker(self.cfg, self.index_dir)
-        with self._lock:
-            self._all.append(w)
-        return w
+
+        def spawned(w: _Worker) -> None:
+            with self._lock:
+                self._all.append(w)
+                closed = self._closed
+            if closed:  # the pool was closed (killed) while this worker was being started
+                w.kill()
+
+        return _Worker(self.cfg, self.index_dir, self.tmp_dir, on_spawn=spawned)
 
     def extract(self, path: Path, rel: str) -> Document | FileError:
         w = self._get()
@@ -400,6 +421,7 @@ class WorkerPool:
         # "closed": this call's consumer stopped; the pool itself may serve later calls (the fuzz harness)
         state = {"in_flight": 0, "waiting": 0, "closed": 0}
         ex = ThreadPoolExecutor(max_workers=self.n)
+        self._executors.append(ex)
 
         def submit_more() -> None:
             with lock:
@@ -435,20 +457,35 @@ class WorkerPool:
                     yield key, fut.result(), seconds
             finally:
                 with lock:
+                    early = state["closed"] == 0 and (state["in_flight"] or state["waiting"])
                     state["closed"] = 1  # the consumer stopped early (an error): submit nothing more
+                if early:  # (Ctrl-C, SIGTERM, an error) nobody wants the documents in flight: stop them
+                    self._kill_busy()
                 ex.shutdown(wait=True, cancel_futures=True)
 
         submit_more()  # the workers start now, before the caller asks for the first result
         return results()
 
+    def _kill_busy(self) -> None:
+        """Kill the workers that are extracting a document (their callers get a FileError at once)."""
+        idle = set(map(id, list(self._idle.queue)))
+        for w in list(self._all):
+            if id(w) not in idle and w.alive():
+                w.kill()
+
     def close(self, kill: bool = False) -> None:
         """Stop the workers: let each finish its document (``kill``: at once, e.g. when the run failed)."""
-        self._closed = True
-        for w in list(self._all):
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+        for w in workers:
             if kill:
                 w.kill()
             else:
                 w.close()
+        # the threads that feed workers: none is left writing crops or caches once close() returns
+        for ex in self._executors:
+            ex.shutdown(wait=True, cancel_futures=True)
 
 
 if __name__ == "__main__":

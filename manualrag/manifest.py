@@ -520,17 +520,33 @@ class Manifest:
             c.execute("DELETE FROM errors WHERE path = ?", (path,))
             self._delete_rows(c, path)
 
-    def record_error(self, path: str, reason: str, stage: str) -> None:
+    def record_error(
+        self, path: str, reason: str, stage: str, version: tuple[int, float, str] | None = None
+    ) -> None:
+        """Record a file's failure; ``version`` (size, mtime, extraction fingerprint) when the failure is
+        the file's own (its content or the settings must change before it is worth trying again)."""
         reason = " ".join(str(reason).split())
         with self._tx() as c:
             c.execute(
                 "INSERT OR REPLACE INTO errors(path, reason, stage, at) VALUES (?,?,?,?)",
                 (path, reason, stage, _now()),
             )
+            c.execute("DELETE FROM failed_versions WHERE path = ?", (path,))
+            if version is not None:
+                c.execute(
+                    "INSERT INTO failed_versions(path, size, mtime, config_fp) VALUES (?,?,?,?)",
+                    (path, *version),
+                )
 
     def clear_error(self, path: str) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM errors WHERE path = ?", (path,))
+            c.execute("DELETE FROM failed_versions WHERE path = ?", (path,))
+
+    def failed_versions(self) -> dict[str, tuple[int, float, str]]:
+        """Files whose last run failed, by path: the (size, mtime, extraction fingerprint) that failed."""
+        rows = self._query("SELECT path, size, mtime, config_fp FROM failed_versions")
+        return {r["path"]: (int(r["size"]), float(r["mtime"]), r["config_fp"]) for r in rows}
 
     # ------------------------------------------------------------------------------------------- read
     def documents(self) -> dict[str, DocRow]:

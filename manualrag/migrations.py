@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manualrag.schema import FIGURES, PENDING_DELETES_DDL, Table
+from manualrag.schema import FAILED_VERSIONS_DDL, FIGURES, PENDING_DELETES_DDL, Table
 
 LEGACY_KEY = "schema"  # the only version key before version 2
 VERSION_KEY = "schema_version"
@@ -51,6 +51,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "figures.rotation: the degrees a crop was turned to read upright (models.Figure.rotation)",
         add_column(FIGURES, "rotation"),
+    ),
+    Migration(
+        4,
+        "failed_versions: the version of a file whose last run failed, so an unchanged failing file is "
+        "not retried (and loads no model) on every run",
+        (FAILED_VERSIONS_DDL,),
     ),
 )
 

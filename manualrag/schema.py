@@ -204,6 +204,14 @@ PENDING_DELETES_DDL = """CREATE TABLE IF NOT EXISTS pending_deletes (
 ) WITHOUT ROWID"""
 
 
+# the version of a file (size, mtime, fingerprint of the extraction settings and worker limits) whose last
+# run failed: an unchanged file is reported as still failing without being tried again (and without
+# loading models) until --retry-failed
+FAILED_VERSIONS_DDL = """CREATE TABLE IF NOT EXISTS failed_versions (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime REAL NOT NULL, config_fp TEXT NOT NULL
+) WITHOUT ROWID"""
+
+
 def split_sql(script: str) -> list[str]:
     """Statements of a schema script (no semicolons inside statements here); comments dropped."""
     lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
@@ -213,4 +221,4 @@ def split_sql(script: str) -> list[str]:
 def create_statements() -> list[str]:
     """The statements that create every table of the current schema (a new index starts here; an older
     one gets there through :mod:`manualrag.migrations`)."""
-    return [*split_sql(_SCHEMA), *PASSAGES.ddl(), *FIGURES.ddl(), PENDING_DELETES_DDL]
+    return [*split_sql(_SCHEMA), *PASSAGES.ddl(), *FIGURES.ddl(), PENDING_DELETES_DDL, FAILED_VERSIONS_DDL]

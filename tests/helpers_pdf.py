@@ -329,7 +329,8 @@ def sideways_vector_pdf(path: Path) -> Path:
     1. a mixed portrait page: upright prose above and below the diagram printed sideways (labels run bottom
        to top: turn the page 90 degrees clockwise to read it);
     2. the diagram alone, turned the other way (turn the page 270 degrees clockwise);
-    3. a page stored sideways with /Rotate 90, so that it displays (and reads) upright."""
+    3. a page stored sideways with /Rotate 90, so that it displays (and reads) upright;
+    4. upright prose and a raster picture of the diagram turned 90 degrees (its words only in pixels)."""
     doc = pymupdf.open()
     with wiring_only() as src:
         cw, ch = src[0].rect.width, src[0].rect.height
@@ -356,6 +357,12 @@ def sideways_vector_pdf(path: Path) -> Path:
         page = doc.new_page(width=ch + 40, height=cw + 40)
         page.show_pdf_page(pymupdf.Rect(20, 20, 20 + ch, 20 + cw), src, 0, rotate=90)
         page.set_rotation(90)
+        # 4: a raster picture of it, turned, between upright paragraphs
+        page = doc.new_page(width=A4[0], height=A4[1])
+        body_text(page, 60, "The terminal assignment is shown in the picture below, printed landscape.")
+        picture = Image.open(io.BytesIO(wiring_png(150))).rotate(90, expand=True)
+        page.insert_image(pymupdf.Rect(x0, 100, x0 + ch, 100 + cw), stream=png_bytes(picture))
+        body_text(page, 120 + cw, "Tighten the terminal screws to 0.5 Nm after fitting the ferrules.")
     doc.save(path)
     doc.close()
     return path

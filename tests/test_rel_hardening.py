@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from manualrag.cli import main
@@ -34,6 +36,7 @@ def _run(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | 
 
 
 # ------------------------------------------------------------------------------ row 1: relative paths
+@pytest.mark.slow
 def test_relative_paths_work_from_any_directory(tmp_path):
     """Extraction workers run in another working directory: a library, index or OCR cache given relative
     to the user's cwd must still be found (before: every file FAILED "No such file or directory", rc 1)."""
@@ -191,16 +194,6 @@ def test_bad_query_images_are_one_line_usage_errors_like_index(small_index, tmp_
 
 
 # -------------------------------------------------------------- row 4: damaged index, manualrag check
-def _damage(db: Path, how: str) -> None:
-    data = db.read_bytes()
-    if how == "truncated":
-        db.write_bytes(data[:8192])
-    else:  # garbage over the header and the first pages
-        db.write_bytes(os.urandom(100) + data[100:4096] + os.urandom(8192) + data[12288:])
-    for suffix in ("-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-
-
 @pytest.mark.slow
 def test_check_finds_and_repairs_inconsistencies_and_a_damaged_manifest(small_index, tmp_path):
     """`manualrag check` verifies SQLite integrity and manifest <-> vector ids <-> crops; `--repair` fixes
@@ -249,7 +242,7 @@ def test_check_finds_and_repairs_inconsistencies_and_a_damaged_manifest(small_in
 
     # a damaged index.sqlite: every command says so in one line, rc 2; check --repair rebuilds it
     for how in ("truncated", "garbage"):
-        _damage(idx / "index.sqlite", how)
+        rh.damage_sqlite(idx / "index.sqlite", how)
         for args in (
             ["query", "relief valve"],
             ["stats"],
@@ -377,3 +370,188 @@ def test_query_during_a_first_run_says_the_index_is_being_built(tmp_path, tiny_c
         rh.kill_hard(proc)
     rc, _, out = rh.cli("--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx))
     assert rc == 0 and "being built" not in out, out
+
+
+# ------------------------------------------------------------- row 11: temporary files, SIGTERM and the lock
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:  # field 4: the parent's pid
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_temporary_files_are_private_and_swept_and_sigterm_releases_the_lock(tmp_path):
+    """Workers get a private (0700) TMPDIR inside the index (tesseract writes renders of the manual's pages
+    there: before, /tmp/tess_*_input.PNG, mode 0644, stayed after SIGKILL/SIGINT); it is removed at exit and
+    what a killed run left is swept by the next. SIGTERM releases the lock like SIGINT (before: the lock file
+    stayed)."""
+    import signal
+
+    from manualrag.indexer.worker import FAULT_ENV
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.md", "b.md", "c.md"):
+        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "timeout_s": 300})
+    idx = tmp_path / "idx"
+    args = rh.index_args(cfg, lib, idx, dense=False)
+
+    def hung_run() -> tuple[subprocess.Popen, Path]:
+        """An index run whose worker hangs on c.md, a.md and b.md committed."""
+        proc = rh.popen_cli(*args, env={FAULT_ENV: "hang:c.md"})
+        try:
+            run_tmp = idx / ".tmp" / f"run-{proc.pid}"
+
+            def on_c() -> bool:
+                try:
+                    with rh.sqlite_ro(idx) as db:
+                        done = db.execute("SELECT count(*) FROM documents WHERE state = 'ok'").fetchone()[0]
+                except sqlite3.Error:  # being created
+                    return False
+                return done == 2 and bool(_children(proc.pid))
+
+            assert rh.wait_for(on_c, 120, 0.2)
+            worker = _children(proc.pid)[0]
+            environ = Path(f"/proc/{worker}/environ").read_text().split("\0")
+            env = dict(kv.split("=", 1) for kv in environ if "=" in kv)
+            assert env["TMPDIR"] == str(run_tmp.absolute()), env.get("TMPDIR")
+            assert run_tmp.stat().st_mode & 0o777 == 0o700 and (idx / ".tmp").stat().st_mode & 0o777 == 0o700
+        except BaseException:
+            rh.kill_hard(proc)
+            raise
+        return proc, run_tmp
+
+    proc, run_tmp = hung_run()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            rh.kill_hard(proc)
+    assert proc.returncode == 143 and b"Traceback" not in err, err
+    assert not (idx / "lock").exists(), "SIGTERM released the lock"
+    assert not (idx / ".tmp").exists(), "the run's temporary folder is removed at exit"
+
+    proc, run_tmp = hung_run()
+    (run_tmp / "tess_abc_input.PNG").write_bytes(b"a render of a page")  # what tesseract leaves on SIGKILL
+    rh.kill_hard(proc)
+    assert (run_tmp / "tess_abc_input.PNG").exists()
+    rc, s, out = rh.cli(*args)
+    assert rc == 0 and s["indexed"] == ["c.md"], out
+    assert not (idx / ".tmp").exists(), "the next run swept what the killed one left"
+
+
+# ------------------------------------------------------------ row 12: a file that always fails, re-runs
+@pytest.mark.slow
+def test_an_unchanged_failing_file_is_not_retried_and_loads_no_model(small_index, tmp_path):
+    """Before: one file that always fails made every re-run reload both models (5-11 s) though nothing
+    changed. Now it is reported as still failing without extraction or model load; --retry-failed, a change
+    of the file or of the settings tries it again."""
+    cfg, _, _ = small_index
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "good.md").write_bytes(rh.versioned_md("good"))
+    (lib / "random.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 4)
+    idx = tmp_path / "idx"
+    args = rh.index_args(cfg, lib, idx, dense=True)
+
+    def run(*extra: str) -> dict:
+        rc, s, out = rh.cli(*args, *extra)
+        assert rc == 1 and [f["path"] for f in s["failed"]] == ["random.pdf"], out
+        return s
+
+    first = run()
+    assert "load_models" in first["timings_s"] and first["indexed"] == ["good.md"]
+    again = run()
+    assert again["documents"]["unchanged"] == 1 and again["indexed"] == []
+    assert "load_models" not in again["timings_s"] and "extract" not in again["timings_s"], again["timings_s"]
+    reason = again["failed"][0]["reason"]
+    assert reason.startswith(first["failed"][0]["reason"]) and "--retry-failed" in reason, reason
+    forced = run("--retry-failed")
+    assert (
+        "load_models" in forced["timings_s"] and forced["failed"][0]["reason"] == first["failed"][0]["reason"]
+    )
+    cfg2 = rh.write_cfg(
+        tmp_path / "cfg2.yaml",
+        **{**yaml.safe_load(cfg.read_text()), "isolation": {"workers": 1, "timeout_s": 99}},
+    )
+    rc, s, out = rh.cli(*rh.index_args(cfg2, lib, idx, dense=True))
+    assert rc == 1 and "extract" in s["timings_s"], "a new worker limit is worth a new try"
+    (lib / "random.pdf").write_bytes(rh.versioned_pdf("fixed", pages=1, figure=False))
+    rc, s, out = rh.cli(*args)
+    assert rc == 0 and s["indexed"] == ["random.pdf"], out
+
+
+# ------------------------------------------------- row 13: failed first runs leave nothing; store errors
+def test_a_first_run_that_fails_creates_nothing_and_store_errors_are_plain(
+    tmp_path, tiny_clip_dir, monkeypatch
+):
+    """Before: an offline model, --device cuda on a CPU machine or a dead store left index.sqlite and
+    chroma/ behind; an unroutable store said "refused the connection: ValueError (check store.tenant...)"."""
+    import http.server
+    import socket
+    import threading
+
+    import torch
+
+    from manualrag import store as store_mod
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "r.md").write_bytes(rh.versioned_md("skel"))
+    (lib / "p.pdf").write_bytes(rh.versioned_pdf("skel", pages=1))  # a figure: its worker writes a crop
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", model=str(tiny_clip_dir), isolation={"workers": 1})
+    idx = tmp_path / "parent" / "idx"
+
+    def fails(*extra: str, says: str) -> None:
+        rc, _, out = rh.cli("--config", str(cfg), "index", str(lib), "--index-dir", str(idx), *extra)
+        assert rc == 2 and says in out and "Traceback" not in out, out
+        assert len(out.strip().splitlines()) == 1, out
+        assert not idx.exists(), sorted(p.name for p in idx.rglob("*"))
+
+    fails("--model", str(tmp_path / "no-such-model"), says="error: ")
+    if not torch.cuda.is_available():
+        fails("--device", "cuda", says="cuda")
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fails("--store", f"http://127.0.0.1:{port}", says="refused the connection (nothing listens on")
+    fails("--store", "http://no-such-host.invalid:8000", says="does not resolve")
+
+    class NotChroma(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_error(404)
+
+        def log_message(self, *a):
+            pass
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), NotChroma)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections (the kernel does) and never answers
+    monkeypatch.setattr(store_mod, "CONNECT_TIMEOUT_S", 1.0)
+    try:
+        fails("--store", f"http://127.0.0.1:{web.server_port}", says="it is not a Chroma (1.x) server")
+        fails(
+            "--store", f"http://127.0.0.1:{silent.getsockname()[1]}", says="timed out after 1 s waiting for"
+        )
+    finally:
+        web.shutdown()
+        silent.close()
+
+    # an existing index is never removed by a failed run
+    rc, _, out = rh.cli("--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0, out
+    rc, _, out = rh.cli(
+        "--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--model", str(tmp_path / "nope")
+    )
+    assert rc == 2 and (idx / "index.sqlite").is_file(), out

@@ -150,6 +150,7 @@ def test_stored_crop_of_a_turned_scan_is_upright(scans: dict[int, Document], cfg
 def test_sideways_vector_diagram_is_stored_upright(vector: tuple[Document, int], ocr: OcrEngine) -> None:
     doc, osd_runs = vector
     figs = {f.pages[0]: f for f in doc.figures if f.kind == "vector"}
+    assert [(f.kind, f.pages) for f in doc.figures if f.kind != "vector"] == [("raster", [4])]
     assert set(figs) == {1, 2, 3}, [(f.kind, f.pages) for f in doc.figures]
     assert [figs[p].rotation for p in (1, 2, 3)] == [90, 270, 0]
     for p, fig in figs.items():
@@ -161,10 +162,22 @@ def test_sideways_vector_diagram_is_stored_upright(vector: tuple[Document, int],
         x0, y0, x1, y1 = fig.bbox
         assert 0 <= x0 < x1 <= page[p].width and 0 <= y0 < y1 <= page[p].height, (p, fig.bbox)
         assert ((y1 - y0) > (x1 - x0)) == (p in (1, 2)), (p, fig.bbox)
-    assert osd_runs == 0, "no orientation check for a text-layer PDF"
+    assert osd_runs <= 1, "orientation checks only for the raster picture, none for the drawings"
     # the stored crop reads upright
     res = ocr.ocr([("vector-crop-p1", figs[1].png)])["vector-crop-p1"]
     assert res.rotation == 0 and {"mains", "k1", "relay", "coil"} <= _words(res.text), res.text
+
+
+def test_turned_raster_picture_is_read_and_stored_upright(
+    vector: tuple[Document, int], scans: dict[int, Document]
+) -> None:
+    doc, _ = vector
+    fig = next(f for f in doc.figures if f.kind == "raster")
+    assert fig.rotation == 90 and fig.width > fig.height
+    want = _words(scans[0].figures[0].ocr_text)
+    got = _words(fig.ocr_text)
+    assert len(want & got) >= 0.8 * len(want), sorted(want - got)
+    assert not any(b.ocr for b in doc.blocks), "a figure's OCR stays with the figure"
 
 
 def test_mixed_page_keeps_upright_prose(vector: tuple[Document, int]) -> None:
@@ -192,3 +205,48 @@ def test_inspect_lists_the_labels_of_a_turned_scan(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert {"mains", "230v", "k1", "relay", "coil", "ptc"} <= _words(res.output), res.output
     assert "rotated 90" in res.output
+
+
+# ------------------------------------------------------------------------------------------ index + query
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path, scans, vector) -> tuple[Path, Path]:
+    """The scan turned 270 degrees, the sideways vector pages and a manual whose own wiring diagram also has
+    a K1, indexed with the tiny CLIP (OCR comes from the session cache the fixtures above filled)."""
+    from tests import rel_helpers as rh
+
+    base = tmp_path_factory.mktemp("sideways-index")
+    lib = base / "lib"
+    lib.mkdir()
+    (lib / "scan-270.pdf").write_bytes(h.turned_scan_pdf_bytes(270))
+    h.sideways_vector_pdf(lib / "sideways.pdf")
+    (lib / "good.pdf").write_bytes(rh.versioned_pdf("good", pages=2))
+    cfg = rh.write_cfg(base / "cfg.yaml", model=str(tiny_clip_dir))
+    idx = base / "index"
+    rc, summary, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=True))
+    assert rc == 0 and sorted(summary["indexed"]) == ["good.pdf", "scan-270.pdf", "sideways.pdf"], out
+    return idx, cfg
+
+
+def _query(index: tuple[Path, Path], text: str, *extra: str) -> list[dict]:
+    from tests import rel_helpers as rh
+
+    idx, cfg = index
+    rc, hits, out = rh.cli("--config", str(cfg), "query", text, "--index-dir", str(idx), "--json", *extra)
+    assert rc == 0, out
+    return hits  # type: ignore[return-value]
+
+
+def test_label_query_finds_the_sideways_pages_first(index: tuple[Path, Path]) -> None:
+    hits = _query(index, "K1 relay 24 V DC coil")
+    assert hits[0]["path"] in ("scan-270.pdf", "sideways.pdf"), [(x["path"], x["kind"]) for x in hits[:3]]
+    scan = _query(index, "K1 relay 24 V DC coil", "--source", "scan-270.pdf")
+    assert scan[0]["page"] == 1
+    fig = next(x for x in scan if x["kind"] == "image")
+    assert fig["figure_kind"] == "scan" and fig["rotation"] == 270
+    # the bbox stays the page's (portrait: the landscape diagram was turned onto it)
+    x0, y0, x1, y1 = fig["bbox"]
+    assert x0 == y0 == 0 and y1 > x1
+    vec = _query(index, "MAINS 230V GNYE PTC", "--source", "sideways.pdf", "--channels", "lexical")
+    assert vec[0]["kind"] == "image" and vec[0]["figure_kind"] == "vector"
+    rotations = {x["page"]: x["rotation"] for x in vec if x["kind"] == "image"}
+    assert rotations == {1: 90, 2: 270, 3: 0}, rotations

@@ -48,12 +48,16 @@ class IndexState:
     def warm_up(self) -> None:
         """Load the models and the vector indexes now, so the first request costs a search, not a start."""
         try:
+            import pymupdf  # noqa: F401 - imported now rather than by the first page request
+
             self.search("warm up", k=1)
         except Exception as exc:  # noqa: BLE001 - a model that cannot load says so on the first real query
             log.warning("warm-up search failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
     def _refresh(self) -> None:
         """Reopen the vector store if another process committed to the index since it was opened."""
+        if self.cfg["store"].get("url"):  # a Chroma server answers from its current state
+            return
         version = self._data_version()
         now = time.monotonic()
         if version == self._version or now - self._reopened_at < self.refresh_s:
