@@ -5,7 +5,7 @@ dataclass come its SQL column (type, NOT NULL, DEFAULT), the INSERT, the decodin
 :class:`~manualrag.manifest.FigureRow` (a ``Figure`` subclass) and its ``to_figure``. The SQL type follows
 the field's annotation (:data:`_TYPES`); the default follows the field's default.
 
-To add a figure field (say ``rotation: int = 0``):
+To add a figure field (``rotation: int = 0`` came this way: migration 3):
   1. add it to ``models.Figure`` with a default (rows written before it get that default);
   2. add a migration to :data:`manualrag.migrations.MIGRATIONS`:
      ``Migration(LATEST + 1, "why", add_column(FIGURES, "rotation"))``;
