@@ -38,6 +38,8 @@ WEIGHTS = {
     "image_text": 0.5,
 }
 
+_VECTORS_OF = {"clip": "image", "text": "sem"}  # the store kind whose presence says a channel was indexed
+_CHANNEL_NAME = {"clip": "dense channels", "text": "text channel"}
 CAPTION_PASSAGE_MAX_WORDS = 40  # longer passages hold more than a caption: they stay text hits
 _FIG_REF = re.compile(
     r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I
@@ -53,6 +55,7 @@ HIT_FIGURE_FIELDS = {
     "ocr_text": "ocr_text",
     "nearby_text": "nearby_text",
     "quality": "quality",
+    "rotation": "rotation",
 }
 
 
@@ -88,6 +91,7 @@ class Hit:
     crop_path: str | None = None  # absolute path of the PNG crop
     bbox: list[float] | None = None
     quality: str | None = None
+    rotation: int | None = None  # image hits: 0, or the clockwise turn that made the stored crop upright
     # text hits: figures on the same page or referenced from the passage
     figures: list[LinkedFigure] = field(default_factory=list)
 
@@ -155,11 +159,9 @@ class Retriever:
         self.models = models  # what the index was built with: {"clip": id|None, "text": id|None}
         # encoders of the queries given instead of the index's (a local copy of the same model, say)
         self._query_override = {"clip": clip_model, "text": text_model}
-        self._clip = None
-        self._text = None
-        self._clip_failed: str | None = None
-        self._text_failed: str | None = None
-        self._clip_off = self._text_off = ""  # why a channel is off: a code of SearchResult.channels_off
+        self._encoders: dict[str, Any] = {"clip": None, "text": None}  # loaded on first use
+        self._failed: dict[str, str | None] = {"clip": None, "text": None}  # why one is not available
+        self._off: dict[str, str] = {"clip": "", "text": ""}  # ... as a code of SearchResult.channels_off
 
     @classmethod
     def open(
@@ -207,60 +209,68 @@ class Retriever:
         else the one the index was built with."""
         return self._query_override[kind] or self.models.get(kind)
 
-    def _clip_encoder(self, required: bool):
-        if self._clip is not None or self._clip_failed:
-            if self._clip is None and required:
-                raise ManualragError(self._clip_failed)
-            return self._clip
-        model = self.query_model("clip")
-        if not model or not self.models.get("clip") or self.store.get("image") is None:
-            building = self.building()
+    def reset_models(self, models: dict[str, Any]) -> None:
+        """The index now names these models (re-indexed meanwhile): encoders of other models are loaded
+        again on the next query, and a channel that was missing gets another chance."""
+        if models != self.models:
+            self.models = models
+            self._encoders = {"clip": None, "text": None}
+        self._failed = {"clip": None, "text": None}
+
+    def _encoder(self, which: str, required: bool) -> Any:
+        """The query encoder of ``which`` ("clip" or "text"), loaded on first use; None (with the reason kept
+        for notes) when the index has no such vectors or the model cannot be loaded, unless ``required``."""
+        enc, failed = self._encoders[which], self._failed[which]
+        if enc is not None or failed:
+            if enc is None and required:
+                raise ManualragError(failed)
+            return enc
+        model = self.query_model(which)
+        # the messages say what is off in words for every front end (web page, MCP, CLI); each adds its
+        # own advice from the code in self._off
+        if not model or not self.models.get(which) or self.store.get(_VECTORS_OF[which]) is None:
+            building = self.building() if which == "clip" else None
             if building:
-                self._clip_off, self._clip_failed = "building", f"no CLIP vectors yet: {building}"
-            else:
-                self._clip_off = "no_vectors"
-                self._clip_failed = "the index has no CLIP vectors (it was built " + (
+                self._off[which], failed = "building", f"no CLIP vectors yet: {building}"
+            elif which == "clip":
+                self._off[which] = "no_vectors"
+                failed = "the index has no CLIP vectors (it was built " + (
                     "without a CLIP model)"
                     if self.models.get("text")
                     else "without vectors: keyword search only)"
                 )
+            else:
+                self._off[which], failed = "no_vectors", "the index has no text-model vectors"
+            self._failed[which] = failed
             if required:
-                raise ManualragError(self._clip_failed)
+                raise ManualragError(failed)
             return None
-        from manualrag.encoder import ClipEncoder
+        from manualrag.encoder import ClipEncoder, TextEncoder
         from manualrag.errors import ModelUnavailableError
 
+        cls = ClipEncoder if which == "clip" else TextEncoder
         try:
-            self._clip = ClipEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            self._encoders[which] = cls.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
         except ModelUnavailableError as exc:
-            self._clip_off, self._clip_failed = "unavailable", str(exc)
+            self._off[which], self._failed[which] = "unavailable", str(exc)
             if required:
                 raise
-            log.warning("dense channels off: %s", str(exc).splitlines()[0])
-        return self._clip
+            log.warning("%s off: %s", _CHANNEL_NAME[which], str(exc).splitlines()[0])
+        return self._encoders[which]
 
-    def _text_encoder(self, required: bool):
-        if self._text is not None or self._text_failed:
-            if self._text is None and required:
-                raise ManualragError(self._text_failed)
-            return self._text
-        model = self.query_model("text")
-        if not model or self.store.get("sem") is None:
-            self._text_off, self._text_failed = "no_vectors", "the index has no text-model vectors"
-            if required:
-                raise ManualragError(self._text_failed)
-            return None
-        from manualrag.encoder import TextEncoder
-        from manualrag.errors import ModelUnavailableError
+    def _clip_encoder(self, required: bool) -> Any:
+        return self._encoder("clip", required)
 
-        try:
-            self._text = TextEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
-        except ModelUnavailableError as exc:
-            self._text_off, self._text_failed = "unavailable", str(exc)
-            if required:
-                raise
-            log.warning("text channel off: %s", str(exc).splitlines()[0])
-        return self._text
+    def _text_encoder(self, required: bool) -> Any:
+        return self._encoder("text", required)
+
+    @property
+    def _clip_failed(self) -> str | None:
+        return self._failed["clip"]
+
+    @property
+    def _text_failed(self) -> str | None:
+        return self._failed["text"]
 
     # ------------------------------------------------------------------------------------------- search
     def search(
@@ -281,7 +291,7 @@ class Retriever:
         explicit = channels is not None
         if explicit and not channels:
             raise ManualragError(f"no channel given: choose from {', '.join(CHANNELS)}")
-        channels = list(channels if explicit else CHANNELS)
+        channels = list(CHANNELS) if channels is None else list(channels)
         for c in channels:
             if c not in CHANNELS:
                 raise ManualragError(f"unknown channel {c!r}: choose from {', '.join(CHANNELS)}")
@@ -303,11 +313,11 @@ class Retriever:
                 # a query image alone has only the CLIP channels: without them there is nothing to search
                 clip = self._clip_encoder(required=explicit or not text)
             except ManualragError as exc:
-                self._channel_error(exc, "dense", image is not None and not text)
+                self._channel_error(exc, "clip", image is not None and not text)
                 raise
             if clip is None:
                 notes.append("dense channels off: " + (self._clip_failed or "").splitlines()[0])
-                off["dense"] = self._clip_off
+                off["dense"] = self._off["clip"]
             else:
                 used.append("dense")
                 if text:
@@ -337,11 +347,11 @@ class Retriever:
             if enc is None:
                 if self.query_model("text"):
                     notes.append("text channel off: " + (self._text_failed or "").splitlines()[0])
-                    off["text"] = self._text_off
+                    off["text"] = self._off["text"]
             else:
                 used.append("text")
                 t0 = time.perf_counter()
-                q = enc.embed_texts([enc.fit(text) if hasattr(enc, "fit") else text])[0]
+                q = enc.embed_texts([enc.fit(text)])[0]
                 timings["encode"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 rankings["text"] = self._refs("sem", q, n)
@@ -378,12 +388,11 @@ class Retriever:
             channels_off=off,
         )
 
-    def _channel_error(self, exc: ManualragError, channel: str, image_only: bool) -> None:
+    def _channel_error(self, exc: ManualragError, which: str, image_only: bool) -> None:
         """For a channel asked for by name (or needed by a query image) that the index has no vectors for:
         raise a one-line error saying so and naming the channels it does have (else return, and the
         caller re-raises ``exc``)."""
-        code = self._clip_off if channel == "dense" else self._text_off
-        if code != "no_vectors":
+        if self._off[which] != "no_vectors":
             return
         if image_only:
             raise ManualragError(f"{exc}: a query image needs them") from None
@@ -392,7 +401,7 @@ class Retriever:
             "dense" if self.models.get("clip") else "",
             "text" if self.models.get("text") else "",
         }
-        have -= {"", channel}
+        have -= {"", "dense" if which == "clip" else "text"}
         raise ManualragError(f"{exc}; channels it has: {', '.join(sorted(have))}") from None
 
     def _refs(self, kind: str, vec: Any, n: int) -> list[tuple[Key, float]]:

@@ -249,4 +249,4 @@ def test_label_query_finds_the_sideways_pages_first(index: tuple[Path, Path]) ->
     vec = _query(index, "MAINS 230V GNYE PTC", "--source", "sideways.pdf", "--channels", "lexical")
     assert vec[0]["kind"] == "image" and vec[0]["figure_kind"] == "vector"
     rotations = {x["page"]: x["rotation"] for x in vec if x["kind"] == "image"}
-    assert rotations == {1: 90, 2: 270, 3: 0}, rotations
+    assert rotations == {1: 90, 2: 270, 3: 0, 4: 90}, rotations  # 4: the raster picture (OCR)
