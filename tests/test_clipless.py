@@ -13,12 +13,19 @@ import os
 import shutil
 import subprocess
 import sys
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from PIL import Image
 
+from manualrag.cli import main
 from manualrag.config import load_config
+from manualrag.serve.app import create_app
+from manualrag.serve.state import IndexState
 
 ROOT = Path(__file__).resolve().parents[1]
 MANUALS = ROOT / "data" / "manuals"
@@ -153,3 +160,35 @@ def test_a_later_run_with_a_clip_model_adds_the_clip_vectors(text_only, tiny_cli
         "query", "wiring", "--index-dir", "idx", "--channels", "dense", "--json", cwd=tmp_path
     )
     assert rc == 0 and json.loads(out), err
+
+
+def test_web_api_notes_on_a_keyword_only_index_name_no_cli_flags(tmp_path):
+    """The retriever's notes and errors are read on the web page and by MCP clients as they are: they say
+    what is off, not which command-line flag to use (the CLI adds its own hint from channels_off)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "torque.md").write_text("# Coupling\n\nTighten the coupling bolts to 40 Nm torque.\n")
+    idx = tmp_path / "idx"
+    res = CliRunner().invoke(main, ["index", str(lib), "--index-dir", str(idx), "--no-dense", "-q"])
+    assert res.exit_code == 0, res.output
+    state = IndexState(idx, load_config(None, overrides={"index_dir": str(idx)}), refresh_s=0.0)
+    try:
+        with TestClient(create_app(state), base_url="http://127.0.0.1") as client:
+            r = client.get("/api/search", params={"q": "coupling torque"})
+            assert r.status_code == 200 and r.json()["hits"][0]["path"] == "torque.md", r.text
+            assert r.json()["notes"] == [
+                "dense channels off: the index has no CLIP vectors (it was built without vectors: keyword "
+                "search only)"
+            ]
+            r = client.get("/api/search", params={"q": "coupling", "channels": "dense"})
+            assert r.status_code == 400 and r.json()["error"] == (
+                "the index has no CLIP vectors (it was built without vectors: keyword search only); "
+                "channels it has: lexical"
+            )
+            buf = BytesIO()  # query by example: only the CLIP channels could search it
+            Image.new("RGB", (64, 64), "white").save(buf, "PNG")
+            r = client.post("/api/search", files={"image": ("q.png", buf.getvalue(), "image/png")})
+            assert r.status_code == 400 and r.json()["error"].endswith(": a query image needs them"), r.text
+        assert state.retriever.search("coupling").channels_off == {"dense": "no_vectors"}
+    finally:
+        state.close()
