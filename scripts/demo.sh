@@ -10,7 +10,9 @@ QUERY="${1:-electric wiring layout}"
 
 echo "== manualrag index data/manuals --index-dir $INDEX_DIR"
 out=$(mktemp)
-manualrag index data/manuals --index-dir "$INDEX_DIR" 2> >(tee "$out" >&2)
+# stderr is shown and kept in $out (a pipeline, so tee has written it all before it is read; pipefail
+# gives manualrag's exit code)
+{ manualrag index data/manuals --index-dir "$INDEX_DIR" 2>&1 >&3 | tee "$out" >&2; } 3>&1
 rc=$?
 if [ "$rc" = 2 ] && grep -q -- "--model none" "$out"; then
   echo
@@ -20,7 +22,7 @@ if [ "$rc" = 2 ] && grep -q -- "--model none" "$out"; then
   echo "!! Point --model (or 'model:' in config.yaml) at a local CLIP/SigLIP folder and run index again to add them."
   echo
   echo "== manualrag index data/manuals --index-dir $INDEX_DIR --model none"
-  manualrag index data/manuals --index-dir "$INDEX_DIR" --model none 2> >(tee "$out" >&2)
+  { manualrag index data/manuals --index-dir "$INDEX_DIR" --model none 2>&1 >&3 | tee "$out" >&2; } 3>&1
   rc=$?
   if [ "$rc" = 2 ] && grep -q -- "--no-dense" "$out"; then
     echo
