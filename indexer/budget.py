@@ -45,5 +45,7 @@ def cap(items: Sequence[T], limit: int, what: str, key: str) -> tuple[list[T], s
 def duplicates_note(total: int, kept: int, what: str) -> str | None:
     """A warning when most of a document's passages or windows were copies of each other."""
     if total >= 1000 and kept * 10 <= total:
-        return f"repetitive text: {total} {what}, {kept} distinct (each distinct one embedded and stored once)"
+        return (
+            f"repetitive text: {total} {what}, {kept} distinct (each distinct one embedded and stored once)"
+        )
     return None
