@@ -748,6 +748,7 @@ def serve(
 @click.pass_obj
 def mcp_cmd(obj: Ctx, index_dir: str | None) -> None:
     """Serve the index to LLM apps over MCP on stdin/stdout: search, context, figure and page images."""
+    _read_only()
     from manualrag.errors import ManualragError
 
     try:

@@ -311,6 +311,10 @@ def test_mcp_get_figure_returns_the_diagram_as_a_png_with_its_citation(mcp_talk)
 def test_mcp_get_context_get_page_and_list_documents(mcp_talk):
     ctx = _texts(mcp_talk["context"])
     assert len(ctx) <= 2000 and "BEGIN SOURCE [1]" in ctx and f"{PUMP} p.4" in ctx
+    # figures go by id, after the fence; no server path reaches the client
+    wiring = mcp_talk["search"].structured_content["hits"][0]["figure_id"]
+    assert ctx.index(f"(figure_id: {wiring})") > ctx.rindex("END SOURCE")
+    assert "crops/" not in ctx and "Image file" not in ctx
     page = mcp_talk["page"]
     assert not page.is_error
     from PIL import Image
@@ -399,3 +403,8 @@ def test_mcp_over_streamable_http_in_manualrag_serve_behind_its_token(index):
     assert out["no_token"].status_code == 401
     assert "get_figure" in out["tools"]
     assert [c.type for c in out["figure"].content] == ["image", "text"]
+
+
+def test_mcp_command_without_an_index_is_a_one_line_error(tmp_path):
+    res = CliRunner().invoke(main, ["mcp", "--index-dir", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "manualrag index" in res.output

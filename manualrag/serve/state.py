@@ -48,6 +48,8 @@ class IndexState:
     def warm_up(self) -> None:
         """Load the models and the vector indexes now, so the first request costs a search, not a start."""
         try:
+            import pymupdf  # noqa: F401 - imported now rather than by the first page request
+
             self.search("warm up", k=1)
         except Exception as exc:  # noqa: BLE001 - a model that cannot load says so on the first real query
             log.warning("warm-up search failed: %s", str(exc).splitlines()[0] if str(exc) else exc)

@@ -109,6 +109,7 @@ def page(browser, server):
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=server)
     pg = ctx.new_page()
+    pg.set_default_timeout(60_000)  # a loaded 2-core CI machine
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     pg.goto(server + "/")
@@ -134,7 +135,7 @@ def test_wiring_diagram_first_and_its_page_box(page, server, shots):
     page.screenshot(path=str(shots / "results.png"))
 
     hit_id = first.get_attribute("data-id")
-    box = httpx.get(f"{server}/api/hits/{hit_id.replace(':', '%3A')}").json()
+    box = httpx.get(f"{server}/api/hits/{hit_id.replace(':', '%3A')}", timeout=60).json()
     first.locator(".where").click()  # open the page viewer
     page.wait_for_selector("#viewer:not([hidden])")
     page.wait_for_function(
@@ -198,6 +199,7 @@ def test_hostile_manual_text_renders_as_text(page):
 def test_phone_screen(browser, server, shots):
     ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     pg = ctx.new_page()
+    pg.set_default_timeout(60_000)
     try:
         pg.goto(server + "/?q=electric+wiring+layout")  # a shared link runs its search
         pg.wait_for_selector("#results .card")
