@@ -55,6 +55,7 @@ HIT_FIGURE_FIELDS = {
     "ocr_text": "ocr_text",
     "nearby_text": "nearby_text",
     "quality": "quality",
+    "rotation": "rotation",
 }
 
 
@@ -90,6 +91,7 @@ class Hit:
     crop_path: str | None = None  # absolute path of the PNG crop
     bbox: list[float] | None = None
     quality: str | None = None
+    rotation: int | None = None  # image hits: 0, or the clockwise turn that made the stored crop upright
     # text hits: figures on the same page or referenced from the passage
     figures: list[LinkedFigure] = field(default_factory=list)
 
