@@ -120,6 +120,32 @@ def make_snippet(text: str, query: str, width: int = 240) -> str:
     return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
 
 
+class _LazyStore:
+    """The index's vector store, opened on first use: a lexical-only query never imports chromadb (about a
+    second of a cold start) nor opens the vectors."""
+
+    def __init__(self, index_dir: Path, cfg: dict[str, Any], cold: dict[str, float]):
+        self._args = (index_dir, cfg)
+        self._store: Any = None
+        self._cold = cold
+
+    def _open(self) -> Any:
+        if self._store is None:
+            t0 = time.perf_counter()
+            from manualrag.store import VectorStore
+
+            self._store = VectorStore.open(*self._args)
+            self._cold["open_store"] = self._cold.get("open_store", 0.0) + time.perf_counter() - t0
+        return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._open(), name)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
 class Retriever:
     """Loads the index and its encoders once; answers many queries."""
 
@@ -135,11 +161,13 @@ class Retriever:
         self._text = None
         self._clip_failed: str | None = None
         self._text_failed: str | None = None
+        # cold-start costs not yet reported: seconds of open_store (chromadb import included), import
+        # (torch + transformers) and load_models (weights, tokenizer); the next search's timings show them
+        self._cold: dict[str, float] = {}
 
     @classmethod
     def open(cls, index_dir: Path | str, cfg: dict[str, Any] | None = None) -> Retriever:
         from manualrag.config import load_config
-        from manualrag.store import VectorStore
 
         cfg = cfg or load_config()
         index_dir = Path(index_dir)
@@ -149,9 +177,12 @@ class Retriever:
                 f"no index in {index_dir} (missing {db.name}); build one with `manualrag index LIBRARY --index-dir {index_dir}`"
             )
         manifest = Manifest(db, readonly=True)
-        store = VectorStore.open(index_dir, cfg)
+        cold: dict[str, float] = {}
+        store = _LazyStore(index_dir, cfg, cold)
         models = manifest.get_meta("models") or {}
-        return cls(index_dir, cfg, manifest, store, models)
+        r = cls(index_dir, cfg, manifest, store, models)
+        r._cold = cold
+        return r
 
     def close(self) -> None:
         self.store.close()
@@ -181,7 +212,12 @@ class Retriever:
         from manualrag.errors import ModelUnavailableError
 
         try:
-            self._clip = ClipEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            self._import_ml("AutoModel", "AutoProcessor")
+            t0 = time.perf_counter()
+            try:
+                self._clip = ClipEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            finally:
+                self._cold["load_models"] = self._cold.get("load_models", 0.0) + time.perf_counter() - t0
         except ModelUnavailableError as exc:
             self._clip_failed = str(exc)
             if required:
@@ -204,13 +240,33 @@ class Retriever:
         from manualrag.errors import ModelUnavailableError
 
         try:
-            self._text = TextEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            self._import_ml("AutoModel", "AutoTokenizer")
+            t0 = time.perf_counter()
+            try:
+                self._text = TextEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            finally:
+                self._cold["load_models"] = self._cold.get("load_models", 0.0) + time.perf_counter() - t0
         except ModelUnavailableError as exc:
             self._text_failed = str(exc)
             if required:
                 raise
             log.warning("text channel off: %s", str(exc).splitlines()[0])
         return self._text
+
+    def _import_ml(self, *names: str) -> None:
+        """Import torch and the transformers classes an encoder's load imports, timed apart from the load
+        (``--timings`` shows where a cold query goes). Import failures are left to the load to report."""
+        t0 = time.perf_counter()
+        try:
+            import importlib
+
+            importlib.import_module("torch")
+            tf = importlib.import_module("transformers")
+            for name in names:
+                getattr(tf, name)
+        except Exception:  # noqa: BLE001 - the encoder's load says what is missing
+            pass
+        self._cold["import"] = self._cold.get("import", 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------------- search
     def search(
@@ -304,11 +360,13 @@ class Retriever:
             fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
             hits = self._hits(fused, text or "", k, modality, source, passages)
             timings["fusion"] += time.perf_counter() - t0
+        cold = {key: v for key, v in self._cold.items() if v > 0}
+        self._cold.clear()
         return SearchResult(
             query=text or f"<image {image if isinstance(image, (str, Path)) else 'bytes'}>",
             hits=hits,
             channels_used=used,
-            timings_ms={key: round(v * 1000, 2) for key, v in timings.items()},
+            timings_ms={key: round(v * 1000, 2) for key, v in {**cold, **timings}.items()},
             notes=notes,
         )
 

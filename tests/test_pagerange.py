@@ -56,7 +56,9 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return c
 
 
-def _one_and_ranged(cfg: dict, path: Path, ranges: list[tuple[int, int]], tmp: Path) -> tuple[Document, Document]:
+def _one_and_ranged(
+    cfg: dict, path: Path, ranges: list[tuple[int, int]], tmp: Path
+) -> tuple[Document, Document]:
     one_cfg = copy.deepcopy(cfg)
     one_cfg["isolation"]["split_pages"] = 0
     pool = WorkerPool(one_cfg, tmp / "one", n=1)
@@ -110,7 +112,7 @@ def _index_rows(index_dir: Path) -> dict[str, list[tuple]]:
             for t in ("passages", "windows", "figures", "lexical")
         }
         out["documents"] = con.execute(
-            "SELECT path, doc_id, digest, size, mtime, config_fp, n_pages, title, warnings, state FROM documents"
+            "SELECT path, doc_id, digest, size, mtime, config_fp, n_pages, title, warnings, state FROM documents ORDER BY path"
         ).fetchall()
     finally:
         con.close()
