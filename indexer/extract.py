@@ -194,7 +194,8 @@ def _extract_open_pdf(
     _analyse_pages(pdf, pages, doc, rel, cfg)
     planned, timeline = _plan_document(pages, toc, cfg, doc)
     by_number = {pg.number: pg for pg in pages}
-    figs, scans = _render_range(pdf, by_number, list(enumerate(planned)), cfg, timeline, ocr)
+    scan_pages = [pg.number for pg in pages if pg.analysis is not None and pg.analysis.is_scan]
+    figs, scans = _render_range(pdf, by_number, list(enumerate(planned)), scan_pages, cfg, timeline, ocr)
     _finish_pdf(
         doc, pages, planned, figs, scans, cfg, toc, body, timeline, _meta_title(pdf), pdf.is_repaired, rel
     )
@@ -342,13 +343,15 @@ def _render_range(
     pdf: pymupdf.Document,
     by_number: dict[int, _Page],
     planned: list[tuple[int, fg.PlannedFigure]],
+    scan_pages: list[int],
     cfg: dict[str, Any],
     timeline: list[_Heading],
     ocr: OcrEngine | None,
 ) -> tuple[dict[int, Figure | None], list[tuple[int, Figure, list[TextBlock] | None]]]:
     """Pass 3, per figure: crops of the planned figures (index -> Figure, None when it cannot be rendered)
-    and of the scanned pages among ``by_number`` (page order), then one OCR batch for all of them. A scanned
-    page comes with its OCR text blocks (None when OCR read nothing)."""
+    and of the scanned pages ``scan_pages`` (in page order), then one OCR batch for all of them. A scanned
+    page comes with its OCR text blocks (None when OCR read nothing). ``by_number``: at least the pages
+    that these figures and scans are on."""
     figs: dict[int, Figure | None] = {}
     images: list[tuple[str, bytes]] = []
     to_read: list[tuple[Figure, str]] = []
@@ -366,10 +369,8 @@ def _render_range(
             images.append((key, fig.png))
             to_read.append((fig, key))
     scan_jobs: list[tuple[int, Figure, str]] = []
-    for number in sorted(by_number):
+    for number in scan_pages:
         pg = by_number[number]
-        if pg.analysis is None or not pg.analysis.is_scan:
-            continue
         fig, scan_png = _render_scan(_load_page(pdf, number), pg, cfg, timeline)
         key = hashlib.sha256(scan_png).hexdigest()
         images.append((key, scan_png))

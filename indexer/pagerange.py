@@ -214,7 +214,8 @@ def handle(
                 by_number = {pg.number: pg for pg in (_page_in(d) for d in req["pages"])}
                 planned = [(int(i), _planned_in(d)) for i, d in req["planned"]]
                 timeline = [ex._Heading(int(p), float(y), str(h)) for p, y, h in req["timeline"]]
-                figs, scans = ex._render_range(pdf, by_number, planned, cfg, timeline, ocr)
+                scan_pages = [int(n) for n in req["scans"]]
+                figs, scans = ex._render_range(pdf, by_number, planned, scan_pages, cfg, timeline, ocr)
                 write_crops([f for f in figs.values() if f is not None] + [f for _, f, _ in scans])
                 out["figures"] = [
                     [i, None if f is None else f.to_dict(with_png=False)] for i, f in figs.items()
@@ -311,22 +312,28 @@ def extract_in_ranges(
         doc.warnings.extend(str(w) for w in rep["warnings"])
     planned, timeline = ex._plan_document(pages, toc, cfg, doc)
 
-    # round 3: crops and OCR of the figures whose first page is in the range, and of its scanned pages
+    # round 3: crops and OCR of the figures and scanned pages, in as many batches as there are ranges, each
+    # batch a run of consecutive figures (pages in order) with about the same number of them: figures gather
+    # in a few chapters, so batches by page range would leave most workers idle in this round
+    items: list[tuple[int, int | None, fg.PlannedFigure | None]] = [
+        (pf.region.page, i, pf) for i, pf in enumerate(planned)
+    ]
+    items += [(pg.number, None, None) for pg in pages if pg.analysis is not None and pg.analysis.is_scan]
+    items.sort(key=lambda t: (t[0], t[1] is None, t[1] or 0))
+    n_batches = min(len(ranges), len(items))
     reqs: list[dict[str, Any]] = []
-    for a, b in ranges:
-        mine = [(i, pf) for i, pf in enumerate(planned) if a <= pf.region.page <= b]
-        needed = {pf.region.page for _, pf in mine}
-        needed |= {pg.number for pg in in_range(a, b) if pg.analysis is not None and pg.analysis.is_scan}
-        if not needed:
-            continue
+    for k in range(n_batches):
+        batch = items[k * len(items) // n_batches : (k + 1) * len(items) // n_batches]
+        needed = sorted({n for n, _, _ in batch})
         reqs.append(
             {
                 "op": "render",
-                "first": a,
-                "last": b,
-                "pages": [_page_out(pages[n - 1], analysis=True) for n in sorted(needed)],
-                "planned": [[i, _planned_out(pf)] for i, pf in mine],
-                "timeline": [[h.page, h.y, h.path] for h in timeline if h.page <= b],
+                "first": needed[0],
+                "last": needed[-1],
+                "pages": [_page_out(pages[n - 1]) for n in needed],
+                "planned": [[i, _planned_out(pf)] for _, i, pf in batch if pf is not None],
+                "scans": [n for n, i, _ in batch if i is None],
+                "timeline": [[h.page, h.y, h.path] for h in timeline if h.page <= needed[-1]],
             }
         )
     figs: dict[int, Figure | None] = {}
@@ -337,10 +344,14 @@ def extract_in_ranges(
             if i not in asked:
                 raise ExtractionError(rel, "a worker sent a figure it was not asked for")
             figs[int(i)] = None if d is None else Figure.from_dict(d)
+        if [n for n, _, _ in rep["scans"]] != req["scans"]:
+            raise ExtractionError(rel, "a worker sent other scanned pages than asked for")
         for n, d, blocks in rep["scans"]:
             scans.append(
                 (int(n), Figure.from_dict(d), None if blocks is None else [_block_in(x) for x in blocks])
             )
+    if len(figs) != len(planned):
+        raise ExtractionError(rel, "a worker left out a figure it was asked for")
     ex._finish_pdf(
         doc, pages, planned, figs, scans, cfg, toc, body, timeline, head["meta_title"], head["repaired"], rel
     )

@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pymupdf
 import pytest
 
 from manualrag.config import load_config
@@ -18,7 +19,7 @@ from manualrag.indexer.pagerange import plan_ranges
 from manualrag.indexer.pipeline import Indexer
 from manualrag.indexer.worker import WorkerPool
 from manualrag.models import Document
-from tests.helpers_pdf import manual_pdf
+from tests.helpers_pdf import manual_pdf, scanned_pdf
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 GUTENPRINT = CORPUS / "gutenprint-users-manual.pdf"  # 73 pages; figure p25 with its caption atop p26
@@ -76,12 +77,20 @@ def _one_and_ranged(
     return one, ranged
 
 
+@needs_tesseract
 def test_generated_manual_one_page_per_range(cfg: dict, tmp_path: Path) -> None:
-    """Every page its own range: the logo on all 4 pages is still one boilerplate record, the photo on
-    pages 1-3 one figure, headings and the metadata title as one worker finds them."""
+    """Every page its own range: the logo on pages 1-4 is still one boilerplate record, the photo on
+    pages 1-3 one figure, headings and the metadata title as one worker finds them; the scanned page 6
+    is rendered and OCR'd once."""
     pdf = manual_pdf(tmp_path / "manual.pdf")
-    one, ranged = _one_and_ranged(cfg, pdf, [(1, 1), (2, 2), (3, 3), (4, 4)], tmp_path)
+    with pymupdf.open(pdf) as doc, pymupdf.open(scanned_pdf(tmp_path / "scan.pdf")) as scan:
+        doc.insert_pdf(scan)
+        doc.save(tmp_path / "manual+scan.pdf")
+    pdf = tmp_path / "manual+scan.pdf"
+    one, ranged = _one_and_ranged(cfg, pdf, [(n, n) for n in range(1, 7)], tmp_path)
     assert ranged.to_dict() == one.to_dict()
+    assert [f.pages for f in ranged.figures if f.kind == "scan"] == [[6]]
+    assert any(b.ocr for b in ranged.blocks if b.page == 6) and ranged.pages[5].ocr
     assert [b.pages for b in ranged.boilerplate] == [[1, 2, 3, 4]]
     assert [1, 2, 3] in [f.pages for f in ranged.figures]
     assert "symbol" in {f.kind for f in ranged.figures}
