@@ -379,6 +379,8 @@ def _render_range(
     for fig, key in to_read:
         if key in results:
             fig.ocr_text = results[key].text
+            if not fig.rotation:
+                _turn_upright(fig, results[key].rotation)
     scale = 72.0 / cfg["extract"]["scan_dpi"]
     scans: list[tuple[int, Figure, list[TextBlock] | None]] = []
     for number, fig, key in scan_jobs:
@@ -386,6 +388,7 @@ def _render_range(
         blocks = None
         if res is not None and res.text.strip():
             fig.ocr_text = res.text
+            _turn_upright(fig, res.rotation)
             blocks = _ocr_blocks(res, number, _heading_at(timeline, number, 0.0), res_scale=scale)
         scans.append((number, fig, blocks))
     return figs, scans
@@ -440,7 +443,9 @@ def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
         if block.get("type") != 0:
             continue
         for line in block["lines"]:
-            vertical = abs(line.get("dir", (1.0, 0.0))[0]) < 0.5
+            direction = line.get("dir", (1.0, 0.0))
+            vertical = abs(direction[0]) < 0.5
+            rotation = fg.line_rotation(direction)
             run: list[dict[str, Any]] = []
             run_suspect: str | None = None
             for span in line["spans"]:
@@ -451,17 +456,19 @@ def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
                     if _same_as_background(page, fg.as_box(span["bbox"]), span["color"]):
                         sus = "white"
                 if run and sus != run_suspect and span["text"].strip():
-                    out.append(_make_line(run, bi, run_suspect, vertical))
+                    out.append(_make_line(run, bi, run_suspect, vertical, rotation))
                     run = []
                 if not run:
                     run_suspect = sus
                 run.append(span)
             if run:
-                out.append(_make_line(run, bi, run_suspect, vertical))
+                out.append(_make_line(run, bi, run_suspect, vertical, rotation))
     return [ln for ln in out if ln.text.strip()]
 
 
-def _make_line(spans: list[dict[str, Any]], block: int, suspect: str | None, vertical: bool) -> fg.TextLine:
+def _make_line(
+    spans: list[dict[str, Any]], block: int, suspect: str | None, vertical: bool, rotation: int
+) -> fg.TextLine:
     text = "".join(s["text"] for s in spans)
     box = fg.as_box(spans[0]["bbox"])
     for s in spans[1:]:
@@ -482,6 +489,7 @@ def _make_line(spans: list[dict[str, Any]], block: int, suspect: str | None, ver
         block=block,
         suspect=suspect,
         vertical=vertical,
+        rotation=rotation,
     )
 
 
@@ -746,12 +754,13 @@ def _render_figure(
         if not any(fg.inside_share(fg.as_box(w_[:4]), hb) > 0.5 for hb in hidden)
     ]
     labels = fg.words_inside(words, r.bbox)
+    rotation = fg.text_rotation(lines, r.bbox)  # a drawing printed sideways: its labels run vertically
     quality = "ok"
     if r.native_dpi is not None and r.native_dpi < ex["low_res_dpi"] and pf.kind in ("raster", "symbol"):
         quality = "low-res"
     elif max(w, h) < 100 or r.area_frac < ex["small_figure_area"]:
         quality = "tiny"
-    return Figure(
+    fig = Figure(
         digest=digest,
         kind=pf.kind,
         pages=pf.pages,
@@ -767,6 +776,21 @@ def _render_figure(
         quality=quality,
         png=png,
     )
+    if rotation:
+        _turn_upright(fig, rotation)
+    return fig
+
+
+def _turn_upright(fig: Figure, rotation: int) -> None:
+    """Store the figure's crop upright: turned ``rotation`` degrees clockwise (its bbox stays on the page).
+    A digest that named the pixels names the turned pixels; an embedded image's digest stays."""
+    if not rotation or fig.png is None:
+        return
+    old = fig.png
+    fig.png, fig.width, fig.height = fg.turn_png(old, rotation)
+    fig.rotation = rotation
+    if fig.digest == hashlib.sha256(old).hexdigest():
+        fig.digest = hashlib.sha256(fig.png).hexdigest()
 
 
 def _render_scan(
@@ -904,20 +928,20 @@ def _extract_image(data: bytes, doc: Document, rel: str, cfg: dict[str, Any], oc
             quality = "tiny"
         elif dpi_info and dpi_info < ex["low_res_dpi"]:
             quality = "low-res"
-        doc.figures.append(
-            Figure(
-                digest=digest,
-                kind="scan" if _mostly_text(res, frame.width, frame.height) else "raster",
-                pages=[i],
-                bbox=(0.0, 0.0, float(frame.width), float(frame.height)),
-                width=frame.width,
-                height=frame.height,
-                dpi=round(dpi_info, 1),
-                ocr_text=res.text if res is not None else "",
-                quality=quality,
-                png=png,
-            )
+        fig = Figure(
+            digest=digest,
+            kind="scan" if _mostly_text(res, frame.width, frame.height) else "raster",
+            pages=[i],
+            bbox=(0.0, 0.0, float(frame.width), float(frame.height)),
+            width=frame.width,
+            height=frame.height,
+            dpi=round(dpi_info, 1),
+            ocr_text=res.text if res is not None else "",
+            quality=quality,
+            png=png,
         )
+        _turn_upright(fig, res.rotation if res is not None else 0)
+        doc.figures.append(fig)
     _merge_duplicate_figures(doc)
 
 

@@ -52,35 +52,22 @@ def _box(v: Any) -> fg.Box:
     return fg.as_box(v)
 
 
+# every field of a TextLine, in a compact list (a 1,000-page manual has ~100k lines); new fields travel too
+_LINE_FIELDS = [f.name for f in fields(fg.TextLine)]
+
+
 def _line_out(ln: fg.TextLine) -> list[Any]:
-    return [
-        ln.text,
-        list(ln.bbox),
-        ln.size,
-        ln.bold,
-        ln.block,
-        ln.suspect,
-        ln.vertical,
-        ln.furniture,
-        ln.heading,
-        ln.caption,
-    ]
+    return [list(ln.bbox) if name == "bbox" else getattr(ln, name) for name in _LINE_FIELDS]
 
 
 def _line_in(v: list[Any]) -> fg.TextLine:
-    text, bbox, size, bold, block, suspect, vertical, furniture, heading, caption = v
-    return fg.TextLine(
-        text=str(text),
-        bbox=_box(bbox),
-        size=float(size),
-        bold=bool(bold),
-        block=int(block),
-        suspect=None if suspect is None else str(suspect),
-        vertical=bool(vertical),
-        furniture=bool(furniture),
-        heading=bool(heading),
-        caption=bool(caption),
-    )
+    if not isinstance(v, list) or len(v) != len(_LINE_FIELDS):
+        raise ValueError("a text line has other fields")
+    ln = fg.TextLine(**dict(zip(_LINE_FIELDS, v, strict=True)))
+    ln.bbox = _box(ln.bbox)
+    if not isinstance(ln.text, str) or not (ln.suspect is None or isinstance(ln.suspect, str)):
+        raise ValueError("a text line's text is not a string")
+    return ln
 
 
 _REGION_FIELDS = [f.name for f in fields(fg.Region)]

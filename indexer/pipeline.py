@@ -1,20 +1,11 @@
 """`manualrag index`: discover -> extract -> chunk -> embed -> store -> manifest, incrementally.
 
-Write order for one document (crash-safe, see DESIGN.md "Incremental and safe"):
-  1. delete its manifest row (a crash from here on leaves it absent, so the next run redoes it);
-  2. delete the vectors of its previous rows that the new version does not write again (their ids are
-     read from the manifest's tables; ids the new version shares are overwritten in step 4 instead);
-  3. replace its passage/window/figure rows and lexical rows (one SQLite transaction);
-  4. upsert its vectors (deterministic ids);
-  5. write its manifest row, last.
-The manifest's tables always name every vector id that may exist for a document, so a redo removes
-whatever a crashed run left behind, and ids never duplicate.
-
-Readers see each document before or after its update, never without it: its rows switch in one SQLite
-transaction (step 3), and the retriever maps every vector hit through the rows of one read snapshot, so a
-vector the snapshot does not name is dropped and one it names shows that snapshot's text. Until step 3
-the old rows are served (by lexical search and by the vectors they share with the new version); from step 3
-on, the new rows.
+Per document: extract (in worker processes), chunk, embed (before anything in the index changes, so a model
+error leaves the old version intact), then write in the order of the write-order contract in
+docs/reliability.md ("Write order"): documents row out, vectors upserted, rows swapped in one transaction
+(recording the superseded vector ids as pending deletes), documents row in, superseded vectors deleted.
+Readers see each document whole, before or after its rows switch. The index folder, its lock and the
+delete half of the contract belong to :class:`manualrag.index.Index`.
 """
 
 from __future__ import annotations
@@ -24,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -37,6 +29,7 @@ import numpy as np
 from manualrag import ids
 from manualrag.config import extraction_fingerprint, public_config
 from manualrag.errors import ManualragError
+from manualrag.index import Index, IndexLayout
 from manualrag.indexer.chunk import make_passages, make_windows
 from manualrag.indexer.discover import SourceFile, discover, file_digest
 from manualrag.lock import IndexLock
@@ -46,7 +39,7 @@ from manualrag.store import VectorStore
 
 log = logging.getLogger(__name__)
 
-CROPS_DIR = "crops"
+TMP_DIR = ".tmp"  # the run's private temporary files (workers' TMPDIR)
 
 
 def in_shard(rel: str, shard: tuple[int, int]) -> bool:
@@ -134,12 +127,15 @@ class Indexer:
         dense: bool = True,
         progress: bool = False,
         shard: tuple[int, int] = (0, 1),
+        retry_failed: bool = False,
     ):
         self.cfg = cfg
+        self.retry_failed = retry_failed
         self.shard = shard
         self.index_dir = Path(index_dir)
         self.dense = dense
         self.progress = progress
+        self._tmp_dir: Path | None = None
         self._clip = None
         self._text = None
         from manualrag.encoder import model_id_for
@@ -167,28 +163,104 @@ class Indexer:
         if not library.is_dir():
             raise ManualragError(f"library folder not found: {library}")
         t_start = time.perf_counter()
+        existed = self.index_dir.exists()
+        fresh = not (self.index_dir / "index.sqlite").exists()
         self.index_dir.mkdir(parents=True, exist_ok=True)
         summary = Summary(library=str(library), index_dir=str(self.index_dir), dense=self.dense)
-        with IndexLock(self.index_dir):
-            manifest = Manifest(self.index_dir / "index.sqlite")
-            store = VectorStore.open(self.index_dir, self.cfg)
+        skeleton_removed = False
+        try:
             try:
-                self._flush_pending(manifest, store)  # left by a run that stopped before deleting them
-                self._run_locked(library, manifest, store, summary)
+                index = Index.open(self.index_dir, self.cfg, write=True)
+            except BaseException:
+                if fresh:  # e.g. a dead store: what the attempt created goes, under the lock
+                    with contextlib.suppress(ManualragError), IndexLock(self.index_dir):
+                        if not self._has_records():
+                            self._remove_skeleton()
+                            skeleton_removed = True
+                raise
+            try:
+                with self._private_tmp():
+                    self._run_locked(library, index, summary)
+            except BaseException:
+                # a first run that fails before it records anything (a model that cannot load, a device
+                # that is not there) leaves nothing behind: no index skeleton
+                if fresh and not (summary.indexed or summary.failed or summary.removed):
+                    index.store.close()
+                    index.manifest.close()
+                    self._remove_skeleton()  # still under the lock: index.close() releases it below
+                    skeleton_removed = True
+                raise
             finally:
-                store.close()
-                manifest.close()
+                with contextlib.suppress(ManualragError):
+                    if not skeleton_removed:
+                        index.manifest.delete_meta("run")  # readers stop saying "being built"
+                index.close()
+        finally:
+            if skeleton_removed and not existed:
+                with contextlib.suppress(OSError):
+                    self.index_dir.rmdir()  # only when empty: nothing of anyone else's is removed
         summary.wall_s = time.perf_counter() - t_start
         return summary
 
-    def _run_locked(self, library: Path, manifest: Manifest, store: VectorStore, summary: Summary) -> None:
+    def _has_records(self) -> bool:
+        """Whether the index folder's manifest names any document or error (False when there is none)."""
+        db = IndexLayout(self.index_dir).db
+        if not db.is_file():
+            return False
+        try:
+            with Manifest(db, readonly=True) as m:
+                return bool(m.documents() or m.errors())
+        except ManualragError:
+            return True  # cannot tell: keep it
+
+    def _remove_skeleton(self) -> None:
+        """Delete what a first run created in the index folder (the caller holds the lock)."""
+        layout = IndexLayout(self.index_dir)
+        for p in layout.reset_files() + [self.index_dir / TMP_DIR]:
+            if p == layout.ocr_cache and self.cfg["ocr"]["cache"]:
+                continue
+            if p == layout.chroma and self.cfg["store"]["url"]:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+                for suffix in ("-wal", "-shm"):
+                    Path(f"{p}{suffix}").unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _private_tmp(self) -> Iterator[None]:
+        """A private (0700) temporary folder for this run's workers (tesseract writes renders of the
+        manual's pages there), removed at the end; what a killed run left behind is swept here first (the
+        caller holds the index lock, so no other run is using it)."""
+        root = self.index_dir / TMP_DIR
+        shutil.rmtree(root, ignore_errors=True)
+        self._tmp_dir = root / f"run-{os.getpid()}"
+        self._tmp_dir.mkdir(parents=True, mode=0o700)
+        os.chmod(root, 0o700)
+        os.chmod(self._tmp_dir, 0o700)
+        try:
+            yield
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+            self._tmp_dir = None
+
+    def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
+        manifest, store = index.manifest, index.store
         with _Timer(timings, "discover"):
             files, skipped = discover(library, cfg, exclude=[self.index_dir])
             files = [f for f in files if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
+        # what a reader says while this run goes on: "the index is being built (N of M documents so far)"
+        manifest.set_meta("run", {"pid": os.getpid(), "total": len(files), "started": time.time()})
         known = manifest.documents()
         fp = extraction_fingerprint(cfg)
+        # a failure is worth retrying when the file, the extraction settings or the worker's limits change
+        limits = {k: cfg["isolation"][k] for k in ("timeout_s", "memory_mb")}
+        fail_fp = hashlib.sha256(f"{fp}:{json.dumps(limits, sort_keys=True)}".encode()).hexdigest()[:16]
+        failed_before = {} if self.retry_failed else manifest.failed_versions()
+        errors_before = manifest.errors() if failed_before else {}
 
         # decide what to do with each file
         work: list[tuple[SourceFile, str]] = []
@@ -198,6 +270,19 @@ class Indexer:
                 if row is not None and self._up_to_date(row, src, fp):
                     summary.unchanged += 1
                     continue
+                failed = failed_before.get(src.rel)
+                if row is None and failed is not None and src.rel in errors_before:
+                    size, mtime, failed_fp = failed
+                    if size == src.size and abs(mtime - src.mtime) <= 1e-6 and failed_fp == fail_fp:
+                        err = errors_before[src.rel]
+                        summary.failed.append(
+                            FileError(
+                                src.rel,
+                                f"{err.reason} (unchanged since; --retry-failed tries again)",
+                                err.stage,
+                            )
+                        )
+                        continue
                 try:
                     digest = file_digest(src.path)
                 except OSError as exc:
@@ -205,7 +290,7 @@ class Indexer:
                         FileError(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
                     )
                     if row is not None or src.rel in manifest.paths_with_rows():
-                        self._remove_document(src.rel, manifest, store)
+                        index.remove_document(src.rel)
                     manifest.record_error(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
                     continue
                 if (
@@ -228,10 +313,13 @@ class Indexer:
                     with _Timer(timings, "load_models"):
                         self._load_models()
                     self._check_store_models(store)
+                    # recorded now, not at the end, so a reader can search a first run's documents by
+                    # their vectors as they are committed
+                    manifest.set_meta("models", {"clip": self._want_clip, "text": self._want_text})
                 except BaseException:
                     if pool is not None:
                         pool.close(kill=True)
-                    self._prune_crops(manifest)
+                    index.prune_crops()
                     raise
             if self.dense:
                 summary.model = self._want_clip
@@ -243,7 +331,7 @@ class Indexer:
             for path in sorted((set(known) | manifest.paths_with_rows()) - present):
                 if not in_shard(path, self.shard):
                     continue
-                self._remove_document(path, manifest, store)
+                index.remove_document(path)
                 summary.removed.append(path)
             for path in sorted(set(manifest.errors()) - present):  # errors of files no longer in the library
                 if in_shard(path, self.shard):
@@ -258,10 +346,12 @@ class Indexer:
                         # the file changed (or the config did) and the new version cannot be read: the records
                         # of the old version would describe content that is no longer there
                         if item.path in known or item.path in manifest.paths_with_rows():
-                            self._remove_document(item.path, manifest, store)
-                        manifest.record_error(item.path, item.reason, item.stage)
+                            index.remove_document(item.path)
+                        manifest.record_error(
+                            item.path, item.reason, item.stage, version=(src.size, src.mtime, fail_fp)
+                        )
                     else:
-                        self._index_document(src, item, manifest, store, summary, fp)
+                        self._index_document(src, item, index, summary, fp)
                         manifest.clear_error(src.rel)
                         summary.indexed.append(src.rel)
                     if bar is not None:
@@ -276,14 +366,12 @@ class Indexer:
                     bar.close()
 
             with _Timer(timings, "prune"):
-                self._prune_crops(manifest)
+                index.prune_crops()
             manifest.set_meta("library", str(library.resolve()))
             manifest.set_meta("config", public_config(cfg))
             if self.dense:
                 manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
-            (self.index_dir / "config.json").write_text(
-                json.dumps(public_config(cfg), indent=2, sort_keys=True)
-            )
+            index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:
         if check_stat and (row.size != src.size or abs(row.mtime - src.mtime) > 1e-6):
@@ -325,7 +413,7 @@ class Indexer:
         n = self.cfg["isolation"]["workers"] or os.cpu_count() or 1
         if not self.cfg["isolation"]["split_pages"]:  # page ranges of one large PDF may use every worker
             n = min(len(work), n)
-        pool = WorkerPool(self.cfg, self.index_dir, n=n)
+        pool = WorkerPool(self.cfg, self.index_dir, n=n, tmp_dir=self._tmp_dir)
         results = pool.imap(((s, d), s.path, s.rel) for s, d in work)
 
         def extracted() -> Iterator[tuple[SourceFile, Document | FileError]]:
@@ -345,12 +433,12 @@ class Indexer:
         self,
         src: SourceFile,
         doc: Document,
-        manifest: Manifest,
-        store: VectorStore,
+        index: Index,
         summary: Summary,
         fp: str,
     ) -> None:
         timings = summary.timings
+        manifest, store = index.manifest, index.store
         doc_id = ids.doc_id(doc.path)
         with _Timer(timings, "chunk"):
             passages = make_passages(doc)
@@ -410,7 +498,7 @@ class Indexer:
                     indexed_at=time.time(),
                 )
             )
-            self._flush_pending(manifest, store)
+            index.flush_pending()
         summary.records["passage"] += len(passages)
         summary.records["figure"] += len(figures)
         summary.pages += len(doc.pages)
@@ -489,11 +577,8 @@ class Indexer:
         return self._text.fit(text) if hasattr(self._text, "fit") else text
 
     # ------------------------------------------------------------------------------------------ crops
-    def _crop_rel(self, fig: Figure) -> str:
-        return f"{CROPS_DIR}/{fig.digest}.png"
-
     def _write_crop(self, fig: Figure) -> None:
-        rel = self._crop_rel(fig)
+        rel = IndexLayout.crop_rel(fig.digest)
         fig.crop_path = rel
         dest = self.index_dir / rel
         if dest.exists() or fig.png is None:
@@ -504,52 +589,4 @@ class Indexer:
         os.replace(tmp, dest)
 
     def _read_crop(self, fig: Figure) -> bytes:
-        return (self.index_dir / self._crop_rel(fig)).read_bytes()
-
-    def _prune_crops(self, manifest: Manifest) -> None:
-        crops = self.index_dir / CROPS_DIR
-        if not crops.is_dir():
-            return
-        keep = manifest.crop_paths()
-        for f in crops.iterdir():
-            rel = f"{CROPS_DIR}/{f.name}"
-            if rel not in keep:
-                f.unlink(missing_ok=True)
-
-    # ------------------------------------------------------------------------------------------ remove
-    @staticmethod
-    def _flush_pending(manifest: Manifest, store: VectorStore) -> None:
-        """Delete superseded vectors from the store, then forget them (a crash in between only repeats a
-        harmless delete on the next run)."""
-        for kind, vids in manifest.pending_deletes().items():
-            store.delete(kind, vids)
-            manifest.clear_pending(kind, vids)
-
-    def _remove_document(self, path: str, manifest: Manifest, store: VectorStore) -> None:
-        manifest.begin_document(path)
-        for kind, vids in manifest.vector_ids(path).items():
-            if vids:
-                store.delete(kind, vids)
-        manifest.remove_document(path)
-
-    def remove(self, paths: list[str]) -> list[str]:
-        """Remove documents (library-relative paths, or prefixes of them) from the index."""
-        removed: list[str] = []
-        with IndexLock(self.index_dir):
-            manifest = Manifest(self.index_dir / "index.sqlite")
-            store = VectorStore.open(self.index_dir, self.cfg)
-            try:
-                self._flush_pending(manifest, store)
-                known = manifest.documents()
-                for p in paths:
-                    p = p.strip("/")
-                    hits = [k for k in known if k == p or k.startswith(p + "/")]
-                    for k in hits:
-                        if k not in removed:
-                            self._remove_document(k, manifest, store)
-                            removed.append(k)
-                self._prune_crops(manifest)
-            finally:
-                store.close()
-                manifest.close()
-        return removed
+        return (self.index_dir / IndexLayout.crop_rel(fig.digest)).read_bytes()

@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from manualrag.index import IndexLayout
 from manualrag.models import Document, Figure, FileError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def _write_crops(doc: Document, index_dir: Path) -> None:
 
 
 def _write_figure_crops(figs: list[Figure], index_dir: Path) -> None:
-    crops = index_dir / "crops"
+    layout = IndexLayout(index_dir)
+    crops = layout.crops
     crops.mkdir(parents=True, exist_ok=True)
     for fig in figs:
         if fig.png is None:
@@ -48,7 +50,7 @@ def _write_figure_crops(figs: list[Figure], index_dir: Path) -> None:
             tmp = crops / f".{fig.digest}.{os.getpid()}.tmp"
             tmp.write_bytes(fig.png)
             os.replace(tmp, dest)
-        fig.crop_path = f"crops/{fig.digest}.png"
+        fig.crop_path = layout.crop_rel(fig.digest)
         fig.png = None
 
 
@@ -129,7 +131,7 @@ def worker_main() -> None:
         if cfg["ocr"]["enabled"]:
             from manualrag.indexer.ocr import OcrEngine
 
-            ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or index_dir / "ocr_cache.sqlite"))
+            ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or IndexLayout(index_dir).ocr_cache))
     except ManualragError as exc:
         proto.write(json.dumps({"ready": False, "reason": str(exc), "fatal": True}).encode() + b"\n")
         proto.flush()
@@ -190,28 +192,51 @@ STARTUP_TIMEOUT_S = 120.0  # a worker's imports and OCR set-up; the per-document
 
 
 class _Worker:
-    def __init__(self, cfg: dict[str, Any], index_dir: Path):
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        index_dir: Path,
+        tmp_dir: Path | None = None,
+        on_spawn: Callable[[_Worker], None] | None = None,
+    ):
         env = dict(
             os.environ,
             OMP_THREAD_LIMIT="1",
             PYTHONFAULTHANDLER="0",
             MALLOC_ARENA_MAX="2",  # fewer glibc arenas per thread: less memory held on many-core machines
         )
+        if tmp_dir is not None:  # tesseract's input renders of the manual's pages go here, not to /tmp
+            env.update(
+                TMPDIR=str(tmp_dir.absolute()), TEMP=str(tmp_dir.absolute()), TMP=str(tmp_dir.absolute())
+            )
         quiet = not log.isEnabledFor(logging.DEBUG)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "manualrag.indexer.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL if quiet else None,
-            preexec_fn=_limits(cfg["isolation"]["memory_mb"]),
-            env=env,
-            cwd=str(Path(__file__).resolve().parents[1]),
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "manualrag.indexer.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL if quiet else None,
+                preexec_fn=_limits(cfg["isolation"]["memory_mb"]),
+                env=env,
+                cwd=str(Path(__file__).resolve().parents[1]),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:  # the limits or the exec itself failed
+            from manualrag.errors import ManualragError
+
+            raise ManualragError(
+                f"cannot start an extraction worker ({exc}); check config key 'isolation.memory_mb'"
+                f" (now {cfg['isolation']['memory_mb']})"
+            ) from None
+        if on_spawn is not None:  # the pool can kill it from now on, also while it starts
+            on_spawn(self)
         # the worker runs in another working directory (the package's, so that a module in the user's cwd
         # cannot shadow an import): every path it is sent must be absolute
         cache = cfg["ocr"]["cache"]
         ocr = {**cfg["ocr"], "cache": str(Path(cache).absolute()) if cache else None}
-        self.send({**cfg, "ocr": ocr, "__index_dir": str(index_dir.absolute())})
+        try:
+            self.send({**cfg, "ocr": ocr, "__index_dir": str(index_dir.absolute())})
+        except OSError:  # it died at once: _await_ready reads the end of its output and says why
+            pass
         self.start_error = self._await_ready(cfg["isolation"]["memory_mb"])
 
     def _await_ready(self, memory_mb: int) -> str | None:
@@ -291,7 +316,7 @@ def _invalid(doc: Document, rel: str) -> str | None:
     for fig in doc.figures + doc.boilerplate:
         if not _is_digest(fig.digest):
             return "figure digest is not a hex digest"
-        if fig.crop_path not in (None, f"crops/{fig.digest}.png"):
+        if fig.crop_path not in (None, IndexLayout.crop_rel(fig.digest)):
             return "figure crop path is not crops/<digest>.png"
     return None
 
@@ -326,9 +351,12 @@ def _accept_reply(resp: dict[str, Any]) -> dict[str, Any]:
 class WorkerPool:
     """N extraction workers; documents go to whichever is free; a dead or hung worker is replaced."""
 
-    def __init__(self, cfg: dict[str, Any], index_dir: Path, n: int | None = None):
+    def __init__(
+        self, cfg: dict[str, Any], index_dir: Path, n: int | None = None, tmp_dir: Path | None = None
+    ):
         self.cfg = cfg
         self.index_dir = index_dir
+        self.tmp_dir = tmp_dir
         self.n = n or cfg["isolation"]["workers"] or os.cpu_count() or 1
         self.timeout = cfg["isolation"]["timeout_s"]
         self.memory_mb = cfg["isolation"]["memory_mb"]
@@ -338,6 +366,8 @@ class WorkerPool:
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._ever_started = False
+        self._executors: list[ThreadPoolExecutor] = []
 
     def _get(self) -> _Worker:
         try:
@@ -346,10 +376,15 @@ class WorkerPool:
                 return w
         except queue.Empty:
             pass
-        w = _Worker(self.cfg, self.index_dir)
-        with self._lock:
-            self._all.append(w)
-        return w
+
+        def spawned(w: _Worker) -> None:
+            with self._lock:
+                self._all.append(w)
+                closed = self._closed
+            if closed:  # the pool was closed (killed) while this worker was being started
+                w.kill()
+
+        return _Worker(self.cfg, self.index_dir, self.tmp_dir, on_spawn=spawned)
 
     def extract(self, path: Path, rel: str) -> Document | FileError:
         req: dict[str, Any] = {"path": str(Path(path).absolute()), "rel": rel}  # the worker's cwd is not ours
@@ -371,7 +406,17 @@ class WorkerPool:
         with self._slots:
             w = self._get()
             if w.start_error:
+                if not self._ever_started:
+                    # no worker of this run has ever started: every file would fail the same way, so it is a
+                    # run-level error (a limit too low, a broken installation), not this file's
+                    from manualrag.errors import ManualragError
+
+                    raise ManualragError(
+                        f"{w.start_error}; no extraction worker could start, so no file can be read (if the "
+                        f"limit is the cause, raise config key 'isolation.memory_mb', now {self.memory_mb})"
+                    )
                 return FileError(rel, w.start_error)
+            self._ever_started = True
             timed_out = threading.Event()
 
             def on_timeout() -> None:
@@ -459,6 +504,7 @@ class WorkerPool:
         # "closed": this call's consumer stopped; the pool itself may serve later calls (the fuzz harness)
         state = {"in_flight": 0, "waiting": 0, "closed": 0}
         ex = ThreadPoolExecutor(max_workers=self.n)
+        self._executors.append(ex)
 
         def submit_more() -> None:
             with lock:
@@ -494,20 +540,35 @@ class WorkerPool:
                     yield key, fut.result(), seconds
             finally:
                 with lock:
+                    early = state["closed"] == 0 and (state["in_flight"] or state["waiting"])
                     state["closed"] = 1  # the consumer stopped early (an error): submit nothing more
+                if early:  # (Ctrl-C, SIGTERM, an error) nobody wants the documents in flight: stop them
+                    self._kill_busy()
                 ex.shutdown(wait=True, cancel_futures=True)
 
         submit_more()  # the workers start now, before the caller asks for the first result
         return results()
 
+    def _kill_busy(self) -> None:
+        """Kill the workers that are extracting a document (their callers get a FileError at once)."""
+        idle = set(map(id, list(self._idle.queue)))
+        for w in list(self._all):
+            if id(w) not in idle and w.alive():
+                w.kill()
+
     def close(self, kill: bool = False) -> None:
         """Stop the workers: let each finish its document (``kill``: at once, e.g. when the run failed)."""
-        self._closed = True
-        for w in list(self._all):
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+        for w in workers:
             if kill:
                 w.kill()
             else:
                 w.close()
+        # the threads that feed workers: none is left writing crops or caches once close() returns
+        for ex in self._executors:
+            ex.shutdown(wait=True, cancel_futures=True)
 
 
 if __name__ == "__main__":

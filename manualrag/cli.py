@@ -25,8 +25,20 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 _READ_ONLY = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the same clean-up as Ctrl-C (the index lock released, workers
+    stopped, the run's temporary files removed), then exit 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run() -> None:
     """The console entry point: main(), then a fast exit after a read-only command (output flushed first)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     code: int | str | None = 0
     try:
         main.main(prog_name="manualrag")
@@ -82,9 +94,10 @@ class ManualragGroup(click.Group):
                 raise
             _echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            _echo("interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            _echo("terminated" if terminated else "interrupted", err=True)
+            ctx.exit(143 if terminated else 130)
 
 
 @click.group(cls=ManualragGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -180,6 +193,7 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
         _echo(
             f"  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
             + ("" if fig.quality == "ok" else f" [{fig.quality}]")
+            + (f" (rotated {fig.rotation}\u00b0 to read upright)" if fig.rotation else "")
         )
         if fig.caption:
             _echo(f"      caption: {fig.caption}")
@@ -269,6 +283,11 @@ def _stderr_tty() -> bool:
     "--no-dense", is_flag=True, help="Index everything except vectors (lexical only); a later run adds them."
 )
 @click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Try again the files that failed last time although neither they nor the settings changed.",
+)
+@click.option(
     "--shard",
     default=None,
     metavar="I/N",
@@ -288,6 +307,7 @@ def index(
     dtype: str | None,
     batch_size: int | None,
     no_dense: bool,
+    retry_failed: bool,
     shard: str | None,
     store_url: str | None,
     as_json: bool,
@@ -317,6 +337,7 @@ def index(
         dense=not no_dense,
         progress=_stderr_tty() and not quiet and not as_json,
         shard=_parse_shard(shard),
+        retry_failed=retry_failed,
     )
     summary = idx.run(Path(library))
     if as_json:
@@ -380,42 +401,10 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
     """Describe an index: documents, pages, records by kind, figures, models, size on disk."""
     _read_only()
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
-    from manualrag.errors import IndexNotFoundError
-    from manualrag.manifest import Manifest
-    from manualrag.store import VectorStore
+    from manualrag.index import Index
 
-    idir = Path(cfg["index_dir"])
-    db = idir / "index.sqlite"
-    if not db.exists():
-        raise IndexNotFoundError(
-            f"no index in {idir}; build one with `manualrag index LIBRARY --index-dir {idir}`"
-        )
-    m = Manifest(db, readonly=True)
-    try:
-        st = m.stats()
-        models = m.get_meta("models") or {}
-        library = m.get_meta("library")
-    finally:
-        m.close()
-    store = VectorStore.open(idir, cfg)
-    try:
-        vectors = {kind: store.count(kind) for kind in ("text", "image", "image_text", "sem")}
-        dims = {kind: store.model_of(kind) for kind in ("text", "sem")}
-    finally:
-        store.close()
-    size = sum(f.stat().st_size for f in idir.rglob("*") if f.is_file())
-    out = {
-        "index_dir": str(idir),
-        "library": library,
-        **st,
-        "vectors": vectors,
-        "model": models.get("clip"),
-        "dim": (dims["text"] or (None, None))[1],
-        "text_model": models.get("text"),
-        "text_dim": (dims["sem"] or (None, None))[1],
-        "store": cfg["store"]["url"] or "embedded",
-        "size_bytes": size,
-    }
+    with Index.open(cfg["index_dir"], cfg) as index:
+        out = index.stats()
     if as_json:
         _echo_json(out)
         return
@@ -423,7 +412,7 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         if key == "size_bytes":
-            key, value = "size on disk", f"{size / 1e6:.1f} MB"
+            key, value = "size on disk", f"{value / 1e6:.1f} MB"
         _echo(f"{key:>14}: {value}")
 
 
@@ -436,32 +425,16 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
 def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: str | None) -> None:
     """Remove documents (paths relative to the library, or folders) from the index."""
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
-    from manualrag.indexer.pipeline import Indexer
-    from manualrag.manifest import Manifest
+    from manualrag.index import Index, IndexLayout
+    from manualrag.lock import IndexLock
 
     idir = Path(cfg["index_dir"])
-    if not (idir / "index.sqlite").exists():
-        from manualrag.lock import IndexLock
-
+    if not IndexLayout(idir).db.is_file():
         with IndexLock(idir):  # a first index run still going on is reported as the lock holder
             pass
-    m = Manifest(idir / "index.sqlite", readonly=True)
-    library = m.get_meta("library")
-    m.close()
-    rels = []
-    for p in paths:
-        ap = Path(p)
-        if (
-            library
-            and ap.is_absolute()
-            or (library and ap.exists() and Path(library) in ap.resolve().parents)
-        ):
-            try:
-                p = ap.resolve().relative_to(Path(library)).as_posix()
-            except ValueError:
-                pass
-        rels.append(p)
-    removed = Indexer(cfg, idir, dense=False).remove(rels)
+        Index.require(idir)
+    with Index.open(idir, cfg, write=True) as index:
+        removed = index.remove(list(paths))
     for r in removed:
         _echo(f"removed {r}")
     if not removed:
@@ -477,35 +450,87 @@ def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: s
 def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> None:
     """Delete the whole index (vectors, manifest, lexical index, crops)."""
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
-    import shutil
-
-    from manualrag.lock import IndexLock
-    from manualrag.store import VectorStore
+    from manualrag.index import Index
 
     idir = Path(cfg["index_dir"])
     if not yes and not click.confirm(f"Delete the index in {idir}?", default=False):
         _echo(f"not deleted: the index in {idir} is kept (--yes skips the question)", err=True)
         sys.exit(EXIT_USAGE)
-    if not idir.exists():
+    if not Index.reset(idir, cfg):
         _echo(f"no index in {idir}")
         return
-    with IndexLock(idir):
-        store = VectorStore.open(idir, cfg)
-        try:
-            store.drop_all()
-        finally:
-            store.close()
-        for name in (
-            "index.sqlite",
-            "index.sqlite-wal",
-            "index.sqlite-shm",
-            "config.json",
-            "ocr_cache.sqlite",
-        ):
-            (idir / name).unlink(missing_ok=True)
-        for sub in ("crops", "chroma"):
-            shutil.rmtree(idir / sub, ignore_errors=True)
     _echo(f"index in {idir} deleted")
+
+
+# -------------------------------------------------------------------------------------------------- check
+@main.command()
+@_index_dir_option
+@_store_option
+@click.option("--repair", is_flag=True, help="Fix what was found and index the library again where needed.")
+@click.option(
+    "--library",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Library to rebuild from (default: the one the index records).",
+)
+@click.option("--no-dense", is_flag=True, help="Rebuild lexical only (default: as the index was built).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def check(
+    obj: Ctx,
+    index_dir: str | None,
+    store_url: str | None,
+    repair: bool,
+    library: str | None,
+    no_dense: bool,
+    as_json: bool,
+) -> None:
+    """Verify an index: SQLite integrity, manifest <-> vector ids <-> crop files; --repair rebuilds.
+
+    Exit code 0: the index is sound (or was repaired); 1: problems found (or files failed in the repair);
+    2: usage or index error."""
+    from manualrag.check import check_index, repair_index
+
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
+    idir = Path(cfg["index_dir"])
+    report = check_index(idir, cfg)
+    out: dict[str, Any] = report.to_dict()
+    code = EXIT_OK if report.ok else EXIT_PARTIAL
+    if repair and not report.ok:
+        summary = repair_index(
+            idir,
+            cfg,
+            report,
+            Path(library) if library else None,
+            dense=False if no_dense else None,
+            progress=_stderr_tty() and not as_json,
+        )
+        out["repair"] = summary.to_dict()
+        after = check_index(idir, cfg)
+        out["after_repair"] = after.to_dict()
+        code = summary.exit_code if after.ok else EXIT_PARTIAL
+    if as_json:
+        _echo_json(out)
+        sys.exit(code)
+    if report.ok:
+        _echo(f"{idir}: ok (SQLite integrity, vectors and crops all match the manifest)")
+    else:
+        _echo(f"{idir}: {len(report.problems())} problem(s)")
+        for p in report.problems():
+            _echo(f"  {p}")
+        if "repair" in out:
+            r = out["repair"]
+            _echo(
+                f"repaired: {r['documents']['indexed']} document(s) indexed again, "
+                f"{r['documents']['failed']} failed; the index is now "
+                + ("sound" if out["after_repair"]["ok"] else "still inconsistent: ")
+                + "; ".join(out["after_repair"]["problems"])
+            )
+            for f in r["failed"]:
+                _echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
+        else:
+            _echo(f"run `manualrag check --repair --index-dir {idir}` to fix it")
+    sys.exit(code)
 
 
 # -------------------------------------------------------------------------------------------------- query
@@ -519,12 +544,7 @@ def _open_retriever(
     from manualrag.retriever.search import Retriever
 
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
-    if model:
-        cfg["query_model"] = model
-    r = Retriever.open(cfg["index_dir"], cfg)
-    if text_model:
-        r.models["text"] = text_model
-    return r
+    return Retriever.open(cfg["index_dir"], cfg, clip_model=model, text_model=text_model)
 
 
 @main.command()
@@ -725,6 +745,22 @@ def serve(
     run_server(
         obj.config(index_dir=index_dir, store={"url": store_url}), host, port, token_env, access_log=obj.debug
     )
+
+
+# ---------------------------------------------------------------------------------------------------- mcp
+@main.command(name="mcp")
+@_index_dir_option
+@click.pass_obj
+def mcp_cmd(obj: Ctx, index_dir: str | None) -> None:
+    """Serve the index to LLM apps over MCP on stdin/stdout: search, context, figure and page images."""
+    _read_only()
+    from manualrag.errors import ManualragError
+
+    try:
+        from manualrag.integrations.mcp_server import run_stdio
+    except ImportError as exc:
+        raise ManualragError(str(exc)) from None
+    run_stdio(index_dir, obj.config_path)
 
 
 def _short(text: str, n: int = 160) -> str:

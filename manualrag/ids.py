@@ -35,6 +35,17 @@ _PASSAGE = re.compile(r"(?P<doc>[^:]+):p(?P<page>-?\d+):(?P<n>\d+)")
 _WINDOW = re.compile(r"(?P<passage>.+):(?P<tag>[ws])(?P<m>\d+)")
 
 
+def printable_name(rel: str) -> str:
+    """A library-relative path as valid UTF-8 text: bytes of a file name that are not UTF-8 (which Python
+    carries as lone surrogates) become ``\\xNN`` escapes, so the name can be stored, hashed and printed.
+    The one mapping from a name on disk (or on a command line) to a document's path in the index."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def doc_id(path: str) -> str:
     """Deterministic document id: the first 16 hex digits of sha256 of the library-relative POSIX path."""
     return hashlib.sha256(path.encode("utf-8")).hexdigest()[:DOC_ID_HEX]

@@ -32,9 +32,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from manualrag.errors import ManualragError
+from manualrag.index import CROPS_DIR
 from manualrag.manifest import DocRow, Manifest
 
-CROPS_DIR = "crops"
 _CROP_NAME = re.compile(r"[0-9a-f]{32,64}\.png")
 _DOC_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -42,6 +42,8 @@ MIN_DPI, MAX_DPI, DEFAULT_DPI = 36, 300, 110
 MAX_PAGE_PIXELS = 12_000_000  # a render larger than this is made at a lower dpi
 MAX_SOURCE_BYTES = 512 * 1024 * 1024  # a library file larger than this is not opened for rendering
 CACHE_BYTES = 96 * 1024 * 1024  # rendered pages kept in memory
+# MuPDF is not thread-safe (PyMuPDF's documentation): one document operation at a time per process
+_MUPDF_LOCK = threading.Lock()
 
 
 class NotFound(ManualragError):  # noqa: N818 - the name the callers (HTTP 404, MCP) speak
@@ -237,7 +239,8 @@ class Assets:
                 return png
         data = _read_nofollow(path, f"document {row.doc_id}", MAX_SOURCE_BYTES)
         if row.file_type == "pdf":
-            png, size = self._render_pdf(data, row, page, dpi)
+            with _MUPDF_LOCK:
+                png, size = self._render_pdf(data, row, page, dpi)
         else:
             png, size = _image_frame(data, row, page)
         with self._lock:
@@ -258,7 +261,9 @@ class Assets:
             return size
         data = _read_nofollow(path, f"document {row.doc_id}", MAX_SOURCE_BYTES)
         if row.file_type == "pdf":
-            with self._open_pdf(data, row) as pdf:
+            with _MUPDF_LOCK, self._open_pdf(data, row) as pdf:
+                if page > pdf.page_count:
+                    raise NotFound(f"document {row.doc_id} has no page {page}")
                 r = pdf.load_page(page - 1).rect
                 size = (float(r.width), float(r.height))
         else:

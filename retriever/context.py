@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from manualrag.errors import ManualragError
+from manualrag.index import CROPS_DIR
 from manualrag.retriever.search import Hit, SearchResult
 
 PREAMBLE = (
@@ -36,7 +37,7 @@ def _crop_file(path: str | None) -> Path | None:
     if not path:
         return None
     p = Path(path)
-    if p.parent.name != "crops" or not _CROP_NAME.fullmatch(p.name) or p.is_symlink() or not p.is_file():
+    if p.parent.name != CROPS_DIR or not _CROP_NAME.fullmatch(p.name) or p.is_symlink() or not p.is_file():
         return None
     return p
 

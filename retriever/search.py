@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from manualrag import ids
-from manualrag.errors import IndexNotFoundError, ManualragError
+from manualrag.errors import ManualragError
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, fuse
 from manualrag.retriever.lexical import lexical_search
@@ -42,6 +42,18 @@ CAPTION_PASSAGE_MAX_WORDS = 40  # longer passages hold more than a caption: they
 _FIG_REF = re.compile(
     r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I
 )
+
+
+# the Figure fields an image hit carries as they are stored (Hit field -> Figure field); a figure field
+# that query results should show goes here and on Hit (tests/test_schema.py checks the two agree)
+HIT_FIGURE_FIELDS = {
+    "figure_kind": "kind",
+    "caption": "caption",
+    "labels": "labels",
+    "ocr_text": "ocr_text",
+    "nearby_text": "nearby_text",
+    "quality": "quality",
+}
 
 
 @dataclass
@@ -150,13 +162,22 @@ class Retriever:
     """Loads the index and its encoders once; answers many queries."""
 
     def __init__(
-        self, index_dir: Path, cfg: dict[str, Any], manifest: Manifest, store: Any, models: dict[str, Any]
+        self,
+        index_dir: Path,
+        cfg: dict[str, Any],
+        manifest: Manifest,
+        store: Any,
+        models: dict[str, Any],
+        clip_model: str | None = None,
+        text_model: str | None = None,
     ):
         self.index_dir = index_dir
         self.cfg = cfg
         self.manifest = manifest
         self.store = store
         self.models = models  # what the index was built with: {"clip": id|None, "text": id|None}
+        # encoders of the queries given instead of the index's (a local copy of the same model, say)
+        self._query_override = {"clip": clip_model, "text": text_model}
         self._clip = None
         self._text = None
         self._clip_failed: str | None = None
@@ -166,21 +187,26 @@ class Retriever:
         self._cold: dict[str, float] = {}
 
     @classmethod
-    def open(cls, index_dir: Path | str, cfg: dict[str, Any] | None = None) -> Retriever:
+    def open(
+        cls,
+        index_dir: Path | str,
+        cfg: dict[str, Any] | None = None,
+        clip_model: str | None = None,
+        text_model: str | None = None,
+    ) -> Retriever:
+        """Open an index read-only. ``clip_model`` / ``text_model``: encode queries with these models
+        instead of the ones the index names (they must produce the same vectors)."""
         from manualrag.config import load_config
+        from manualrag.index import Index
 
         cfg = cfg or load_config()
-        index_dir = Path(index_dir)
-        db = index_dir / "index.sqlite"
-        if not db.exists():
-            raise IndexNotFoundError(
-                f"no index in {index_dir} (missing {db.name}); build one with `manualrag index LIBRARY --index-dir {index_dir}`"
-            )
-        manifest = Manifest(db, readonly=True)
+        layout = Index.require(index_dir)
+        manifest = Manifest(layout.db, readonly=True)
+        # the vector store opens on first use (see _LazyStore): a lexical-only query never imports chromadb
         cold: dict[str, float] = {}
-        store = _LazyStore(index_dir, cfg, cold)
+        store = _LazyStore(layout.root, cfg, cold)
         models = manifest.get_meta("models") or {}
-        r = cls(index_dir, cfg, manifest, store, models)
+        r = cls(layout.root, cfg, manifest, store, models, clip_model, text_model)
         r._cold = cold
         return r
 
@@ -194,16 +220,36 @@ class Retriever:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def building(self) -> str | None:
+        """ "the index is being built (N of M documents so far)" while an index run holds the lock, else None."""
+        run = self.manifest.get_meta("run")
+        if not isinstance(run, dict):
+            return None
+        from manualrag.lock import live_holder
+
+        if live_holder(self.index_dir) is None:
+            return None  # a run that died: what is committed is the index
+        done = len(self.manifest.documents())
+        return f"the index is being built ({done} of {run.get('total', '?')} documents so far)"
+
     # ------------------------------------------------------------------------------------------- models
+    def query_model(self, kind: str) -> str | None:
+        """The model that encodes queries for ``kind`` ("clip" or "text"): the one given to :meth:`open`,
+        else the one the index was built with."""
+        return self._query_override[kind] or self.models.get(kind)
+
     def _clip_encoder(self, required: bool):
         if self._clip is not None or self._clip_failed:
             if self._clip is None and required:
                 raise ManualragError(self._clip_failed)
             return self._clip
-        model = self.cfg.get("query_model") or self.models.get("clip")
+        model = self.query_model("clip")
         if not model or self.store.get("image") is None:
+            building = self.building()
             self._clip_failed = (
-                "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
+                f"no CLIP vectors yet: {building}"
+                if building
+                else "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
             )
             if required:
                 raise ManualragError(self._clip_failed)
@@ -230,7 +276,7 @@ class Retriever:
             if self._text is None and required:
                 raise ManualragError(self._text_failed)
             return self._text
-        model = self.models.get("text")
+        model = self.query_model("text")
         if not model or self.store.get("sem") is None:
             self._text_failed = "the index has no text-model vectors; use --channels lexical or dense"
             if required:
@@ -298,6 +344,9 @@ class Retriever:
         timings: dict[str, float] = {"encode": 0.0, "search": 0.0, "fusion": 0.0}
         rankings: dict[str, list[tuple[Key, float]]] = {}
         notes: list[str] = []
+        building = self.building()
+        if building:
+            notes.append(building)
         used: list[str] = []
 
         if "dense" in channels:
@@ -327,7 +376,7 @@ class Retriever:
         if "text" in channels and text:
             enc = self._text_encoder(required=explicit)
             if enc is None:
-                if self.models.get("text"):
+                if self.query_model("text"):
                     notes.append("text channel off: " + (self._text_failed or "").splitlines()[0])
             else:
                 used.append("text")
@@ -462,14 +511,9 @@ class Retriever:
                         heading=g.heading,
                         text="\n".join(x for x in [g.caption, " ".join(g.labels), g.ocr_text] if x),
                         snippet=make_snippet(" ".join([g.caption, " ".join(g.labels), g.ocr_text]), query),
-                        figure_kind=g.kind,
-                        caption=g.caption,
-                        labels=list(g.labels),
-                        ocr_text=g.ocr_text,
-                        nearby_text=g.nearby_text,
-                        crop_path=str((self.index_dir / g.crop_path).resolve()) if g.crop_path else None,
+                        crop_path=_abs(self.index_dir, g.crop_path),
                         bbox=list(g.bbox),
-                        quality=g.quality,
+                        **{h: _copy(getattr(g, name)) for h, name in HIT_FIGURE_FIELDS.items()},
                     )
                 )
             if len(hits) >= k:
@@ -500,6 +544,10 @@ class Retriever:
 
 def _abs(index_dir: Path, rel: str | None) -> str | None:
     return str((index_dir / rel).resolve()) if rel else None
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
 
 
 def _match(path: str, pattern: str) -> bool:

@@ -28,3 +28,9 @@ manualrag query "$QUERY" --index-dir "$INDEX_DIR" -k 5
 echo
 echo "== manualrag stats"
 manualrag stats --index-dir "$INDEX_DIR"
+echo
+if [ "$INDEX_DIR" = data/index ]; then dir_arg=""; else dir_arg=" --index-dir $INDEX_DIR"; fi
+echo "== Next: see the diagrams in a browser"
+echo "   manualrag serve$dir_arg"
+echo "   then open http://127.0.0.1:8080/ and search \"$QUERY\""
+echo "   (figure hits are pictures; each hit opens its page with the region outlined; API at /docs)"

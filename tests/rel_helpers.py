@@ -102,6 +102,31 @@ def bad_images() -> dict[str, tuple[bytes, str]]:
     }
 
 
+# file names that would forge or break lines of human output if printed raw (issue 14 row 6)
+HOSTILE_NAMES = (
+    "x\nFAILED ok.md: forged error line\n.md",
+    "cr\rover.md",
+    "ls\u2028ps\u2029nel\x85.md",
+)
+
+
+def damage_sqlite(db: Path, how: str) -> None:
+    """Damage an index.sqlite as a disk or a careless copy would: ``truncated`` to 8 KiB, or ``garbage``
+    over its header and first pages (its -wal/-shm files are dropped)."""
+    data = db.read_bytes()
+    if how == "truncated":
+        db.write_bytes(data[:8192])
+    else:
+        db.write_bytes(os.urandom(100) + data[100:4096] + os.urandom(8192) + data[12288:])
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def repetitive_line_md(n_bytes: int, words: str = "lorem ipsum zzyzx ") -> bytes:
+    """A pathological manual: one huge line of a few words repeated (issue 14 row 2)."""
+    return b"# Notes\n\n" + (words.encode() * (n_bytes // len(words) + 1))[:n_bytes] + b"\n"
+
+
 def corrupt_pdf() -> bytes:
     return b"%PDF-1.7\n" + bytes(range(256)) * 8
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from manualrag.cli import main
@@ -33,6 +36,7 @@ def _run(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | 
 
 
 # ------------------------------------------------------------------------------ row 1: relative paths
+@pytest.mark.slow
 def test_relative_paths_work_from_any_directory(tmp_path):
     """Extraction workers run in another working directory: a library, index or OCR cache given relative
     to the user's cwd must still be found (before: every file FAILED "No such file or directory", rc 1)."""
@@ -187,3 +191,367 @@ def test_bad_query_images_are_one_line_usage_errors_like_index(small_index, tmp_
         "--config", str(cfg), "query", "--image", str(tmp_path / "ok.png"), "--index-dir", str(idx)
     )
     assert rc == 0 and "photo.png" in out, out
+
+
+# -------------------------------------------------------------- row 4: damaged index, manualrag check
+@pytest.mark.slow
+def test_check_finds_and_repairs_inconsistencies_and_a_damaged_manifest(small_index, tmp_path):
+    """`manualrag check` verifies SQLite integrity and manifest <-> vector ids <-> crops; `--repair` fixes
+    them from the library. A damaged index.sqlite makes every command say so in one line naming the file and
+    the ways out, rc 2 (before: a raw sqlite3.DatabaseError traceback, rc 1)."""
+    from manualrag.config import load_config
+    from manualrag.store import VectorStore
+
+    cfg, small_lib, _ = small_index
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for f in small_lib.iterdir():
+        (lib / f.name).write_bytes(f.read_bytes())
+    (lib / "figs.pdf").write_bytes(rh.versioned_pdf("figs", pages=1))
+    idx = tmp_path / "idx"
+    base = ["--config", str(cfg)]
+    assert rh.cli(*rh.index_args(cfg, lib, idx, dense=True))[0] == 0
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+    assert rc == 0 and rep["ok"], out
+
+    # inconsistencies: an orphan vector, a missing vector, a missing crop, an unused crop
+    with rh.sqlite_ro(idx) as db:
+        victim = db.execute(
+            "SELECT id FROM windows WHERE doc_path = 'valve.md' AND channel = 'clip'"
+        ).fetchone()[0]
+    store = VectorStore.open(idx, load_config(cfg))
+    try:
+        store.delete("text", [victim])
+        dim = store.model_of("text")[1]
+        v = np.ones((1, dim), dtype=np.float32) / np.sqrt(dim)
+        store.upsert("text", ["orphan:w:0"], v, [{"path": "gone.md", "page": 1, "kind": "text", "ref": "x"}])
+    finally:
+        store.close()
+    with rh.sqlite_ro(idx) as db:
+        crop = db.execute("SELECT crop_path FROM figures WHERE doc_path = 'figs.pdf'").fetchone()[0]
+    (idx / crop).unlink()
+    (idx / "crops" / ("0" * 64 + ".png")).write_bytes(b"unused")
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+    assert rc == 1 and not rep["ok"], out
+    assert rep["orphan_vectors"]["text"] == 1 and rep["missing_vectors"]["text"] == 1, rep
+    assert rep["missing_crops"] == 1 and rep["unused_crops"] == 1, rep
+    assert rep["redo"] == ["figs.pdf", "valve.md"], rep
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--repair", "--json")
+    assert rc == 0 and rep["after_repair"]["ok"], out
+    assert sorted(rep["repair"]["indexed"]) == ["figs.pdf", "valve.md"], rep["repair"]
+
+    # a damaged index.sqlite: every command says so in one line, rc 2; check --repair rebuilds it
+    for how in ("truncated", "garbage"):
+        rh.damage_sqlite(idx / "index.sqlite", how)
+        for args in (
+            ["query", "relief valve"],
+            ["stats"],
+            ["context", "relief valve"],
+            ["remove", "valve.md"],
+            ["index", str(lib), "--no-dense"],
+        ):
+            rc, _, out = rh.cli(*base, *args, "--index-dir", str(idx))
+            assert rc == 2, (how, args, out)
+            lines = out.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in out, (how, args, out)
+            assert str(idx / "index.sqlite") in lines[0] and "damaged" in lines[0], lines
+            assert "manualrag reset" in lines[0] and "check --repair" in lines[0], lines
+        rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+        assert rc == 1 and rep["sqlite"] != "ok", out
+        rc, rep, out = rh.cli(
+            *base, "check", "--index-dir", str(idx), "--repair", "--library", str(lib), "--json"
+        )
+        assert rc == 0 and rep["after_repair"]["ok"], out
+        assert len(rep["repair"]["indexed"]) == 4, rep["repair"]
+        assert list(idx.glob("index.sqlite.damaged-*")), "the damaged file is kept aside"
+        rc, _, out = rh.cli(*base, "query", "relief valve", "--index-dir", str(idx))
+        assert rc == 0 and "valve.md" in out, out
+        for f in idx.glob("index.sqlite*.damaged-*"):
+            f.unlink()
+
+
+# ------------------------------------------------------------------ row 7: a worker memory limit too low
+@pytest.mark.parametrize("mb", [1, 20, 200])
+def test_memory_limit_too_low_to_start_a_worker_is_a_config_error(tmp_path, mb):
+    """Before: memory_mb 1 printed nothing (rc 1); 20 or 200 failed every file "worker did not start"."""
+    from manualrag.config import MIN_WORKER_MB, load_config
+    from manualrag.errors import ConfigError
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "r.md").write_bytes(rh.versioned_md("mem"))
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "memory_mb": mb})
+    rc, _, out = rh.cli(
+        "--config", str(cfg), "index", str(lib), "--index-dir", str(tmp_path / "i"), "--no-dense"
+    )
+    assert rc == 2, out
+    assert out.strip().splitlines() == [
+        f"error: config key 'isolation.memory_mb' must be at least {MIN_WORKER_MB} "
+        f"(MiB: an extraction worker needs about 300 MiB just to start), got {mb}"
+    ], out
+    assert not (tmp_path / "i").exists()
+    with pytest.raises(ConfigError, match="isolation.memory_mb"):
+        load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(mb)})
+    load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(MIN_WORKER_MB)})
+
+
+# ------------------------------------------------------------------------ row 9: non-UTF-8 file names
+def test_remove_accepts_a_non_utf8_name_as_the_shell_gives_it(tmp_path):
+    """A file name that is not UTF-8 is indexed as ``caf\\xe9-manual.md``; ``remove`` with the real name
+    (bytes on the command line, relative or absolute) removes it (before: "nothing matched", rc 1)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    raw = b"caf\xe9-manual.md"
+    for sub in (b"", b"sub/"):
+        os.makedirs(os.path.join(os.fsencode(lib), sub), exist_ok=True)
+        with open(os.path.join(os.fsencode(lib), sub + raw), "wb") as f:
+            f.write(rh.versioned_md("latin"))
+    idx = tmp_path / "idx"
+    rc, s, out = rh.cli("index", str(lib), "--index-dir", str(idx), "--no-dense", "--json")
+    assert rc == 0 and sorted(s["indexed"]) == ["caf\\xe9-manual.md", "sub/caf\\xe9-manual.md"], out
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "manualrag",
+            "remove",
+            raw,
+            os.path.join(os.fsencode(lib), b"sub/" + raw),
+            "--index-dir",
+            str(idx),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().splitlines() == [
+        "removed caf\\xe9-manual.md",
+        "removed sub/caf\\xe9-manual.md",
+    ]
+
+
+# ---------------------------------------------------------------- row 10: query during a first index run
+@pytest.mark.slow
+def test_query_during_a_first_run_says_the_index_is_being_built(tmp_path, tiny_clip_dir):
+    """While a first index run goes on, a query finds the documents committed so far (dense channels
+    included) and says "the index is being built (N of M documents so far)" (before: "no hits" and the false
+    "the index has no CLIP vectors (built with --no-dense)"). Once the run is gone, the note is too."""
+    from manualrag.indexer.worker import FAULT_ENV
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.md", "b.md", "c.md"):
+        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    cfg = rh.write_cfg(
+        tmp_path / "cfg.yaml", model=str(tiny_clip_dir), isolation={"workers": 1, "timeout_s": 300}
+    )
+    idx = tmp_path / "idx"
+    proc = rh.popen_cli(*rh.index_args(cfg, lib, idx, dense=True), env={FAULT_ENV: "hang:c.md"})
+    try:
+
+        def committed() -> int:
+            if not (idx / "index.sqlite").exists():
+                return 0
+            try:
+                with rh.sqlite_ro(idx) as db:
+                    return db.execute("SELECT count(*) FROM documents WHERE state = 'ok'").fetchone()[0]
+            except Exception:  # noqa: BLE001 - the file is being created
+                return 0
+
+        assert rh.wait_for(lambda: committed() == 2, timeout=180, interval=0.2), proc.stderr
+        rc, hits, out = rh.cli(
+            "--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx), "--json"
+        )
+        assert rc == 0 and hits and hits[0]["path"] == "a.md", out
+        assert "the index is being built (2 of 3 documents so far)" in out, out
+        assert "--no-dense" not in out
+        assert any(c.startswith("dense") for h in hits for c in h["channels"]), hits
+    finally:
+        rh.kill_hard(proc)
+    rc, _, out = rh.cli("--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx))
+    assert rc == 0 and "being built" not in out, out
+
+
+# ------------------------------------------------------------- row 11: temporary files, SIGTERM and the lock
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:  # field 4: the parent's pid
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_temporary_files_are_private_and_swept_and_sigterm_releases_the_lock(tmp_path):
+    """Workers get a private (0700) TMPDIR inside the index (tesseract writes renders of the manual's pages
+    there: before, /tmp/tess_*_input.PNG, mode 0644, stayed after SIGKILL/SIGINT); it is removed at exit and
+    what a killed run left is swept by the next. SIGTERM releases the lock like SIGINT (before: the lock file
+    stayed)."""
+    import signal
+
+    from manualrag.indexer.worker import FAULT_ENV
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.md", "b.md", "c.md"):
+        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "timeout_s": 300})
+    idx = tmp_path / "idx"
+    args = rh.index_args(cfg, lib, idx, dense=False)
+
+    def hung_run() -> tuple[subprocess.Popen, Path]:
+        """An index run whose worker hangs on c.md, a.md and b.md committed."""
+        proc = rh.popen_cli(*args, env={FAULT_ENV: "hang:c.md"})
+        try:
+            run_tmp = idx / ".tmp" / f"run-{proc.pid}"
+
+            def on_c() -> bool:
+                try:
+                    with rh.sqlite_ro(idx) as db:
+                        done = db.execute("SELECT count(*) FROM documents WHERE state = 'ok'").fetchone()[0]
+                except sqlite3.Error:  # being created
+                    return False
+                return done == 2 and bool(_children(proc.pid))
+
+            assert rh.wait_for(on_c, 120, 0.2)
+            worker = _children(proc.pid)[0]
+            environ = Path(f"/proc/{worker}/environ").read_text().split("\0")
+            env = dict(kv.split("=", 1) for kv in environ if "=" in kv)
+            assert env["TMPDIR"] == str(run_tmp.absolute()), env.get("TMPDIR")
+            assert run_tmp.stat().st_mode & 0o777 == 0o700 and (idx / ".tmp").stat().st_mode & 0o777 == 0o700
+        except BaseException:
+            rh.kill_hard(proc)
+            raise
+        return proc, run_tmp
+
+    proc, run_tmp = hung_run()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            rh.kill_hard(proc)
+    assert proc.returncode == 143 and b"Traceback" not in err, err
+    assert not (idx / "lock").exists(), "SIGTERM released the lock"
+    assert not (idx / ".tmp").exists(), "the run's temporary folder is removed at exit"
+
+    proc, run_tmp = hung_run()
+    (run_tmp / "tess_abc_input.PNG").write_bytes(b"a render of a page")  # what tesseract leaves on SIGKILL
+    rh.kill_hard(proc)
+    assert (run_tmp / "tess_abc_input.PNG").exists()
+    rc, s, out = rh.cli(*args)
+    assert rc == 0 and s["indexed"] == ["c.md"], out
+    assert not (idx / ".tmp").exists(), "the next run swept what the killed one left"
+
+
+# ------------------------------------------------------------ row 12: a file that always fails, re-runs
+@pytest.mark.slow
+def test_an_unchanged_failing_file_is_not_retried_and_loads_no_model(small_index, tmp_path):
+    """Before: one file that always fails made every re-run reload both models (5-11 s) though nothing
+    changed. Now it is reported as still failing without extraction or model load; --retry-failed, a change
+    of the file or of the settings tries it again."""
+    cfg, _, _ = small_index
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "good.md").write_bytes(rh.versioned_md("good"))
+    (lib / "random.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 4)
+    idx = tmp_path / "idx"
+    args = rh.index_args(cfg, lib, idx, dense=True)
+
+    def run(*extra: str) -> dict:
+        rc, s, out = rh.cli(*args, *extra)
+        assert rc == 1 and [f["path"] for f in s["failed"]] == ["random.pdf"], out
+        return s
+
+    first = run()
+    assert "load_models" in first["timings_s"] and first["indexed"] == ["good.md"]
+    again = run()
+    assert again["documents"]["unchanged"] == 1 and again["indexed"] == []
+    assert "load_models" not in again["timings_s"] and "extract" not in again["timings_s"], again["timings_s"]
+    reason = again["failed"][0]["reason"]
+    assert reason.startswith(first["failed"][0]["reason"]) and "--retry-failed" in reason, reason
+    forced = run("--retry-failed")
+    assert (
+        "load_models" in forced["timings_s"] and forced["failed"][0]["reason"] == first["failed"][0]["reason"]
+    )
+    cfg2 = rh.write_cfg(
+        tmp_path / "cfg2.yaml",
+        **{**yaml.safe_load(cfg.read_text()), "isolation": {"workers": 1, "timeout_s": 99}},
+    )
+    rc, s, out = rh.cli(*rh.index_args(cfg2, lib, idx, dense=True))
+    assert rc == 1 and "extract" in s["timings_s"], "a new worker limit is worth a new try"
+    (lib / "random.pdf").write_bytes(rh.versioned_pdf("fixed", pages=1, figure=False))
+    rc, s, out = rh.cli(*args)
+    assert rc == 0 and s["indexed"] == ["random.pdf"], out
+
+
+# ------------------------------------------------- row 13: failed first runs leave nothing; store errors
+def test_a_first_run_that_fails_creates_nothing_and_store_errors_are_plain(
+    tmp_path, tiny_clip_dir, monkeypatch
+):
+    """Before: an offline model, --device cuda on a CPU machine or a dead store left index.sqlite and
+    chroma/ behind; an unroutable store said "refused the connection: ValueError (check store.tenant...)"."""
+    import http.server
+    import socket
+    import threading
+
+    import torch
+
+    from manualrag import store as store_mod
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "r.md").write_bytes(rh.versioned_md("skel"))
+    (lib / "p.pdf").write_bytes(rh.versioned_pdf("skel", pages=1))  # a figure: its worker writes a crop
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", model=str(tiny_clip_dir), isolation={"workers": 1})
+    idx = tmp_path / "parent" / "idx"
+
+    def fails(*extra: str, says: str) -> None:
+        rc, _, out = rh.cli("--config", str(cfg), "index", str(lib), "--index-dir", str(idx), *extra)
+        assert rc == 2 and says in out and "Traceback" not in out, out
+        assert len(out.strip().splitlines()) == 1, out
+        assert not idx.exists(), sorted(p.name for p in idx.rglob("*"))
+
+    fails("--model", str(tmp_path / "no-such-model"), says="error: ")
+    if not torch.cuda.is_available():
+        fails("--device", "cuda", says="cuda")
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fails("--store", f"http://127.0.0.1:{port}", says="refused the connection (nothing listens on")
+    fails("--store", "http://no-such-host.invalid:8000", says="does not resolve")
+
+    class NotChroma(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_error(404)
+
+        def log_message(self, *a):
+            pass
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), NotChroma)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections (the kernel does) and never answers
+    monkeypatch.setattr(store_mod, "CONNECT_TIMEOUT_S", 1.0)
+    try:
+        fails("--store", f"http://127.0.0.1:{web.server_port}", says="it is not a Chroma (1.x) server")
+        fails(
+            "--store", f"http://127.0.0.1:{silent.getsockname()[1]}", says="timed out after 1 s waiting for"
+        )
+    finally:
+        web.shutdown()
+        silent.close()
+
+    # an existing index is never removed by a failed run
+    rc, _, out = rh.cli("--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0, out
+    rc, _, out = rh.cli(
+        "--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--model", str(tmp_path / "nope")
+    )
+    assert rc == 2 and (idx / "index.sqlite").is_file(), out

@@ -236,6 +236,20 @@ def create_app(state: IndexState, token: str | None = None, loopback_only: bool 
         out["page_url"] = f"/api/pages/{box.doc_id}/{box.page}.png" if box.file_type != "text" else None
         return out
 
+    _mount_mcp(app, state, loopback_only)
     app.add_middleware(limits.BodyLimit, max_bytes=limits.MAX_UPLOAD_BYTES + 64 * 1024)
     app.add_middleware(Guard, token=token, loopback_only=loopback_only)
     return app
+
+
+def _mount_mcp(app: FastAPI, state: IndexState, loopback_only: bool) -> None:
+    """The MCP tools of `manualrag mcp` over streamable HTTP at /api/mcp, behind the same Guard (token), with
+    this server's Retriever and search (when the mcp extra is installed)."""
+    try:
+        from manualrag.integrations.mcp_server import create_server, mount_http
+    except ImportError as exc:
+        log.info("no MCP endpoint: %s", exc)
+        return
+    server = create_server(state.retriever, state.assets, search=state.search)
+    # the Guard checks Host on loopback; the SDK's own Host/Origin check adds the Origin half there
+    mount_http(app, server, path="/api/mcp", host="127.0.0.1" if loopback_only else "0.0.0.0")

@@ -103,7 +103,7 @@ def serve(
             log_level="warning",
             access_log=access_log,
             server_header=False,
-            lifespan="off",
+            lifespan="on",  # runs the MCP endpoint's session manager
         )
         server = uvicorn.Server(config)
         server.run()

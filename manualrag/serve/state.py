@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from manualrag.index import describe, folder_size
 from manualrag.retriever.assets import Assets
 from manualrag.retriever.search import Retriever, SearchResult
 
@@ -47,12 +48,16 @@ class IndexState:
     def warm_up(self) -> None:
         """Load the models and the vector indexes now, so the first request costs a search, not a start."""
         try:
+            import pymupdf  # noqa: F401 - imported now rather than by the first page request
+
             self.search("warm up", k=1)
         except Exception as exc:  # noqa: BLE001 - a model that cannot load says so on the first real query
             log.warning("warm-up search failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
     def _refresh(self) -> None:
         """Reopen the vector store if another process committed to the index since it was opened."""
+        if self.cfg["store"].get("url"):  # a Chroma server answers from its current state
+            return
         version = self._data_version()
         now = time.monotonic()
         if version == self._version or now - self._reopened_at < self.refresh_s:
@@ -81,37 +86,8 @@ class IndexState:
     def stats(self) -> dict[str, Any]:
         """What ``manualrag stats --json`` prints (the size on disk cached for a minute)."""
         r = self.retriever
-        with r.manifest.read_snapshot():
-            st = r.manifest.stats()
-            models = r.manifest.get_meta("models") or {}
-            library = r.manifest.get_meta("library")
-        with self._search_lock:
-            store = r.store
-            vectors = {kind: store.count(kind) for kind in ("text", "image", "image_text", "sem")}
-            dims = {kind: store.model_of(kind) for kind in ("text", "sem")}
         now = time.monotonic()
         if self._size is None or now - self._size[1] > 60:
-            self._size = (_folder_size(self.index_dir), now)
-        return {
-            "index_dir": str(self.index_dir),
-            "library": library,
-            **st,
-            "vectors": vectors,
-            "model": models.get("clip"),
-            "dim": (dims["text"] or (None, None))[1],
-            "text_model": models.get("text"),
-            "text_dim": (dims["sem"] or (None, None))[1],
-            "store": self.cfg["store"]["url"] or "embedded",
-            "size_bytes": self._size[0],
-        }
-
-
-def _folder_size(folder: Path) -> int:
-    total = 0
-    for f in folder.rglob("*"):
-        try:
-            if f.is_file():
-                total += f.stat().st_size
-        except OSError:  # removed by an index run meanwhile
-            continue
-    return total
+            self._size = (folder_size(self.index_dir), now)
+        with self._search_lock:
+            return describe(self.index_dir, self.cfg, r.manifest, r.store, self._size[0])
