@@ -59,20 +59,22 @@ _RESERVED: list[Any] = []  # the ``reserve`` fault's mappings, kept alive for th
 _LIMIT_MB = [3072]  # this worker's isolation.memory_mb
 
 
-def _test_fault(rel: str) -> None:
+def _test_fault(rel: str, first_page: int | None = None) -> None:
     """Test hook, for the reliability tests only: ``MANUALRAG_TEST_WORKER_FAULT="KIND:REL[,KIND:REL...]"``
     (an environment variable of the indexing process, never read from a config file or a document) makes
     this worker fail on the document whose library-relative path is REL the way a broken parser would:
     KIND is ``segv`` (a real SIGSEGV), ``abort`` (SIGABRT), ``hang`` (sleeps past the timeout), ``oom``
     (allocates until the memory limit stops it), ``reserve`` (reserves twice the memory limit of address space
     that it never touches, as thread stacks and malloc arenas do on a many-core machine, then extracts
-    normally) or ``slow`` (sleeps 1.5 s, then extracts normally)."""
+    normally) or ``slow`` (sleeps 1.5 s, then extracts normally). ``KIND:REL@N`` fails only the page-range
+    requests of REL for the range that starts at page N (``first_page``)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
     for item in spec.split(","):
         kind, _, name = item.partition(":")
-        if name != rel:
+        name, at, page = name.partition("@")
+        if name != rel or (at and str(first_page) != page):
             continue
         if kind == "segv":
             import ctypes
@@ -142,7 +144,7 @@ def worker_main() -> None:
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            _test_fault(req["rel"])
+            _test_fault(req["rel"], req.get("first"))
             if "op" in req:  # one round of a page range (manualrag.indexer.pagerange)
                 resp: dict[str, Any] = pagerange.handle(
                     req, cfg, ocr, lambda figs: _write_figure_crops(figs, index_dir)

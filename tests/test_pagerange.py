@@ -17,8 +17,8 @@ from manualrag.config import load_config
 from manualrag.errors import ConfigError
 from manualrag.indexer.pagerange import plan_ranges
 from manualrag.indexer.pipeline import Indexer
-from manualrag.indexer.worker import WorkerPool
-from manualrag.models import Document
+from manualrag.indexer.worker import FAULT_ENV, WorkerPool
+from manualrag.models import Document, FileError
 from tests.helpers_pdf import manual_pdf, scanned_pdf
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -153,3 +153,20 @@ def test_index_built_in_page_ranges_is_identical(
         rows[name] = _index_rows(tmp_path / name)
     assert rows["ranged"] == rows["one"]
     assert len(rows["one"]["figures"]) >= 17 and len(rows["one"]["passages"]) > 300
+
+
+def test_a_crash_in_one_range_is_the_files_error_naming_the_pages(
+    cfg: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pdf = manual_pdf(tmp_path / "manual.pdf")
+    monkeypatch.setenv(FAULT_ENV, "segv:manual.pdf@3")  # the workers' environment: only the range from p3
+    c = copy.deepcopy(cfg)
+    c["ocr"]["enabled"] = False
+    pool = WorkerPool(c, tmp_path / "idx", n=2)
+    try:
+        res = pool.extract_ranges(pdf, "manual.pdf", [(1, 2), (3, 4)])
+        again = pool.extract_ranges(pdf, "manual.pdf", [(1, 1), (2, 4)])  # the pool goes on
+    finally:
+        pool.close()
+    assert isinstance(res, FileError) and res.reason == "pages 3-4: extraction crashed (SIGSEGV)"
+    assert isinstance(again, Document) and len(again.pages) == 4
