@@ -11,6 +11,7 @@ Protocol (JSON lines, never pickle): the parent writes the config once, then one
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -522,7 +523,7 @@ class WorkerPool:
                     state["in_flight"] += 1
                     t0 = time.perf_counter()
                     fut = ex.submit(self.extract, path, rel)
-                    fut.add_done_callback(lambda f, key=key, t0=t0: finished(f, key, t0))
+                    fut.add_done_callback(functools.partial(finished, key=key, t0=t0))
 
         def finished(fut: Future, key: Any, t0: float) -> None:
             with lock:

@@ -311,6 +311,10 @@ def test_mcp_get_figure_returns_the_diagram_as_a_png_with_its_citation(mcp_talk)
 def test_mcp_get_context_get_page_and_list_documents(mcp_talk):
     ctx = _texts(mcp_talk["context"])
     assert len(ctx) <= 2000 and "BEGIN SOURCE [1]" in ctx and f"{PUMP} p.4" in ctx
+    # figures go by id, after the fence; no server path reaches the client
+    wiring = mcp_talk["search"].structured_content["hits"][0]["figure_id"]
+    assert ctx.index(f"(figure_id: {wiring})") > ctx.rindex("END SOURCE")
+    assert "crops/" not in ctx and "Image file" not in ctx
     page = mcp_talk["page"]
     assert not page.is_error
     from PIL import Image

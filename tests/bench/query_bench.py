@@ -329,12 +329,12 @@ def measure(index_dir: Path, cfg: dict[str, Any], queries: list[str], warmup: in
         lexical_search(r.manifest, q, n)
         t2 = time.perf_counter()
         # the retrieval part: a whole search with the query already encoded (fusion + hits from its timings)
-        r._clip, r._text = stub_c, stub_t
+        r._encoders.update(clip=stub_c, text=stub_t)
         t3 = time.perf_counter()
         res0 = r.search(q)
         t4 = time.perf_counter()
         # the whole search call, both encoders included
-        r._clip, r._text = clip, text
+        r._encoders.update(clip=clip, text=text)
         t5 = time.perf_counter()
         res = r.search(q)
         t6 = time.perf_counter()
@@ -684,7 +684,9 @@ def main() -> None:
     json_out.write_text(json.dumps(R, indent=1, default=str))
     log(f"raw results: {json_out}")
     if not args.no_results:
-        title = "query_bench" + (" --quick" if args.quick else "") + (" --cold-only" if args.cold_only else "")
+        title = (
+            "query_bench" + (" --quick" if args.quick else "") + (" --cold-only" if args.cold_only else "")
+        )
         append_results(title, info, body)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
