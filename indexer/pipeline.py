@@ -430,7 +430,9 @@ class Indexer:
         if not work:
             yield None, iter(())
             return
-        n = min(len(work), self.cfg["isolation"]["workers"] or os.cpu_count() or 1)
+        n = self.cfg["isolation"]["workers"] or os.cpu_count() or 1
+        if not self.cfg["isolation"]["split_pages"]:  # page ranges of one large PDF may use every worker
+            n = min(len(work), n)
         pool = WorkerPool(self.cfg, self.index_dir, n=n, tmp_dir=self._tmp_dir)
         results = pool.imap(((s, d), s.path, s.rel) for s, d in work)
 
