@@ -541,7 +541,8 @@ def page_layout_boxes(page: pymupdf.Page) -> list[tuple[str, Box]]:
         import pymupdf.layout  # noqa: F401  (activates the model)
 
         page.get_layout(return_raw=True)
-        for b in page.layout_information or []:
+        boxes: list[dict[str, Any]] = page.layout_information or []
+        for b in boxes:
             out.append((str(b["class_name"]), as_box(b["group_bbox"])))
     except Exception as exc:  # noqa: BLE001 - optional signal; fall back to the heuristics
         log.debug("layout model unavailable on page %d: %s", page.number + 1, exc)

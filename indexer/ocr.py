@@ -380,7 +380,7 @@ class OcrEngine:
         the decoded image's size)."""
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
+            img: Image.Image = Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
             img.load()
         if img.mode in ("RGBA", "LA", "P", "PA"):  # flatten transparency onto white
             rgba = img.convert("RGBA")

@@ -18,11 +18,11 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from manualrag.lock import IndexLock
 from manualrag.manifest import DocRow, Manifest
 from manualrag.models import Document, Figure, FileError, Passage, Window
 from manualrag.store import VectorStore
+
+if TYPE_CHECKING:
+    from manualrag.encoder import ClipEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class Summary:
     embedded: Counter = field(default_factory=Counter)  # model inputs this run: texts, images, sem
     pages: int = 0
     figures: int = 0
-    timings: dict[str, float] = field(default_factory=lambda: Counter())
+    timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # s per stage
     model: str | None = None
     text_model: str | None = None
     dense: bool = True
@@ -107,6 +110,16 @@ class Summary:
         }
 
 
+@dataclass
+class Records:
+    """What the store gets for one kind of a document: ids, vectors, metadata and texts, aligned."""
+
+    ids: list[str]
+    embeddings: np.ndarray
+    metas: list[dict[str, Any]]
+    docs: list[str]
+
+
 class _Timer:
     def __init__(self, timings: dict[str, float], stage: str):
         self.timings, self.stage = timings, stage
@@ -137,14 +150,21 @@ class Indexer:
         self.dense = dense
         self.progress = progress
         self._tmp_dir: Path | None = None
-        self._clip = None
-        self._text = None
+        self._clip: ClipEncoder | None = None
+        self._text: TextEncoder | None = None
         from manualrag.encoder import model_id_for
 
         self._want_clip = model_id_for(cfg["model"])
         self._want_text = model_id_for(cfg["text_model"]) if cfg["text_model"] else None
 
     # ------------------------------------------------------------------------------------------ models
+    @property
+    def clip(self) -> ClipEncoder:
+        """The CLIP/SigLIP encoder (loaded by ``_load_models`` before anything is embedded)."""
+        if self._clip is None:
+            raise ManualragError("internal error: the CLIP model is used before it was loaded")
+        return self._clip
+
     def _load_models(self) -> None:
         from manualrag.encoder import ClipEncoder, TextEncoder
 
@@ -385,9 +405,9 @@ class Indexer:
 
     def _check_store_models(self, store: VectorStore) -> None:
         """Refuse to mix encoders in one index (raises EncoderMismatchError)."""
-        store.ensure("text", self._clip.model_id, self._clip.dim)
-        store.ensure("image", self._clip.model_id, self._clip.dim)
-        store.ensure("image_text", self._clip.model_id, self._clip.dim)
+        clip = self.clip
+        for kind in ("text", "image", "image_text"):
+            store.ensure(kind, clip.model_id, clip.dim)
         if self._text is not None:
             store.ensure("sem", self._text.model_id, self._text.dim)
 
@@ -411,7 +431,9 @@ class Indexer:
         if not work:
             yield None, iter(())
             return
-        n = min(len(work), self.cfg["isolation"]["workers"] or os.cpu_count() or 1)
+        n = self.cfg["isolation"]["workers"] or os.cpu_count() or 1
+        if not self.cfg["isolation"]["split_pages"]:  # page ranges of one large PDF may use every worker
+            n = min(len(work), n)
         pool = WorkerPool(self.cfg, self.index_dir, n=n, tmp_dir=self._tmp_dir)
         results = pool.imap(((s, d), s.path, s.rel) for s, d in work)
 
@@ -455,7 +477,9 @@ class Indexer:
             notes.append(budget.duplicates_note(len(passages), len(sources), "passages"))
             windows: list[tuple[Window, str]] = []
             if self.dense:
-                channels = [("clip", self._clip, 12, ids.CLIP_TAG, "CLIP windows")]
+                channels: list[tuple[str, Any, int, str, str]] = [
+                    ("clip", self.clip, 12, ids.CLIP_TAG, "CLIP windows")
+                ]
                 if self._text is not None:
                     channels.append(("sem", self._text, 32, ids.SEM_TAG, "text-model windows"))
                 for channel, enc, overlap, tag, what in channels:
@@ -478,7 +502,7 @@ class Indexer:
                 self._write_crop(fig)
 
         # embed before touching the store, so a model error leaves the old version intact
-        vectors: dict[str, tuple[list[str], np.ndarray, list[dict[str, Any]], list[str]]] = {}
+        vectors: dict[str, Records] = {}
         if self.dense:
             vectors = self._embed(doc, passages, windows, figures, summary)
 
@@ -488,11 +512,11 @@ class Indexer:
         # other ids as pending deletes), commit, and only then delete the superseded vectors
         with _Timer(timings, "store"):
             manifest.begin_document(doc.path)
-            for kind, (vids, embs, metas, docs) in vectors.items():
-                if vids:
-                    store.upsert(kind, vids, embs, metas, docs)
-                    summary.records[kind] += len(vids)
-            live = {kind: v[0] for kind, v in vectors.items()}
+            for kind, rec in vectors.items():
+                if rec.ids:
+                    store.upsert(kind, rec.ids, rec.embeddings, rec.metas, rec.docs)
+                    summary.records[kind] += len(rec.ids)
+            live = {kind: rec.ids for kind, rec in vectors.items()}
             manifest.replace_rows(doc.path, passages, windows, figures + boiler, live=live)
             manifest.commit_document(
                 DocRow(
@@ -506,9 +530,8 @@ class Indexer:
                     n_pages=len(doc.pages),
                     title=doc.title,
                     warnings=list(doc.warnings),
-                    clip_model=self._clip.model_id if self.dense else None,
+                    clip_model=self.clip.model_id if self.dense else None,
                     text_model=(self._text.model_id if self._text else None) if self.dense else None,
-                    indexed_at=time.time(),
                 )
             )
             index.flush_pending()
@@ -526,10 +549,12 @@ class Indexer:
         windows: list[tuple[Window, str]],
         figures: list[tuple[str, Figure]],
         summary: Summary,
-    ) -> dict[str, tuple[list[str], np.ndarray, list[dict[str, Any]], list[str]]]:
+    ) -> dict[str, Records]:
+        """The vector records of a document, by store kind."""
         timings = summary.timings
+        clip = self.clip
         by_pid = {p.passage_id: p for p in passages}
-        out: dict[str, tuple[list[str], np.ndarray, list[dict[str, Any]], list[str]]] = {}
+        out: dict[str, Records] = {}
 
         def meta(page: int, kind: str, ref: str, suspect: str | None = None) -> dict[str, Any]:
             return {"path": doc.path, "page": page, "kind": kind, "ref": ref, "suspect": suspect or ""}
@@ -538,8 +563,8 @@ class Indexer:
         sem_w = [w for w, ch in windows if ch == "sem"]
         with _Timer(timings, "embed_text"):
             if clip_w:
-                embs = self._clip.embed_texts([w.text for w in clip_w])
-                out["text"] = (
+                embs = clip.embed_texts([w.text for w in clip_w])
+                out["text"] = Records(
                     [w.window_id for w in clip_w],
                     embs,
                     [
@@ -551,9 +576,9 @@ class Indexer:
                 summary.embedded["texts"] += len(clip_w)
             labelled = [(fid, f) for fid, f in figures if f.label_text.strip()]
             if labelled:
-                texts = [self._clip.fit(f.label_text) for _, f in labelled]
-                embs = self._clip.embed_texts(texts)
-                out["image_text"] = (
+                texts = [clip.fit(f.label_text) for _, f in labelled]
+                embs = clip.embed_texts(texts)
+                out["image_text"] = Records(
                     [ids.figure_label_id(fid) for fid, _ in labelled],
                     embs,
                     [meta(f.pages[0], "image_text", fid) for fid, f in labelled],
@@ -562,32 +587,30 @@ class Indexer:
                 summary.embedded["texts"] += len(labelled)
         if figures:
             with _Timer(timings, "embed_image"):
-                embs = self._clip.embed_images([f.png or self._read_crop(f) for _, f in figures])
-            out["image"] = (
+                embs = clip.embed_images([f.png or self._read_crop(f) for _, f in figures])
+            out["image"] = Records(
                 [fid for fid, _ in figures],
                 embs,
                 [meta(f.pages[0], "image", fid) for fid, f in figures],
                 [f.caption for _, f in figures],
             )
             summary.embedded["images"] += len(figures)
-        if self._text is not None:
+        text_enc = self._text
+        if text_enc is not None:
             with _Timer(timings, "embed_sem"):
                 fig_sem = [(fid, f, figure_sem_text(f)) for fid, f in figures]
-                fig_sem = [(fid, f, self._text_fit(t)) for fid, f, t in fig_sem if t]
+                fig_sem = [(fid, f, text_enc.fit(t)) for fid, f, t in fig_sem if t]
                 texts = [w.text for w in sem_w] + [t for _, _, t in fig_sem]
                 if texts:
-                    embs = self._text.embed_texts(texts)
+                    embs = text_enc.embed_texts(texts)
                     vids = [w.window_id for w in sem_w] + [ids.figure_sem_id(fid) for fid, _, _ in fig_sem]
                     metas = [
                         meta(by_pid[w.passage_id].page, "text", w.passage_id, by_pid[w.passage_id].suspect)
                         for w in sem_w
                     ] + [meta(f.pages[0], "image_text", fid) for fid, f, _ in fig_sem]
-                    out["sem"] = (vids, embs, metas, texts)
+                    out["sem"] = Records(vids, embs, metas, texts)
                     summary.embedded["sem"] += len(texts)
         return out
-
-    def _text_fit(self, text: str) -> str:
-        return self._text.fit(text) if hasattr(self._text, "fit") else text
 
     # ------------------------------------------------------------------------------------------ crops
     def _write_crop(self, fig: Figure) -> None:

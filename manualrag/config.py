@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "workers": 0,
         "timeout_s": 300,
         "memory_mb": 3072,
+        "split_pages": 100,
     },
     "limits": {
         "max_passages": 20_000,

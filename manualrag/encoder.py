@@ -278,6 +278,13 @@ def _read_config(src: _Source) -> Any:
         raise src.unavailable(_one_line(exc)) from exc
 
 
+def _open_source(src: _Source) -> tuple[_Source, Any]:
+    """Where a model comes from, checked (folder, cache), and its config: the first steps of every load."""
+    src.check_folder()
+    src.check_cached()
+    return src, _read_config(src)
+
+
 def _load_model(src: _Source, auto_cls: Any) -> Any:
     """``auto_cls.from_pretrained`` preferring safetensors; .bin only when a checkpoint has nothing else."""
     has_st = src.has_safetensors()
@@ -492,10 +499,7 @@ class ClipEncoder(_TextSide):
         Raises :class:`ModelUnavailableError` (fast, with the ways out) when it cannot be had.
         """
         t0 = time.perf_counter()
-        src = _Source(name_or_path, "--model")
-        src.check_folder()
-        src.check_cached()
-        cfg = _read_config(src)
+        src, cfg = _open_source(_Source(name_or_path, "--model"))
         model_type = getattr(cfg, "model_type", None)
         if model_type not in CLIP_MODEL_TYPES:
             raise ModelUnavailableError(
@@ -557,7 +561,7 @@ class ClipEncoder(_TextSide):
             # only the decoders of the image types we ingest; a decompression bomb is an error, not a warning
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(src, formats=IMAGE_DECODERS)
+                img: Image.Image = Image.open(src, formats=IMAGE_DECODERS)
                 img.load()
         elif isinstance(image, Image.Image):
             img = image
@@ -721,10 +725,7 @@ class TextEncoder(_TextSide):
         cls, name_or_path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 32
     ) -> TextEncoder:
         t0 = time.perf_counter()
-        src = _packaged_copy(_Source(name_or_path, "--text-model"))
-        src.check_folder()
-        src.check_cached()
-        cfg = _read_config(src)
+        src, cfg = _open_source(_packaged_copy(_Source(name_or_path, "--text-model")))
         if getattr(cfg, "model_type", None) in CLIP_MODEL_TYPES:
             raise ModelUnavailableError(
                 f"model '{name_or_path}' is a {cfg.model_type} (image+text) model, not a sentence-embedding "

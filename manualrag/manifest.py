@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -60,7 +60,8 @@ class DocRow:
     warnings: list[str] = field(default_factory=list)
     clip_model: str | None = None
     text_model: str | None = None
-    indexed_at: str = ""  # ISO 8601 UTC; commit_document fills it when empty (epoch seconds are converted)
+    # ISO 8601 UTC; commit_document fills it when empty (epoch seconds are converted)
+    indexed_at: str = ""
     state: str = "ok"
 
 
@@ -409,7 +410,7 @@ class Manifest:
         passages: Sequence[Passage],
         windows: Sequence[tuple[Window, str]],
         figures: Sequence[tuple[str, Figure]],
-        live: dict[str, Sequence[str]] | None = None,
+        live: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """Replace every passage, window, figure and lexical row of ``path`` (one transaction).
 
@@ -510,13 +511,6 @@ class Manifest:
         with self._tx() as c:
             c.execute(
                 "UPDATE documents SET size = ?, mtime = ? WHERE path = ?", (int(size), float(mtime), path)
-            )
-
-    def set_models(self, path: str, clip_model: str | None, text_model: str | None) -> None:
-        with self._tx() as c:
-            c.execute(
-                "UPDATE documents SET clip_model = ?, text_model = ? WHERE path = ?",
-                (clip_model, text_model, path),
             )
 
     def remove_document(self, path: str) -> None:

@@ -5,7 +5,7 @@ dataclass come its SQL column (type, NOT NULL, DEFAULT), the INSERT, the decodin
 :class:`~manualrag.manifest.FigureRow` (a ``Figure`` subclass) and its ``to_figure``. The SQL type follows
 the field's annotation (:data:`_TYPES`); the default follows the field's default.
 
-To add a figure field (say ``rotation: int = 0``):
+To add a figure field (``rotation: int = 0`` came this way: migration 3):
   1. add it to ``models.Figure`` with a default (rows written before it get that default);
   2. add a migration to :data:`manualrag.migrations.MIGRATIONS`:
      ``Migration(LATEST + 1, "why", add_column(FIGURES, "rotation"))``;
@@ -73,22 +73,29 @@ def column(f: Field[Any], name: str | None = None, primary: bool = False) -> Col
     elif f.default_factory is not MISSING:
         default = f.default_factory()
     if nullable:
-        sql, encode, decode = (
-            sql_type,
-            (lambda v, e=enc: None if v is None else e(v)),
-            (lambda v, d=dec: None if v is None else d(v)),
-        )
-    else:
-        sql, encode, decode = f"{sql_type} NOT NULL", enc, dec
-        if primary:
-            sql = f"{sql_type} PRIMARY KEY"
-        elif default is not MISSING:
-            sql += f" DEFAULT {_sql_literal(enc(default))}"
-        if isinstance(default, str) and default:  # an empty value means the default ("ok")
-            encode = lambda v, d=default: v or d  # noqa: E731
-        elif default == "":
-            encode = lambda v: v or ""  # noqa: E731
-    return Column(name or f.name, f.name, sql, encode, decode)
+        return Column(name or f.name, f.name, sql_type, _or_none(enc), _or_none(dec))
+    sql, encode = f"{sql_type} NOT NULL", enc
+    if primary:
+        sql = f"{sql_type} PRIMARY KEY"
+    elif default is not MISSING:
+        sql += f" DEFAULT {_sql_literal(enc(default))}"
+    if isinstance(default, str):  # an empty value means the default ("ok" for quality)
+        encode = _or_default(default)
+    return Column(name or f.name, f.name, sql, encode, dec)
+
+
+def _or_none(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def code(v: Any) -> Any:
+        return None if v is None else fn(v)
+
+    return code
+
+
+def _or_default(default: str) -> Callable[[Any], Any]:
+    def code(v: Any) -> Any:
+        return v or default
+
+    return code
 
 
 @dataclass(frozen=True)

@@ -443,22 +443,6 @@ class VectorStore:
         size; an absent or empty collection gives an empty list per query row. No metadata filter: a
         ``where`` costs 20-100x an unfiltered query.
         """
-        res = self._query(kind, embedding, n, with_meta=False)
-        return [[(rid, 1.0 - float(d)) for rid, d in zip(ids, dists, strict=True)] for ids, dists, _ in res]
-
-    def query_meta(self, kind: str, embedding: np.ndarray, n: int) -> list[tuple[str, float, dict[str, Any]]]:
-        """Like :meth:`query` for ONE vector, with each record's metadata: [(id, cosine similarity, metadata)]."""
-        q = np.asarray(embedding, dtype=np.float32)
-        if q.ndim == 2 and q.shape[0] == 1:
-            q = q[0]
-        if q.ndim != 1:
-            raise ValueError(f"query_meta takes one vector (dim,), got shape {np.shape(embedding)}")
-        ids, dists, metas = self._query(kind, q, n, with_meta=True)[0]
-        return [(rid, 1.0 - float(d), dict(m or {})) for rid, d, m in zip(ids, dists, metas, strict=True)]
-
-    def _query(
-        self, kind: str, embedding: np.ndarray, n: int, with_meta: bool
-    ) -> list[tuple[list, list, list]]:
         q = np.asarray(embedding, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -466,24 +450,21 @@ class VectorStore:
             raise ValueError(f"query embedding must have shape (dim,) or (m, dim), got {np.shape(embedding)}")
         if not np.isfinite(q).all():
             raise ValueError("query embedding contains NaN or infinite values")
-        empty: list[tuple[list, list, list]] = [([], [], []) for _ in range(q.shape[0])]
         col = self.get(kind)
         if col is None or n <= 0:
-            return empty
+            return [[] for _ in range(q.shape[0])]
         dim = self._dim(col)
         if dim is not None and q.shape[1] != dim:
             raise ValueError(f"{self.name(kind)} holds {dim}-d vectors, got a {q.shape[1]}-d query")
         # chromadb 1.5.x answers n_results above the collection size (or an empty collection) with what it
         # has, so the clamp costs no count() round trip (1-2 ms); only absurd n are capped here
         k = min(int(n), MAX_RESULTS)
-        include = ["distances", "metadatas"] if with_meta else ["distances"]
         res = self._retry_stale(
-            kind, lambda c: self._wrap(c.query, query_embeddings=q, n_results=k, include=include)
+            kind, lambda c: self._wrap(c.query, query_embeddings=q, n_results=k, include=["distances"])
         )
-        metas = res.get("metadatas") if with_meta else None
         return [
-            (ids, dists, metas[i] if metas else [None] * len(ids))
-            for i, (ids, dists) in enumerate(zip(res["ids"], res["distances"], strict=True))
+            [(rid, 1.0 - float(d)) for rid, d in zip(ids, dists, strict=True)]
+            for ids, dists in zip(res["ids"], res["distances"], strict=True)
         ]
 
 

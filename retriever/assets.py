@@ -400,7 +400,7 @@ def _image_frame(data: bytes, row: DocRow, page: int) -> tuple[bytes, tuple[floa
     if frame.width * frame.height > MAX_PAGE_PIXELS:
         scale = (MAX_PAGE_PIXELS / (frame.width * frame.height)) ** 0.5
         frame = frame.resize(
-            (max(1, int(frame.width * scale)), max(1, int(frame.height * scale))), Image.LANCZOS
+            (max(1, int(frame.width * scale)), max(1, int(frame.height * scale))), Image.Resampling.LANCZOS
         )
     buf = io.BytesIO()
     frame.save(buf, format="PNG")

@@ -120,7 +120,7 @@ def format_table(report: dict[str, Any]) -> str:
     cols = ["recall@1", "recall@5", "recall@10", "mrr", "ndcg@10"]
     lines = [f"channels: {','.join(report['channels'])}   queries: {report['n']}", ""]
     lines.append(f"{'':<14}" + "".join(f"{c:>11}" for c in cols) + f"{'n':>5}")
-    counts = {}
+    counts: dict[str, int] = {}
     for q in report["queries"]:
         counts[q["kind"]] = counts.get(q["kind"], 0) + 1
     rows = [("overall", report["overall"], report["n"])] + [

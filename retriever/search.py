@@ -38,6 +38,8 @@ WEIGHTS = {
     "image_text": 0.5,
 }
 
+_VECTORS_OF = {"clip": "image", "text": "sem"}  # the store kind whose presence says a channel was indexed
+_CHANNEL_NAME = {"clip": "dense channels", "text": "text channel"}
 CAPTION_PASSAGE_MAX_WORDS = 40  # longer passages hold more than a caption: they stay text hits
 _FIG_REF = re.compile(
     r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I
@@ -53,6 +55,7 @@ HIT_FIGURE_FIELDS = {
     "ocr_text": "ocr_text",
     "nearby_text": "nearby_text",
     "quality": "quality",
+    "rotation": "rotation",
 }
 
 
@@ -88,6 +91,7 @@ class Hit:
     crop_path: str | None = None  # absolute path of the PNG crop
     bbox: list[float] | None = None
     quality: str | None = None
+    rotation: int | None = None  # image hits: 0, or the clockwise turn that made the stored crop upright
     # text hits: figures on the same page or referenced from the passage
     figures: list[LinkedFigure] = field(default_factory=list)
 
@@ -132,6 +136,32 @@ def make_snippet(text: str, query: str, width: int = 240) -> str:
     return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
 
 
+class _LazyStore:
+    """The index's vector store, opened on first use: a lexical-only query never imports chromadb (about a
+    second of a cold start) nor opens the vectors."""
+
+    def __init__(self, index_dir: Path, cfg: dict[str, Any], cold: dict[str, float]):
+        self._args = (index_dir, cfg)
+        self._store: Any = None
+        self._cold = cold
+
+    def _open(self) -> Any:
+        if self._store is None:
+            t0 = time.perf_counter()
+            from manualrag.store import VectorStore
+
+            self._store = VectorStore.open(*self._args)
+            self._cold["open_store"] = self._cold.get("open_store", 0.0) + time.perf_counter() - t0
+        return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._open(), name)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
 class Retriever:
     """Loads the index and its encoders once; answers many queries."""
 
@@ -152,10 +182,11 @@ class Retriever:
         self.models = models  # what the index was built with: {"clip": id|None, "text": id|None}
         # encoders of the queries given instead of the index's (a local copy of the same model, say)
         self._query_override = {"clip": clip_model, "text": text_model}
-        self._clip = None
-        self._text = None
-        self._clip_failed: str | None = None
-        self._text_failed: str | None = None
+        self._encoders: dict[str, Any] = {"clip": None, "text": None}  # loaded on first use
+        self._failed: dict[str, str | None] = {"clip": None, "text": None}  # why one is not available
+        # cold-start costs not yet reported: seconds of open_store (chromadb import included), import
+        # (torch + transformers) and load_models (weights, tokenizer); the next search's timings show them
+        self._cold: dict[str, float] = {}
 
     @classmethod
     def open(
@@ -171,9 +202,15 @@ class Retriever:
         from manualrag.index import Index
 
         cfg = cfg or load_config()
-        index = Index.open(index_dir, cfg)
-        models = index.manifest.get_meta("models") or {}
-        return cls(index.root, cfg, index.manifest, index.store, models, clip_model, text_model)
+        layout = Index.require(index_dir)
+        manifest = Manifest(layout.db, readonly=True)
+        # the vector store opens on first use (see _LazyStore): a lexical-only query never imports chromadb
+        cold: dict[str, float] = {}
+        store = _LazyStore(layout.root, cfg, cold)
+        models = manifest.get_meta("models") or {}
+        r = cls(layout.root, cfg, manifest, store, models, clip_model, text_model)
+        r._cold = cold
+        return r
 
     def close(self) -> None:
         self.store.close()
@@ -203,56 +240,81 @@ class Retriever:
         else the one the index was built with."""
         return self._query_override[kind] or self.models.get(kind)
 
-    def _clip_encoder(self, required: bool):
-        if self._clip is not None or self._clip_failed:
-            if self._clip is None and required:
-                raise ManualragError(self._clip_failed)
-            return self._clip
-        model = self.query_model("clip")
-        if not model or self.store.get("image") is None:
-            building = self.building()
-            self._clip_failed = (
-                f"no CLIP vectors yet: {building}"
-                if building
-                else "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
-            )
+    def reset_models(self, models: dict[str, Any]) -> None:
+        """The index now names these models (re-indexed meanwhile): encoders of other models are loaded
+        again on the next query, and a channel that was missing gets another chance."""
+        if models != self.models:
+            self.models = models
+            self._encoders = {"clip": None, "text": None}
+        self._failed = {"clip": None, "text": None}
+
+    def _encoder(self, which: str, required: bool) -> Any:
+        """The query encoder of ``which`` ("clip" or "text"), loaded on first use; None (with the reason kept
+        for notes) when the index has no such vectors or the model cannot be loaded, unless ``required``."""
+        enc, failed = self._encoders[which], self._failed[which]
+        if enc is not None or failed:
+            if enc is None and required:
+                raise ManualragError(failed)
+            return enc
+        model = self.query_model(which)
+        if not model or self.store.get(_VECTORS_OF[which]) is None:
+            building = self.building() if which == "clip" else None
+            if building:
+                failed = f"no CLIP vectors yet: {building}"
+            elif which == "clip":
+                failed = "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
+            else:
+                failed = "the index has no text-model vectors; use --channels lexical or dense"
+            self._failed[which] = failed
             if required:
-                raise ManualragError(self._clip_failed)
+                raise ManualragError(failed)
             return None
-        from manualrag.encoder import ClipEncoder
+        from manualrag.encoder import ClipEncoder, TextEncoder
         from manualrag.errors import ModelUnavailableError
 
+        cls = ClipEncoder if which == "clip" else TextEncoder
         try:
-            self._clip = ClipEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            self._import_ml("AutoModel", "AutoProcessor" if which == "clip" else "AutoTokenizer")
+            t0 = time.perf_counter()
+            try:
+                self._encoders[which] = cls.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            finally:
+                self._cold["load_models"] = self._cold.get("load_models", 0.0) + time.perf_counter() - t0
         except ModelUnavailableError as exc:
-            self._clip_failed = str(exc)
+            self._failed[which] = str(exc)
             if required:
                 raise
-            log.warning("dense channels off: %s", str(exc).splitlines()[0])
-        return self._clip
+            log.warning("%s off: %s", _CHANNEL_NAME[which], str(exc).splitlines()[0])
+        return self._encoders[which]
 
-    def _text_encoder(self, required: bool):
-        if self._text is not None or self._text_failed:
-            if self._text is None and required:
-                raise ManualragError(self._text_failed)
-            return self._text
-        model = self.query_model("text")
-        if not model or self.store.get("sem") is None:
-            self._text_failed = "the index has no text-model vectors; use --channels lexical or dense"
-            if required:
-                raise ManualragError(self._text_failed)
-            return None
-        from manualrag.encoder import TextEncoder
-        from manualrag.errors import ModelUnavailableError
+    def _clip_encoder(self, required: bool) -> Any:
+        return self._encoder("clip", required)
 
+    def _text_encoder(self, required: bool) -> Any:
+        return self._encoder("text", required)
+
+    @property
+    def _clip_failed(self) -> str | None:
+        return self._failed["clip"]
+
+    @property
+    def _text_failed(self) -> str | None:
+        return self._failed["text"]
+
+    def _import_ml(self, *names: str) -> None:
+        """Import torch and the transformers classes an encoder's load imports, timed apart from the load
+        (``--timings`` shows where a cold query goes). Import failures are left to the load to report."""
+        t0 = time.perf_counter()
         try:
-            self._text = TextEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
-        except ModelUnavailableError as exc:
-            self._text_failed = str(exc)
-            if required:
-                raise
-            log.warning("text channel off: %s", str(exc).splitlines()[0])
-        return self._text
+            import importlib
+
+            importlib.import_module("torch")
+            tf = importlib.import_module("transformers")
+            for name in names:
+                getattr(tf, name)
+        except Exception:  # noqa: BLE001 - the encoder's load says what is missing
+            pass
+        self._cold["import"] = self._cold.get("import", 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------------- search
     def search(
@@ -273,7 +335,7 @@ class Retriever:
         explicit = channels is not None
         if explicit and not channels:
             raise ManualragError(f"no channel given: choose from {', '.join(CHANNELS)}")
-        channels = list(channels if explicit else CHANNELS)
+        channels = list(CHANNELS) if channels is None else list(channels)
         for c in channels:
             if c not in CHANNELS:
                 raise ManualragError(f"unknown channel {c!r}: choose from {', '.join(CHANNELS)}")
@@ -321,7 +383,7 @@ class Retriever:
             else:
                 used.append("text")
                 t0 = time.perf_counter()
-                q = enc.embed_texts([enc.fit(text) if hasattr(enc, "fit") else text])[0]
+                q = enc.embed_texts([enc.fit(text)])[0]
                 timings["encode"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 rankings["text"] = self._refs("sem", q, n)
@@ -349,11 +411,13 @@ class Retriever:
             fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
             hits = self._hits(fused, text or "", k, modality, source, passages)
             timings["fusion"] += time.perf_counter() - t0
+        cold = {key: v for key, v in self._cold.items() if v > 0}
+        self._cold.clear()
         return SearchResult(
             query=text or f"<image {image if isinstance(image, (str, Path)) else 'bytes'}>",
             hits=hits,
             channels_used=used,
-            timings_ms={key: round(v * 1000, 2) for key, v in timings.items()},
+            timings_ms={key: round(v * 1000, 2) for key, v in {**cold, **timings}.items()},
             notes=notes,
         )
 

@@ -178,9 +178,10 @@ def test_a_query_on_a_previous_release_index_works_without_reset(tmp_path):
 def test_a_failing_migration_leaves_the_index_at_its_old_version(tmp_path, monkeypatch):
     idx = tmp_path / "idx"
     write_v1_index(idx, with_pending=False)
-    broken = migrations.Migration(3, "test", ("CREATE TABLE half_done (x)", "ALTER TABLE nowhere ADD y"))
+    nxt = migrations.LATEST + 1
+    broken = migrations.Migration(nxt, "test", ("CREATE TABLE half_done (x)", "ALTER TABLE nowhere ADD y"))
     monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, broken))
-    monkeypatch.setattr(manifest_mod, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(manifest_mod, "SCHEMA_VERSION", nxt)
     with pytest.raises(sqlite3.OperationalError, match="nowhere"):
         Manifest.open(idx)
     db = sqlite3.connect(idx / "index.sqlite")
@@ -194,10 +195,28 @@ def test_a_failing_migration_leaves_the_index_at_its_old_version(tmp_path, monke
 def test_a_reader_stops_with_a_way_out_when_it_cannot_read_the_older_schema(tmp_path, monkeypatch):
     idx = tmp_path / "idx"
     write_v1_index(idx, with_pending=True)
-    reshape = migrations.Migration(3, "test", ("CREATE TABLE reshaped (x)",), additive=False)
+    nxt = migrations.LATEST + 1
+    reshape = migrations.Migration(nxt, "test", ("CREATE TABLE reshaped (x)",), additive=False)
     monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, reshape))
-    monkeypatch.setattr(manifest_mod, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(manifest_mod, "SCHEMA_VERSION", nxt)
     with pytest.raises(ManifestSchemaError, match=r"schema 1, .* run `manualrag index LIBRARY --index-dir"):
         Manifest.open(idx, readonly=True)
     with Manifest.open(idx) as m:
-        assert m.schema_version() == 3
+        assert m.schema_version() == nxt
+
+
+def test_an_upgraded_index_has_the_tables_and_columns_of_a_new_one(tmp_path):
+    """A field added to Passage/Figure (or a table added to the schema) without its migration fails here."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    write_v1_index(old, with_pending=False)
+    Manifest.open(old).close()
+    Manifest.open(new).close()
+
+    def shape(idx: Path) -> dict[str, set[str]]:
+        db = sqlite3.connect(idx / "index.sqlite")
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        out = {t: {r[1] for r in db.execute(f"PRAGMA table_info('{t}')")} for t in tables}
+        db.close()
+        return out
+
+    assert shape(old) == shape(new)

@@ -71,11 +71,7 @@ class IndexState:
         r.store = VectorStore.open(self.index_dir, self.cfg)
         self._version = version
         self.reopened += 1
-        models = r.manifest.get_meta("models") or {}
-        if models != r.models:  # re-indexed with other models: load them on the next query
-            r.models = models
-            r._clip = r._text = None  # noqa: SLF001
-        r._clip_failed = r._text_failed = None  # noqa: SLF001 - a channel missing before may exist now
+        r.reset_models(r.manifest.get_meta("models") or {})  # other models: loaded on the next query
         log.info("index changed: vector store reopened")
 
     def search(self, text: str | None, image: bytes | None = None, **kw: Any) -> SearchResult:
