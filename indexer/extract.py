@@ -48,8 +48,16 @@ _WS = re.compile(r"\s+")
 
 
 # ================================================================================================ entry
-def extract_file(path: Path, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None = None) -> Document:
-    """Extract one file. ``rel`` names it in errors and in the Document (library-relative POSIX path)."""
+def extract_file(
+    path: Path,
+    rel: str,
+    cfg: dict[str, Any],
+    ocr: OcrEngine | None = None,
+    split_pages: int | None = None,
+) -> Document:
+    """Extract one file. ``rel`` names it in errors and in the Document (library-relative POSIX path).
+    ``split_pages``: a PDF with more pages than this raises :class:`TooManyPages` instead (after the checks
+    that make a file unusable), for the caller to extract it in page ranges."""
     path = Path(path)
     ftype = file_type_for(path)
     if ftype is None:
@@ -69,7 +77,7 @@ def extract_file(path: Path, rel: str, cfg: dict[str, Any], ocr: OcrEngine | Non
         file_type=ftype,
     )
     if ftype == "pdf":
-        _extract_pdf(data, doc, rel, cfg, ocr)
+        _extract_pdf(data, doc, rel, cfg, ocr, split_pages)
     elif ftype == "image":
         _extract_image(data, doc, rel, cfg, ocr)
     else:
@@ -146,28 +154,123 @@ def _one_line(x: object, n: int = 160) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def _extract_pdf(data: bytes, doc: Document, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None) -> None:
+class TooManyPages(Exception):
+    """Raised instead of extracting a PDF with more pages than the caller's ``split_pages``: the caller
+    extracts it in page ranges instead (``manualrag.indexer.pagerange``)."""
+
+    def __init__(self, n_pages: int):
+        super().__init__(f"{n_pages} pages")
+        self.n_pages = n_pages
+
+
+def _extract_pdf(
+    data: bytes,
+    doc: Document,
+    rel: str,
+    cfg: dict[str, Any],
+    ocr: OcrEngine | None,
+    split_pages: int | None = None,
+) -> None:
     with _quiet_mupdf():
         pdf = _open_pdf(data, rel, cfg, doc.warnings)
         try:
+            if split_pages and pdf.page_count > split_pages:
+                raise TooManyPages(pdf.page_count)
             _extract_open_pdf(pdf, doc, rel, cfg, ocr)
         finally:
             pdf.close()
 
 
+# The PDF stages below are written so that page ranges can run in separate processes and give the same
+# Document as one process (manualrag.indexer.pagerange): per-page work (_read_pages, _analyse_pages,
+# _render_range) only ever looks at its own pages; document-level decisions (_plan_text, _plan_document,
+# _finish_pdf) only ever look at plain data (lines, regions), never at MuPDF objects.
 def _extract_open_pdf(
     pdf: pymupdf.Document, doc: Document, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None
 ) -> None:
-    pages = _read_pages(pdf, doc, rel)
+    pages = _read_pages(pdf, doc, 1, pdf.page_count)
+    _require_readable(pages, rel)
+    toc, body = _plan_text(pages, _raw_toc(pdf))
+    _analyse_pages(pdf, pages, doc, rel, cfg)
+    planned, timeline = _plan_document(pages, toc, cfg, doc)
+    by_number = {pg.number: pg for pg in pages}
+    scan_pages = [pg.number for pg in pages if pg.analysis is not None and pg.analysis.is_scan]
+    figs, scans = _render_range(pdf, by_number, list(enumerate(planned)), scan_pages, cfg, timeline, ocr)
+    _finish_pdf(
+        doc, pages, planned, figs, scans, cfg, toc, body, timeline, _meta_title(pdf), pdf.is_repaired, rel
+    )
+
+
+def _raw_toc(pdf: pymupdf.Document) -> list[tuple[int, str, int]]:
+    try:
+        return [(int(lv), str(t), int(p)) for lv, t, p, *_ in pdf.get_toc(simple=True)]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _meta_title(pdf: pymupdf.Document) -> str:
+    return str((pdf.metadata or {}).get("title") or "")
+
+
+def _require_readable(pages: list[_Page], rel: str) -> None:
+    if all(p.failed for p in pages):
+        raise ExtractionError(rel, "corrupt PDF: no page could be read")
+
+
+def _plan_text(pages: list[_Page], raw_toc: list[tuple[int, str, int]]) -> tuple[list[_TocEntry], float]:
+    """Document level, text: running headers/footers, body font size, outline headings (or font headings)."""
     _mark_furniture(pages)
     body = _body_size(pages)
-    toc = _toc_entries(pdf, pages, body)
+    toc = _toc_entries(raw_toc, pages, body)
     if not toc:
         _mark_font_headings(pages, body)
-    planned = _plan_figures(pdf, pages, doc, rel, cfg)
+    return toc, body
+
+
+def _load_page(pdf: pymupdf.Document, number: int) -> pymupdf.Page:
+    """Page ``number`` (1-based) drawn as displayed: one coordinate system for text, images, paths."""
+    page = pdf.load_page(number - 1)
+    if page.rotation:
+        page.remove_rotation()
+    return page
+
+
+def _plan_document(
+    pages: list[_Page], toc: list[_TocEntry], cfg: dict[str, Any], doc: Document
+) -> tuple[list[fg.PlannedFigure], list[_Heading]]:
+    """Document level, figures and text: captions that start the next page, de-duplication and
+    boilerplate across pages, text blocks with their heading paths. Returns the plan and the timeline."""
+    _next_page_captions(pages)
+    planned = fg.assemble([p.analysis for p in pages if p.analysis], cfg)
     timeline = _text_blocks(pages, planned, toc, doc)
-    jobs = _render_figures(pdf, pages, planned, cfg, timeline, doc)
-    scan_pages = _run_ocr(jobs, ocr, cfg, timeline, doc)
+    return planned, timeline
+
+
+def _finish_pdf(
+    doc: Document,
+    pages: list[_Page],
+    planned: list[fg.PlannedFigure],
+    figs: dict[int, Figure | None],
+    scans: list[tuple[int, Figure, list[TextBlock]]],
+    cfg: dict[str, Any],
+    toc: list[_TocEntry],
+    body: float,
+    timeline: list[_Heading],
+    meta_title: str,
+    repaired: bool,
+    rel: str,
+) -> None:
+    """Document level, last: figures in plan order then scans in page order, OCR blocks, page infos, title."""
+    for i, pf in enumerate(planned):
+        fig = figs.get(i)
+        if fig is not None:
+            (doc.boilerplate if pf.boilerplate else doc.figures).append(fig)
+    doc.figures.extend(fig for _, fig, _ in scans)
+    scan_pages: set[int] = set()
+    for number, _, blocks in scans:
+        if blocks is not None:
+            doc.blocks.extend(blocks)
+            scan_pages.add(number)
     doc.blocks.sort(key=lambda b: b.page)  # stable: keeps the reading order inside a page
     _merge_duplicate_figures(doc)
     doc.figures.sort(key=lambda f: (f.pages[0], f.bbox[1], f.bbox[0]))
@@ -181,49 +284,43 @@ def _extract_open_pdf(
                 ocr=pg.number in scan_pages,
             )
         )
-    doc.title = _pdf_title(pdf, pages, toc, body, timeline)
-    if pdf.is_repaired and not doc.blocks and not doc.figures:
+    doc.title = _pdf_title(meta_title, pages, toc, body, timeline)
+    if repaired and not doc.blocks and not doc.figures:
         raise ExtractionError(rel, "damaged PDF: MuPDF repaired it but recovered no content")
 
 
-def _read_pages(pdf: pymupdf.Document, doc: Document, rel: str) -> list[_Page]:
-    """Pass 1: the text lines of every page (a page MuPDF cannot read becomes a warning)."""
+def _read_pages(pdf: pymupdf.Document, doc: Document, first: int, last: int) -> list[_Page]:
+    """Pass 1 (pages first..last, 1-based): text lines (a page MuPDF cannot read becomes a warning)."""
     pages: list[_Page] = []
-    for pno in range(pdf.page_count):
-        pg = _Page(number=pno + 1, rect=(0.0, 0.0, 0.0, 0.0))
+    for number in range(first, last + 1):
+        pg = _Page(number=number, rect=(0.0, 0.0, 0.0, 0.0))
         try:
-            page = pdf.load_page(pno)
-            if page.rotation:
-                page.remove_rotation()  # draw as displayed: one coordinate system for text, images, paths
+            page = _load_page(pdf, number)
             pg.rect = fg.as_box(page.rect)
             pg.lines = _page_lines(page)
             fg.mark_captions(pg.lines)
             pg.visible_chars = sum(len(ln.text.strip()) for ln in pg.lines if not ln.suspect)
         except Exception as exc:  # noqa: BLE001 - MuPDF raises plain RuntimeErrors on damaged pages
             pg.failed = True
-            doc.warnings.append(f"page {pno + 1}: cannot read it ({_one_line(exc)})")
+            doc.warnings.append(f"page {number}: cannot read it ({_one_line(exc)})")
         pages.append(pg)
-    if all(p.failed for p in pages):
-        raise ExtractionError(rel, "corrupt PDF: no page could be read")
     return pages
 
 
-def _plan_figures(
+def _analyse_pages(
     pdf: pymupdf.Document, pages: list[_Page], doc: Document, rel: str, cfg: dict[str, Any]
-) -> list[fg.PlannedFigure]:
-    """Pass 2: figure candidates per page and their captions, then de-duplication across pages."""
+) -> None:
+    """Pass 2, per page (after the text marks of _plan_text): figure candidates and their captions."""
     for pg in pages:
         if pg.failed:
             continue
         try:
-            page = pdf.load_page(pg.number - 1)
+            page = _load_page(pdf, pg.number)
             pg.analysis = fg.analyse_page(page, pg.lines, cfg, pg.visible_chars)
             fg.assign_captions(pg.analysis.regions, pg.lines, cfg)
         except Exception as exc:  # noqa: BLE001
             doc.warnings.append(f"page {pg.number}: figure analysis failed ({_one_line(exc)})")
             log.debug("figure analysis failed on %s p%d", rel, pg.number, exc_info=True)
-    _next_page_captions(pages)
-    return fg.assemble([p.analysis for p in pages if p.analysis], cfg)
 
 
 def _text_blocks(
@@ -242,70 +339,59 @@ def _text_blocks(
     return timeline
 
 
-@dataclass
-class _OcrJobs:
-    images: list[tuple[str, bytes]] = field(default_factory=list)
-    figures: list[tuple[Figure, str]] = field(default_factory=list)
-    scans: list[tuple[int, Figure, str]] = field(default_factory=list)
-
-
-def _render_figures(
+def _render_range(
     pdf: pymupdf.Document,
-    pages: list[_Page],
-    planned: list[fg.PlannedFigure],
+    by_number: dict[int, _Page],
+    planned: list[tuple[int, fg.PlannedFigure]],
+    scan_pages: list[int],
     cfg: dict[str, Any],
     timeline: list[_Heading],
-    doc: Document,
-) -> _OcrJobs:
-    """Crops of figures, boilerplate and scanned pages; collects what needs OCR."""
-    jobs = _OcrJobs()
-    for pf in planned:
-        fig = _render_figure(pdf, pf, pages, cfg, timeline)
-        if fig is None:
-            continue
-        if pf.boilerplate:
-            doc.boilerplate.append(fig)
-            continue
-        doc.figures.append(fig)
+    ocr: OcrEngine | None,
+) -> tuple[dict[int, Figure | None], list[tuple[int, Figure, list[TextBlock] | None]]]:
+    """Pass 3, per figure: crops of the planned figures (index -> Figure, None when it cannot be rendered)
+    and of the scanned pages ``scan_pages`` (in page order), then one OCR batch for all of them. A scanned
+    page comes with its OCR text blocks (None when OCR read nothing). ``by_number``: at least the pages
+    that these figures and scans are on."""
+    figs: dict[int, Figure | None] = {}
+    images: list[tuple[str, bytes]] = []
+    to_read: list[tuple[Figure, str]] = []
+    for i, pf in planned:
+        fig = _render_figure(pdf, pf, by_number[pf.region.page].lines, cfg, timeline)
+        figs[i] = fig
         # pixels of images and symbols; drawings only when their words are not real text
-        if fig.png and (fig.kind != "vector" or len(fig.labels) < 3):
+        if (
+            fig is not None
+            and not pf.boilerplate
+            and fig.png
+            and (fig.kind != "vector" or len(fig.labels) < 3)
+        ):
             key = hashlib.sha256(fig.png).hexdigest()
-            jobs.images.append((key, fig.png))
-            jobs.figures.append((fig, key))
-    for pg in pages:
-        if pg.analysis is None or not pg.analysis.is_scan:
-            continue
-        fig, scan_png = _render_scan(pdf.load_page(pg.number - 1), pg, cfg, timeline)
-        doc.figures.append(fig)
+            images.append((key, fig.png))
+            to_read.append((fig, key))
+    scan_jobs: list[tuple[int, Figure, str]] = []
+    for number in scan_pages:
+        pg = by_number[number]
+        fig, scan_png = _render_scan(_load_page(pdf, number), pg, cfg, timeline)
         key = hashlib.sha256(scan_png).hexdigest()
-        jobs.images.append((key, scan_png))
-        jobs.scans.append((pg.number, fig, key))
-    return jobs
-
-
-def _run_ocr(
-    jobs: _OcrJobs, ocr: OcrEngine | None, cfg: dict[str, Any], timeline: list[_Heading], doc: Document
-) -> set[int]:
-    """One OCR batch for the whole document; scanned pages get OCR text blocks. Returns those pages."""
-    if ocr is None or not jobs.images:
-        return set()
-    results = ocr.ocr(jobs.images)
-    for fig, key in jobs.figures:
+        images.append((key, scan_png))
+        scan_jobs.append((number, fig, key))
+    results = ocr.ocr(images) if ocr is not None and images else {}
+    for fig, key in to_read:
         if key in results:
             fig.ocr_text = results[key].text
             if not fig.rotation:
                 _turn_upright(fig, results[key].rotation)
     scale = 72.0 / cfg["extract"]["scan_dpi"]
-    done: set[int] = set()
-    for number, fig, key in jobs.scans:
+    scans: list[tuple[int, Figure, list[TextBlock] | None]] = []
+    for number, fig, key in scan_jobs:
         res = results.get(key)
-        if res is None or not res.text.strip():
-            continue
-        fig.ocr_text = res.text
-        _turn_upright(fig, res.rotation)
-        doc.blocks.extend(_ocr_blocks(res, number, _heading_at(timeline, number, 0.0), res_scale=scale))
-        done.add(number)
-    return done
+        blocks = None
+        if res is not None and res.text.strip():
+            fig.ocr_text = res.text
+            _turn_upright(fig, res.rotation)
+            blocks = _ocr_blocks(res, number, _heading_at(timeline, number, 0.0), res_scale=scale)
+        scans.append((number, fig, blocks))
+    return figs, scans
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -452,15 +538,11 @@ class _TocEntry:
     y: float
 
 
-def _toc_entries(pdf: pymupdf.Document, pages: list[_Page], body: float) -> list[_TocEntry]:
+def _toc_entries(raw_toc: list[tuple[int, str, int]], pages: list[_Page], body: float) -> list[_TocEntry]:
     """Outline entries placed on their page by finding the heading text there (destinations are
     unreliable: some producers give top-down, others bottom-up coordinates)."""
-    try:
-        toc = pdf.get_toc(simple=True)
-    except Exception:  # noqa: BLE001
-        return []
     out: list[_TocEntry] = []
-    for level, title, pno in toc:
+    for level, title, pno in raw_toc:
         title = _WS.sub(" ", str(title)).strip()
         if not title or not 1 <= pno <= len(pages):
             continue
@@ -602,9 +684,8 @@ def _page_blocks(pg: _Page, figure_boxes: list[fg.Box]) -> list[tuple[TextBlock,
 
 
 def _pdf_title(
-    pdf: pymupdf.Document, pages: list[_Page], toc: list[_TocEntry], body: float, timeline: list[_Heading]
+    meta: str, pages: list[_Page], toc: list[_TocEntry], body: float, timeline: list[_Heading]
 ) -> str:
-    meta = (pdf.metadata or {}).get("title") or ""
     if meta.strip():
         return _WS.sub(" ", meta).strip()
     first = next((p for p in pages if not p.failed and p.lines), None)
@@ -648,13 +729,13 @@ def _next_page_captions(pages: list[_Page]) -> None:
 def _render_figure(
     pdf: pymupdf.Document,
     pf: fg.PlannedFigure,
-    pages: list[_Page],
+    lines: list[fg.TextLine],
     cfg: dict[str, Any],
     timeline: list[_Heading],
 ) -> Figure | None:
     ex = cfg["extract"]
     r = pf.region
-    page = pdf.load_page(r.page - 1)
+    page = _load_page(pdf, r.page)
     dpi = float(ex["figure_dpi"])
     if r.native_dpi and pf.kind == "raster":
         dpi = max(dpi, min(r.native_dpi, 2 * dpi))  # keep a screenshot's own pixels for OCR
@@ -665,7 +746,6 @@ def _render_figure(
         return None
     key = r.content_key()
     digest = key[4:] if key.startswith("img:") else hashlib.sha256(png).hexdigest()
-    lines = pages[r.page - 1].lines
     # words drawn invisibly (hidden, white-on-white, off-page, tiny) never become a figure's labels
     hidden = [ln.bbox for ln in lines if ln.suspect]
     words = [

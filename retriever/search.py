@@ -139,6 +139,32 @@ def make_snippet(text: str, query: str, width: int = 240) -> str:
     return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
 
 
+class _LazyStore:
+    """The index's vector store, opened on first use: a lexical-only query never imports chromadb (about a
+    second of a cold start) nor opens the vectors."""
+
+    def __init__(self, index_dir: Path, cfg: dict[str, Any], cold: dict[str, float]):
+        self._args = (index_dir, cfg)
+        self._store: Any = None
+        self._cold = cold
+
+    def _open(self) -> Any:
+        if self._store is None:
+            t0 = time.perf_counter()
+            from manualrag.store import VectorStore
+
+            self._store = VectorStore.open(*self._args)
+            self._cold["open_store"] = self._cold.get("open_store", 0.0) + time.perf_counter() - t0
+        return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._open(), name)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
 class Retriever:
     """Loads the index and its encoders once; answers many queries."""
 
@@ -162,6 +188,9 @@ class Retriever:
         self._encoders: dict[str, Any] = {"clip": None, "text": None}  # loaded on first use
         self._failed: dict[str, str | None] = {"clip": None, "text": None}  # why one is not available
         self._off: dict[str, str] = {"clip": "", "text": ""}  # ... as a code of SearchResult.channels_off
+        # cold-start costs not yet reported: seconds of open_store (chromadb import included), import
+        # (torch + transformers) and load_models (weights, tokenizer); the next search's timings show them
+        self._cold: dict[str, float] = {}
 
     @classmethod
     def open(
@@ -177,9 +206,15 @@ class Retriever:
         from manualrag.index import Index
 
         cfg = cfg or load_config()
-        index = Index.open(index_dir, cfg)
-        models = index.manifest.get_meta("models") or {}
-        return cls(index.root, cfg, index.manifest, index.store, models, clip_model, text_model)
+        layout = Index.require(index_dir)
+        manifest = Manifest(layout.db, readonly=True)
+        # the vector store opens on first use (see _LazyStore): a lexical-only query never imports chromadb
+        cold: dict[str, float] = {}
+        store = _LazyStore(layout.root, cfg, cold)
+        models = manifest.get_meta("models") or {}
+        r = cls(layout.root, cfg, manifest, store, models, clip_model, text_model)
+        r._cold = cold
+        return r
 
     def close(self) -> None:
         self.store.close()
@@ -250,7 +285,12 @@ class Retriever:
 
         cls = ClipEncoder if which == "clip" else TextEncoder
         try:
-            self._encoders[which] = cls.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            self._import_ml("AutoModel", "AutoProcessor" if which == "clip" else "AutoTokenizer")
+            t0 = time.perf_counter()
+            try:
+                self._encoders[which] = cls.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            finally:
+                self._cold["load_models"] = self._cold.get("load_models", 0.0) + time.perf_counter() - t0
         except ModelUnavailableError as exc:
             self._off[which], self._failed[which] = "unavailable", str(exc)
             if required:
@@ -271,6 +311,21 @@ class Retriever:
     @property
     def _text_failed(self) -> str | None:
         return self._failed["text"]
+
+    def _import_ml(self, *names: str) -> None:
+        """Import torch and the transformers classes an encoder's load imports, timed apart from the load
+        (``--timings`` shows where a cold query goes). Import failures are left to the load to report."""
+        t0 = time.perf_counter()
+        try:
+            import importlib
+
+            importlib.import_module("torch")
+            tf = importlib.import_module("transformers")
+            for name in names:
+                getattr(tf, name)
+        except Exception:  # noqa: BLE001 - the encoder's load says what is missing
+            pass
+        self._cold["import"] = self._cold.get("import", 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------------- search
     def search(
@@ -379,11 +434,13 @@ class Retriever:
             fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
             hits = self._hits(fused, text or "", k, modality, source, passages)
             timings["fusion"] += time.perf_counter() - t0
+        cold = {key: v for key, v in self._cold.items() if v > 0}
+        self._cold.clear()
         return SearchResult(
             query=text or f"<image {image if isinstance(image, (str, Path)) else 'bytes'}>",
             hits=hits,
             channels_used=used,
-            timings_ms={key: round(v * 1000, 2) for key, v in timings.items()},
+            timings_ms={key: round(v * 1000, 2) for key, v in {**cold, **timings}.items()},
             notes=notes,
             channels_off=off,
         )

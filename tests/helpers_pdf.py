@@ -366,3 +366,26 @@ def sideways_vector_pdf(path: Path) -> Path:
     doc.save(path)
     doc.close()
     return path
+
+
+CORPUS2_SCAN = Path(__file__).resolve().parents[2] / "shared" / "corpus2" / "scan-pcb-manual-section.pdf"
+
+
+def turned_corpus2_scan_bytes(rotation: int, page: int = 12, keep: float = 0.45) -> bytes:
+    """The top ``keep`` of a real scanned page of ../shared/corpus2 (page 12: the Pcb manual's glossary,
+    150 dpi greyscale JPEG) as a one-page scanned PDF, turned so that a reader must turn the page
+    ``rotation`` degrees clockwise to read it."""
+    with pymupdf.open(CORPUS2_SCAN) as src:
+        pg = src[page - 1]
+        info = pg.get_image_info(xrefs=True)[0]
+        img = Image.open(io.BytesIO(src.extract_image(info["xref"])["image"]))
+        scale = img.width / pg.rect.width  # pixels per point
+    top = img.crop((0, 0, img.width, round(img.height * keep))).rotate(rotation, expand=True)
+    buf = io.BytesIO()
+    top.save(buf, format="JPEG", quality=85)
+    doc = pymupdf.open()
+    page_ = doc.new_page(width=top.width / scale, height=top.height / scale)
+    page_.insert_image(page_.rect, stream=buf.getvalue())
+    data = doc.tobytes()
+    doc.close()
+    return data

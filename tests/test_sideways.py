@@ -134,6 +134,24 @@ def test_turned_scan_boxes_map_back_to_the_page(scans: dict[int, Document], rota
     assert checked >= 6, f"only {checked} blocks read alike upright and turned"
 
 
+@pytest.mark.skipif(not h.CORPUS2_SCAN.exists(), reason="../shared/corpus2 not found")
+def test_real_scanned_page_turned_270_reads_as_upright(tmp_path: Path, cfg: dict, ocr: OcrEngine) -> None:
+    """A real scanned page (corpus2's Pcb glossary, prose + a figure) fed in turned: OSD is sure here."""
+    docs = {}
+    for r in (0, 270):
+        path = tmp_path / f"glossary-{r}.pdf"
+        path.write_bytes(h.turned_corpus2_scan_bytes(r))
+        docs[r] = extract_file(path, path.name, cfg, ocr=ocr)
+    want, got = _words(_ocr_text(docs[0])), _words(_ocr_text(docs[270]))
+    assert {"glossary", "footprint", "silkscreen"} <= want and len(want) >= 40
+    assert len(want & got) >= 0.8 * len(want), sorted(want - got)
+    fig = docs[270].figures[0]
+    assert fig.rotation == 270 and fig.width > fig.height  # the top of a portrait page: wide once upright
+    page = docs[270].pages[0]
+    for b in docs[270].blocks:  # boxes on the turned page, lines running down it
+        assert 0 <= b.bbox[0] < b.bbox[2] <= page.width + 1 and 0 <= b.bbox[1] < b.bbox[3] <= page.height + 1
+
+
 def test_stored_crop_of_a_turned_scan_is_upright(scans: dict[int, Document], cfg: dict) -> None:
     """OCR of the stored crop (orientation handling off) reads the labels: the pixels are upright."""
     plain = OcrEngine({**cfg, "ocr": {**cfg["ocr"], "orientation": False}})
