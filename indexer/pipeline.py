@@ -30,6 +30,7 @@ from manualrag import ids
 from manualrag.config import extraction_fingerprint, public_config
 from manualrag.errors import ManualragError
 from manualrag.index import Index, IndexLayout
+from manualrag.indexer import budget
 from manualrag.indexer.chunk import make_passages, make_windows
 from manualrag.indexer.discover import SourceFile, discover, file_digest
 from manualrag.lock import IndexLock
@@ -461,22 +462,38 @@ class Indexer:
         manifest, store = index.manifest, index.store
         doc_id = ids.doc_id(doc.path)
         with _Timer(timings, "chunk"):
-            passages = make_passages(doc)
+            limits = self.cfg["limits"]
+            notes: list[str | None] = []
+            passages, note = budget.cap(
+                make_passages(doc), limits["max_passages"], "passages", "limits.max_passages"
+            )
+            notes.append(note)
+            doc.figures, note = budget.cap(
+                doc.figures, limits["max_figures"], "figures", "limits.max_figures"
+            )
+            notes.append(note)
+            # identical passages are cut into identical windows: each distinct text is cut once
+            sources = budget.unique(passages, lambda p: p.text)
+            notes.append(budget.duplicates_note(len(passages), len(sources), "passages"))
             windows: list[tuple[Window, str]] = []
             if self.dense:
-                clip_w = make_windows(
-                    passages, self.clip.count_tokens, self.clip.max_tokens, tag=ids.CLIP_TAG
-                )
-                windows += [(w, "clip") for w in clip_w]
+                channels: list[tuple[str, Any, int, str, str]] = [
+                    ("clip", self.clip, 12, ids.CLIP_TAG, "CLIP windows")
+                ]
                 if self._text is not None:
-                    sem_w = make_windows(
-                        passages,
-                        self._text.count_tokens,
-                        self._text.max_tokens,
-                        overlap_tokens=32,
-                        tag=ids.SEM_TAG,
+                    channels.append(("sem", self._text, 32, ids.SEM_TAG, "text-model windows"))
+                for channel, enc, overlap, tag, what in channels:
+                    cut = make_windows(
+                        sources, enc.count_tokens, enc.max_tokens, overlap_tokens=overlap, tag=tag
                     )
-                    windows += [(w, "sem") for w in sem_w]
+                    kept = budget.unique(cut, lambda w: w.text)  # content-addressed: stored once
+                    notes.append(budget.duplicates_note(len(cut), len(kept), what))
+                    kept, note = budget.cap(kept, limits["max_windows"], what, "limits.max_windows")
+                    notes.append(note)
+                    windows += [(w, channel) for w in kept]
+            for note in notes:
+                if note:
+                    doc.warnings.append(note)
             figures = [(ids.figure_id(doc_id, f.digest), f) for f in doc.figures]
             boiler = [(ids.figure_id(doc_id, f.digest), f) for f in doc.boilerplate]
 

@@ -59,6 +59,11 @@ DEFAULTS: dict[str, Any] = {
         "memory_mb": 3072,
         "split_pages": 100,
     },
+    "limits": {
+        "max_passages": 20_000,
+        "max_windows": 20_000,
+        "max_figures": 5_000,
+    },
     "store": {
         "url": None,
         "collection": "manualrag",
@@ -93,6 +98,9 @@ _POSITIVE = {
     "retrieve.candidates",
     "isolation.timeout_s",
     "isolation.memory_mb",
+    "limits.max_passages",
+    "limits.max_windows",
+    "limits.max_figures",
 }
 # lower bounds a value must meet to work at all, with why (the message names the key and the minimum)
 MIN_WORKER_MB = 512
@@ -215,6 +223,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:
     """A short hash of the settings that shape extraction/chunking of a document."""
     relevant = {k: cfg[k] for k in EXTRACTION_KEYS}
+    if cfg.get("limits", DEFAULTS["limits"]) != DEFAULTS["limits"]:  # (absent at the defaults: indexes made
+        relevant["limits"] = cfg["limits"]  # before the budgets existed stay up to date)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -10,6 +10,8 @@ Every id is deterministic, so re-indexing a document overwrites its records inst
     figure text     {figure_id}:s               the text-model vector of the figure's texts
 
 Vector store records carry these ids; :func:`ref_of` maps one back to the passage or figure it belongs to.
+Windows are content-addressed within a document (:func:`content_key`): a window whose text an earlier
+window of the same document and channel already has gets no record of its own (see indexer/budget.py).
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ def window_id(passage: str, tag: str, m: int) -> str:
     if tag not in WINDOW_TAGS:
         raise ValueError(f"window tag must be one of {WINDOW_TAGS}, got {tag!r}")
     return f"{passage}:{tag}{m}"
+
+
+def content_key(text: str) -> str:
+    """The content address of a text (16 hex of sha256 of its whitespace-normalised form): identical windows
+    of a document share it, and are embedded and stored once, under the id of the first of them."""
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()[:16]
 
 
 def figure_id(doc: str, digest: str) -> str:

@@ -193,11 +193,11 @@ def test_round_trip(manifest, tmp_path):
             m.begin_document(DOC)
 
 
-def test_set_models_errors_and_remove(manifest):
+def test_models_errors_and_remove(manifest):
     ps, ws, figs = index_doc(manifest)
     other = passage(0, "other connector", path="other.pdf", doc_id="fedcba9876543210")
     index_doc(manifest, "other.pdf", ([other], [], []))
-    manifest.set_models(DOC, "siglip-b", None)
+    manifest.commit_document(doc_row(clip_model="siglip-b", text_model=None))  # a re-commit replaces the row
     d = manifest.documents()[DOC]
     assert (d.clip_model, d.text_model) == ("siglip-b", None)
 

@@ -555,3 +555,103 @@ def test_a_first_run_that_fails_creates_nothing_and_store_errors_are_plain(
         "--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--model", str(tmp_path / "nope")
     )
     assert rc == 2 and (idx / "index.sqlite").is_file(), out
+
+
+# ------------------------------------------------------- row 2: a pathological repetitive file, budgets
+@pytest.mark.slow
+def test_a_pathological_repetitive_file_is_bounded_and_leaves_other_results_unchanged(
+    tmp_path, tiny_clip_dir
+):
+    """A 1.5 MB single line of three repeated words beside normal manuals: its identical windows are
+    embedded and stored once (before: one vector per window, 29k of 70 distinct for 5 MB, which broke HNSW
+    search for every other document, and 862 s), the run is bounded, and the other documents' top hits
+    are the same with and without it."""
+    import resource
+    import time
+
+    lib_a, lib_b = tmp_path / "a", tmp_path / "b"
+    for lib in (lib_a, lib_b):
+        lib.mkdir()
+        (lib / "pump.pdf").write_bytes(rh.versioned_pdf("pumpdoc", pages=2, photo=True))
+        (lib / "notes.md").write_bytes(rh.versioned_md("notesdoc", sections=4))
+        (lib / "valve.md").write_text(
+            "# Valve\n\nThe relief valve opens at 6 bar; replace the O-ring yearly.\n"
+        )
+    (lib_b / "lorem.md").write_bytes(rh.repetitive_line_md(1_500_000))
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", model=str(tiny_clip_dir), isolation={"workers": 2})
+
+    def index(lib: Path) -> tuple[dict, float]:
+        t0 = time.perf_counter()
+        res = _run(*rh.index_args(cfg, lib, tmp_path / f"idx-{lib.name}", dense=True), cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout), time.perf_counter() - t0
+
+    index(lib_a)
+    s, wall = index(lib_b)
+    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"\nindex with a 1.5 MB repetitive line: {wall:.1f} s, peak RSS of a child {rss_mb:.0f} MiB")
+    assert "lorem.md" in s["indexed"]
+    assert any(w.startswith("lorem.md: repetitive text:") for w in s["warnings"]), s["warnings"]
+    with rh.sqlite_ro(tmp_path / "idx-b") as db:
+        windows = db.execute("SELECT count(*) FROM windows WHERE doc_path = 'lorem.md'").fetchone()[0]
+        passages = db.execute("SELECT count(*) FROM passages WHERE doc_path = 'lorem.md'").fetchone()[0]
+    assert passages > 1000 and windows <= 100, (passages, windows)  # stored once per distinct text
+    from manualrag import ids
+
+    lorem_doc = ids.doc_id("lorem.md")
+    vectors, _ = rh.vector_snapshot(tmp_path / "idx-b", rh.EMBEDDED)
+    texts = [d for m, d in vectors["text"].values() if json.loads(m)["path"] == "lorem.md"]
+    assert len(texts) == windows and len(set(texts)) == len(texts), "no two records of one text"
+
+    # the other documents' nearest neighbours in each CLIP collection (what HNSW returns) and their top
+    # fused hit are the same with the file present (fusion standardises each channel over its candidates,
+    # so lower ranks may move when any document is added)
+    from manualrag.encoder import ClipEncoder
+    from manualrag.store import VectorStore
+
+    clip = ClipEncoder.load(str(tiny_clip_dir), device="cpu", dtype="float32")
+    queries = ("torque flange bolts pumpdoc", "relief valve O-ring", "release notes notesdoc section 3")
+    qv = clip.embed_texts([clip.fit(q) for q in queries])
+    for kind in ("text", "image"):
+        near = []
+        for name in ("a", "b"):
+            with VectorStore.open(tmp_path / f"idx-{name}", {"store": rh.EMBEDDED}) as st:
+                near.append(
+                    [
+                        [i for i, _ in hits if not i.startswith(lorem_doc)][:5]
+                        for hits in st.query(kind, qv, 40)
+                    ]
+                )
+        assert near[0] == near[1], (kind, near)
+    for q in queries:
+        tops = []
+        for name in ("a", "b"):
+            rc, hits, out = rh.cli(
+                "--config", str(cfg), "query", q, "--index-dir", str(tmp_path / f"idx-{name}"), "--json"
+            )
+            assert rc == 0, out
+            tops.append([(h["path"], h["page"], h["kind"]) for h in hits if h["path"] != "lorem.md"][0])
+        assert tops[0] == tops[1], (q, tops)
+
+
+def test_per_document_budgets_cap_with_a_warning(small_index, tmp_path):
+    cfg, _, _ = small_index
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "notes.md").write_bytes(rh.versioned_md("budget", sections=6))
+    cfg2 = rh.write_cfg(
+        tmp_path / "c.yaml",
+        **{**yaml.safe_load(cfg.read_text()), "limits": {"max_windows": 2, "max_passages": 4}},
+    )
+    rc, s, out = rh.cli(*rh.index_args(cfg2, lib, tmp_path / "idx", dense=True))
+    assert rc == 0, out
+    warnings = [w for w in s["warnings"] if w.startswith("notes.md: budget exceeded:")]
+    assert any("passages, only the first 4" in w and "limits.max_passages" in w for w in warnings), s[
+        "warnings"
+    ]
+    assert any("CLIP windows, only the first 2" in w and "limits.max_windows" in w for w in warnings), (
+        warnings
+    )
+    with rh.sqlite_ro(tmp_path / "idx") as db:
+        assert db.execute("SELECT count(*) FROM passages").fetchone()[0] == 4
+        assert db.execute("SELECT count(*) FROM windows WHERE channel = 'clip'").fetchone()[0] == 2
