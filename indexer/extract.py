@@ -10,9 +10,11 @@ Every failure that makes a file unusable raises :class:`ExtractionError` (file +
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import io
+import itertools
 import logging
 import re
 import warnings
@@ -542,6 +544,7 @@ def _toc_entries(raw_toc: list[tuple[int, str, int]], pages: list[_Page], body: 
     """Outline entries placed on their page by finding the heading text there (destinations are
     unreliable: some producers give top-down, others bottom-up coordinates)."""
     out: list[_TocEntry] = []
+    candidates: dict[int, list[tuple[fg.TextLine, str]]] = {}  # per page: usable lines, normalised once
     for level, title, pno in raw_toc:
         title = _WS.sub(" ", str(title)).strip()
         if not title or not 1 <= pno <= len(pages):
@@ -549,14 +552,10 @@ def _toc_entries(raw_toc: list[tuple[int, str, int]], pages: list[_Page], body: 
         pg = pages[pno - 1]
         y = -1.0  # not found: the heading counts from the top of its page
         nt = _norm(title)
-        matches = [
-            ln
-            for ln in pg.lines
-            if not ln.suspect
-            and not ln.furniture
-            and len(_norm(ln.text)) >= 3
-            and (nt in _norm(ln.text) or (_norm(ln.text) in nt and len(_norm(ln.text)) >= min(len(nt), 8)))
-        ]
+        if pno not in candidates:
+            normed = ((ln, _norm(ln.text)) for ln in pg.lines if not ln.suspect and not ln.furniture)
+            candidates[pno] = [(ln, n) for ln, n in normed if len(n) >= 3]
+        matches = [ln for ln, n in candidates[pno] if nt in n or (n in nt and len(n) >= min(len(nt), 8))]
         # prefer a line set like a heading (larger or bold) over a mention of the title in prose
         styled = [ln for ln in matches if ln.size >= 1.05 * body or ln.bold]
         if styled or matches:
@@ -602,7 +601,7 @@ def _assign_headings(
     pages: list[_Page], blocks: dict[int, list[tuple[TextBlock, bool]]], toc: list[_TocEntry]
 ) -> list[_Heading]:
     """Give every block its heading path; return the timeline of headings (page, y, path)."""
-    timeline: list[_Heading] = []
+    timeline: list[_Heading] = _Timeline()
     if toc:
         stack: list[tuple[int, str]] = []
         for e in toc:
@@ -632,6 +631,10 @@ def _assign_headings(
 
 
 def _heading_at(timeline: list[_Heading], page: int, y: float) -> str:
+    """The heading path in force at (page, y): the last timeline entry at or before it, scanning in timeline
+    order and stopping at the first entry on a later page (a _Timeline answers the same without the scan)."""
+    if isinstance(timeline, _Timeline) and y == y:  # a NaN position keeps the scan's own rules
+        return timeline.lookup(page, y)
     path = ""
     for h in timeline:
         if (h.page, h.y) <= (page, y):
@@ -639,6 +642,41 @@ def _heading_at(timeline: list[_Heading], page: int, y: float) -> str:
         elif h.page > page:
             break
     return path
+
+
+class _Timeline(list):  # type: ignore[type-arg]
+    """The headings in document order, indexed so that _heading_at needs no scan (a 1,000-page manual has
+    ~16k blocks and ~1k headings: the scan per block was most of the document plan). Exact for any order
+    of entries (outlines are not always in page order)."""
+
+    _n = -1
+    _prefix_max: list[int]
+    _on_page: dict[int, list[int]]
+
+    def _index(self) -> None:
+        if self._n == len(self):
+            return
+        self._prefix_max = list(itertools.accumulate((h.page for h in self), max))
+        self._on_page = {}
+        for i, h in enumerate(self):
+            self._on_page.setdefault(h.page, []).append(i)
+        self._n = len(self)
+
+    def lookup(self, page: int, y: float) -> str:
+        self._index()
+        # the scan stops at the first entry on a later page: the first whose running maximum page exceeds
+        stop = bisect.bisect_right(self._prefix_max, page)
+        # before it every entry is on this page or an earlier one; the last on an earlier page counts...
+        best = stop - 1
+        while best >= 0 and self[best].page == page:
+            best -= 1
+        # ...unless a later entry on this page sits at or above y
+        for i in self._on_page.get(page, ()):
+            if i >= stop:
+                break
+            if i > best and self[i].y <= y:
+                best = i
+        return self[best].path if best >= 0 else ""
 
 
 def _page_blocks(pg: _Page, figure_boxes: list[fg.Box]) -> list[tuple[TextBlock, bool]]:

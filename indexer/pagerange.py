@@ -200,7 +200,7 @@ def handle(
             elif op == "render":
                 by_number = {pg.number: pg for pg in (_page_in(d) for d in req["pages"])}
                 planned = [(int(i), _planned_in(d)) for i, d in req["planned"]]
-                timeline = [ex._Heading(int(p), float(y), str(h)) for p, y, h in req["timeline"]]
+                timeline = ex._Timeline(ex._Heading(int(p), float(y), str(h)) for p, y, h in req["timeline"])
                 scan_pages = [int(n) for n in req["scans"]]
                 figs, scans = ex._render_range(pdf, by_number, planned, scan_pages, cfg, timeline, ocr)
                 write_crops([f for f in figs.values() if f is not None] + [f for _, f, _ in scans])
