@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from manualrag.config import extraction_fingerprint, public_config
-from manualrag.errors import ManualragError
+from manualrag.errors import ManualragError, NonFiniteVectorsError
 from manualrag.indexer.chunk import doc_id_for, make_passages, make_windows
 from manualrag.indexer.discover import SourceFile, discover, file_digest
 from manualrag.lock import IndexLock
@@ -78,6 +78,8 @@ class Summary:
     pages: int = 0
     figures: int = 0
     timings: dict[str, float] = field(default_factory=lambda: Counter())
+    # per model role ("clip", "text"): {"model", "dtype", "reason"} as resolved (or fallen back) this run
+    precision: dict[str, dict[str, str]] = field(default_factory=dict)
     model: str | None = None
     text_model: str | None = None
     dense: bool = True
@@ -110,6 +112,7 @@ class Summary:
             "wall_s": round(self.wall_s, 3),
             "model": self.model,
             "text_model": self.text_model,
+            "precision": self.precision,
             "dense": self.dense,
             "warnings": self.warnings,
             "exit_code": self.exit_code,
@@ -163,6 +166,14 @@ class Indexer:
             self._text = TextEncoder.load(
                 c["text_model"], device=c["device"], dtype=c["dtype"], batch_size=c["batch_size"]
             )
+
+    def _precision(self) -> dict[str, dict[str, str]]:
+        """Each loaded model's dtype as it ended the run (a float32 fallback after NaN shows here)."""
+        return {
+            role: {"model": enc.model_id, "dtype": enc.dtype_name, "reason": enc.dtype_reason}
+            for role, enc in (("clip", self._clip), ("text", self._text))
+            if enc is not None
+        }
 
     # --------------------------------------------------------------------------------------------- run
     def run(self, library: Path | str) -> Summary:
@@ -256,6 +267,14 @@ class Indexer:
             bar = self._progress_bar(len(work))
             try:
                 for src, item in extracted:
+                    if not isinstance(item, FileError):
+                        try:
+                            self._index_document(src, item, manifest, store, summary, fp)
+                        except NonFiniteVectorsError as exc:  # this document only; the old version stays out
+                            item = FileError(src.rel, str(exc), "embed")
+                        else:
+                            manifest.clear_error(src.rel)
+                            summary.indexed.append(src.rel)
                     if isinstance(item, FileError):
                         summary.failed.append(item)
                         # the file changed (or the config did) and the new version cannot be read: the records
@@ -263,10 +282,6 @@ class Indexer:
                         if item.path in known or item.path in manifest.paths_with_rows():
                             self._remove_document(item.path, manifest, store)
                         manifest.record_error(item.path, item.reason, item.stage)
-                    else:
-                        self._index_document(src, item, manifest, store, summary, fp)
-                        manifest.clear_error(src.rel)
-                        summary.indexed.append(src.rel)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(
@@ -277,6 +292,7 @@ class Indexer:
             finally:
                 if bar is not None:
                     bar.close()
+                summary.precision = self._precision()
 
             with _Timer(timings, "prune"):
                 self._prune_crops(manifest)
@@ -284,6 +300,8 @@ class Indexer:
             manifest.set_meta("config", public_config(cfg))
             if self.dense:
                 manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
+                if summary.precision:
+                    manifest.set_meta("precision", summary.precision)
             (self.index_dir / "config.json").write_text(
                 json.dumps(public_config(cfg), indent=2, sort_keys=True)
             )

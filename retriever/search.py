@@ -156,6 +156,22 @@ class Retriever:
         self.store.close()
         self.manifest.close()
 
+    @property
+    def query_dtype(self) -> str:
+        """The query encoders' precision: ``auto`` means float32 here. A query is one short text (or one
+        image) per forward pass: reduced precision has nothing to win, and deciding it would cost the
+        start-up a probe; an explicit ``--dtype`` is obeyed (to compare with the index's precision)."""
+        dtype = str(self.cfg.get("dtype") or "auto").lower()
+        return "float32" if dtype == "auto" else dtype
+
+    def precision(self) -> dict[str, str]:
+        """The dtype of each query encoder loaded so far, e.g. {"text": "float32 (requested)"}."""
+        return {
+            role: enc.dtype_reason
+            for role, enc in (("clip", self._clip), ("text", self._text))
+            if enc is not None
+        }
+
     def __enter__(self) -> Retriever:
         return self
 
@@ -180,7 +196,7 @@ class Retriever:
         from manualrag.errors import ModelUnavailableError
 
         try:
-            self._clip = ClipEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            self._clip = ClipEncoder.load(model, device=self.cfg["device"], dtype=self.query_dtype)
         except ModelUnavailableError as exc:
             self._clip_failed = str(exc)
             if required:
@@ -203,7 +219,7 @@ class Retriever:
         from manualrag.errors import ModelUnavailableError
 
         try:
-            self._text = TextEncoder.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+            self._text = TextEncoder.load(model, device=self.cfg["device"], dtype=self.query_dtype)
         except ModelUnavailableError as exc:
             self._text_failed = str(exc)
             if required:
