@@ -1,8 +1,10 @@
 """OCR of figure crops and scanned pages with Tesseract (through pytesseract).
 
 One tesseract process per image, several in parallel (a thread pool: each thread only waits for its
-child process). ``OMP_THREAD_LIMIT=1`` is set before the first call: the Debian build uses OpenMP and
-over-subscribes the cores 3-5x otherwise. Results are cached by the sha256 of the image bytes, in memory
+child process). Each tesseract process gets ``OMP_THREAD_LIMIT=1`` in its own environment (the Debian build
+uses OpenMP and over-subscribes the cores 3-5x otherwise); our process's environment is left alone, since
+torch's OpenMP runtime would read it too (see ``manualrag.encoder.align_threads_with_omp_limit``). The image
+goes to tesseract on stdin and the TSV comes back on stdout: no temporary files. Results are cached by the sha256 of the image bytes, in memory
 and optionally in a SQLite table (JSON values, never pickle).
 
 Orientation (``ocr.orientation``): text turned 90/180/270 degrees (a page scanned sideways, a landscape
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import sqlite3
+import subprocess
 import threading
 import time
 import warnings
@@ -100,6 +103,39 @@ class OcrResult:
         )
 
 
+class TesseractFailed(Exception):
+    """A tesseract run exited non-zero (its stderr is the message)."""
+
+
+def tesseract_env() -> dict[str, str]:
+    """The environment of a tesseract process: ours plus OMP_THREAD_LIMIT=1 (one thread per process; we run
+    one process per core). Given to the child only, never written into ``os.environ``."""
+    return {**os.environ, "OMP_THREAD_LIMIT": "1"}
+
+
+def run_tesseract(
+    img: Image.Image, languages: str, args: list[str], timeout_s: float
+) -> dict[str, list[Any]]:
+    """``tesseract stdin stdout -l LANG ARGS tsv`` on ``img`` (sent as PNG): pytesseract's
+    ``image_to_data(output_type=DICT)`` result, without its temporary files and with our environment
+    for the child. Raises ``subprocess.TimeoutExpired`` (the process is killed) or :class:`TesseractFailed`."""
+    import pytesseract
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    cmd = [pytesseract.pytesseract.tesseract_cmd, "stdin", "stdout", "-l", languages, *args, "tsv"]
+    try:
+        proc = subprocess.run(
+            cmd, input=buf.getvalue(), capture_output=True, timeout=timeout_s, env=tesseract_env()
+        )
+    except OSError as exc:
+        raise TesseractFailed(f"cannot run {cmd[0]}: {exc.strerror or exc}") from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise TesseractFailed(f"exit {proc.returncode}: {err[-1] if err else 'no message'}")
+    return pytesseract.pytesseract.file_to_dict(proc.stdout.decode("utf-8", "replace"), "\t", -1)
+
+
 def _check_tesseract(languages: str, key: str = "ocr.languages") -> None:
     import pytesseract
 
@@ -124,7 +160,6 @@ class OcrEngine:
     """Runs tesseract on many images in parallel, with a digest-keyed cache."""
 
     def __init__(self, cfg: dict[str, Any], cache_path: Path | None = None):
-        os.environ["OMP_THREAD_LIMIT"] = "1"  # before any tesseract process is spawned
         o = cfg["ocr"]
         self.languages: str = o["languages"]
         self.psm: int = int(o["psm"])
@@ -353,21 +388,13 @@ class OcrEngine:
     ) -> tuple[OcrResult, float]:
         """One tesseract run; returns the result (boxes in original pixels) and the median word height in
         the pixels tesseract saw."""
-        import pytesseract
-
-        config = f"--psm {self.psm}" + (" -c thresholding_method=2" if sauvola else "")
+        args = ["--psm", str(self.psm)] + (["-c", "thresholding_method=2"] if sauvola else [])
         try:
-            out = pytesseract.image_to_data(
-                img,
-                lang=self.languages,
-                config=config,
-                output_type=pytesseract.Output.DICT,
-                timeout=self.timeout_s,
-            )
-        except RuntimeError as exc:  # pytesseract raises RuntimeError on timeout
-            log.warning("OCR of image %s gave up: %s", digest[:12], exc)
+            out = run_tesseract(img, self.languages, args, self.timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("OCR of image %s gave up after %d s", digest[:12], self.timeout_s)
             return OcrResult(text=""), 0.0
-        except pytesseract.TesseractError as exc:
+        except TesseractFailed as exc:
             log.warning("tesseract failed on image %s: %s", digest[:12], exc)
             return OcrResult(text=""), 0.0
         res = _parse(out, scale, self.min_conf)

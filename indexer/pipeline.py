@@ -28,7 +28,7 @@ import numpy as np
 
 from manualrag import ids
 from manualrag.config import extraction_fingerprint, public_config
-from manualrag.errors import ManualragError
+from manualrag.errors import ManualragError, NonFiniteVectorsError
 from manualrag.index import Index, IndexLayout
 from manualrag.indexer import budget
 from manualrag.indexer.chunk import make_passages, make_windows
@@ -72,6 +72,8 @@ class Summary:
     pages: int = 0
     figures: int = 0
     timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # s per stage
+    # per model role ("clip", "text"): {"model", "dtype", "reason"} as resolved (or fallen back) this run
+    precision: dict[str, dict[str, str]] = field(default_factory=dict)
     model: str | None = None
     text_model: str | None = None
     dense: bool = True
@@ -104,6 +106,7 @@ class Summary:
             "wall_s": round(self.wall_s, 3),
             "model": self.model,
             "text_model": self.text_model,
+            "precision": self.precision,
             "dense": self.dense,
             "warnings": self.warnings,
             "exit_code": self.exit_code,
@@ -179,6 +182,14 @@ class Indexer:
             self._text = TextEncoder.load(
                 c["text_model"], device=c["device"], dtype=c["dtype"], batch_size=c["batch_size"]
             )
+
+    def _precision(self) -> dict[str, dict[str, str]]:
+        """Each loaded model's dtype as it ended the run (a float32 fallback after NaN shows here)."""
+        return {
+            role: {"model": enc.model_id, "dtype": enc.dtype_name, "reason": enc.dtype_reason}
+            for role, enc in (("clip", self._clip), ("text", self._text))
+            if enc is not None
+        }
 
     # --------------------------------------------------------------------------------------------- run
     def run(self, library: Path | str) -> Summary:
@@ -364,6 +375,14 @@ class Indexer:
             bar = self._progress_bar(len(work))
             try:
                 for src, item in extracted:
+                    if not isinstance(item, FileError):
+                        try:
+                            self._index_document(src, item, index, summary, fp)
+                        except NonFiniteVectorsError as exc:  # this document only; the old version stays out
+                            item = FileError(src.rel, str(exc), "embed")
+                        else:
+                            manifest.clear_error(src.rel)
+                            summary.indexed.append(src.rel)
                     if isinstance(item, FileError):
                         summary.failed.append(item)
                         # the file changed (or the config did) and the new version cannot be read: the records
@@ -373,10 +392,6 @@ class Indexer:
                         manifest.record_error(
                             item.path, item.reason, item.stage, version=(src.size, src.mtime, fail_fp)
                         )
-                    else:
-                        self._index_document(src, item, index, summary, fp)
-                        manifest.clear_error(src.rel)
-                        summary.indexed.append(src.rel)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(
@@ -387,6 +402,7 @@ class Indexer:
             finally:
                 if bar is not None:
                     bar.close()
+                summary.precision = self._precision()
 
             with _Timer(timings, "prune"):
                 index.prune_crops()
@@ -394,6 +410,8 @@ class Indexer:
             manifest.set_meta("config", public_config(cfg))
             if self.dense:
                 manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
+                if summary.precision:
+                    manifest.set_meta("precision", summary.precision)
             index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:

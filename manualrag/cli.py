@@ -262,6 +262,14 @@ def _stderr_tty() -> bool:
 
 
 # -------------------------------------------------------------------------------------------------- index
+_dtype_option = click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default=None,
+    help="Model precision (auto: reduced only where faithful and faster on this machine; queries: float32).",
+)
+
+
 @main.command()
 @click.argument("library", type=click.Path(exists=True, file_okay=False))
 @_index_dir_option
@@ -276,12 +284,7 @@ def _stderr_tty() -> bool:
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None, help="Where models run."
 )
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default=None,
-    help="Model precision.",
-)
+@_dtype_option
 @click.option("--batch-size", type=int, default=None, help="Items per model forward pass.")
 @click.option(
     "--no-dense", is_flag=True, help="Index everything except vectors (lexical only); a later run adds them."
@@ -389,6 +392,8 @@ def _print_summary(s: Any) -> None:
         _echo("  model inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(d["embedded"].items())))
     if d["model"] or d["text_model"]:
         _echo(f"  models: {d['model'] or 'no CLIP model'} + {d['text_model'] or 'no text model'}")
+    for role, p in d.get("precision", {}).items():
+        _echo(f"  precision ({role}): {p['reason']}")
     t = {k: v for k, v in d["timings_s"].items() if v >= 0.05}
     if t:
         _echo("  time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
@@ -549,10 +554,11 @@ def _open_retriever(
     store_url: str | None,
     model: str | None = None,
     text_model: str | None = None,
+    dtype: str | None = None,
 ):
     from manualrag.retriever.search import Retriever
 
-    cfg = obj.config(index_dir=index_dir, store={"url": store_url})
+    cfg = obj.config(index_dir=index_dir, store={"url": store_url}, dtype=dtype)
     return Retriever.open(cfg["index_dir"], cfg, clip_model=model, text_model=text_model)
 
 
@@ -569,6 +575,7 @@ def _open_retriever(
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical (default: all available).")
 @click.option("--model", default=None, help="CLIP/SigLIP to encode the query (default: the index's).")
 @click.option("--text-model", default=None, help="Text model to encode the query (default: the index's).")
+@_dtype_option
 @_index_dir_option
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print hits as a JSON list.")
@@ -584,6 +591,7 @@ def query(
     channels: str | None,
     model: str | None,
     text_model: str | None,
+    dtype: str | None,
     index_dir: str | None,
     store_url: str | None,
     as_json: bool,
@@ -595,7 +603,7 @@ def query(
 
     if not text and not image:
         raise ManualragError("give a query text, --image FILE, or both")
-    with _open_retriever(obj, index_dir, store_url, model, text_model) as r:
+    with _open_retriever(obj, index_dir, store_url, model, text_model, dtype) as r:
         res = r.search(text, image=image, k=k, modality=modality, channels=_channels(channels), source=source)
     if as_json:
         _echo_json([h.to_dict() for h in res.hits])
@@ -716,6 +724,7 @@ def context(
 @click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Cut-off rank.")
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical (an ablation).")
 @click.option("--text-model", default=None, help="Text model to encode queries (default: the index's).")
+@_dtype_option
 @_index_dir_option
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -726,6 +735,7 @@ def eval_cmd(
     k: int,
     channels: str | None,
     text_model: str | None,
+    dtype: str | None,
     index_dir: str | None,
     store_url: str | None,
     as_json: bool,
@@ -735,8 +745,9 @@ def eval_cmd(
     from manualrag.retriever.evaluate import evaluate, format_table, load_queries
 
     qs = load_queries(queries)
-    with _open_retriever(obj, index_dir, store_url, text_model=text_model) as r:
+    with _open_retriever(obj, index_dir, store_url, text_model=text_model, dtype=dtype) as r:
         report = evaluate(r, qs, k=k, channels=_channels(channels))
+        report["precision"] = r.precision()
     if as_json:
         _echo_json(report)
     else:

@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from manualrag.errors import ModelUnavailableError
+from manualrag.errors import ModelUnavailableError, NonFiniteVectorsError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -107,7 +107,11 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:
-    """``auto`` → bfloat16 on CUDA with bf16 support and on CPUs with AVX512-BF16/AMX, float32 otherwise."""
+    """The torch dtype for a name; ``auto`` → the reduced precision the hardware computes natively
+    (bfloat16 on CUDA with bf16 support and on CPUs with AVX512-BF16/AMX), float32 otherwise.
+
+    ``auto`` is only a candidate here: the encoders' ``load`` keeps it for a model only when
+    :func:`choose_auto_dtype` finds it faithful and faster on this machine."""
     import torch
 
     name = (dtype or "auto").lower()
@@ -121,6 +125,102 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     if name not in _DTYPE_ALIASES:
         raise ValueError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
     return getattr(torch, _DTYPE_ALIASES[name])
+
+
+def align_threads_with_omp_limit(environ: Any = None) -> int:
+    """Keep torch's intra-op thread pool within an inherited ``OMP_THREAD_LIMIT``; returns the thread count.
+
+    torch sizes its pool from the core count and ignores the variable, but its OpenMP runtime honours it:
+    with ``OMP_THREAD_LIMIT=1`` (the usual advice for tesseract) and 2+ torch threads, the oneDNN bf16
+    kernels on a CPU with native bf16 return wrong vectors (all-MiniLM-L6-v2: median cosine 0.27 to float32,
+    some NaN) while one torch thread gives 0.9999. Called before a model's first forward."""
+    import torch
+
+    env = os.environ if environ is None else environ
+    raw = str(env.get("OMP_THREAD_LIMIT", "")).strip()
+    n = torch.get_num_threads()
+    if raw.isdigit() and 0 < int(raw) < n:
+        log.info("OMP_THREAD_LIMIT=%s: torch intra-op threads %d -> %s", raw, n, raw)
+        torch.set_num_threads(int(raw))
+        n = int(raw)
+    return n
+
+
+# reduced precision is kept for a model only if its vectors stay this close to float32 on the probe ...
+FAITHFUL_MIN_COSINE = 0.995
+# ... and it runs the probe at least this much faster (a margin over timing noise on a loaded machine)
+FASTER_MIN_SPEEDUP = 1.15
+_PROBE_TEXTS = (
+    "Remove the four screws holding the rear cover, then disconnect the ribbon cable from J3.",
+    "WARNING: disconnect mains power before opening the enclosure.",
+    "Table 4-2 lists the default jumper settings for the serial interface (9600 baud, 8N1).",
+    "The output stage can sink up to 100 mA; use a relay driver for larger loads.",
+    "Calibrate the sensor at two points: melting ice (0 degrees C) and boiling water.",
+    "Figure 12: wiring diagram of the power supply board, connectors P1 to P5.",
+    "If the device is not detected, check the USB cable and run the self-test from the menu.",
+    "Set the clock divider so that the SPI frequency stays below 20 MHz.",
+    "pin 1 VCC, pin 2 GND, pin 3 MOSI, pin 4 MISO, pin 5 SCK, pin 6 CS",
+    "The primary node replicates every write to the secondary before acknowledging it.",
+    "Press and hold RESET for five seconds to restore the factory defaults.",
+    "Page layout: margins, paper size and orientation are set in the print dialog.",
+    "A blown fuse F2 usually means the motor driver transistor Q7 has shorted.",
+    "Select the netlist, choose File > Export and save it in SPICE format.",
+    "The synthesis script reads the Verilog sources, flattens the design and maps it to LUTs.",
+    "Torque the terminal screws to 0.5 Nm; do not overtighten.",
+)
+
+
+def _probe_images() -> list[Any]:
+    """Synthetic line drawings with text: what a manual's figures look like, generated (no files)."""
+    from PIL import Image, ImageDraw
+
+    out = []
+    for k in range(4):
+        img = Image.new("RGB", (320 + 40 * k, 240), "white")
+        d = ImageDraw.Draw(img)
+        for i in range(6):
+            x = 20 + 45 * i
+            d.rectangle([x, 40 + 10 * k, x + 30, 90 + 10 * k], outline="black", width=2)
+            d.line([x + 15, 90 + 10 * k, 160, 200], fill=(200 * (i % 2), 0, 120), width=2)
+            d.text((x, 20), f"J{i + k}", fill="black")
+        out.append(img)
+    return out
+
+
+def choose_auto_dtype(model: Any, candidate: Any, probe: Any, what: str) -> tuple[Any, Any, str]:
+    """``dtype: auto`` for one model: keep the hardware's reduced ``candidate`` only where it is faithful
+    (every probe vector's cosine to float32 >= FAITHFUL_MIN_COSINE, all finite) and faster (probe time
+    float32 / reduced >= FASTER_MIN_SPEEDUP).
+
+    Timing: a warm-up each (oneDNN builds its kernels on the first call), then three rounds alternating
+    the float32 model and a reduced copy, best of each: alternation keeps a drifting machine load (other
+    processes on a shared box) from favouring either side. ``probe(m)`` embeds the fixed probe inputs
+    with model ``m`` and returns float32 vectors. Returns (model to use, dtype, reason); ``model`` itself
+    stays float32 (the copy is dropped when float32 wins)."""
+    import copy
+
+    import torch
+
+    name = str(candidate).replace("torch.", "")
+    try:
+        reduced = copy.deepcopy(model).to(dtype=candidate)
+        ref, red = probe(model), probe(reduced)
+        best = {id(model): float("inf"), id(reduced): float("inf")}
+        for _ in range(3):
+            for m in (model, reduced):
+                t0 = time.perf_counter()
+                probe(m)
+                best[id(m)] = min(best[id(m)], time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - a kernel the reduced dtype lacks: float32 it is
+        return model, torch.float32, f"float32 ({name} failed on the probe: {_one_line(exc)})"
+    cos = (ref * red).sum(axis=1)
+    worst = float(np.min(cos)) if np.isfinite(red).all() else float("nan")
+    speedup = best[id(model)] / max(best[id(reduced)], 1e-9)
+    if not worst >= FAITHFUL_MIN_COSINE:
+        return model, torch.float32, f"float32 ({name} not faithful on {what}: min cosine {worst:.4f})"
+    if speedup < FASTER_MIN_SPEEDUP:
+        return model, torch.float32, f"float32 ({name} not faster: {speedup:.2f}x)"
+    return reduced, candidate, f"{name} (faithful: min cosine {worst:.4f}; {speedup:.2f}x faster)"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -319,6 +419,10 @@ def _pooled(out: Any) -> Any:
     return pooled
 
 
+def _dtype_str(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 def _normalise(x: Any) -> np.ndarray:
     arr = x.float().cpu().numpy().astype(np.float32, copy=False)
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
@@ -343,6 +447,73 @@ class _TextSide:
     dtype: Any
     batch_size: int
     pad_to_max_length = False
+    dtype_reason = ""  # how the dtype was chosen (shown by `index` and `stats`)
+    _probing = False  # while choose_auto_dtype runs the probe: no float32 fallback
+
+    def _settle_dtype(self, requested: str) -> None:
+        """Put the (float32) model in its final dtype: the one requested, or for ``auto`` the hardware's
+        reduced precision only where :func:`choose_auto_dtype` finds it faithful and faster."""
+        import torch
+
+        candidate = resolve_dtype(requested, self.device)
+        if (requested or "auto").lower() != "auto":
+            self.model.to(dtype=candidate)
+            self.dtype, self.dtype_reason = candidate, f"{_dtype_str(candidate)} (requested)"
+            return
+        if candidate == torch.float32:
+            self.dtype, self.dtype_reason = (
+                candidate,
+                f"float32 (no native reduced precision on {self.device})",
+            )
+            return
+        self._probing = True
+        try:
+            self.model, self.dtype, self.dtype_reason = choose_auto_dtype(
+                self.model, candidate, self._probe, self.model_id
+            )
+        finally:
+            self._probing = False
+
+    def _with_model(self, model: Any, run: Any) -> np.ndarray:
+        """``run()`` with ``model`` (and its dtype) in place of the encoder's own, restored after."""
+        saved = self.model, self.dtype
+        self.model, self.dtype = model, next(model.parameters()).dtype
+        try:
+            return run()
+        finally:
+            self.model, self.dtype = saved
+
+    def _probe(self, model: Any) -> np.ndarray:
+        return self._with_model(model, lambda: self.embed_texts([self.fit(t) for t in _PROBE_TEXTS]))
+
+    def _finite(self, vecs: np.ndarray, rerun: Any, what: str) -> np.ndarray:
+        """``vecs`` when every row is finite; else the batch once more in float32 (the model stays float32
+        from then on); still non-finite → :class:`NonFiniteVectorsError`."""
+        import torch
+
+        bad = int((~np.isfinite(vecs).all(axis=1)).sum())
+        if not bad or self._probing:
+            return vecs
+        if self.dtype != torch.float32:
+            log.warning(
+                "%s gave %d non-finite vectors of %d %s in %s: re-embedding in float32 (and staying in it)",
+                self.model_id,
+                bad,
+                len(vecs),
+                what,
+                _dtype_str(self.dtype),
+            )
+            self.model.to(dtype=torch.float32)
+            was = _dtype_str(self.dtype)
+            self.dtype = torch.float32
+            self.dtype_reason = f"float32 ({was} gave non-finite vectors)"
+            vecs = rerun()
+            bad = int((~np.isfinite(vecs).all(axis=1)).sum())
+            if not bad:
+                return vecs
+        raise NonFiniteVectorsError(
+            f"{self.model_id} returned non-finite (NaN/inf) vectors for {bad} of {len(vecs)} {what} in float32"
+        )
 
     def __repr__(self) -> str:
         return (
@@ -352,7 +523,7 @@ class _TextSide:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).replace("torch.", "")
+        return _dtype_str(self.dtype)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """How many tokens the encoder would see for each text, special tokens included (no truncation)."""
@@ -441,7 +612,11 @@ class _TextSide:
                 idx = order[start : start + self.batch_size]
                 batch = self.tokenize([texts[i] for i in idx])
                 batch = {k: v.to(self.device) for k, v in batch.items() if k in self._text_inputs}
-                vecs = _normalise(self._forward_text(batch))
+                vecs = self._finite(
+                    _normalise(self._forward_text(batch)),
+                    lambda batch=batch: _normalise(self._forward_text(batch)),
+                    "texts",
+                )
                 if vecs.shape[1] != self.dim:
                     raise RuntimeError(f"{self.model_id}: got {vecs.shape[1]}-d vectors, expected {self.dim}")
                 out[idx] = vecs
@@ -514,10 +689,12 @@ class ClipEncoder(_TextSide):
             )
         family = CLIP_MODEL_TYPES[model_type]
 
+        import torch
         from transformers import AutoModel, AutoProcessor
 
         dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
+        resolve_dtype(dtype, dev)  # a bad name fails before the weights load
+        align_threads_with_omp_limit()  # before the first forward
         model = _load_model(src, AutoModel)
         try:
             processor = AutoProcessor.from_pretrained(src.ref, **src.kwargs())
@@ -530,7 +707,7 @@ class ClipEncoder(_TextSide):
             raise src.unavailable(
                 f"the processor ({type(processor).__name__}) lacks a tokenizer or an image processor"
             )
-        model = model.to(device=dev, dtype=torch_dtype).eval()
+        model = model.to(device=dev, dtype=torch.float32).eval()
 
         if family == "clip":
             dim = int(cfg.projection_dim)
@@ -545,15 +722,22 @@ class ClipEncoder(_TextSide):
             dim=dim,
             max_tokens=max_tokens,
             device=dev,
-            dtype=torch_dtype,
+            dtype=torch.float32,
             batch_size=batch_size,
         )
+        enc._settle_dtype(dtype)
         enc.load_seconds = time.perf_counter() - t0
         log.info("loaded %r in %.2fs", enc, enc.load_seconds)
         return enc
 
     def _forward_text(self, batch: Any) -> Any:
         return _pooled(self.model.get_text_features(**batch))
+
+    def _probe(self, model: Any) -> np.ndarray:
+        images = _probe_images()
+        return np.concatenate(
+            [super()._probe(model), self._with_model(model, lambda: self.embed_images(images))]
+        )
 
     # ---- images ------------------------------------------------------------------------------------
 
@@ -599,13 +783,16 @@ class ClipEncoder(_TextSide):
             for start in range(0, len(images), self.batch_size):
                 batch = [self.prepare_image(im) for im in images[start : start + self.batch_size]]
                 inputs = self.image_processor(batch, return_tensors="pt")
-                inputs = {
-                    k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                    for k, v in inputs.items()
-                    if hasattr(v, "to")
-                }
-                vecs = _normalise(_pooled(self.model.get_image_features(**inputs)))
-                out[start : start + len(batch)] = vecs
+
+                def run(inputs: Any = inputs) -> np.ndarray:
+                    x = {
+                        k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                        for k, v in inputs.items()
+                        if hasattr(v, "to")
+                    }
+                    return _normalise(_pooled(self.model.get_image_features(**x)))
+
+                out[start : start + len(batch)] = self._finite(run(), run, "images")
         return out
 
 
@@ -757,16 +944,18 @@ class TextEncoder(_TextSide):
         st_cfg = _st_file(src, "sentence_bert_config.json")
         st_cfg = st_cfg if isinstance(st_cfg, dict) else {}
 
+        import torch
         from transformers import AutoModel, AutoTokenizer
 
         dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
+        resolve_dtype(dtype, dev)  # a bad name fails before the weights load
+        align_threads_with_omp_limit()  # before the first forward
         model = _load_model(src, AutoModel)
         try:
             tokenizer = AutoTokenizer.from_pretrained(src.ref, **src.kwargs())
         except Exception as exc:
             raise src.unavailable(f"no usable tokenizer files ({_one_line(exc)})") from exc
-        model = model.to(device=dev, dtype=torch_dtype).eval()
+        model = model.to(device=dev, dtype=torch.float32).eval()
 
         limit = st_cfg.get("max_seq_length")
         if not isinstance(limit, int) or limit <= 0:
@@ -787,9 +976,10 @@ class TextEncoder(_TextSide):
             pooling=pooling,
             include_prompt=bool(pool_cfg.get("include_prompt", True)),
             device=dev,
-            dtype=torch_dtype,
+            dtype=torch.float32,
             batch_size=batch_size,
         )
+        enc._settle_dtype(dtype)
         enc.load_seconds = time.perf_counter() - t0
         log.info("loaded %r (pooling %s) in %.2fs", enc, "+".join(pooling), enc.load_seconds)
         return enc
@@ -803,21 +993,24 @@ class TextEncoder(_TextSide):
         mask = batch.get("attention_mask")
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
-        m = mask.unsqueeze(-1).to(hidden.dtype)
+        keep = mask.unsqueeze(-1).bool()
+        m = keep.to(hidden.dtype)
+        # masked positions are excluded (where/masked_fill), never multiplied by 0: NaN * 0 is NaN
+        hidden = hidden.masked_fill(~keep, 0.0)
         parts = []
         for mode in self.pooling:
             if mode == "cls":
                 parts.append(hidden[:, 0])
             elif mode == "max":
-                parts.append(hidden.masked_fill(m == 0, -1e9).max(dim=1).values)
+                parts.append(hidden.masked_fill(~keep, -1e9).max(dim=1).values)
             elif mode in ("mean", "mean_sqrt_len"):
-                total = (hidden * m).sum(dim=1)
+                total = hidden.sum(dim=1)
                 n = m.sum(dim=1).clamp(min=1e-9)
                 parts.append(total / (n if mode == "mean" else n.sqrt()))
             elif mode == "weightedmean":
                 w = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)
                 wm = m * w.view(1, -1, 1)
-                parts.append((hidden * wm).sum(dim=1) / wm.sum(dim=1).clamp(min=1e-9))
+                parts.append(torch.where(keep, hidden * wm, 0.0).sum(dim=1) / wm.sum(dim=1).clamp(min=1e-9))
             elif mode == "lasttoken":  # works for left and right padding
                 pos = torch.arange(hidden.shape[1], device=hidden.device).view(1, -1)
                 last = (pos * mask).argmax(dim=1)

@@ -46,3 +46,9 @@ class ExtractionError(ManualragError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class NonFiniteVectorsError(ManualragError):
+    """A model returned NaN/infinite vectors, in float32 too: the document it was embedding fails alone."""
+
+    exit_code = 1

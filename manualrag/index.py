@@ -247,6 +247,7 @@ def describe(
     with manifest.read_snapshot():
         st = manifest.stats()
         models = manifest.get_meta("models") or {}
+        precision = manifest.get_meta("precision") or {}
         library = manifest.get_meta("library")
     vectors = {kind: store.count(kind) for kind in VECTOR_KINDS}
     dims = {kind: store.model_of(kind) for kind in ("text", "sem")}
@@ -259,6 +260,8 @@ def describe(
         "dim": (dims["text"] or (None, None))[1],
         "text_model": models.get("text"),
         "text_dim": (dims["sem"] or (None, None))[1],
+        # the dtype each model resolved to when the index was last written (dtype: auto may pick bf16)
+        "precision": {role: p.get("dtype") for role, p in precision.items()},
         "store": cfg["store"]["url"] or "embedded",
         "size_bytes": size_bytes,
     }

@@ -220,6 +220,18 @@ class Retriever:
         self.store.close()
         self.manifest.close()
 
+    @property
+    def query_dtype(self) -> str:
+        """The query encoders' precision: ``auto`` means float32 here. A query is one short text (or one
+        image) per forward pass: reduced precision has nothing to win, and deciding it would cost the
+        start-up a probe; an explicit ``--dtype`` is obeyed (to compare with the index's precision)."""
+        dtype = str(self.cfg.get("dtype") or "auto").lower()
+        return "float32" if dtype == "auto" else dtype
+
+    def precision(self) -> dict[str, str]:
+        """The dtype of each query encoder loaded so far, e.g. {"text": "float32 (requested)"}."""
+        return {role: enc.dtype_reason for role, enc in self._encoders.items() if enc is not None}
+
     def __enter__(self) -> Retriever:
         return self
 
@@ -288,7 +300,7 @@ class Retriever:
             self._import_ml("AutoModel", "AutoProcessor" if which == "clip" else "AutoTokenizer")
             t0 = time.perf_counter()
             try:
-                self._encoders[which] = cls.load(model, device=self.cfg["device"], dtype=self.cfg["dtype"])
+                self._encoders[which] = cls.load(model, device=self.cfg["device"], dtype=self.query_dtype)
             finally:
                 self._cold["load_models"] = self._cold.get("load_models", 0.0) + time.perf_counter() - t0
         except ModelUnavailableError as exc:
