@@ -113,17 +113,14 @@ def tesseract_env() -> dict[str, str]:
     return {**os.environ, "OMP_THREAD_LIMIT": "1"}
 
 
-def run_tesseract(
-    img: Image.Image, languages: str, args: list[str], timeout_s: float
-) -> dict[str, list[Any]]:
-    """``tesseract stdin stdout -l LANG ARGS tsv`` on ``img`` (sent as PNG): pytesseract's
-    ``image_to_data(output_type=DICT)`` result, without its temporary files and with our environment
-    for the child. Raises ``subprocess.TimeoutExpired`` (the process is killed) or :class:`TesseractFailed`."""
+def _run(img: Image.Image, args: list[str], timeout_s: float) -> str:
+    """``tesseract stdin stdout ARGS`` on ``img`` (sent as PNG), with our environment for the child; its
+    stdout. Raises ``subprocess.TimeoutExpired`` (the process is killed) or :class:`TesseractFailed`."""
     import pytesseract
 
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
-    cmd = [pytesseract.pytesseract.tesseract_cmd, "stdin", "stdout", "-l", languages, *args, "tsv"]
+    cmd = [pytesseract.pytesseract.tesseract_cmd, "stdin", "stdout", *args]
     try:
         proc = subprocess.run(
             cmd, input=buf.getvalue(), capture_output=True, timeout=timeout_s, env=tesseract_env()
@@ -133,7 +130,27 @@ def run_tesseract(
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         raise TesseractFailed(f"exit {proc.returncode}: {err[-1] if err else 'no message'}")
-    return pytesseract.pytesseract.file_to_dict(proc.stdout.decode("utf-8", "replace"), "\t", -1)
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def run_tesseract(
+    img: Image.Image, languages: str, args: list[str], timeout_s: float
+) -> dict[str, list[Any]]:
+    """``tesseract stdin stdout -l LANG ARGS tsv`` on ``img``: pytesseract's
+    ``image_to_data(output_type=DICT)`` result, without its temporary files (see :func:`_run`)."""
+    import pytesseract
+
+    out = _run(img, ["-l", languages, *args, "tsv"], timeout_s)
+    return pytesseract.pytesseract.file_to_dict(out, "\t", -1)
+
+
+def run_osd(img: Image.Image, timeout_s: float) -> dict[str, Any]:
+    """tesseract's orientation and script detection (``-l osd`` + :data:`_OSD_CONFIG`) on ``img``:
+    pytesseract's ``image_to_osd(output_type=DICT)`` result, in our child environment (see :func:`_run`)."""
+    import pytesseract
+
+    out = _run(img, ["-l", "osd", *_OSD_CONFIG.split()], timeout_s)
+    return pytesseract.pytesseract.osd_to_dict(out)
 
 
 def _check_tesseract(languages: str, key: str = "ocr.languages") -> None:
@@ -365,15 +382,12 @@ class OcrEngine:
     def _osd(self, digest: str, grey: Image.Image) -> tuple[int | None, float]:
         """tesseract OSD: (clockwise degrees that make the text upright, confidence), or (None, 0.0)
         when it finds too few characters (or fails)."""
-        import pytesseract
 
         t0 = time.perf_counter()
         try:
-            out = pytesseract.image_to_osd(
-                grey, config=_OSD_CONFIG, output_type=pytesseract.Output.DICT, timeout=self.timeout_s
-            )
+            out = run_osd(grey, self.timeout_s)
             rotation, conf = int(out["rotate"]) % 360, float(out["orientation_conf"])
-        except (RuntimeError, pytesseract.TesseractError, KeyError, ValueError) as exc:
+        except (subprocess.TimeoutExpired, TesseractFailed, KeyError, ValueError) as exc:
             log.debug("OSD found no orientation for image %s: %s", digest[:12], _last_line(exc))
             rotation, conf = None, 0.0
         with self._lock:
