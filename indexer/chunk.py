@@ -17,10 +17,11 @@ window a sum under-estimates is re-cut exactly.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
+from manualrag import ids
 from manualrag.models import BBox, Document, Passage, TextBlock, Window
 
 CountTokens = Callable[[list[str]], list[int]]
@@ -42,11 +43,6 @@ _ABBREVIATIONS = frozenset(
     "fig figs e.g eg i.e ie no nos approx ca vs cf ref refs eq eqs sec ch chap pp p pg vol art para "
     "incl dept mr mrs ms dr prof st nr tab".split()
 )
-
-
-def doc_id_for(path: str) -> str:
-    """Deterministic document id: first 16 hex digits of sha256 of the library-relative POSIX path."""
-    return hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,9 +137,9 @@ def make_passages(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> list[Pas
 
     Consecutive blocks on the same page under the same heading are merged (joined by a line break) up to
     ~``max_chars``; never across pages, headings, OCR/non-OCR or different suspect reasons. A block longer
-    than ``max_chars`` is cut at sentence ends. Ids: ``{doc_id}:p{page}:{n}``, n counted per page from 0.
+    than ``max_chars`` is cut at sentence ends. Ids: :func:`manualrag.ids.passage_id`.
     """
-    doc_id = doc_id_for(doc.path)
+    doc_id = ids.doc_id(doc.path)
     out: list[Passage] = []
     per_page: dict[int, int] = {}
     group: list[tuple[str, BBox]] = []
@@ -158,7 +154,7 @@ def make_passages(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> list[Pas
             per_page[b.page] = n + 1
             out.append(
                 Passage(
-                    passage_id=f"{doc_id}:p{b.page}:{n}",
+                    passage_id=ids.passage_id(doc_id, b.page, n),
                     doc_path=doc.path,
                     page=b.page,
                     bbox=_union([bb for _, bb in group]),
@@ -216,23 +212,58 @@ class _Counter:
         return [c - self.special for c in counts]
 
 
+class _Span(NamedTuple):
+    """A piece of a passage's text, with its token count (special tokens excluded)."""
+
+    start: int
+    end: int
+    tokens: int
+
+
+class _Plan(NamedTuple):
+    """A window being planned: text[start:end], where text[start:core] repeats the previous window."""
+
+    start: int
+    end: int
+    core: int
+
+
+class _Core(NamedTuple):
+    """Consecutive units of a passage that make one window's new content."""
+
+    first: int  # unit index
+    last: int
+    tokens: int
+    start: int  # character offset
+
+
+class _WordOverlap(NamedTuple):
+    """A window whose overlap repeats the last ``k`` words of the previous core (exact count pending)."""
+
+    passage: int
+    window: int
+    prev_start: int  # character offset of the previous core
+    k: int
+    target: int  # tokens the overlap may take
+
+
 _PIECE_FRACTIONS = (0.5, 0.7, 0.8, 0.88, 0.94, 1.0, 1.06, 1.12, 1.25, 1.4)
 
 
-def _char_pieces(text: str, s: int, e: int, limit: int, count: _Counter) -> list[tuple[int, int, int]]:
+def _char_pieces(text: str, s: int, e: int, limit: int, count: _Counter) -> list[_Span]:
     """Cut text[s:e] (one over-long 'word': a hash, a URL, CJK text) into pieces of at most ``limit``
     tokens: per piece, one batched count of a few candidate lengths around the word's chars-per-token."""
     n_all = count([text[s:e]])[0]
     if n_all <= limit:
-        return [(s, e, n_all)]
+        return [_Span(s, e, n_all)]
     est = limit * (e - s) / n_all  # characters per piece at the word's average rate
-    pieces: list[tuple[int, int, int]] = []
+    pieces: list[_Span] = []
     pos = s
     while pos < e:
         cands = sorted({min(e, pos + max(1, int(est * f))) for f in _PIECE_FRACTIONS})
         fit = [(c, n) for c, n in zip(cands, count([text[pos:c] for c in cands]), strict=True) if n <= limit]
         end, n = fit[-1] if fit else _longest_prefix(text, pos, cands[0], limit, count)
-        pieces.append((pos, end, n))
+        pieces.append(_Span(pos, end, n))
         pos = end
     return pieces
 
@@ -279,14 +310,14 @@ def make_windows(
     count_tokens: CountTokens,
     max_tokens: int,
     overlap_tokens: int = 12,
-    tag: str = "w",
+    tag: str = ids.CLIP_TAG,
 ) -> list[Window]:
     """Windows of every passage that fit ``max_tokens`` as ``count_tokens`` measures them.
 
     ``count_tokens(texts)`` must count special tokens too (``ClipEncoder.count_tokens`` does). A passage
     that fits is one window; longer ones are cut at sentence ends (words inside an over-long sentence,
     characters inside an over-long word) and consecutive windows share about ``overlap_tokens`` tokens of
-    trailing sentences/words. Ids: ``{passage_id}:{tag}{m}``, m from 0. Deterministic.
+    trailing sentences/words. Ids: :func:`manualrag.ids.window_id` (``tag``: ``CLIP_TAG`` or ``SEM_TAG``).
     """
     passages = list(passages)
     if not passages:
@@ -302,12 +333,12 @@ def make_windows(
     bounds = [_trim(t, 0, len(t)) for t in texts]
     # windows per passage as (start, end, core start) spans into the passage text; start < core start
     # when the window repeats the end of the previous one
-    plans: list[list[tuple[int, int, int]]] = [[] for _ in passages]
+    plans: list[list[_Plan]] = [[] for _ in passages]
     # 1. a passage that likely fits (by its length) is counted whole: if it fits, it is one window
     likely = [i for i, (s, e) in enumerate(bounds) if 0 < e - s <= _LIKELY_FIT_CHARS_PER_TOKEN * budget]
     for i, n in zip(likely, count([texts[i][slice(*bounds[i])] for i in likely]), strict=True):
         if n <= budget:
-            plans[i] = [(*bounds[i], bounds[i][0])]
+            plans[i] = [_Plan(*bounds[i], bounds[i][0])]
     # 2. sentences of the others, counted in one batch; if they add up to the budget: one window (like every
     #    window, it is checked with an exact count at the end)
     rest = [i for i, (s, e) in enumerate(bounds) if s < e and not plans[i]]
@@ -319,22 +350,22 @@ def make_windows(
     long_ids = []
     for i in rest:
         if total[i] <= budget:
-            plans[i] = [(*bounds[i], bounds[i][0])]
+            plans[i] = [_Plan(*bounds[i], bounds[i][0])]
         else:
             long_ids.append(i)
 
     # 3. units of the long passages: sentences; an over-long sentence → words; an over-long word →
     #    character pieces
-    units: dict[int, list[tuple[int, int, int]]] = {i: [] for i in long_ids}
+    units: dict[int, list[_Span]] = {i: [] for i in long_ids}
     big = [(k, i, s, e) for k, ((i, s, e), n) in enumerate(zip(sents, sent_n, strict=True)) if n > budget]
     words = [(k, *m.span()) for k, i, s, e in big for m in _WORD.finditer(texts[i], s, e)]
     word_n = count([texts[sents[k][0]][ws:we] for k, ws, we in words])
-    pieces: dict[int, list[tuple[int, int, int]]] = {}
+    pieces: dict[int, list[_Span]] = {}
     for (k, ws, we), n in zip(words, word_n, strict=True):
         if n > core_budget:
             pieces.setdefault(k, []).extend(_char_pieces(texts[sents[k][0]], ws, we, core_budget, count))
         else:
-            pieces.setdefault(k, []).append((ws, we, n))
+            pieces.setdefault(k, []).append(_Span(ws, we, n))
     for k, ((i, s, e), n) in enumerate(zip(sents, sent_n, strict=True)):
         if i not in units:
             continue
@@ -345,31 +376,30 @@ def make_windows(
                     cur[1], cur[2] = we, cur[2] + wn
                 else:
                     if cur is not None:
-                        units[i].append((cur[0], cur[1], cur[2]))
+                        units[i].append(_Span(cur[0], cur[1], cur[2]))
                     cur = [ws, we, wn]
             if cur is not None:
-                units[i].append((cur[0], cur[1], cur[2]))
+                units[i].append(_Span(cur[0], cur[1], cur[2]))
         else:
-            units[i].append((s, e, n))
+            units[i].append(_Span(s, e, n))
 
     # 4. cores: consecutive units up to core_budget (a unit above it, up to budget, stands alone)
     # 5. overlaps: trailing units of the previous core, else trailing words, up to the room left
-    word_ov: list[tuple[int, int, int, int, int]] = []  # (passage, window, prev core start, k words, target)
+    word_ov: list[_WordOverlap] = []
     for i in long_ids:
-        cores: list[tuple[int, int, int, int]] = []  # (first unit, last unit, tokens, start)
+        cores: list[_Core] = []
         us = units[i]
         for u, (s, _e, n) in enumerate(us):
-            if cores and cores[-1][2] + n <= core_budget:
-                f, _, cn, cs = cores[-1]
-                cores[-1] = (f, u, cn + n, cs)
+            if cores and cores[-1].tokens + n <= core_budget:
+                cores[-1] = cores[-1]._replace(last=u, tokens=cores[-1].tokens + n)
             else:
-                cores.append((u, u, n, s))
-        plan: list[tuple[int, int, int]] = []
+                cores.append(_Core(u, u, n, s))
+        plan: list[_Plan] = []
         for j, (_first, last, cn, cs) in enumerate(cores):
             start = cs
             target = min(overlap, budget - cn)
             if j > 0 and target > 0:
-                pf, pl = cores[j - 1][0], cores[j - 1][1]
+                pf, pl = cores[j - 1].first, cores[j - 1].last
                 taken, u = 0, pl
                 while u >= pf and taken + us[u][2] <= target:  # whole trailing sentences
                     taken += us[u][2]
@@ -381,8 +411,8 @@ def make_windows(
                     n_words = max(1, len(_WORD.findall(texts[i], ls, le)))
                     k = max(1, int(0.85 * target * n_words / max(ln, 1)))  # a bit under: fewer retries
                     if k < n_words or pl > pf:
-                        word_ov.append((i, j, cores[j - 1][3], k, target))
-            plan.append((start, us[last][1], cs))
+                        word_ov.append(_WordOverlap(i, j, cores[j - 1].start, k, target))
+            plan.append(_Plan(start, us[last].end, cs))
         plans[i] = plan
 
     # exact counts for the word overlaps, shrinking those a per-sentence ratio over-estimated
@@ -406,33 +436,35 @@ def make_windows(
             if st is None:
                 continue
             if n <= target:
-                plans[i][j] = (st, *plans[i][j][1:])
+                plans[i][j] = plans[i][j]._replace(start=st)
             elif k > 1:
-                retry.append((i, j, prev_start, max(1, min(k - 1, int(k * target / max(n, 1)))), target))
+                retry.append(
+                    _WordOverlap(i, j, prev_start, max(1, min(k - 1, int(k * target / max(n, 1)))), target)
+                )
         pending = retry
 
     # 6. check every window with one batched count; re-cut the rare one a sum under-estimated
     flat = [(i, *span) for i, plan in enumerate(plans) for span in plan]
     flat_n = count([texts[i][s:e] for i, s, e, _ in flat])
-    out_spans: list[list[tuple[int, int, int]]] = [[] for _ in passages]
+    out_spans: list[list[_Span]] = [[] for _ in passages]
     for (i, s, e, core), n in zip(flat, flat_n, strict=True):
         if n <= budget:
-            out_spans[i].append((s, e, n))
+            out_spans[i].append(_Span(s, e, n))
             continue
         if core > s:  # drop the repeated part first
             n = count([texts[i][core:e]])[0]
             if n <= budget:
-                out_spans[i].append((core, e, n))
+                out_spans[i].append(_Span(core, e, n))
                 continue
         for cs, ce in _exact_split(texts[i], core, e, budget, count):
-            out_spans[i].append((cs, ce, count([texts[i][cs:ce]])[0]))
+            out_spans[i].append(_Span(cs, ce, count([texts[i][cs:ce]])[0]))
 
     windows: list[Window] = []
     for p, text, spans in zip(passages, texts, out_spans, strict=True):
         for m, (s, e, n) in enumerate(spans):
             windows.append(
                 Window(
-                    window_id=f"{p.passage_id}:{tag}{m}",
+                    window_id=ids.window_id(p.passage_id, tag, m),
                     passage_id=p.passage_id,
                     text=text[s:e],
                     n_tokens=n + count.special,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from manualrag.errors import ManualragError
+from manualrag.ids import printable_name
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,10 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _printable(rel: str) -> str:
-    """A library-relative path as valid UTF-8 text: bytes of a file name that are not UTF-8 (which Python
-    carries as lone surrogates) become ``\\xNN`` escapes, so the name can be stored, hashed and printed."""
-    try:
-        rel.encode("utf-8")
-        return rel
-    except UnicodeEncodeError:
-        escaped = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        log.warning("file name is not valid UTF-8: indexed as %s", escaped)
-        return escaped
+    name = printable_name(rel)
+    if name != rel:
+        log.warning("file name is not valid UTF-8: indexed as %s", name)
+    return name
 
 
 def discover(

@@ -10,9 +10,11 @@ Every failure that makes a file unusable raises :class:`ExtractionError` (file +
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import io
+import itertools
 import logging
 import re
 import warnings
@@ -26,6 +28,7 @@ import pymupdf
 from PIL import Image, ImageSequence
 
 from manualrag.errors import ExtractionError
+from manualrag.images import IMAGE_FORMATS, check_pixels, decode_problem, open_image
 from manualrag.indexer import figures as fg
 from manualrag.indexer.discover import file_type_for
 from manualrag.models import Document, Figure, PageInfo, TextBlock
@@ -35,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Pillow decoders for the loose image types we ingest (JPEG also opens camera multi-picture files)
-IMAGE_FORMATS = ["PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF"]
 _TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_PRESERVE_LIGATURES  # no mediabox clip
 _FILLED = 16  # FZ_STEXT_FILLED
 _STROKED = 32  # FZ_STEXT_STROKED
@@ -49,8 +50,16 @@ _WS = re.compile(r"\s+")
 
 
 # ================================================================================================ entry
-def extract_file(path: Path, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None = None) -> Document:
-    """Extract one file. ``rel`` names it in errors and in the Document (library-relative POSIX path)."""
+def extract_file(
+    path: Path,
+    rel: str,
+    cfg: dict[str, Any],
+    ocr: OcrEngine | None = None,
+    split_pages: int | None = None,
+) -> Document:
+    """Extract one file. ``rel`` names it in errors and in the Document (library-relative POSIX path).
+    ``split_pages``: a PDF with more pages than this raises :class:`TooManyPages` instead (after the checks
+    that make a file unusable), for the caller to extract it in page ranges."""
     path = Path(path)
     ftype = file_type_for(path)
     if ftype is None:
@@ -70,7 +79,7 @@ def extract_file(path: Path, rel: str, cfg: dict[str, Any], ocr: OcrEngine | Non
         file_type=ftype,
     )
     if ftype == "pdf":
-        _extract_pdf(data, doc, rel, cfg, ocr)
+        _extract_pdf(data, doc, rel, cfg, ocr, split_pages)
     elif ftype == "image":
         _extract_image(data, doc, rel, cfg, ocr)
     else:
@@ -147,28 +156,123 @@ def _one_line(x: object, n: int = 160) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def _extract_pdf(data: bytes, doc: Document, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None) -> None:
+class TooManyPages(Exception):
+    """Raised instead of extracting a PDF with more pages than the caller's ``split_pages``: the caller
+    extracts it in page ranges instead (``manualrag.indexer.pagerange``)."""
+
+    def __init__(self, n_pages: int):
+        super().__init__(f"{n_pages} pages")
+        self.n_pages = n_pages
+
+
+def _extract_pdf(
+    data: bytes,
+    doc: Document,
+    rel: str,
+    cfg: dict[str, Any],
+    ocr: OcrEngine | None,
+    split_pages: int | None = None,
+) -> None:
     with _quiet_mupdf():
         pdf = _open_pdf(data, rel, cfg, doc.warnings)
         try:
+            if split_pages and pdf.page_count > split_pages:
+                raise TooManyPages(pdf.page_count)
             _extract_open_pdf(pdf, doc, rel, cfg, ocr)
         finally:
             pdf.close()
 
 
+# The PDF stages below are written so that page ranges can run in separate processes and give the same
+# Document as one process (manualrag.indexer.pagerange): per-page work (_read_pages, _analyse_pages,
+# _render_range) only ever looks at its own pages; document-level decisions (_plan_text, _plan_document,
+# _finish_pdf) only ever look at plain data (lines, regions), never at MuPDF objects.
 def _extract_open_pdf(
     pdf: pymupdf.Document, doc: Document, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None
 ) -> None:
-    pages = _read_pages(pdf, doc, rel)
+    pages = _read_pages(pdf, doc, 1, pdf.page_count)
+    _require_readable(pages, rel)
+    toc, body = _plan_text(pages, _raw_toc(pdf))
+    _analyse_pages(pdf, pages, doc, rel, cfg)
+    planned, timeline = _plan_document(pages, toc, cfg, doc)
+    by_number = {pg.number: pg for pg in pages}
+    scan_pages = [pg.number for pg in pages if pg.analysis is not None and pg.analysis.is_scan]
+    figs, scans = _render_range(pdf, by_number, list(enumerate(planned)), scan_pages, cfg, timeline, ocr)
+    _finish_pdf(
+        doc, pages, planned, figs, scans, cfg, toc, body, timeline, _meta_title(pdf), pdf.is_repaired, rel
+    )
+
+
+def _raw_toc(pdf: pymupdf.Document) -> list[tuple[int, str, int]]:
+    try:
+        return [(int(lv), str(t), int(p)) for lv, t, p, *_ in pdf.get_toc(simple=True)]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _meta_title(pdf: pymupdf.Document) -> str:
+    return str((pdf.metadata or {}).get("title") or "")
+
+
+def _require_readable(pages: list[_Page], rel: str) -> None:
+    if all(p.failed for p in pages):
+        raise ExtractionError(rel, "corrupt PDF: no page could be read")
+
+
+def _plan_text(pages: list[_Page], raw_toc: list[tuple[int, str, int]]) -> tuple[list[_TocEntry], float]:
+    """Document level, text: running headers/footers, body font size, outline headings (or font headings)."""
     _mark_furniture(pages)
     body = _body_size(pages)
-    toc = _toc_entries(pdf, pages, body)
+    toc = _toc_entries(raw_toc, pages, body)
     if not toc:
         _mark_font_headings(pages, body)
-    planned = _plan_figures(pdf, pages, doc, rel, cfg)
+    return toc, body
+
+
+def _load_page(pdf: pymupdf.Document, number: int) -> pymupdf.Page:
+    """Page ``number`` (1-based) drawn as displayed: one coordinate system for text, images, paths."""
+    page = pdf.load_page(number - 1)
+    if page.rotation:
+        page.remove_rotation()
+    return page
+
+
+def _plan_document(
+    pages: list[_Page], toc: list[_TocEntry], cfg: dict[str, Any], doc: Document
+) -> tuple[list[fg.PlannedFigure], list[_Heading]]:
+    """Document level, figures and text: captions that start the next page, de-duplication and
+    boilerplate across pages, text blocks with their heading paths. Returns the plan and the timeline."""
+    _next_page_captions(pages)
+    planned = fg.assemble([p.analysis for p in pages if p.analysis], cfg)
     timeline = _text_blocks(pages, planned, toc, doc)
-    jobs = _render_figures(pdf, pages, planned, cfg, timeline, doc)
-    scan_pages = _run_ocr(jobs, ocr, cfg, timeline, doc)
+    return planned, timeline
+
+
+def _finish_pdf(
+    doc: Document,
+    pages: list[_Page],
+    planned: list[fg.PlannedFigure],
+    figs: dict[int, Figure | None],
+    scans: list[tuple[int, Figure, list[TextBlock]]],
+    cfg: dict[str, Any],
+    toc: list[_TocEntry],
+    body: float,
+    timeline: list[_Heading],
+    meta_title: str,
+    repaired: bool,
+    rel: str,
+) -> None:
+    """Document level, last: figures in plan order then scans in page order, OCR blocks, page infos, title."""
+    for i, pf in enumerate(planned):
+        fig = figs.get(i)
+        if fig is not None:
+            (doc.boilerplate if pf.boilerplate else doc.figures).append(fig)
+    doc.figures.extend(fig for _, fig, _ in scans)
+    scan_pages: set[int] = set()
+    for number, _, blocks in scans:
+        if blocks is not None:
+            doc.blocks.extend(blocks)
+            scan_pages.add(number)
     doc.blocks.sort(key=lambda b: b.page)  # stable: keeps the reading order inside a page
     _merge_duplicate_figures(doc)
     doc.figures.sort(key=lambda f: (f.pages[0], f.bbox[1], f.bbox[0]))
@@ -182,49 +286,43 @@ def _extract_open_pdf(
                 ocr=pg.number in scan_pages,
             )
         )
-    doc.title = _pdf_title(pdf, pages, toc, body, timeline)
-    if pdf.is_repaired and not doc.blocks and not doc.figures:
+    doc.title = _pdf_title(meta_title, pages, toc, body, timeline)
+    if repaired and not doc.blocks and not doc.figures:
         raise ExtractionError(rel, "damaged PDF: MuPDF repaired it but recovered no content")
 
 
-def _read_pages(pdf: pymupdf.Document, doc: Document, rel: str) -> list[_Page]:
-    """Pass 1: the text lines of every page (a page MuPDF cannot read becomes a warning)."""
+def _read_pages(pdf: pymupdf.Document, doc: Document, first: int, last: int) -> list[_Page]:
+    """Pass 1 (pages first..last, 1-based): text lines (a page MuPDF cannot read becomes a warning)."""
     pages: list[_Page] = []
-    for pno in range(pdf.page_count):
-        pg = _Page(number=pno + 1, rect=(0.0, 0.0, 0.0, 0.0))
+    for number in range(first, last + 1):
+        pg = _Page(number=number, rect=(0.0, 0.0, 0.0, 0.0))
         try:
-            page = pdf.load_page(pno)
-            if page.rotation:
-                page.remove_rotation()  # draw as displayed: one coordinate system for text, images, paths
+            page = _load_page(pdf, number)
             pg.rect = fg.as_box(page.rect)
             pg.lines = _page_lines(page)
             fg.mark_captions(pg.lines)
             pg.visible_chars = sum(len(ln.text.strip()) for ln in pg.lines if not ln.suspect)
         except Exception as exc:  # noqa: BLE001 - MuPDF raises plain RuntimeErrors on damaged pages
             pg.failed = True
-            doc.warnings.append(f"page {pno + 1}: cannot read it ({_one_line(exc)})")
+            doc.warnings.append(f"page {number}: cannot read it ({_one_line(exc)})")
         pages.append(pg)
-    if all(p.failed for p in pages):
-        raise ExtractionError(rel, "corrupt PDF: no page could be read")
     return pages
 
 
-def _plan_figures(
+def _analyse_pages(
     pdf: pymupdf.Document, pages: list[_Page], doc: Document, rel: str, cfg: dict[str, Any]
-) -> list[fg.PlannedFigure]:
-    """Pass 2: figure candidates per page and their captions, then de-duplication across pages."""
+) -> None:
+    """Pass 2, per page (after the text marks of _plan_text): figure candidates and their captions."""
     for pg in pages:
         if pg.failed:
             continue
         try:
-            page = pdf.load_page(pg.number - 1)
+            page = _load_page(pdf, pg.number)
             pg.analysis = fg.analyse_page(page, pg.lines, cfg, pg.visible_chars)
             fg.assign_captions(pg.analysis.regions, pg.lines, cfg)
         except Exception as exc:  # noqa: BLE001
             doc.warnings.append(f"page {pg.number}: figure analysis failed ({_one_line(exc)})")
             log.debug("figure analysis failed on %s p%d", rel, pg.number, exc_info=True)
-    _next_page_captions(pages)
-    return fg.assemble([p.analysis for p in pages if p.analysis], cfg)
 
 
 def _text_blocks(
@@ -243,67 +341,59 @@ def _text_blocks(
     return timeline
 
 
-@dataclass
-class _OcrJobs:
-    images: list[tuple[str, bytes]] = field(default_factory=list)
-    figures: list[tuple[Figure, str]] = field(default_factory=list)
-    scans: list[tuple[int, Figure, str]] = field(default_factory=list)
-
-
-def _render_figures(
+def _render_range(
     pdf: pymupdf.Document,
-    pages: list[_Page],
-    planned: list[fg.PlannedFigure],
+    by_number: dict[int, _Page],
+    planned: list[tuple[int, fg.PlannedFigure]],
+    scan_pages: list[int],
     cfg: dict[str, Any],
     timeline: list[_Heading],
-    doc: Document,
-) -> _OcrJobs:
-    """Crops of figures, boilerplate and scanned pages; collects what needs OCR."""
-    jobs = _OcrJobs()
-    for pf in planned:
-        fig = _render_figure(pdf, pf, pages, cfg, timeline)
-        if fig is None:
-            continue
-        if pf.boilerplate:
-            doc.boilerplate.append(fig)
-            continue
-        doc.figures.append(fig)
+    ocr: OcrEngine | None,
+) -> tuple[dict[int, Figure | None], list[tuple[int, Figure, list[TextBlock] | None]]]:
+    """Pass 3, per figure: crops of the planned figures (index -> Figure, None when it cannot be rendered)
+    and of the scanned pages ``scan_pages`` (in page order), then one OCR batch for all of them. A scanned
+    page comes with its OCR text blocks (None when OCR read nothing). ``by_number``: at least the pages
+    that these figures and scans are on."""
+    figs: dict[int, Figure | None] = {}
+    images: list[tuple[str, bytes]] = []
+    to_read: list[tuple[Figure, str]] = []
+    for i, pf in planned:
+        fig = _render_figure(pdf, pf, by_number[pf.region.page].lines, cfg, timeline)
+        figs[i] = fig
         # pixels of images and symbols; drawings only when their words are not real text
-        if fig.png and (fig.kind != "vector" or len(fig.labels) < 3):
+        if (
+            fig is not None
+            and not pf.boilerplate
+            and fig.png
+            and (fig.kind != "vector" or len(fig.labels) < 3)
+        ):
             key = hashlib.sha256(fig.png).hexdigest()
-            jobs.images.append((key, fig.png))
-            jobs.figures.append((fig, key))
-    for pg in pages:
-        if pg.analysis is None or not pg.analysis.is_scan:
-            continue
-        fig, scan_png = _render_scan(pdf.load_page(pg.number - 1), pg, cfg, timeline)
-        doc.figures.append(fig)
+            images.append((key, fig.png))
+            to_read.append((fig, key))
+    scan_jobs: list[tuple[int, Figure, str]] = []
+    for number in scan_pages:
+        pg = by_number[number]
+        fig, scan_png = _render_scan(_load_page(pdf, number), pg, cfg, timeline)
         key = hashlib.sha256(scan_png).hexdigest()
-        jobs.images.append((key, scan_png))
-        jobs.scans.append((pg.number, fig, key))
-    return jobs
-
-
-def _run_ocr(
-    jobs: _OcrJobs, ocr: OcrEngine | None, cfg: dict[str, Any], timeline: list[_Heading], doc: Document
-) -> set[int]:
-    """One OCR batch for the whole document; scanned pages get OCR text blocks. Returns those pages."""
-    if ocr is None or not jobs.images:
-        return set()
-    results = ocr.ocr(jobs.images)
-    for fig, key in jobs.figures:
+        images.append((key, scan_png))
+        scan_jobs.append((number, fig, key))
+    results = ocr.ocr(images) if ocr is not None and images else {}
+    for fig, key in to_read:
         if key in results:
             fig.ocr_text = results[key].text
+            if not fig.rotation:
+                _turn_upright(fig, results[key].rotation)
     scale = 72.0 / cfg["extract"]["scan_dpi"]
-    done: set[int] = set()
-    for number, fig, key in jobs.scans:
+    scans: list[tuple[int, Figure, list[TextBlock] | None]] = []
+    for number, fig, key in scan_jobs:
         res = results.get(key)
-        if res is None or not res.text.strip():
-            continue
-        fig.ocr_text = res.text
-        doc.blocks.extend(_ocr_blocks(res, number, _heading_at(timeline, number, 0.0), res_scale=scale))
-        done.add(number)
-    return done
+        blocks = None
+        if res is not None and res.text.strip():
+            fig.ocr_text = res.text
+            _turn_upright(fig, res.rotation)
+            blocks = _ocr_blocks(res, number, _heading_at(timeline, number, 0.0), res_scale=scale)
+        scans.append((number, fig, blocks))
+    return figs, scans
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -355,7 +445,9 @@ def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
         if block.get("type") != 0:
             continue
         for line in block["lines"]:
-            vertical = abs(line.get("dir", (1.0, 0.0))[0]) < 0.5
+            direction = line.get("dir", (1.0, 0.0))
+            vertical = abs(direction[0]) < 0.5
+            rotation = fg.line_rotation(direction)
             run: list[dict[str, Any]] = []
             run_suspect: str | None = None
             for span in line["spans"]:
@@ -366,17 +458,19 @@ def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
                     if _same_as_background(page, fg.as_box(span["bbox"]), span["color"]):
                         sus = "white"
                 if run and sus != run_suspect and span["text"].strip():
-                    out.append(_make_line(run, bi, run_suspect, vertical))
+                    out.append(_make_line(run, bi, run_suspect, vertical, rotation))
                     run = []
                 if not run:
                     run_suspect = sus
                 run.append(span)
             if run:
-                out.append(_make_line(run, bi, run_suspect, vertical))
+                out.append(_make_line(run, bi, run_suspect, vertical, rotation))
     return [ln for ln in out if ln.text.strip()]
 
 
-def _make_line(spans: list[dict[str, Any]], block: int, suspect: str | None, vertical: bool) -> fg.TextLine:
+def _make_line(
+    spans: list[dict[str, Any]], block: int, suspect: str | None, vertical: bool, rotation: int
+) -> fg.TextLine:
     text = "".join(s["text"] for s in spans)
     box = fg.as_box(spans[0]["bbox"])
     for s in spans[1:]:
@@ -397,6 +491,7 @@ def _make_line(spans: list[dict[str, Any]], block: int, suspect: str | None, ver
         block=block,
         suspect=suspect,
         vertical=vertical,
+        rotation=rotation,
     )
 
 
@@ -445,29 +540,22 @@ class _TocEntry:
     y: float
 
 
-def _toc_entries(pdf: pymupdf.Document, pages: list[_Page], body: float) -> list[_TocEntry]:
+def _toc_entries(raw_toc: list[tuple[int, str, int]], pages: list[_Page], body: float) -> list[_TocEntry]:
     """Outline entries placed on their page by finding the heading text there (destinations are
     unreliable: some producers give top-down, others bottom-up coordinates)."""
-    try:
-        toc = pdf.get_toc(simple=True)
-    except Exception:  # noqa: BLE001
-        return []
     out: list[_TocEntry] = []
-    for level, title, pno in toc:
+    candidates: dict[int, list[tuple[fg.TextLine, str]]] = {}  # per page: usable lines, normalised once
+    for level, title, pno in raw_toc:
         title = _WS.sub(" ", str(title)).strip()
         if not title or not 1 <= pno <= len(pages):
             continue
         pg = pages[pno - 1]
         y = -1.0  # not found: the heading counts from the top of its page
         nt = _norm(title)
-        matches = [
-            ln
-            for ln in pg.lines
-            if not ln.suspect
-            and not ln.furniture
-            and len(_norm(ln.text)) >= 3
-            and (nt in _norm(ln.text) or (_norm(ln.text) in nt and len(_norm(ln.text)) >= min(len(nt), 8)))
-        ]
+        if pno not in candidates:
+            normed = ((ln, _norm(ln.text)) for ln in pg.lines if not ln.suspect and not ln.furniture)
+            candidates[pno] = [(ln, n) for ln, n in normed if len(n) >= 3]
+        matches = [ln for ln, n in candidates[pno] if nt in n or (n in nt and len(n) >= min(len(nt), 8))]
         # prefer a line set like a heading (larger or bold) over a mention of the title in prose
         styled = [ln for ln in matches if ln.size >= 1.05 * body or ln.bold]
         if styled or matches:
@@ -513,7 +601,7 @@ def _assign_headings(
     pages: list[_Page], blocks: dict[int, list[tuple[TextBlock, bool]]], toc: list[_TocEntry]
 ) -> list[_Heading]:
     """Give every block its heading path; return the timeline of headings (page, y, path)."""
-    timeline: list[_Heading] = []
+    timeline: list[_Heading] = _Timeline()
     if toc:
         stack: list[tuple[int, str]] = []
         for e in toc:
@@ -543,6 +631,10 @@ def _assign_headings(
 
 
 def _heading_at(timeline: list[_Heading], page: int, y: float) -> str:
+    """The heading path in force at (page, y): the last timeline entry at or before it, scanning in timeline
+    order and stopping at the first entry on a later page (a _Timeline answers the same without the scan)."""
+    if isinstance(timeline, _Timeline) and y == y:  # a NaN position keeps the scan's own rules
+        return timeline.lookup(page, y)
     path = ""
     for h in timeline:
         if (h.page, h.y) <= (page, y):
@@ -550,6 +642,41 @@ def _heading_at(timeline: list[_Heading], page: int, y: float) -> str:
         elif h.page > page:
             break
     return path
+
+
+class _Timeline(list):  # type: ignore[type-arg]
+    """The headings in document order, indexed so that _heading_at needs no scan (a 1,000-page manual has
+    ~16k blocks and ~1k headings: the scan per block was most of the document plan). Exact for any order
+    of entries (outlines are not always in page order)."""
+
+    _n = -1
+    _prefix_max: list[int]
+    _on_page: dict[int, list[int]]
+
+    def _index(self) -> None:
+        if self._n == len(self):
+            return
+        self._prefix_max = list(itertools.accumulate((h.page for h in self), max))
+        self._on_page = {}
+        for i, h in enumerate(self):
+            self._on_page.setdefault(h.page, []).append(i)
+        self._n = len(self)
+
+    def lookup(self, page: int, y: float) -> str:
+        self._index()
+        # the scan stops at the first entry on a later page: the first whose running maximum page exceeds
+        stop = bisect.bisect_right(self._prefix_max, page)
+        # before it every entry is on this page or an earlier one; the last on an earlier page counts...
+        best = stop - 1
+        while best >= 0 and self[best].page == page:
+            best -= 1
+        # ...unless a later entry on this page sits at or above y
+        for i in self._on_page.get(page, ()):
+            if i >= stop:
+                break
+            if i > best and self[i].y <= y:
+                best = i
+        return self[best].path if best >= 0 else ""
 
 
 def _page_blocks(pg: _Page, figure_boxes: list[fg.Box]) -> list[tuple[TextBlock, bool]]:
@@ -595,9 +722,8 @@ def _page_blocks(pg: _Page, figure_boxes: list[fg.Box]) -> list[tuple[TextBlock,
 
 
 def _pdf_title(
-    pdf: pymupdf.Document, pages: list[_Page], toc: list[_TocEntry], body: float, timeline: list[_Heading]
+    meta: str, pages: list[_Page], toc: list[_TocEntry], body: float, timeline: list[_Heading]
 ) -> str:
-    meta = (pdf.metadata or {}).get("title") or ""
     if meta.strip():
         return _WS.sub(" ", meta).strip()
     first = next((p for p in pages if not p.failed and p.lines), None)
@@ -641,13 +767,13 @@ def _next_page_captions(pages: list[_Page]) -> None:
 def _render_figure(
     pdf: pymupdf.Document,
     pf: fg.PlannedFigure,
-    pages: list[_Page],
+    lines: list[fg.TextLine],
     cfg: dict[str, Any],
     timeline: list[_Heading],
 ) -> Figure | None:
     ex = cfg["extract"]
     r = pf.region
-    page = pdf.load_page(r.page - 1)
+    page = _load_page(pdf, r.page)
     dpi = float(ex["figure_dpi"])
     if r.native_dpi and pf.kind == "raster":
         dpi = max(dpi, min(r.native_dpi, 2 * dpi))  # keep a screenshot's own pixels for OCR
@@ -658,7 +784,6 @@ def _render_figure(
         return None
     key = r.content_key()
     digest = key[4:] if key.startswith("img:") else hashlib.sha256(png).hexdigest()
-    lines = pages[r.page - 1].lines
     # words drawn invisibly (hidden, white-on-white, off-page, tiny) never become a figure's labels
     hidden = [ln.bbox for ln in lines if ln.suspect]
     words = [
@@ -667,12 +792,13 @@ def _render_figure(
         if not any(fg.inside_share(fg.as_box(w_[:4]), hb) > 0.5 for hb in hidden)
     ]
     labels = fg.words_inside(words, r.bbox)
+    rotation = fg.text_rotation(lines, r.bbox)  # a drawing printed sideways: its labels run vertically
     quality = "ok"
     if r.native_dpi is not None and r.native_dpi < ex["low_res_dpi"] and pf.kind in ("raster", "symbol"):
         quality = "low-res"
     elif max(w, h) < 100 or r.area_frac < ex["small_figure_area"]:
         quality = "tiny"
-    return Figure(
+    fig = Figure(
         digest=digest,
         kind=pf.kind,
         pages=pf.pages,
@@ -688,6 +814,21 @@ def _render_figure(
         quality=quality,
         png=png,
     )
+    if rotation:
+        _turn_upright(fig, rotation)
+    return fig
+
+
+def _turn_upright(fig: Figure, rotation: int) -> None:
+    """Store the figure's crop upright: turned ``rotation`` degrees clockwise (its bbox stays on the page).
+    A digest that named the pixels names the turned pixels; an embedded image's digest stays."""
+    if not rotation or fig.png is None:
+        return
+    old = fig.png
+    fig.png, fig.width, fig.height = fg.turn_png(old, rotation)
+    fig.rotation = rotation
+    if fig.digest == hashlib.sha256(old).hexdigest():
+        fig.digest = hashlib.sha256(fig.png).hexdigest()
 
 
 def _render_scan(
@@ -750,34 +891,18 @@ def _decode_frames(data: bytes, rel: str, max_pixels: int) -> list[Image.Image]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            img = open_image(data)
             frames: list[Image.Image] = []
             multi = img.format == "TIFF" and getattr(img, "n_frames", 1) > 1
             for i, frame in enumerate(ImageSequence.Iterator(img)):
                 if i >= (_MAX_FRAMES if multi else 1):
                     break
-                limit = Image.MAX_IMAGE_PIXELS
-                if limit and frame.width * frame.height > limit:
-                    raise Image.DecompressionBombError(
-                        f"frame {i + 1} has {frame.width * frame.height} pixels, over the limit of {limit}"
-                    )
+                check_pixels(frame, f"frame {i + 1}")
                 frames.append(_normalise(frame))
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ExtractionError(rel, f"image too large (decompression-bomb guard): {_one_line(exc)}") from None
-    except Image.UnidentifiedImageError:
-        raise ExtractionError(rel, "not a readable image (unknown or corrupt format)") from None
-    except ValueError as exc:
-        if "MAX_TEXT" in str(exc):  # a zTXt/iTXt bomb or too much text metadata: refused, like a pixel bomb
-            raise ExtractionError(
-                rel, f"image refused: oversized PNG text chunk ({_one_line(exc)})"
-            ) from None
-        raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None
-    except (OSError, SyntaxError, EOFError) as exc:
-        raise ExtractionError(rel, f"corrupt or truncated image: {_one_line(exc)}") from None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises TypeError, IndexError, zlib.error... on broken files
-        raise ExtractionError(rel, f"corrupt image ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise ExtractionError(rel, decode_problem(exc)) from None
     if not frames:
         raise ExtractionError(rel, "image has no frames")
     return [_fit(f, max_pixels) for f in frames]
@@ -841,20 +966,20 @@ def _extract_image(data: bytes, doc: Document, rel: str, cfg: dict[str, Any], oc
             quality = "tiny"
         elif dpi_info and dpi_info < ex["low_res_dpi"]:
             quality = "low-res"
-        doc.figures.append(
-            Figure(
-                digest=digest,
-                kind="scan" if _mostly_text(res, frame.width, frame.height) else "raster",
-                pages=[i],
-                bbox=(0.0, 0.0, float(frame.width), float(frame.height)),
-                width=frame.width,
-                height=frame.height,
-                dpi=round(dpi_info, 1),
-                ocr_text=res.text if res is not None else "",
-                quality=quality,
-                png=png,
-            )
+        fig = Figure(
+            digest=digest,
+            kind="scan" if _mostly_text(res, frame.width, frame.height) else "raster",
+            pages=[i],
+            bbox=(0.0, 0.0, float(frame.width), float(frame.height)),
+            width=frame.width,
+            height=frame.height,
+            dpi=round(dpi_info, 1),
+            ocr_text=res.text if res is not None else "",
+            quality=quality,
+            png=png,
         )
+        _turn_upright(fig, res.rotation if res is not None else 0)
+        doc.figures.append(fig)
     _merge_duplicate_figures(doc)
 
 

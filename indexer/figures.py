@@ -78,6 +78,7 @@ class TextLine:
     block: int  # index of the MuPDF text block on the page
     suspect: str | None = None
     vertical: bool = False
+    rotation: int = 0  # clockwise degrees (0/90/180/270) that turn the line to read left to right
     furniture: bool = False  # running header/footer
     heading: bool = False
     caption: bool = False  # "Figure 3: ..." (see mark_captions)
@@ -540,7 +541,8 @@ def page_layout_boxes(page: pymupdf.Page) -> list[tuple[str, Box]]:
         import pymupdf.layout  # noqa: F401  (activates the model)
 
         page.get_layout(return_raw=True)
-        for b in page.layout_information or []:
+        boxes: list[dict[str, Any]] = page.layout_information or []
+        for b in boxes:
             out.append((str(b["class_name"]), as_box(b["group_bbox"])))
     except Exception as exc:  # noqa: BLE001 - optional signal; fall back to the heuristics
         log.debug("layout model unavailable on page %d: %s", page.number + 1, exc)
@@ -740,6 +742,31 @@ def next_page_caption(
     return ""
 
 
+def line_rotation(direction: tuple[float, float]) -> int:
+    """A text line's writing direction (MuPDF's ``dir``: cosine, -sine, y down) as the clockwise turn
+    (0/90/180/270) that makes it read left to right: (0, -1) runs bottom to top, turned 90."""
+    import math
+
+    angle = math.degrees(math.atan2(-direction[1], direction[0]))
+    return round(angle / 90.0) % 4 * 90
+
+
+def text_rotation(lines: list[TextLine], bbox: Box) -> int:
+    """The turn that makes a figure's labels upright: the direction of most of the characters of the
+    visible lines inside it (0 when they run left to right, or when fewer than 60 % agree)."""
+    chars: dict[int, int] = {}
+    for ln in lines:
+        if ln.suspect or inside_share(ln.bbox, bbox) < 0.5:
+            continue
+        n = len(_MEANINGFUL.findall(ln.text))
+        chars[ln.rotation] = chars.get(ln.rotation, 0) + n
+    total = sum(chars.values())
+    if total < 4:
+        return 0
+    rotation, n = max(chars.items(), key=lambda kv: kv[1])
+    return rotation if rotation and n >= 0.6 * total else 0
+
+
 def words_inside(words: list[tuple[Any, ...]], bbox: Box) -> list[str]:
     """PDF words whose centre lies inside the box, in reading order (``page.get_text("words")``)."""
     out = []
@@ -823,3 +850,19 @@ def render(
         dpi = (max_pixels / (w_in * h_in)) ** 0.5
     pix = page.get_pixmap(clip=pymupdf.Rect(clip), dpi=max(1, int(dpi)), alpha=False)
     return pix.tobytes("png"), pix.width, pix.height, pix.width / w_in
+
+
+def turn_png(png: bytes, rotation: int) -> tuple[bytes, int, int]:
+    """A PNG turned ``rotation`` degrees clockwise: (png, width, height)."""
+    import io
+
+    from PIL import Image
+
+    from manualrag.indexer.ocr import turn
+
+    with Image.open(io.BytesIO(png), formats=["PNG"]) as img:
+        img.load()
+        out = turn(img, rotation)
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue(), out.width, out.height

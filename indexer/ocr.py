@@ -6,6 +6,12 @@ uses OpenMP and over-subscribes the cores 3-5x otherwise); our process's environ
 torch's OpenMP runtime would read it too (see ``manualrag.encoder.align_threads_with_omp_limit``). The image
 goes to tesseract on stdin and the TSV comes back on stdout: no temporary files. Results are cached by the sha256 of the image bytes, in memory
 and optionally in a SQLite table (JSON values, never pickle).
+
+Orientation (``ocr.orientation``): text turned 90/180/270 degrees (a page scanned sideways, a landscape
+diagram on a portrait page) reads as garbage. Every image is read upright first; only a weak read
+(few confident words) pays for tesseract's orientation detection (OSD, ``--psm 0``), and only when OSD
+is unsure are the other three rotations read and the best kept. The chosen rotation is recorded and the
+word boxes are mapped back to the pixels of the image as it was passed in.
 """
 
 from __future__ import annotations
@@ -41,6 +47,20 @@ _CACHE_TABLE = "ocr_cache"
 _SMALL_TEXT_PX = 16.0  # median word box height below which tesseract misreads (screenshots at 96 dpi)
 _GOOD_TEXT_PX = 24.0  # ... and the height it reads best (capitals ~20-30 px)
 _MAX_UPSCALE = 4.0
+ROTATIONS = (0, 90, 180, 270)
+# OSD's orientation_conf from which its answer is taken as it is. Measured on the sample manual's pages
+# and wiring diagram (200 dpi, all four rotations): right answers scored 3.2-17 on pages and diagrams,
+# while on small crops (a few labels) OSD either fails ("too few characters") or answers below ~1.5,
+# sometimes 180 degrees wrong.
+_OSD_SURE = 2.0
+_OSD_AXIS = 0.5  # from this confidence OSD's axis (0/180 vs 90/270) is trusted, its direction not
+_OSD_CONFIG = "--psm 0 -c min_characters_to_try=20"  # default 50: small crops fail; 20 halves page time
+# an upright read this good needs no orientation check: most words confident and made of letters/digits
+_UPRIGHT_CONF = 80.0
+_UPRIGHT_SHARE = 0.6
+# another rotation must read this much better than a (weak) upright read to be chosen: upside-down
+# labels read as confident nonsense ("SNIVIN" for MAINS), 1.15x below the right read on a small crop
+_TURN_MARGIN = 1.1
 
 
 class OcrUnavailableError(ManualragError):
@@ -56,6 +76,9 @@ class OcrResult:
     mean_conf: float = 0.0
     # paragraphs: (text, box), grouped from tesseract's block/paragraph/line numbers and line geometry
     blocks: list[tuple[str, WordBox]] = field(default_factory=list)
+    # degrees (0/90/180/270) the image was turned clockwise to read it upright; the text is in upright
+    # reading order, the boxes are still in the pixels of the image as passed in
+    rotation: int = 0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -64,6 +87,7 @@ class OcrResult:
                 "words": [[w, c, list(b)] for w, c, b in self.words],
                 "mean_conf": self.mean_conf,
                 "blocks": [[t, list(b)] for t, b in self.blocks],
+                "rotation": self.rotation,
             }
         )
 
@@ -75,6 +99,7 @@ class OcrResult:
             words=[(w, float(c), tuple(b)) for w, c, b in d["words"]],  # type: ignore[misc]
             mean_conf=float(d["mean_conf"]),
             blocks=[(t, tuple(b)) for t, b in d.get("blocks", [])],  # type: ignore[misc]
+            rotation=int(d.get("rotation", 0)),
         )
 
 
@@ -111,7 +136,7 @@ def run_tesseract(
     return pytesseract.pytesseract.file_to_dict(proc.stdout.decode("utf-8", "replace"), "\t", -1)
 
 
-def _check_tesseract(languages: str) -> None:
+def _check_tesseract(languages: str, key: str = "ocr.languages") -> None:
     import pytesseract
 
     try:
@@ -125,7 +150,7 @@ def _check_tesseract(languages: str) -> None:
     missing = [lang for lang in languages.split("+") if lang and lang not in installed]
     if missing:
         raise OcrUnavailableError(
-            f"tesseract {version} lacks the language data {', '.join(missing)} named in ocr.languages "
+            f"tesseract {version} lacks the language data {', '.join(missing)} needed by {key} "
             f"(installed: {', '.join(sorted(installed)) or 'none'}; e.g. apt-get install "
             f"tesseract-ocr-{missing[0]})"
         )
@@ -144,8 +169,13 @@ class OcrEngine:
         self.binarize: str = o.get("binarize", "auto")
         self.timeout_s: int = int(o.get("timeout_s", 120))
         self.workers: int = int(o["workers"]) or (os.cpu_count() or 1)
+        self.orientation: bool = bool(o.get("orientation", True))
         _check_tesseract(self.languages)
+        if self.orientation:
+            _check_tesseract("osd", "ocr.orientation (or set it to false)")
         settings = [self.languages, self.psm, self.min_conf, self.min_side, self.max_side, self.binarize]
+        if self.orientation:
+            settings.append("orient")
         self._settings_key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
         self._memory: dict[str, OcrResult] = {}
         self._lock = threading.Lock()
@@ -160,8 +190,12 @@ class OcrEngine:
                 f"CREATE TABLE IF NOT EXISTS {_CACHE_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
             self._db.commit()
-        self.calls = 0  # tesseract runs made (cache misses)
-        self.seconds = 0.0  # summed wall time of those runs
+        self.calls = 0  # images read (cache misses)
+        self.seconds = 0.0  # summed wall time of those reads, orientation work included
+        self.osd_calls = 0  # orientation detections run (weak upright reads)
+        self.osd_seconds = 0.0  # their wall time
+        self.orient_seconds = 0.0  # all orientation work: OSD + reads of other rotations
+        self.turned = 0  # images read at a rotation other than 0
 
     # ------------------------------------------------------------------------------------------- public
     def ocr(self, images: list[tuple[str, bytes]]) -> dict[str, OcrResult]:
@@ -234,17 +268,34 @@ class OcrEngine:
             return OcrResult(text="")
 
     def _run_one(self, digest: str, data: bytes) -> OcrResult:
-        """OCR one image; small text (median word height under ``_SMALL_TEXT_PX`` after the first
-        scaling) is read a second time enlarged to about ``_GOOD_TEXT_PX``, and the better read kept."""
+        """OCR one image (upright, or turned the way its text reads: see the module doc)."""
         t0 = time.perf_counter()
         try:
-            base, scale = self._prepare(data)
+            base, scale, size = self._prepare(data)
         except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             log.warning("OCR skipped for image %s: cannot decode it (%s)", digest[:12], exc)
             return OcrResult(text="")
         sauvola = self._use_sauvola(base)
         grey = base.convert("L")
+        res = self._read(digest, grey, scale, sauvola)
+        if self.orientation and not reads_upright(res):
+            res = self._orient(digest, grey, scale, sauvola, res, size)
+        with self._lock:
+            self.calls += 1
+            self.seconds += time.perf_counter() - t0
+        return res
+
+    def _read(self, digest: str, grey: Image.Image, scale: float, sauvola: bool) -> OcrResult:
+        """One read; small text (median word height under ``_SMALL_TEXT_PX`` after the first scaling) is
+        read a second time enlarged to about ``_GOOD_TEXT_PX``, and the better read kept."""
         res, median_h = self._tesseract(digest, grey, scale, sauvola)
+        return self._enlarged(digest, grey, scale, sauvola, res, median_h)
+
+    def _enlarged(
+        self, digest: str, grey: Image.Image, scale: float, sauvola: bool, res: OcrResult, median_h: float
+    ) -> OcrResult:
+        """``res`` (a first read of ``grey``), or a read of ``grey`` enlarged when its text is small and the
+        enlarged read is better."""
         if res.words and median_h < _SMALL_TEXT_PX:
             factor = min(_GOOD_TEXT_PX / max(median_h, 1.0), _MAX_UPSCALE / scale)
             if factor > 1.2 and max(grey.size) * factor <= 2 * self.max_side:
@@ -253,10 +304,84 @@ class OcrEngine:
                 res2, _ = self._tesseract(digest, big, scale * factor, sauvola)
                 if _score(res2) > _score(res):
                     res = res2
-        with self._lock:
-            self.calls += 1
-            self.seconds += time.perf_counter() - t0
         return res
+
+    def _orient(
+        self,
+        digest: str,
+        grey: Image.Image,
+        scale: float,
+        sauvola: bool,
+        upright: OcrResult,
+        size: tuple[int, int],
+    ) -> OcrResult:
+        """A weak upright read: ask OSD which way the text runs and read the image that way. When OSD is
+        unsure, compare reads: of its answer and the opposite one (on small crops OSD's axis was right
+        in every case measured from a confidence of ~0.5, its direction often 180 degrees off), or of
+        all four rotations when it is less sure than that or finds too few characters. Another rotation
+        replaces the upright read only when it reads clearly better. An image that read no word at all
+        upright is taken as a picture without text (no OSD)."""
+        if not upright.words:
+            return upright
+        t0 = time.perf_counter()
+        rotation, conf = self._osd(digest, grey)
+        reads = {0: upright}
+        if rotation is not None and conf >= _OSD_SURE:
+            candidates: tuple[int, ...] = (rotation,)
+        elif rotation is not None and conf >= _OSD_AXIS:
+            candidates = (rotation, (rotation + 180) % 360)
+        else:
+            candidates = ROTATIONS
+        first: dict[int, tuple[OcrResult, float]] = {}  # quick reads (no enlarged retry) to compare
+        for r in candidates:
+            if r not in reads:
+                first[r] = self._tesseract(digest, turn(grey, r), scale, sauvola)
+                reads[r] = first[r][0]
+        if len(candidates) == 1:
+            chosen = candidates[0]
+        else:
+            chosen = max(reads, key=lambda r: (_quality(reads[r]), -r))
+            best = reads[chosen]
+            if _quality(best) < _TURN_MARGIN * _quality(upright) or best.mean_conf < upright.mean_conf:
+                chosen = 0
+        if chosen:
+            turned = turn(grey, chosen)
+            reads[chosen] = self._enlarged(digest, turned, scale, sauvola, *first[chosen])
+        log.debug(
+            "orientation of image %s: OSD %s (conf %.2f), read %s, chose %d",
+            digest[:12],
+            rotation,
+            conf,
+            sorted(reads),
+            chosen,
+        )
+        with self._lock:
+            self.orient_seconds += time.perf_counter() - t0
+            self.turned += bool(chosen)
+        if not chosen:
+            return upright
+        return unturn_boxes(reads[chosen], chosen, size)
+
+    def _osd(self, digest: str, grey: Image.Image) -> tuple[int | None, float]:
+        """tesseract OSD: (clockwise degrees that make the text upright, confidence), or (None, 0.0)
+        when it finds too few characters (or fails)."""
+        import pytesseract
+
+        t0 = time.perf_counter()
+        try:
+            out = pytesseract.image_to_osd(
+                grey, config=_OSD_CONFIG, output_type=pytesseract.Output.DICT, timeout=self.timeout_s
+            )
+            rotation, conf = int(out["rotate"]) % 360, float(out["orientation_conf"])
+        except (RuntimeError, pytesseract.TesseractError, KeyError, ValueError) as exc:
+            log.debug("OSD found no orientation for image %s: %s", digest[:12], _last_line(exc))
+            rotation, conf = None, 0.0
+        with self._lock:
+            self.osd_calls += 1
+            self.osd_seconds += time.perf_counter() - t0
+        if rotation not in ROTATIONS:
+            return None, 0.0
+        return rotation, conf
 
     def _tesseract(
         self, digest: str, img: Image.Image, scale: float, sauvola: bool
@@ -277,11 +402,12 @@ class OcrEngine:
         median = heights[len(heights) // 2] * scale if heights else 0.0
         return res, median
 
-    def _prepare(self, data: bytes) -> tuple[Image.Image, float]:
-        """Decode, and scale so the longer side lies in [min_side, max_side]; returns (image, scale)."""
+    def _prepare(self, data: bytes) -> tuple[Image.Image, float, tuple[int, int]]:
+        """Decode, and scale so the longer side lies in [min_side, max_side]; returns (image, scale,
+        the decoded image's size)."""
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
+            img: Image.Image = Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
             img.load()
         if img.mode in ("RGBA", "LA", "P", "PA"):  # flatten transparency onto white
             rgba = img.convert("RGBA")
@@ -290,6 +416,7 @@ class OcrEngine:
             img = bg
         elif img.mode not in ("RGB", "L"):
             img = img.convert("RGB")
+        size = img.size
         longer = max(img.size)
         scale = 1.0
         if longer < self.min_side:
@@ -297,9 +424,9 @@ class OcrEngine:
         elif longer > self.max_side:
             scale = self.max_side / longer
         if abs(scale - 1.0) > 0.01:
-            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-            img = img.resize(size, Image.Resampling.LANCZOS)
-        return img, scale
+            scaled = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            img = img.resize(scaled, Image.Resampling.LANCZOS)
+        return img, scale, size
 
     def _use_sauvola(self, img: Image.Image) -> bool:
         if self.binarize == "sauvola":
@@ -319,6 +446,70 @@ def _colourful_share(img: Image.Image) -> float:
     if hsv.size == 0:
         return 0.0
     return float(((hsv[..., 1] > 90) & (hsv[..., 2] > 60)).mean())
+
+
+# clockwise turns as Pillow transposes (Pillow's ROTATE_n turns counter-clockwise)
+_TURN = {
+    90: Image.Transpose.ROTATE_270,
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_90,
+}
+
+
+def turn(img: Image.Image, rotation: int) -> Image.Image:
+    """``img`` turned ``rotation`` degrees clockwise (0/90/180/270)."""
+    return img.transpose(_TURN[rotation]) if rotation else img
+
+
+def map_box_back(box: WordBox, rotation: int, size: tuple[int, int]) -> WordBox:
+    """A box in the pixels of an image turned ``rotation`` degrees clockwise, in the pixels of the image
+    before the turn (whose size is ``size``)."""
+    x0, y0, x1, y1 = box
+    w, h = size
+    if rotation == 90:
+        return (y0, h - x1, y1, h - x0)
+    if rotation == 180:
+        return (w - x1, h - y1, w - x0, h - y0)
+    if rotation == 270:
+        return (w - y1, x0, w - y0, x1)
+    return box
+
+
+def unturn_boxes(res: OcrResult, rotation: int, size: tuple[int, int]) -> OcrResult:
+    """A read of the image turned ``rotation`` degrees clockwise, with its boxes in the pixels of the
+    image before the turn (``size``)."""
+    return OcrResult(
+        text=res.text,
+        words=[(w, c, map_box_back(b, rotation, size)) for w, c, b in res.words],
+        mean_conf=res.mean_conf,
+        blocks=[(t, map_box_back(b, rotation, size)) for t, b in res.blocks],
+        rotation=rotation,
+    )
+
+
+def _alnum(word: str) -> int:
+    return sum(ch.isalnum() for ch in word)
+
+
+def _quality(res: OcrResult) -> float:
+    """Confidence-weighted letters and digits of the words that have two or more: garbage read from
+    turned text is mostly punctuation and single characters."""
+    return sum(c * n for w, c, _ in res.words if (n := _alnum(w)) >= 2)
+
+
+def reads_upright(res: OcrResult) -> bool:
+    """A read that proves the text upright: three or more words, most of them confident words of letters
+    or digits, and a high mean confidence (turned text reads as a few unsure fragments)."""
+    words = [(w, c) for w, c, _ in res.words if _alnum(w) >= 2]
+    if len(words) < 3:
+        return False
+    good = sum(1 for _, c in words if c >= _UPRIGHT_CONF)
+    return good >= _UPRIGHT_SHARE * len(words) and res.mean_conf >= _UPRIGHT_CONF
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[-1][:160] if lines else type(exc).__name__
 
 
 def _score(res: OcrResult) -> float:

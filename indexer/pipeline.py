@@ -1,20 +1,11 @@
 """`manualrag index`: discover -> extract -> chunk -> embed -> store -> manifest, incrementally.
 
-Write order for one document (crash-safe, see DESIGN.md "Incremental and safe"):
-  1. delete its manifest row (a crash from here on leaves it absent, so the next run redoes it);
-  2. delete the vectors of its previous rows that the new version does not write again (their ids are
-     read from the manifest's tables; ids the new version shares are overwritten in step 4 instead);
-  3. replace its passage/window/figure rows and lexical rows (one SQLite transaction);
-  4. upsert its vectors (deterministic ids);
-  5. write its manifest row, last.
-The manifest's tables always name every vector id that may exist for a document, so a redo removes
-whatever a crashed run left behind, and ids never duplicate.
-
-Readers see each document before or after its update, never without it: its rows switch in one SQLite
-transaction (step 3), and the retriever maps every vector hit through the rows of one read snapshot, so a
-vector the snapshot does not name is dropped and one it names shows that snapshot's text. Until step 3
-the old rows are served (by lexical search and by the vectors they share with the new version); from step 3
-on, the new rows.
+Per document: extract (in worker processes), chunk, embed (before anything in the index changes, so a model
+error leaves the old version intact), then write in the order of the write-order contract in
+docs/reliability.md ("Write order"): documents row out, vectors upserted, rows swapped in one transaction
+(recording the superseded vector ids as pending deletes), documents row in, superseded vectors deleted.
+Readers see each document whole, before or after its rows switch. The index folder, its lock and the
+delete half of the contract belong to :class:`manualrag.index.Index`.
 """
 
 from __future__ import annotations
@@ -24,38 +15,41 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from manualrag import ids
 from manualrag.config import extraction_fingerprint, public_config
 from manualrag.errors import ManualragError, NonFiniteVectorsError
-from manualrag.indexer.chunk import doc_id_for, make_passages, make_windows
+from manualrag.index import Index, IndexLayout
+from manualrag.indexer import budget
+from manualrag.indexer.chunk import make_passages, make_windows
 from manualrag.indexer.discover import SourceFile, discover, file_digest
 from manualrag.lock import IndexLock
 from manualrag.manifest import DocRow, Manifest
 from manualrag.models import Document, Figure, FileError, Passage, Window
 from manualrag.store import VectorStore
 
+if TYPE_CHECKING:
+    from manualrag.encoder import ClipEncoder, TextEncoder
+
 log = logging.getLogger(__name__)
 
-CROPS_DIR = "crops"
+TMP_DIR = ".tmp"  # the run's private temporary files (workers' TMPDIR)
 
 
 def in_shard(rel: str, shard: tuple[int, int]) -> bool:
     """Documents are partitioned across indexer machines by the sha256 of their library-relative path."""
     i, n = shard
     return n == 1 or int(hashlib.sha256(rel.encode()).hexdigest()[:12], 16) % n == i
-
-
-def figure_id_for(doc_id: str, fig: Figure) -> str:
-    return f"{doc_id}:f:{fig.digest[:16]}"
 
 
 def figure_sem_text(fig: Figure) -> str:
@@ -77,7 +71,7 @@ class Summary:
     embedded: Counter = field(default_factory=Counter)  # model inputs this run: texts, images, sem
     pages: int = 0
     figures: int = 0
-    timings: dict[str, float] = field(default_factory=lambda: Counter())
+    timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # s per stage
     # per model role ("clip", "text"): {"model", "dtype", "reason"} as resolved (or fallen back) this run
     precision: dict[str, dict[str, str]] = field(default_factory=dict)
     model: str | None = None
@@ -119,6 +113,16 @@ class Summary:
         }
 
 
+@dataclass
+class Records:
+    """What the store gets for one kind of a document: ids, vectors, metadata and texts, aligned."""
+
+    ids: list[str]
+    embeddings: np.ndarray
+    metas: list[dict[str, Any]]
+    docs: list[str]
+
+
 class _Timer:
     def __init__(self, timings: dict[str, float], stage: str):
         self.timings, self.stage = timings, stage
@@ -140,25 +144,37 @@ class Indexer:
         dense: bool = True,
         progress: bool = False,
         shard: tuple[int, int] = (0, 1),
+        retry_failed: bool = False,
     ):
         self.cfg = cfg
+        self.retry_failed = retry_failed
         self.shard = shard
         self.index_dir = Path(index_dir)
-        self.dense = dense
+        # dense: this run makes vectors. Which: the CLIP/SigLIP ones unless ``model`` is null (then the text
+        # model alone embeds passages and figure texts), the text model's unless ``text_model`` is null
+        self.dense = dense and bool(cfg["model"] or cfg["text_model"])
         self.progress = progress
-        self._clip = None
-        self._text = None
+        self._tmp_dir: Path | None = None
+        self._clip: ClipEncoder | None = None
+        self._text: TextEncoder | None = None
         from manualrag.encoder import model_id_for
 
-        self._want_clip = model_id_for(cfg["model"])
+        self._want_clip = model_id_for(cfg["model"]) if cfg["model"] else None
         self._want_text = model_id_for(cfg["text_model"]) if cfg["text_model"] else None
 
     # ------------------------------------------------------------------------------------------ models
+    @property
+    def clip(self) -> ClipEncoder:
+        """The CLIP/SigLIP encoder (loaded by ``_load_models`` before anything is embedded)."""
+        if self._clip is None:
+            raise ManualragError("internal error: the CLIP model is used before it was loaded")
+        return self._clip
+
     def _load_models(self) -> None:
         from manualrag.encoder import ClipEncoder, TextEncoder
 
         c = self.cfg
-        if self._clip is None:
+        if self._clip is None and c["model"]:
             self._clip = ClipEncoder.load(
                 c["model"], device=c["device"], dtype=c["dtype"], batch_size=c["batch_size"]
             )
@@ -181,28 +197,104 @@ class Indexer:
         if not library.is_dir():
             raise ManualragError(f"library folder not found: {library}")
         t_start = time.perf_counter()
+        existed = self.index_dir.exists()
+        fresh = not (self.index_dir / "index.sqlite").exists()
         self.index_dir.mkdir(parents=True, exist_ok=True)
         summary = Summary(library=str(library), index_dir=str(self.index_dir), dense=self.dense)
-        with IndexLock(self.index_dir):
-            manifest = Manifest(self.index_dir / "index.sqlite")
-            store = VectorStore.open(self.index_dir, self.cfg)
+        skeleton_removed = False
+        try:
             try:
-                self._flush_pending(manifest, store)  # left by a run that stopped before deleting them
-                self._run_locked(library, manifest, store, summary)
+                index = Index.open(self.index_dir, self.cfg, write=True)
+            except BaseException:
+                if fresh:  # e.g. a dead store: what the attempt created goes, under the lock
+                    with contextlib.suppress(ManualragError), IndexLock(self.index_dir):
+                        if not self._has_records():
+                            self._remove_skeleton()
+                            skeleton_removed = True
+                raise
+            try:
+                with self._private_tmp():
+                    self._run_locked(library, index, summary)
+            except BaseException:
+                # a first run that fails before it records anything (a model that cannot load, a device
+                # that is not there) leaves nothing behind: no index skeleton
+                if fresh and not (summary.indexed or summary.failed or summary.removed):
+                    index.store.close()
+                    index.manifest.close()
+                    self._remove_skeleton()  # still under the lock: index.close() releases it below
+                    skeleton_removed = True
+                raise
             finally:
-                store.close()
-                manifest.close()
+                with contextlib.suppress(ManualragError):
+                    if not skeleton_removed:
+                        index.manifest.delete_meta("run")  # readers stop saying "being built"
+                index.close()
+        finally:
+            if skeleton_removed and not existed:
+                with contextlib.suppress(OSError):
+                    self.index_dir.rmdir()  # only when empty: nothing of anyone else's is removed
         summary.wall_s = time.perf_counter() - t_start
         return summary
 
-    def _run_locked(self, library: Path, manifest: Manifest, store: VectorStore, summary: Summary) -> None:
+    def _has_records(self) -> bool:
+        """Whether the index folder's manifest names any document or error (False when there is none)."""
+        db = IndexLayout(self.index_dir).db
+        if not db.is_file():
+            return False
+        try:
+            with Manifest(db, readonly=True) as m:
+                return bool(m.documents() or m.errors())
+        except ManualragError:
+            return True  # cannot tell: keep it
+
+    def _remove_skeleton(self) -> None:
+        """Delete what a first run created in the index folder (the caller holds the lock)."""
+        layout = IndexLayout(self.index_dir)
+        for p in layout.reset_files() + [self.index_dir / TMP_DIR]:
+            if p == layout.ocr_cache and self.cfg["ocr"]["cache"]:
+                continue
+            if p == layout.chroma and self.cfg["store"]["url"]:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+                for suffix in ("-wal", "-shm"):
+                    Path(f"{p}{suffix}").unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _private_tmp(self) -> Iterator[None]:
+        """A private (0700) temporary folder for this run's workers (tesseract writes renders of the
+        manual's pages there), removed at the end; what a killed run left behind is swept here first (the
+        caller holds the index lock, so no other run is using it)."""
+        root = self.index_dir / TMP_DIR
+        shutil.rmtree(root, ignore_errors=True)
+        self._tmp_dir = root / f"run-{os.getpid()}"
+        self._tmp_dir.mkdir(parents=True, mode=0o700)
+        os.chmod(root, 0o700)
+        os.chmod(self._tmp_dir, 0o700)
+        try:
+            yield
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+            self._tmp_dir = None
+
+    def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
+        manifest, store = index.manifest, index.store
         with _Timer(timings, "discover"):
             files, skipped = discover(library, cfg, exclude=[self.index_dir])
             files = [f for f in files if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
+        # what a reader says while this run goes on: "the index is being built (N of M documents so far)"
+        manifest.set_meta("run", {"pid": os.getpid(), "total": len(files), "started": time.time()})
         known = manifest.documents()
         fp = extraction_fingerprint(cfg)
+        # a failure is worth retrying when the file, the extraction settings or the worker's limits change
+        limits = {k: cfg["isolation"][k] for k in ("timeout_s", "memory_mb")}
+        fail_fp = hashlib.sha256(f"{fp}:{json.dumps(limits, sort_keys=True)}".encode()).hexdigest()[:16]
+        failed_before = {} if self.retry_failed else manifest.failed_versions()
+        errors_before = manifest.errors() if failed_before else {}
 
         # decide what to do with each file
         work: list[tuple[SourceFile, str]] = []
@@ -212,6 +304,19 @@ class Indexer:
                 if row is not None and self._up_to_date(row, src, fp):
                     summary.unchanged += 1
                     continue
+                failed = failed_before.get(src.rel)
+                if row is None and failed is not None and src.rel in errors_before:
+                    size, mtime, failed_fp = failed
+                    if size == src.size and abs(mtime - src.mtime) <= 1e-6 and failed_fp == fail_fp:
+                        err = errors_before[src.rel]
+                        summary.failed.append(
+                            FileError(
+                                src.rel,
+                                f"{err.reason} (unchanged since; --retry-failed tries again)",
+                                err.stage,
+                            )
+                        )
+                        continue
                 try:
                     digest = file_digest(src.path)
                 except OSError as exc:
@@ -219,7 +324,7 @@ class Indexer:
                         FileError(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
                     )
                     if row is not None or src.rel in manifest.paths_with_rows():
-                        self._remove_document(src.rel, manifest, store)
+                        index.remove_document(src.rel)
                     manifest.record_error(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
                     continue
                 if (
@@ -242,10 +347,13 @@ class Indexer:
                     with _Timer(timings, "load_models"):
                         self._load_models()
                     self._check_store_models(store)
+                    # recorded now, not at the end, so a reader can search a first run's documents by
+                    # their vectors as they are committed
+                    manifest.set_meta("models", {"clip": self._want_clip, "text": self._want_text})
                 except BaseException:
                     if pool is not None:
                         pool.close(kill=True)
-                    self._prune_crops(manifest)
+                    index.prune_crops()
                     raise
             if self.dense:
                 summary.model = self._want_clip
@@ -257,7 +365,7 @@ class Indexer:
             for path in sorted((set(known) | manifest.paths_with_rows()) - present):
                 if not in_shard(path, self.shard):
                     continue
-                self._remove_document(path, manifest, store)
+                index.remove_document(path)
                 summary.removed.append(path)
             for path in sorted(set(manifest.errors()) - present):  # errors of files no longer in the library
                 if in_shard(path, self.shard):
@@ -269,7 +377,7 @@ class Indexer:
                 for src, item in extracted:
                     if not isinstance(item, FileError):
                         try:
-                            self._index_document(src, item, manifest, store, summary, fp)
+                            self._index_document(src, item, index, summary, fp)
                         except NonFiniteVectorsError as exc:  # this document only; the old version stays out
                             item = FileError(src.rel, str(exc), "embed")
                         else:
@@ -280,8 +388,10 @@ class Indexer:
                         # the file changed (or the config did) and the new version cannot be read: the records
                         # of the old version would describe content that is no longer there
                         if item.path in known or item.path in manifest.paths_with_rows():
-                            self._remove_document(item.path, manifest, store)
-                        manifest.record_error(item.path, item.reason, item.stage)
+                            index.remove_document(item.path)
+                        manifest.record_error(
+                            item.path, item.reason, item.stage, version=(src.size, src.mtime, fail_fp)
+                        )
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(
@@ -295,16 +405,14 @@ class Indexer:
                 summary.precision = self._precision()
 
             with _Timer(timings, "prune"):
-                self._prune_crops(manifest)
+                index.prune_crops()
             manifest.set_meta("library", str(library.resolve()))
             manifest.set_meta("config", public_config(cfg))
             if self.dense:
                 manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
                 if summary.precision:
                     manifest.set_meta("precision", summary.precision)
-            (self.index_dir / "config.json").write_text(
-                json.dumps(public_config(cfg), indent=2, sort_keys=True)
-            )
+            index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:
         if check_stat and (row.size != src.size or abs(row.mtime - src.mtime) > 1e-6):
@@ -317,9 +425,9 @@ class Indexer:
 
     def _check_store_models(self, store: VectorStore) -> None:
         """Refuse to mix encoders in one index (raises EncoderMismatchError)."""
-        store.ensure("text", self._clip.model_id, self._clip.dim)
-        store.ensure("image", self._clip.model_id, self._clip.dim)
-        store.ensure("image_text", self._clip.model_id, self._clip.dim)
+        if self._clip is not None:
+            for kind in ("text", "image", "image_text"):
+                store.ensure(kind, self._clip.model_id, self._clip.dim)
         if self._text is not None:
             store.ensure("sem", self._text.model_id, self._text.dim)
 
@@ -343,8 +451,10 @@ class Indexer:
         if not work:
             yield None, iter(())
             return
-        n = min(len(work), self.cfg["isolation"]["workers"] or os.cpu_count() or 1)
-        pool = WorkerPool(self.cfg, self.index_dir, n=n)
+        n = self.cfg["isolation"]["workers"] or os.cpu_count() or 1
+        if not self.cfg["isolation"]["split_pages"]:  # page ranges of one large PDF may use every worker
+            n = min(len(work), n)
+        pool = WorkerPool(self.cfg, self.index_dir, n=n, tmp_dir=self._tmp_dir)
         results = pool.imap(((s, d), s.path, s.rel) for s, d in work)
 
         def extracted() -> Iterator[tuple[SourceFile, Document | FileError]]:
@@ -364,33 +474,55 @@ class Indexer:
         self,
         src: SourceFile,
         doc: Document,
-        manifest: Manifest,
-        store: VectorStore,
+        index: Index,
         summary: Summary,
         fp: str,
     ) -> None:
         timings = summary.timings
-        doc_id = doc_id_for(doc.path)
+        manifest, store = index.manifest, index.store
+        doc_id = ids.doc_id(doc.path)
         with _Timer(timings, "chunk"):
-            passages = make_passages(doc)
+            limits = self.cfg["limits"]
+            notes: list[str | None] = []
+            passages, note = budget.cap(
+                make_passages(doc), limits["max_passages"], "passages", "limits.max_passages"
+            )
+            notes.append(note)
+            doc.figures, note = budget.cap(
+                doc.figures, limits["max_figures"], "figures", "limits.max_figures"
+            )
+            notes.append(note)
+            # identical passages are cut into identical windows: each distinct text is cut once
+            sources = budget.unique(passages, lambda p: p.text)
+            notes.append(budget.duplicates_note(len(passages), len(sources), "passages"))
             windows: list[tuple[Window, str]] = []
             if self.dense:
-                clip_w = make_windows(passages, self._clip.count_tokens, self._clip.max_tokens, tag="w")
-                windows += [(w, "clip") for w in clip_w]
+                channels: list[tuple[str, Any, int, str, str]] = []
+                if self._clip is not None:  # None: no CLIP vectors (model: null)
+                    channels.append(("clip", self._clip, 12, ids.CLIP_TAG, "CLIP windows"))
                 if self._text is not None:
-                    sem_w = make_windows(
-                        passages, self._text.count_tokens, self._text.max_tokens, overlap_tokens=32, tag="s"
+                    channels.append(("sem", self._text, 32, ids.SEM_TAG, "text-model windows"))
+                for channel, enc, overlap, tag, what in channels:
+                    cut = make_windows(
+                        sources, enc.count_tokens, enc.max_tokens, overlap_tokens=overlap, tag=tag
                     )
-                    windows += [(w, "sem") for w in sem_w]
-            figures = [(figure_id_for(doc_id, f), f) for f in doc.figures]
-            boiler = [(figure_id_for(doc_id, f), f) for f in doc.boilerplate]
+                    kept = budget.unique(cut, lambda w: w.text)  # content-addressed: stored once
+                    notes.append(budget.duplicates_note(len(cut), len(kept), what))
+                    kept, note = budget.cap(kept, limits["max_windows"], what, "limits.max_windows")
+                    notes.append(note)
+                    windows += [(w, channel) for w in kept]
+            for note in notes:
+                if note:
+                    doc.warnings.append(note)
+            figures = [(ids.figure_id(doc_id, f.digest), f) for f in doc.figures]
+            boiler = [(ids.figure_id(doc_id, f.digest), f) for f in doc.boilerplate]
 
         with _Timer(timings, "crops"):
             for _, fig in figures + boiler:
                 self._write_crop(fig)
 
         # embed before touching the store, so a model error leaves the old version intact
-        vectors: dict[str, tuple[list[str], np.ndarray, list[dict[str, Any]], list[str]]] = {}
+        vectors: dict[str, Records] = {}
         if self.dense:
             vectors = self._embed(doc, passages, windows, figures, summary)
 
@@ -400,11 +532,11 @@ class Indexer:
         # other ids as pending deletes), commit, and only then delete the superseded vectors
         with _Timer(timings, "store"):
             manifest.begin_document(doc.path)
-            for kind, (ids, embs, metas, docs) in vectors.items():
-                if ids:
-                    store.upsert(kind, ids, embs, metas, docs)
-                    summary.records[kind] += len(ids)
-            live = {kind: v[0] for kind, v in vectors.items()}
+            for kind, rec in vectors.items():
+                if rec.ids:
+                    store.upsert(kind, rec.ids, rec.embeddings, rec.metas, rec.docs)
+                    summary.records[kind] += len(rec.ids)
+            live = {kind: rec.ids for kind, rec in vectors.items()}
             manifest.replace_rows(doc.path, passages, windows, figures + boiler, live=live)
             manifest.commit_document(
                 DocRow(
@@ -418,12 +550,11 @@ class Indexer:
                     n_pages=len(doc.pages),
                     title=doc.title,
                     warnings=list(doc.warnings),
-                    clip_model=self._clip.model_id if self.dense else None,
+                    clip_model=(self._clip.model_id if self._clip else None) if self.dense else None,
                     text_model=(self._text.model_id if self._text else None) if self.dense else None,
-                    indexed_at=time.time(),
                 )
             )
-            self._flush_pending(manifest, store)
+            index.flush_pending()
         summary.records["passage"] += len(passages)
         summary.records["figure"] += len(figures)
         summary.pages += len(doc.pages)
@@ -438,10 +569,12 @@ class Indexer:
         windows: list[tuple[Window, str]],
         figures: list[tuple[str, Figure]],
         summary: Summary,
-    ) -> dict[str, tuple[list[str], np.ndarray, list[dict[str, Any]], list[str]]]:
+    ) -> dict[str, Records]:
+        """The vector records of a document, by store kind."""
         timings = summary.timings
+        clip = self._clip  # None: an index without CLIP vectors (model: null)
         by_pid = {p.passage_id: p for p in passages}
-        out: dict[str, tuple[list[str], np.ndarray, list[dict[str, Any]], list[str]]] = {}
+        out: dict[str, Records] = {}
 
         def meta(page: int, kind: str, ref: str, suspect: str | None = None) -> dict[str, Any]:
             return {"path": doc.path, "page": page, "kind": kind, "ref": ref, "suspect": suspect or ""}
@@ -449,9 +582,9 @@ class Indexer:
         clip_w = [w for w, ch in windows if ch == "clip"]
         sem_w = [w for w, ch in windows if ch == "sem"]
         with _Timer(timings, "embed_text"):
-            if clip_w:
-                embs = self._clip.embed_texts([w.text for w in clip_w])
-                out["text"] = (
+            if clip is not None and clip_w:
+                embs = clip.embed_texts([w.text for w in clip_w])
+                out["text"] = Records(
                     [w.window_id for w in clip_w],
                     embs,
                     [
@@ -462,51 +595,46 @@ class Indexer:
                 )
                 summary.embedded["texts"] += len(clip_w)
             labelled = [(fid, f) for fid, f in figures if f.label_text.strip()]
-            if labelled:
-                texts = [self._clip.fit(f.label_text) for _, f in labelled]
-                embs = self._clip.embed_texts(texts)
-                out["image_text"] = (
-                    [f"{fid}:t" for fid, _ in labelled],
+            if clip is not None and labelled:
+                texts = [clip.fit(f.label_text) for _, f in labelled]
+                embs = clip.embed_texts(texts)
+                out["image_text"] = Records(
+                    [ids.figure_label_id(fid) for fid, _ in labelled],
                     embs,
                     [meta(f.pages[0], "image_text", fid) for fid, f in labelled],
                     texts,
                 )
                 summary.embedded["texts"] += len(labelled)
-        if figures:
+        if clip is not None and figures:
             with _Timer(timings, "embed_image"):
-                embs = self._clip.embed_images([f.png or self._read_crop(f) for _, f in figures])
-            out["image"] = (
+                embs = clip.embed_images([f.png or self._read_crop(f) for _, f in figures])
+            out["image"] = Records(
                 [fid for fid, _ in figures],
                 embs,
                 [meta(f.pages[0], "image", fid) for fid, f in figures],
                 [f.caption for _, f in figures],
             )
             summary.embedded["images"] += len(figures)
-        if self._text is not None:
+        text_enc = self._text
+        if text_enc is not None:
             with _Timer(timings, "embed_sem"):
                 fig_sem = [(fid, f, figure_sem_text(f)) for fid, f in figures]
-                fig_sem = [(fid, f, self._text_fit(t)) for fid, f, t in fig_sem if t]
+                fig_sem = [(fid, f, text_enc.fit(t)) for fid, f, t in fig_sem if t]
                 texts = [w.text for w in sem_w] + [t for _, _, t in fig_sem]
                 if texts:
-                    embs = self._text.embed_texts(texts)
-                    ids = [w.window_id for w in sem_w] + [f"{fid}:s" for fid, _, _ in fig_sem]
+                    embs = text_enc.embed_texts(texts)
+                    vids = [w.window_id for w in sem_w] + [ids.figure_sem_id(fid) for fid, _, _ in fig_sem]
                     metas = [
                         meta(by_pid[w.passage_id].page, "text", w.passage_id, by_pid[w.passage_id].suspect)
                         for w in sem_w
                     ] + [meta(f.pages[0], "image_text", fid) for fid, f, _ in fig_sem]
-                    out["sem"] = (ids, embs, metas, texts)
+                    out["sem"] = Records(vids, embs, metas, texts)
                     summary.embedded["sem"] += len(texts)
         return out
 
-    def _text_fit(self, text: str) -> str:
-        return self._text.fit(text) if hasattr(self._text, "fit") else text
-
     # ------------------------------------------------------------------------------------------ crops
-    def _crop_rel(self, fig: Figure) -> str:
-        return f"{CROPS_DIR}/{fig.digest}.png"
-
     def _write_crop(self, fig: Figure) -> None:
-        rel = self._crop_rel(fig)
+        rel = IndexLayout.crop_rel(fig.digest)
         fig.crop_path = rel
         dest = self.index_dir / rel
         if dest.exists() or fig.png is None:
@@ -517,52 +645,4 @@ class Indexer:
         os.replace(tmp, dest)
 
     def _read_crop(self, fig: Figure) -> bytes:
-        return (self.index_dir / self._crop_rel(fig)).read_bytes()
-
-    def _prune_crops(self, manifest: Manifest) -> None:
-        crops = self.index_dir / CROPS_DIR
-        if not crops.is_dir():
-            return
-        keep = manifest.crop_paths()
-        for f in crops.iterdir():
-            rel = f"{CROPS_DIR}/{f.name}"
-            if rel not in keep:
-                f.unlink(missing_ok=True)
-
-    # ------------------------------------------------------------------------------------------ remove
-    @staticmethod
-    def _flush_pending(manifest: Manifest, store: VectorStore) -> None:
-        """Delete superseded vectors from the store, then forget them (a crash in between only repeats a
-        harmless delete on the next run)."""
-        for kind, ids in manifest.pending_deletes().items():
-            store.delete(kind, ids)
-            manifest.clear_pending(kind, ids)
-
-    def _remove_document(self, path: str, manifest: Manifest, store: VectorStore) -> None:
-        manifest.begin_document(path)
-        for kind, ids in manifest.vector_ids(path).items():
-            if ids:
-                store.delete(kind, ids)
-        manifest.remove_document(path)
-
-    def remove(self, paths: list[str]) -> list[str]:
-        """Remove documents (library-relative paths, or prefixes of them) from the index."""
-        removed: list[str] = []
-        with IndexLock(self.index_dir):
-            manifest = Manifest(self.index_dir / "index.sqlite")
-            store = VectorStore.open(self.index_dir, self.cfg)
-            try:
-                self._flush_pending(manifest, store)
-                known = manifest.documents()
-                for p in paths:
-                    p = p.strip("/")
-                    hits = [k for k in known if k == p or k.startswith(p + "/")]
-                    for k in hits:
-                        if k not in removed:
-                            self._remove_document(k, manifest, store)
-                            removed.append(k)
-                self._prune_crops(manifest)
-            finally:
-                store.close()
-                manifest.close()
-        return removed
+        return (self.index_dir / IndexLayout.crop_rel(fig.digest)).read_bytes()

@@ -11,6 +11,7 @@ Protocol (JSON lines, never pickle): the parent writes the config once, then one
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -20,21 +21,27 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from manualrag.models import Document, FileError
+from manualrag.index import IndexLayout
+from manualrag.models import Document, Figure, FileError
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------- worker side
 def _write_crops(doc: Document, index_dir: Path) -> None:
-    crops = index_dir / "crops"
+    _write_figure_crops(doc.figures + doc.boilerplate, index_dir)
+
+
+def _write_figure_crops(figs: list[Figure], index_dir: Path) -> None:
+    layout = IndexLayout(index_dir)
+    crops = layout.crops
     crops.mkdir(parents=True, exist_ok=True)
-    for fig in doc.figures + doc.boilerplate:
+    for fig in figs:
         if fig.png is None:
             continue
         if not all(c in "0123456789abcdef" for c in fig.digest) or not 32 <= len(fig.digest) <= 64:
@@ -44,7 +51,7 @@ def _write_crops(doc: Document, index_dir: Path) -> None:
             tmp = crops / f".{fig.digest}.{os.getpid()}.tmp"
             tmp.write_bytes(fig.png)
             os.replace(tmp, dest)
-        fig.crop_path = f"crops/{fig.digest}.png"
+        fig.crop_path = layout.crop_rel(fig.digest)
         fig.png = None
 
 
@@ -53,20 +60,22 @@ _RESERVED: list[Any] = []  # the ``reserve`` fault's mappings, kept alive for th
 _LIMIT_MB = [3072]  # this worker's isolation.memory_mb
 
 
-def _test_fault(rel: str) -> None:
+def _test_fault(rel: str, first_page: int | None = None) -> None:
     """Test hook, for the reliability tests only: ``MANUALRAG_TEST_WORKER_FAULT="KIND:REL[,KIND:REL...]"``
     (an environment variable of the indexing process, never read from a config file or a document) makes
     this worker fail on the document whose library-relative path is REL the way a broken parser would:
     KIND is ``segv`` (a real SIGSEGV), ``abort`` (SIGABRT), ``hang`` (sleeps past the timeout), ``oom``
     (allocates until the memory limit stops it), ``reserve`` (reserves twice the memory limit of address space
     that it never touches, as thread stacks and malloc arenas do on a many-core machine, then extracts
-    normally) or ``slow`` (sleeps 1.5 s, then extracts normally)."""
+    normally) or ``slow`` (sleeps 1.5 s, then extracts normally). ``KIND:REL@N`` fails only the page-range
+    requests of REL for the range that starts at page N (``first_page``)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
     for item in spec.split(","):
         kind, _, name = item.partition(":")
-        if name != rel:
+        name, at, page = name.partition("@")
+        if name != rel or (at and str(first_page) != page):
             continue
         if kind == "segv":
             import ctypes
@@ -114,7 +123,8 @@ def worker_main() -> None:
     os.environ["OMP_THREAD_LIMIT"] = "1"
     _exit_with_parent()
     from manualrag.errors import ExtractionError, ManualragError
-    from manualrag.indexer.extract import extract_file
+    from manualrag.indexer import pagerange
+    from manualrag.indexer.extract import TooManyPages, extract_file
 
     cfg: dict[str, Any] = json.loads(sys.stdin.readline())
     _LIMIT_MB[0] = cfg["isolation"]["memory_mb"]
@@ -124,7 +134,7 @@ def worker_main() -> None:
         if cfg["ocr"]["enabled"]:
             from manualrag.indexer.ocr import OcrEngine
 
-            ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or index_dir / "ocr_cache.sqlite"))
+            ocr = OcrEngine(cfg, cache_path=Path(cfg["ocr"]["cache"] or IndexLayout(index_dir).ocr_cache))
     except ManualragError as exc:
         proto.write(json.dumps({"ready": False, "reason": str(exc), "fatal": True}).encode() + b"\n")
         proto.flush()
@@ -135,10 +145,19 @@ def worker_main() -> None:
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            _test_fault(req["rel"])
-            doc = extract_file(Path(req["path"]), req["rel"], cfg, ocr=ocr)
-            _write_crops(doc, index_dir)
-            resp: dict[str, Any] = {"ok": True, "doc": doc.to_dict(with_png=False)}
+            _test_fault(req["rel"], req.get("first"))
+            if "op" in req:  # one round of a page range (manualrag.indexer.pagerange)
+                resp: dict[str, Any] = pagerange.handle(
+                    req, cfg, ocr, lambda figs: _write_figure_crops(figs, index_dir)
+                )
+            else:
+                doc = extract_file(
+                    Path(req["path"]), req["rel"], cfg, ocr=ocr, split_pages=req.get("split_pages")
+                )
+                _write_crops(doc, index_dir)
+                resp = {"ok": True, "doc": doc.to_dict(with_png=False)}
+        except TooManyPages as exc:
+            resp = {"ok": True, "split": exc.n_pages}  # the parent extracts it in page ranges
         except ExtractionError as exc:
             resp = {"ok": False, "reason": exc.reason}
         except ManualragError as exc:
@@ -176,24 +195,51 @@ STARTUP_TIMEOUT_S = 120.0  # a worker's imports and OCR set-up; the per-document
 
 
 class _Worker:
-    def __init__(self, cfg: dict[str, Any], index_dir: Path):
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        index_dir: Path,
+        tmp_dir: Path | None = None,
+        on_spawn: Callable[[_Worker], None] | None = None,
+    ):
         env = dict(
             os.environ,
             OMP_THREAD_LIMIT="1",
             PYTHONFAULTHANDLER="0",
             MALLOC_ARENA_MAX="2",  # fewer glibc arenas per thread: less memory held on many-core machines
         )
+        if tmp_dir is not None:  # tesseract's input renders of the manual's pages go here, not to /tmp
+            env.update(
+                TMPDIR=str(tmp_dir.absolute()), TEMP=str(tmp_dir.absolute()), TMP=str(tmp_dir.absolute())
+            )
         quiet = not log.isEnabledFor(logging.DEBUG)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "manualrag.indexer.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL if quiet else None,
-            preexec_fn=_limits(cfg["isolation"]["memory_mb"]),
-            env=env,
-            cwd=str(Path(__file__).resolve().parents[1]),
-        )
-        self.send({**cfg, "__index_dir": str(index_dir.resolve())})
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "manualrag.indexer.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL if quiet else None,
+                preexec_fn=_limits(cfg["isolation"]["memory_mb"]),
+                env=env,
+                cwd=str(Path(__file__).resolve().parents[1]),
+            )
+        except (OSError, subprocess.SubprocessError) as exc:  # the limits or the exec itself failed
+            from manualrag.errors import ManualragError
+
+            raise ManualragError(
+                f"cannot start an extraction worker ({exc}); check config key 'isolation.memory_mb'"
+                f" (now {cfg['isolation']['memory_mb']})"
+            ) from None
+        if on_spawn is not None:  # the pool can kill it from now on, also while it starts
+            on_spawn(self)
+        # the worker runs in another working directory (the package's, so that a module in the user's cwd
+        # cannot shadow an import): every path it is sent must be absolute
+        cache = cfg["ocr"]["cache"]
+        ocr = {**cfg["ocr"], "cache": str(Path(cache).absolute()) if cache else None}
+        try:
+            self.send({**cfg, "ocr": ocr, "__index_dir": str(index_dir.absolute())})
+        except OSError:  # it died at once: _await_ready reads the end of its output and says why
+            pass
         self.start_error = self._await_ready(cfg["isolation"]["memory_mb"])
 
     def _await_ready(self, memory_mb: int) -> str | None:
@@ -273,24 +319,58 @@ def _invalid(doc: Document, rel: str) -> str | None:
     for fig in doc.figures + doc.boilerplate:
         if not _is_digest(fig.digest):
             return "figure digest is not a hex digest"
-        if fig.crop_path not in (None, f"crops/{fig.digest}.png"):
+        if fig.crop_path not in (None, IndexLayout.crop_rel(fig.digest)):
             return "figure crop path is not crops/<digest>.png"
     return None
+
+
+class _Invalid(Exception):
+    """A worker's reply that parses but cannot be used (its message says why)."""
+
+
+def _accept_document(resp: dict[str, Any], rel: str) -> Document | int:
+    """A document reply -> Document; a split reply -> the PDF's page count."""
+    if "split" in resp:
+        n = resp["split"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise _Invalid("page count is not a positive integer")
+        return n
+    try:
+        doc = Document.from_dict(resp["doc"])
+        problem = _invalid(doc, rel)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        problem = f"malformed document ({type(exc).__name__})"
+    if problem:
+        raise _Invalid(problem)
+    return doc
+
+
+def _accept_reply(resp: dict[str, Any]) -> dict[str, Any]:
+    if not _is_digest(resp.get("digest")):
+        raise _Invalid("file digest is not a hex digest")
+    return resp
 
 
 class WorkerPool:
     """N extraction workers; documents go to whichever is free; a dead or hung worker is replaced."""
 
-    def __init__(self, cfg: dict[str, Any], index_dir: Path, n: int | None = None):
+    def __init__(
+        self, cfg: dict[str, Any], index_dir: Path, n: int | None = None, tmp_dir: Path | None = None
+    ):
         self.cfg = cfg
         self.index_dir = index_dir
+        self.tmp_dir = tmp_dir
         self.n = n or cfg["isolation"]["workers"] or os.cpu_count() or 1
         self.timeout = cfg["isolation"]["timeout_s"]
         self.memory_mb = cfg["isolation"]["memory_mb"]
+        self.split_pages = int(cfg["isolation"].get("split_pages") or 0)
+        self._slots = threading.BoundedSemaphore(self.n)  # requests in flight: documents and page ranges
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._ever_started = False
+        self._executors: list[ThreadPoolExecutor] = []
 
     def _get(self) -> _Worker:
         try:
@@ -299,61 +379,117 @@ class WorkerPool:
                 return w
         except queue.Empty:
             pass
-        w = _Worker(self.cfg, self.index_dir)
-        with self._lock:
-            self._all.append(w)
-        return w
+
+        def spawned(w: _Worker) -> None:
+            with self._lock:
+                self._all.append(w)
+                closed = self._closed
+            if closed:  # the pool was closed (killed) while this worker was being started
+                w.kill()
+
+        return _Worker(self.cfg, self.index_dir, self.tmp_dir, on_spawn=spawned)
 
     def extract(self, path: Path, rel: str) -> Document | FileError:
-        w = self._get()
-        if w.start_error:
-            return FileError(rel, w.start_error)
-        timed_out = threading.Event()
+        req: dict[str, Any] = {"path": str(Path(path).absolute()), "rel": rel}  # the worker's cwd is not ours
+        if self.split_pages:
+            req["split_pages"] = self.split_pages
+        res = self._call(req, rel, lambda resp: _accept_document(resp, rel))
+        if isinstance(res, int):  # a PDF with more pages than split_pages: extract it in page ranges
+            from manualrag.indexer.pagerange import plan_ranges
 
-        def on_timeout() -> None:
-            timed_out.set()
-            w.kill()
+            ranges = plan_ranges(res, self.split_pages, self.n)
+            log.info("%s: %d pages, extracted in %d page ranges", rel, res, len(ranges))
+            return self.extract_ranges(path, rel, ranges)
+        return res
 
-        timer = threading.Timer(self.timeout, on_timeout)
-        timer.start()
-        try:
+    def _call(self, req: dict[str, Any], rel: str, accept: Callable[[dict[str, Any]], Any]) -> Any:
+        """Send one request to a free worker (at most n at once) and wait for its reply, under the time
+        limit. Returns ``accept(reply)`` for a good reply, else the one-line FileError; ``accept`` raises
+        _Invalid for a reply that cannot be used (the worker is killed: it may be in any state)."""
+        with self._slots:
+            w = self._get()
+            if w.start_error:
+                if not self._ever_started:
+                    # no worker of this run has ever started: every file would fail the same way, so it is a
+                    # run-level error (a limit too low, a broken installation), not this file's
+                    from manualrag.errors import ManualragError
+
+                    raise ManualragError(
+                        f"{w.start_error}; no extraction worker could start, so no file can be read (if the "
+                        f"limit is the cause, raise config key 'isolation.memory_mb', now {self.memory_mb})"
+                    )
+                return FileError(rel, w.start_error)
+            self._ever_started = True
+            timed_out = threading.Event()
+
+            def on_timeout() -> None:
+                timed_out.set()
+                w.kill()
+
+            timer = threading.Timer(self.timeout, on_timeout)
+            timer.start()
             try:
-                w.send({"path": str(path), "rel": rel})
-                assert w.proc.stdout is not None
-                line = w.proc.stdout.readline()
-            except (BrokenPipeError, OSError):
-                line = b""
-        finally:
-            timer.cancel()
-        if not line:
-            rc = w.proc.wait()
-            if timed_out.is_set():
-                return FileError(rel, f"extraction timed out after {self.timeout} s")
-            return FileError(rel, _death_reason(rc, self.memory_mb))
-        # the worker parses untrusted files: what it sends back is checked like any untrusted input
-        try:
-            resp = json.loads(line)
-            if not isinstance(resp, dict):
-                raise ValueError("not an object")
-        except ValueError:  # never happens with our worker; a garbled reply costs the file, not the run
-            w.kill()
-            return FileError(rel, "extraction worker sent an unreadable reply")
-        if not resp.get("ok"):
-            self._idle.put(w)
-            if resp.get("fatal"):
-                from manualrag.errors import ManualragError
+                try:
+                    w.send(req)
+                    assert w.proc.stdout is not None
+                    line = w.proc.stdout.readline()
+                except (BrokenPipeError, OSError):
+                    line = b""
+            finally:
+                timer.cancel()
+            if not line:
+                rc = w.proc.wait()
+                if timed_out.is_set():
+                    return FileError(rel, f"extraction timed out after {self.timeout} s")
+                return FileError(rel, _death_reason(rc, self.memory_mb))
+            # the worker parses untrusted files: what it sends back is checked like any untrusted input
+            try:
+                resp = json.loads(line)
+                if not isinstance(resp, dict):
+                    raise ValueError("not an object")
+            except ValueError:  # never happens with our worker; a garbled reply costs the file, not the run
+                w.kill()
+                return FileError(rel, "extraction worker sent an unreadable reply")
+            if not resp.get("ok"):
+                self._idle.put(w)
+                if resp.get("fatal"):
+                    from manualrag.errors import ManualragError
 
-                raise ManualragError(str(resp.get("reason")))
-            return FileError(rel, " ".join(str(resp.get("reason") or "extraction failed").split())[:400])
+                    raise ManualragError(str(resp.get("reason")))
+                return FileError(rel, " ".join(str(resp.get("reason") or "extraction failed").split())[:400])
+            try:
+                result = accept(resp)
+            except _Invalid as exc:
+                w.kill()
+                return FileError(rel, f"extraction worker sent an invalid result: {exc}")
+            self._idle.put(w)
+            return result
+
+    def extract_ranges(self, path: Path, rel: str, ranges: list[tuple[int, int]]) -> Document | FileError:
+        """One PDF in page ranges ((first, last), 1-based, covering every page in order), each round's
+        ranges on several workers at once (pagerange.py): the same Document as ``extract``."""
+        from manualrag.errors import ExtractionError
+        from manualrag.indexer import pagerange
+
+        def run(reqs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            with ThreadPoolExecutor(max_workers=min(self.n, len(reqs))) as pool:
+                results = list(pool.map(lambda r: self._call(r, rel, _accept_reply), reqs))
+            for r, res in zip(reqs, results, strict=True):
+                if isinstance(res, FileError):
+                    raise ExtractionError(rel, f"pages {r['first']}-{r['last']}: {res.reason}")
+            return results
+
         try:
-            doc = Document.from_dict(resp["doc"])
-            problem = _invalid(doc, rel)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            problem = f"malformed document ({type(exc).__name__})"
+            doc = pagerange.extract_in_ranges(run, path, rel, self.cfg, ranges)
+        except ExtractionError as exc:
+            return FileError(rel, exc.reason)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            return FileError(
+                rel, f"extraction worker sent an invalid result: malformed range ({type(exc).__name__})"
+            )
+        problem = _invalid(doc, rel)
         if problem:
-            w.kill()
             return FileError(rel, f"extraction worker sent an invalid result: {problem}")
-        self._idle.put(w)
         return doc
 
     def imap(
@@ -371,6 +507,7 @@ class WorkerPool:
         # "closed": this call's consumer stopped; the pool itself may serve later calls (the fuzz harness)
         state = {"in_flight": 0, "waiting": 0, "closed": 0}
         ex = ThreadPoolExecutor(max_workers=self.n)
+        self._executors.append(ex)
 
         def submit_more() -> None:
             with lock:
@@ -386,7 +523,7 @@ class WorkerPool:
                     state["in_flight"] += 1
                     t0 = time.perf_counter()
                     fut = ex.submit(self.extract, path, rel)
-                    fut.add_done_callback(lambda f, key=key, t0=t0: finished(f, key, t0))
+                    fut.add_done_callback(functools.partial(finished, key=key, t0=t0))
 
         def finished(fut: Future, key: Any, t0: float) -> None:
             with lock:
@@ -406,20 +543,35 @@ class WorkerPool:
                     yield key, fut.result(), seconds
             finally:
                 with lock:
+                    early = state["closed"] == 0 and (state["in_flight"] or state["waiting"])
                     state["closed"] = 1  # the consumer stopped early (an error): submit nothing more
+                if early:  # (Ctrl-C, SIGTERM, an error) nobody wants the documents in flight: stop them
+                    self._kill_busy()
                 ex.shutdown(wait=True, cancel_futures=True)
 
         submit_more()  # the workers start now, before the caller asks for the first result
         return results()
 
+    def _kill_busy(self) -> None:
+        """Kill the workers that are extracting a document (their callers get a FileError at once)."""
+        idle = set(map(id, list(self._idle.queue)))
+        for w in list(self._all):
+            if id(w) not in idle and w.alive():
+                w.kill()
+
     def close(self, kill: bool = False) -> None:
         """Stop the workers: let each finish its document (``kill``: at once, e.g. when the run failed)."""
-        self._closed = True
-        for w in list(self._all):
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+        for w in workers:
             if kill:
                 w.kill()
             else:
                 w.close()
+        # the threads that feed workers: none is left writing crops or caches once close() returns
+        for ex in self._executors:
+            ex.shutdown(wait=True, cancel_futures=True)
 
 
 if __name__ == "__main__":

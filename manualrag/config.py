@@ -51,11 +51,18 @@ DEFAULTS: dict[str, Any] = {
         "binarize": "auto",
         "timeout_s": 120,
         "cache": None,
+        "orientation": True,
     },
     "isolation": {
         "workers": 0,
         "timeout_s": 300,
         "memory_mb": 3072,
+        "split_pages": 100,
+    },
+    "limits": {
+        "max_passages": 20_000,
+        "max_windows": 20_000,
+        "max_figures": 5_000,
     },
     "store": {
         "url": None,
@@ -91,13 +98,28 @@ _POSITIVE = {
     "retrieve.candidates",
     "isolation.timeout_s",
     "isolation.memory_mb",
+    "limits.max_passages",
+    "limits.max_windows",
+    "limits.max_figures",
 }
-_NULLABLE = {"text_model", "store.url", "ocr.cache"}
+# lower bounds a value must meet to work at all, with why (the message names the key and the minimum)
+MIN_WORKER_MB = 512
+_MINIMUM = {
+    # an extraction worker needs ~300 MiB of heap to import PyMuPDF, Pillow and the OCR set-up and start;
+    # below this every file would fail with "worker did not start"
+    "isolation.memory_mb": (MIN_WORKER_MB, "MiB: an extraction worker needs about 300 MiB just to start"),
+}
+_NULLABLE = {"model", "text_model", "store.url", "ocr.cache"}
+# model keys where the word "none" (a flag or environment value: --model none, MANUALRAG_MODEL=none) means
+# null: no CLIP/SigLIP vectors (model) or no semantic text vectors (text_model)
+_NONE_WORDS = {"model", "text_model"}
 # keys whose change alters what extraction/chunking produces (re-index the document when they change)
 EXTRACTION_KEYS = ("extract", "ocr", "passwords")
 
 
 def _check(key: str, value: Any, default: Any) -> Any:
+    if key in _NONE_WORDS and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        value = None
     if value is None:
         if key in _NULLABLE:
             return None
@@ -120,6 +142,9 @@ def _check(key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"config key '{key}' must be a list of strings, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ConfigError(f"config key '{key}' must be one of {sorted(_CHOICES[key])}, got {value!r}")
+    if key in _MINIMUM and value < _MINIMUM[key][0]:
+        low, why = _MINIMUM[key]
+        raise ConfigError(f"config key '{key}' must be at least {low} ({why}), got {value!r}")
     if key in _POSITIVE and value <= 0:
         raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
@@ -203,6 +228,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:
     """A short hash of the settings that shape extraction/chunking of a document."""
     relevant = {k: cfg[k] for k in EXTRACTION_KEYS}
+    if cfg.get("limits", DEFAULTS["limits"]) != DEFAULTS["limits"]:  # (absent at the defaults: indexes made
+        relevant["limits"] = cfg["limits"]  # before the budgets existed stay up to date)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

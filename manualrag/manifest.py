@@ -1,17 +1,11 @@
 """The manifest: ``index_dir/index.sqlite`` (stdlib sqlite3, WAL) with documents, passages, windows,
 figures, per-file errors, meta, and the FTS5 lexical index (BM25 over text, figure labels, captions).
 
-Crash safety (the pipeline's order of writes, per document)::
-
-    begin_document(path)                # the documents row goes first: a crash now means "redo it"
-    old = vector_ids(path)              # ids the store may hold for the old rows
-    store.delete(kind, old[kind] - new[kind])  # before the rows change, so no vector outlives its row
-    replace_rows(path, passages, windows, figures)   # one transaction, lexical rows included
-    store.upsert(...)                   # vectors whose ids are all in the new rows (shared ids overwritten)
-    commit_document(row)                # last: the document counts as indexed
-
-At every point, each vector in the store has a row here (``vector_ids`` finds it), and a document with
-no committed row is redone by the next run. Every write method is one transaction.
+Writes: every write method is one transaction. The order in which an index run calls them for a document
+(``begin_document``, vectors upserted, ``replace_rows``, ``commit_document``, pending deletes flushed) is
+the write-order contract stated once in docs/reliability.md ("Write order"); a document with no committed
+``documents`` row is redone by the next run. The tables' columns come from :mod:`manualrag.schema`; an
+older index is upgraded by :mod:`manualrag.migrations`.
 
 Readers (the retriever) open read-only (``mode=ro``) and may query while a writer runs (WAL); a reader
 takes one query's rows in one :meth:`Manifest.read_snapshot`, so it sees each document before or after
@@ -21,115 +15,29 @@ Lists are stored as JSON text; nothing is pickled.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from manualrag.errors import IndexNotFoundError, ManualragError
+from manualrag import ids, migrations
+from manualrag.errors import IndexCorruptError, IndexNotFoundError, ManualragError
+from manualrag.index import DB_NAME
 from manualrag.models import Figure, FileError, Passage, Window
+from manualrag.schema import FIGURES, PASSAGES, create_statements
 
-SCHEMA_VERSION = 1
-DB_NAME = "index.sqlite"
+SCHEMA_VERSION = migrations.LATEST
 CHANNELS = ("clip", "sem")
 # bm25 column weights: caption (passage heading / figure caption), labels (figure labels + OCR), body
 W_CAPTION, W_LABELS, W_BODY = 2.0, 1.5, 1.0
 _CHUNK = 500  # ids per IN (...) list
-
-
-def _vector_ids(windows: Sequence[tuple[str, str]], figure_ids: Sequence[str]) -> dict[str, list[str]]:
-    """The vector ids that rows (windows as (id, channel), figure ids) may have in the store, by kind."""
-    out: dict[str, list[str]] = {"text": [], "sem": [], "image": [], "image_text": []}
-    for wid, channel in windows:
-        out["text" if channel == "clip" else "sem"].append(wid)
-    for fid in figure_ids:
-        out["image"].append(fid)
-        out["image_text"].append(f"{fid}:t")
-        out["sem"].append(f"{fid}:s")
-    return out
-
-
-# vectors superseded by a document's new version: deleted from the store only after the new version is
-# committed (so a reader always finds the document), remembered here so a crash cannot orphan them
-_PENDING_SCHEMA = """CREATE TABLE IF NOT EXISTS pending_deletes (
-    kind TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (kind, id)
-) WITHOUT ROWID"""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS documents (
-    path TEXT PRIMARY KEY,
-    doc_id TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    mtime REAL NOT NULL,
-    config_fp TEXT NOT NULL,
-    file_type TEXT NOT NULL,
-    n_pages INTEGER NOT NULL,
-    title TEXT NOT NULL DEFAULT '',
-    warnings TEXT NOT NULL DEFAULT '[]',
-    clip_model TEXT,
-    text_model TEXT,
-    indexed_at TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'ok'
-);
-CREATE TABLE IF NOT EXISTS passages (
-    id TEXT PRIMARY KEY,
-    doc_path TEXT NOT NULL,
-    page INTEGER NOT NULL,
-    bbox TEXT NOT NULL,
-    heading TEXT NOT NULL DEFAULT '',
-    text TEXT NOT NULL,
-    suspect TEXT,
-    ocr INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS passages_doc ON passages(doc_path);
-CREATE TABLE IF NOT EXISTS windows (
-    id TEXT PRIMARY KEY,
-    passage_id TEXT NOT NULL,
-    doc_path TEXT NOT NULL,
-    channel TEXT NOT NULL CHECK (channel IN ('clip', 'sem')),
-    text TEXT NOT NULL,
-    n_tokens INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS windows_doc ON windows(doc_path);
-CREATE INDEX IF NOT EXISTS windows_passage ON windows(passage_id);
-CREATE TABLE IF NOT EXISTS figures (
-    id TEXT PRIMARY KEY,
-    doc_path TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    pages TEXT NOT NULL,
-    bbox TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    dpi REAL NOT NULL,
-    caption TEXT NOT NULL DEFAULT '',
-    nearby_text TEXT NOT NULL DEFAULT '',
-    labels TEXT NOT NULL DEFAULT '[]',
-    ocr_text TEXT NOT NULL DEFAULT '',
-    heading TEXT NOT NULL DEFAULT '',
-    quality TEXT NOT NULL DEFAULT 'ok',
-    crop_path TEXT,
-    boilerplate INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS figures_doc ON figures(doc_path);
-CREATE TABLE IF NOT EXISTS errors (path TEXT PRIMARY KEY, reason TEXT NOT NULL, stage TEXT NOT NULL, at TEXT NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS lexical USING fts5(
-    ref_id UNINDEXED, ref_type UNINDEXED, doc_path UNINDEXED, page UNINDEXED,
-    caption, labels, body,
-    tokenize = 'porter unicode61'
-);
--- which document owns each lexical row (FTS5 cannot index doc_path: deletes go by rowid)
-CREATE TABLE IF NOT EXISTS lexical_rows (rowid INTEGER PRIMARY KEY, doc_path TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS lexical_rows_doc ON lexical_rows(doc_path);
-"""
 
 
 class ManifestSchemaError(ManualragError):
@@ -152,7 +60,8 @@ class DocRow:
     warnings: list[str] = field(default_factory=list)
     clip_model: str | None = None
     text_model: str | None = None
-    indexed_at: str = ""  # ISO 8601 UTC; commit_document fills it when empty (epoch seconds are converted)
+    # ISO 8601 UTC; commit_document fills it when empty (epoch seconds are converted)
+    indexed_at: str = ""
     state: str = "ok"
 
 
@@ -170,25 +79,13 @@ class WindowRow:
         return self.window_id
 
 
-@dataclass
-class FigureRow:
+@dataclass(kw_only=True)
+class FigureRow(Figure):
+    """A figure as the manifest stores it: every ``Figure`` field (see :mod:`manualrag.schema`) plus its id
+    and document."""
+
     figure_id: str
     doc_path: str
-    digest: str
-    kind: str
-    pages: list[int]
-    bbox: tuple[float, float, float, float]
-    width: int
-    height: int
-    dpi: float
-    caption: str
-    nearby_text: str
-    labels: list[str]
-    ocr_text: str
-    heading: str
-    quality: str
-    crop_path: str | None
-    boilerplate: bool
 
     @property
     def id(self) -> str:
@@ -200,23 +97,11 @@ class FigureRow:
         return self.pages[0] if self.pages else 0
 
     def to_figure(self) -> Figure:
-        return Figure(
-            digest=self.digest,
-            kind=self.kind,
-            pages=list(self.pages),
-            bbox=self.bbox,
-            width=self.width,
-            height=self.height,
-            dpi=self.dpi,
-            caption=self.caption,
-            nearby_text=self.nearby_text,
-            labels=list(self.labels),
-            ocr_text=self.ocr_text,
-            heading=self.heading,
-            boilerplate=self.boilerplate,
-            quality=self.quality,
-            crop_path=self.crop_path,
-        )
+        return Figure(**{f.name: _copy(getattr(self, f.name)) for f in fields(Figure)})
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -241,25 +126,11 @@ def _marks(n: int) -> str:
 
 
 def _figure_row(r: sqlite3.Row) -> FigureRow:
-    return FigureRow(
-        figure_id=r["id"],
-        doc_path=r["doc_path"],
-        digest=r["digest"],
-        kind=r["kind"],
-        pages=[int(p) for p in json.loads(r["pages"])],
-        bbox=tuple(float(v) for v in json.loads(r["bbox"])),  # type: ignore[arg-type]
-        width=int(r["width"]),
-        height=int(r["height"]),
-        dpi=float(r["dpi"]),
-        caption=r["caption"],
-        nearby_text=r["nearby_text"],
-        labels=list(json.loads(r["labels"])),
-        ocr_text=r["ocr_text"],
-        heading=r["heading"],
-        quality=r["quality"],
-        crop_path=r["crop_path"],
-        boilerplate=bool(r["boilerplate"]),
-    )
+    return FigureRow(**FIGURES.decode(r))
+
+
+def _passage(r: sqlite3.Row) -> Passage:
+    return Passage(**PASSAGES.decode(r))
 
 
 def _doc_row(r: sqlite3.Row) -> DocRow:
@@ -282,6 +153,55 @@ def _doc_row(r: sqlite3.Row) -> DocRow:
 
 
 # ---------------------------------------------------------------------------------------------- manifest
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """SQLite says the file is damaged ("database disk image is malformed") or not a database at all."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return type(exc) is sqlite3.DatabaseError
+
+
+def corrupt_error(path: Path, exc: BaseException) -> IndexCorruptError:
+    idir = path.parent
+    return IndexCorruptError(
+        f"{path} is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+        f"`manualrag check --repair --index-dir {idir}` rebuilds it from the library, "
+        f"`manualrag reset --index-dir {idir}` deletes the index, or restore the folder from a backup"
+    )
+
+
+def _corruption_is_an_index_error(cls: type) -> type:
+    """Every public method (and the constructor) of the manifest turns SQLite's corruption errors into
+    :class:`IndexCorruptError` naming the file and the ways out, instead of a raw traceback."""
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                if is_corruption(exc):
+                    raise corrupt_error(Path(self.path), exc) from exc
+                raise
+
+        return method
+
+    for name, fn in list(vars(cls).items()):
+        if (
+            callable(fn)
+            and not isinstance(fn, (staticmethod, classmethod, type))
+            and (name == "__init__" or not name.startswith("_"))
+        ):
+            setattr(cls, name, wrap(fn))
+    return cls
+
+
+@_corruption_is_an_index_error
 class Manifest:
     """``index_dir/index.sqlite``: ``Manifest(db_file, readonly=...)`` or ``Manifest.open(index_dir, ...)``.
 
@@ -332,6 +252,7 @@ class Manifest:
         return cls(Path(index_dir) / DB_NAME, readonly=readonly)
 
     def _check_schema(self, index_dir: Path) -> None:
+        """Create a new index's tables, or bring an older one up to date (see :mod:`manualrag.migrations`)."""
         has_meta = self.conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
         ).fetchone()
@@ -341,23 +262,43 @@ class Manifest:
                     f"{self.path} is not a manualrag index (no meta table): build one with `manualrag index`"
                 )
             with self._tx() as c:
-                for stmt in _split_sql(_SCHEMA):
+                for stmt in create_statements():
                     c.execute(stmt)
-                c.execute(_PENDING_SCHEMA)
-                c.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)",
-                    (json.dumps(SCHEMA_VERSION),),
-                )
+                self._set_version(c, SCHEMA_VERSION)
             return
-        version = self.get_meta("schema")
-        if version != SCHEMA_VERSION:
+        version = self.schema_version()
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise ManifestSchemaError(
-                f"{self.path} has manifest schema {version}, this manualrag uses {SCHEMA_VERSION}: "
-                "run `manualrag reset` (then index again) or use a new --index-dir"
+                f"{self.path} has manifest schema {version}, newer than this manualrag's "
+                f"({SCHEMA_VERSION}): upgrade manualrag, or use a new --index-dir"
             )
-        if not self.readonly:  # indexes made before the table existed get it on their next write
-            with self._tx() as c:
-                c.execute(_PENDING_SCHEMA)
+        todo = migrations.pending(version)
+        if not todo:
+            return
+        if self.readonly:
+            if all(m.additive for m in todo):
+                return  # read as it is; the next index run upgrades it
+            raise ManifestSchemaError(
+                f"{self.path} has manifest schema {version}, this manualrag reads {SCHEMA_VERSION}: run "
+                f"`manualrag index LIBRARY --index-dir {index_dir}` once to upgrade it in place (nothing is "
+                "re-embedded)"
+            )
+        with self._tx() as c:  # all or nothing: a failure leaves the index at its old version
+            version = self.schema_version()  # another writer may have upgraded it meanwhile
+            for m in migrations.pending(version):
+                for stmt in m.statements:
+                    c.execute(stmt)
+            self._set_version(c, SCHEMA_VERSION)
+
+    def schema_version(self) -> Any:
+        """The schema version the index is at (``meta.schema_version``, or the legacy ``schema`` key)."""
+        version = self.get_meta(migrations.VERSION_KEY)
+        return self.get_meta(migrations.LEGACY_KEY) if version is None else version
+
+    @staticmethod
+    def _set_version(c: _TxCursor, version: int) -> None:
+        for key in (migrations.VERSION_KEY, migrations.LEGACY_KEY):
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(version)))
 
     def close(self) -> None:
         with self._lock:
@@ -423,6 +364,10 @@ class Manifest:
         with self._tx() as c:
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
+    def delete_meta(self, key: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else default
@@ -440,7 +385,7 @@ class Manifest:
         figures = [
             r["id"] for r in self._query("SELECT id FROM figures WHERE doc_path = ? ORDER BY id", (path,))
         ]
-        return _vector_ids(windows, figures)
+        return ids.vector_ids(windows, figures)
 
     def pending_deletes(self) -> dict[str, list[str]]:
         """Superseded vector ids not yet deleted from the store, by kind (see ``replace_rows``)."""
@@ -455,15 +400,9 @@ class Manifest:
 
     def all_vector_ids(self) -> dict[str, set[str]]:
         """Every id the vector store may hold, by kind (for an orphan sweep of the store)."""
-        out: dict[str, set[str]] = {"text": set(), "sem": set(), "image": set(), "image_text": set()}
-        for r in self._query("SELECT id, channel FROM windows"):
-            out["text" if r["channel"] == "clip" else "sem"].add(r["id"])
-        for r in self._query("SELECT id FROM figures"):
-            fid = r["id"]
-            out["image"].add(fid)
-            out["image_text"].add(f"{fid}:t")
-            out["sem"].add(f"{fid}:s")
-        return out
+        windows = [(r["id"], r["channel"]) for r in self._query("SELECT id, channel FROM windows")]
+        figures = [r["id"] for r in self._query("SELECT id FROM figures")]
+        return {kind: set(v) for kind, v in ids.vector_ids(windows, figures).items()}
 
     def replace_rows(
         self,
@@ -471,7 +410,7 @@ class Manifest:
         passages: Sequence[Passage],
         windows: Sequence[tuple[Window, str]],
         figures: Sequence[tuple[str, Figure]],
-        live: dict[str, Sequence[str]] | None = None,
+        live: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """Replace every passage, window, figure and lexical row of ``path`` (one transaction).
 
@@ -500,66 +439,27 @@ class Manifest:
             lexical.append((fid, "figure", path, f.pages[0] if f.pages else 0, f.caption or "", labels, body))
         old = self.vector_ids(path)
         if live is None:
-            live = _vector_ids([(w.window_id, ch) for w, ch in windows], [fid for fid, _ in figures])
+            live = ids.vector_ids([(w.window_id, ch) for w, ch in windows], [fid for fid, _ in figures])
         with self._tx() as c:
             # ids the new version uses (again) are live, never pending; the old version's others are
-            for kind, ids in live.items():
+            for kind, vids in live.items():
                 c.executemany(
-                    "DELETE FROM pending_deletes WHERE kind = ? AND id = ?", [(kind, i) for i in ids]
+                    "DELETE FROM pending_deletes WHERE kind = ? AND id = ?", [(kind, i) for i in vids]
                 )
-            for kind, ids in old.items():
+            for kind, vids in old.items():
                 keep = set(live.get(kind, ()))
                 c.executemany(
                     "INSERT OR IGNORE INTO pending_deletes(kind, id) VALUES (?, ?)",
-                    [(kind, i) for i in ids if i not in keep],
+                    [(kind, i) for i in vids if i not in keep],
                 )
             self._delete_rows(c, path)
-            c.executemany(
-                "INSERT INTO passages(id, doc_path, page, bbox, heading, text, suspect, ocr) VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        p.passage_id,
-                        path,
-                        p.page,
-                        json.dumps(list(p.bbox)),
-                        p.heading or "",
-                        p.text,
-                        p.suspect,
-                        int(bool(p.ocr)),
-                    )
-                    for p in passages
-                ],
-            )
+            c.executemany(PASSAGES.insert, [PASSAGES.values(p, doc_path=path) for p in passages])
             c.executemany(
                 "INSERT INTO windows(id, passage_id, doc_path, channel, text, n_tokens) VALUES (?,?,?,?,?,?)",
                 [(w.window_id, w.passage_id, path, ch, w.text, int(w.n_tokens)) for w, ch in windows],
             )
             c.executemany(
-                "INSERT INTO figures(id, doc_path, digest, kind, pages, bbox, width, height, dpi, caption,"
-                " nearby_text, labels, ocr_text, heading, quality, crop_path, boilerplate)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        fid,
-                        path,
-                        f.digest,
-                        f.kind,
-                        json.dumps(list(f.pages)),
-                        json.dumps(list(f.bbox)),
-                        int(f.width),
-                        int(f.height),
-                        float(f.dpi),
-                        f.caption or "",
-                        f.nearby_text or "",
-                        json.dumps(list(f.labels)),
-                        f.ocr_text or "",
-                        f.heading or "",
-                        f.quality or "ok",
-                        f.crop_path,
-                        int(bool(f.boilerplate)),
-                    )
-                    for fid, f in figures
-                ],
+                FIGURES.insert, [FIGURES.values(f, figure_id=fid, doc_path=path) for fid, f in figures]
             )
             if lexical:
                 base = c.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM lexical_rows").fetchone()[0]
@@ -613,13 +513,6 @@ class Manifest:
                 "UPDATE documents SET size = ?, mtime = ? WHERE path = ?", (int(size), float(mtime), path)
             )
 
-    def set_models(self, path: str, clip_model: str | None, text_model: str | None) -> None:
-        with self._tx() as c:
-            c.execute(
-                "UPDATE documents SET clip_model = ?, text_model = ? WHERE path = ?",
-                (clip_model, text_model, path),
-            )
-
     def remove_document(self, path: str) -> None:
         """Forget ``path`` entirely: documents row, passages, windows, figures, lexical rows, error."""
         with self._tx() as c:
@@ -627,17 +520,33 @@ class Manifest:
             c.execute("DELETE FROM errors WHERE path = ?", (path,))
             self._delete_rows(c, path)
 
-    def record_error(self, path: str, reason: str, stage: str) -> None:
+    def record_error(
+        self, path: str, reason: str, stage: str, version: tuple[int, float, str] | None = None
+    ) -> None:
+        """Record a file's failure; ``version`` (size, mtime, extraction fingerprint) when the failure is
+        the file's own (its content or the settings must change before it is worth trying again)."""
         reason = " ".join(str(reason).split())
         with self._tx() as c:
             c.execute(
                 "INSERT OR REPLACE INTO errors(path, reason, stage, at) VALUES (?,?,?,?)",
                 (path, reason, stage, _now()),
             )
+            c.execute("DELETE FROM failed_versions WHERE path = ?", (path,))
+            if version is not None:
+                c.execute(
+                    "INSERT INTO failed_versions(path, size, mtime, config_fp) VALUES (?,?,?,?)",
+                    (path, *version),
+                )
 
     def clear_error(self, path: str) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM errors WHERE path = ?", (path,))
+            c.execute("DELETE FROM failed_versions WHERE path = ?", (path,))
+
+    def failed_versions(self) -> dict[str, tuple[int, float, str]]:
+        """Files whose last run failed, by path: the (size, mtime, extraction fingerprint) that failed."""
+        rows = self._query("SELECT path, size, mtime, config_fp FROM failed_versions")
+        return {r["path"]: (int(r["size"]), float(r["mtime"]), r["config_fp"]) for r in rows}
 
     # ------------------------------------------------------------------------------------------- read
     def documents(self) -> dict[str, DocRow]:
@@ -649,6 +558,11 @@ class Manifest:
 
     def document(self, path: str) -> DocRow | None:
         rows = self._query("SELECT * FROM documents WHERE path = ? AND state = 'ok'", (path,))
+        return _doc_row(rows[0]) if rows else None
+
+    def document_by_id(self, doc_id: str) -> DocRow | None:
+        """The committed document whose ``doc_id`` this is (ids are hashes of paths: at most one)."""
+        rows = self._query("SELECT * FROM documents WHERE doc_id = ? AND state = 'ok'", (doc_id,))
         return _doc_row(rows[0]) if rows else None
 
     def errors(self) -> dict[str, FileError]:
@@ -666,19 +580,7 @@ class Manifest:
         return {r[0] for r in rows}
 
     def passages(self, ids: Iterable[str]) -> dict[str, Passage]:
-        return {
-            r["id"]: Passage(
-                passage_id=r["id"],
-                doc_path=r["doc_path"],
-                page=int(r["page"]),
-                bbox=tuple(float(v) for v in json.loads(r["bbox"])),  # type: ignore[arg-type]
-                heading=r["heading"],
-                text=r["text"],
-                suspect=r["suspect"],
-                ocr=bool(r["ocr"]),
-            )
-            for r in self._by_ids("passages", ids)
-        }
+        return {r["id"]: _passage(r) for r in self._by_ids("passages", ids)}
 
     def windows(self, ids: Iterable[str]) -> dict[str, WindowRow]:
         return {
@@ -699,6 +601,13 @@ class Manifest:
             (doc_path, int(page)),
         )
         return [_figure_row(r) for r in rows]
+
+    def passages_on_page(self, doc_path: str, page: int) -> list[Passage]:
+        """The passages of ``doc_path`` on ``page``, in reading order (their order of extraction)."""
+        rows = self._query(
+            "SELECT * FROM passages WHERE doc_path = ? AND page = ? ORDER BY rowid", (doc_path, int(page))
+        )
+        return [_passage(r) for r in rows]
 
     def captions_on_pages(self, pages: Iterable[tuple[str, int]]) -> list[tuple[str, str, int, str]]:
         """(figure id, doc path, page, caption) of the captioned, non-boilerplate figures shown on these
@@ -778,9 +687,3 @@ class _TxCursor:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
         return self._conn.executemany(sql, rows)
-
-
-def _split_sql(script: str) -> list[str]:
-    """Statements of a schema script (no semicolons inside statements here); comments dropped."""
-    lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

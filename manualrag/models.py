@@ -47,6 +47,9 @@ class Figure:
     heading: str = ""
     boilerplate: bool = False  # small image repeated on many pages (logo, bullet)
     quality: str = "ok"  # ok | low-res | tiny: why a hit may look poor
+    # degrees (0/90/180/270) the crop was turned clockwise to make it upright (a landscape diagram on a
+    # portrait page, a page scanned sideways); width/height are the upright crop's, bbox stays on the page
+    rotation: int = 0
     png: bytes | None = None  # the crop, when kept in memory
     crop_path: str | None = None  # the crop, when written to disk (relative to the index dir)
 

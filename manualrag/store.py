@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from manualrag.errors import ConfigError, EncoderMismatchError, StoreError
+from manualrag.index import IndexLayout
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class VectorStore:
 
         url = scfg.get("url")
         if not url:
-            path = Path(index_dir) / "chroma"
+            path = IndexLayout(Path(index_dir)).chroma
             try:
                 path.mkdir(parents=True, exist_ok=True)
                 client = chromadb.PersistentClient(
@@ -168,6 +169,11 @@ class VectorStore:
 
         args = parse_url(url)
         headers = expand_headers(dict(scfg.get("headers") or {}))
+        # chromadb's client waits without a time limit and reports every failure as one ValueError: ask
+        # the server plainly first, with a time limit, and say what went wrong
+        problem = _probe(url, args, headers)
+        if problem:
+            raise StoreError(problem)
         try:
             client = chromadb.HttpClient(
                 host=args["host"],
@@ -437,22 +443,6 @@ class VectorStore:
         size; an absent or empty collection gives an empty list per query row. No metadata filter: a
         ``where`` costs 20-100x an unfiltered query.
         """
-        res = self._query(kind, embedding, n, with_meta=False)
-        return [[(rid, 1.0 - float(d)) for rid, d in zip(ids, dists, strict=True)] for ids, dists, _ in res]
-
-    def query_meta(self, kind: str, embedding: np.ndarray, n: int) -> list[tuple[str, float, dict[str, Any]]]:
-        """Like :meth:`query` for ONE vector, with each record's metadata: [(id, cosine similarity, metadata)]."""
-        q = np.asarray(embedding, dtype=np.float32)
-        if q.ndim == 2 and q.shape[0] == 1:
-            q = q[0]
-        if q.ndim != 1:
-            raise ValueError(f"query_meta takes one vector (dim,), got shape {np.shape(embedding)}")
-        ids, dists, metas = self._query(kind, q, n, with_meta=True)[0]
-        return [(rid, 1.0 - float(d), dict(m or {})) for rid, d, m in zip(ids, dists, metas, strict=True)]
-
-    def _query(
-        self, kind: str, embedding: np.ndarray, n: int, with_meta: bool
-    ) -> list[tuple[list, list, list]]:
         q = np.asarray(embedding, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -460,24 +450,21 @@ class VectorStore:
             raise ValueError(f"query embedding must have shape (dim,) or (m, dim), got {np.shape(embedding)}")
         if not np.isfinite(q).all():
             raise ValueError("query embedding contains NaN or infinite values")
-        empty: list[tuple[list, list, list]] = [([], [], []) for _ in range(q.shape[0])]
         col = self.get(kind)
         if col is None or n <= 0:
-            return empty
+            return [[] for _ in range(q.shape[0])]
         dim = self._dim(col)
         if dim is not None and q.shape[1] != dim:
             raise ValueError(f"{self.name(kind)} holds {dim}-d vectors, got a {q.shape[1]}-d query")
         # chromadb 1.5.x answers n_results above the collection size (or an empty collection) with what it
         # has, so the clamp costs no count() round trip (1-2 ms); only absurd n are capped here
         k = min(int(n), MAX_RESULTS)
-        include = ["distances", "metadatas"] if with_meta else ["distances"]
         res = self._retry_stale(
-            kind, lambda c: self._wrap(c.query, query_embeddings=q, n_results=k, include=include)
+            kind, lambda c: self._wrap(c.query, query_embeddings=q, n_results=k, include=["distances"])
         )
-        metas = res.get("metadatas") if with_meta else None
         return [
-            (ids, dists, metas[i] if metas else [None] * len(ids))
-            for i, (ids, dists) in enumerate(zip(res["ids"], res["distances"], strict=True))
+            [(rid, 1.0 - float(d)) for rid, d in zip(ids, dists, strict=True)]
+            for ids, dists in zip(res["ids"], res["distances"], strict=True)
         ]
 
 
@@ -491,6 +478,71 @@ def _space_of(col: Any) -> str | None:
         pass
     meta = col.metadata or {}
     return meta.get("hnsw:space")
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def _probe(url: str, args: dict[str, Any], headers: dict[str, str]) -> str | None:
+    """One heartbeat with a time limit; None when the server answers, else why it cannot be used, plainly:
+    a time-out, a refused connection, an unknown host name, an untrusted certificate, refused credentials,
+    or something that is not a Chroma server answering."""
+    import socket
+
+    import httpx
+    from chromadb.api.fastapi import FastAPI
+    from chromadb.config import Settings
+
+    base = FastAPI.resolve_url(args["host"], args["ssl"], "/api/v2", args["port"])
+    verify = Settings().chroma_server_ssl_verify
+    where = f"the Chroma server at {url}"
+    try:
+        resp = httpx.get(
+            f"{base}/heartbeat",
+            headers=headers,
+            timeout=CONNECT_TIMEOUT_S,
+            verify=True if verify is None else verify,
+        )
+    except httpx.TimeoutException:
+        return (
+            f"timed out after {CONNECT_TIMEOUT_S:.0f} s waiting for {where} (an unroutable address, a "
+            "firewall dropping the connection, or an overloaded server)"
+        )
+    except httpx.HTTPError as exc:
+        tls = _tls_failure(exc)
+        if tls:
+            return (
+                f"the TLS certificate of {where} is not trusted ({tls}); for a self-signed or private-CA "
+                "certificate set CHROMA_SERVER_SSL_VERIFY=/path/to/cert.pem"
+            )
+        for cause in _chain(exc):
+            if isinstance(cause, ConnectionRefusedError):
+                return (
+                    f"cannot reach {where}: it refused the connection (nothing listens on {args['host']}:"
+                    f"{args['port']}; is the server running?)"
+                )
+            if isinstance(cause, socket.gaierror):
+                return f"cannot reach {where}: the host name {args['host']!r} does not resolve ({cause.strerror})"
+        return f"cannot reach {where}: is the server running? ({_one_line(exc)})"
+    if resp.status_code in (401, 403):
+        return _refused_message(where, resp.status_code, headers)
+    if resp.status_code == 404:
+        return (
+            f"{url} answered HTTP 404 to a Chroma heartbeat: it is not a Chroma (1.x) server, or the URL's "
+            "path is wrong, or a proxy in between answered (check store.url, HTTP_PROXY and NO_PROXY)"
+        )
+    if resp.status_code >= 400:
+        return f"{where} answered HTTP {resp.status_code} to a heartbeat: {_one_line(Exception(resp.text))}"
+    return None
 
 
 def _tls_failure(exc: BaseException) -> str | None:

@@ -17,6 +17,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from manualrag.errors import ManualragError
+from manualrag.index import CROPS_DIR
 from manualrag.retriever.search import Hit, SearchResult
 
 PREAMBLE = (
@@ -35,7 +37,7 @@ def _crop_file(path: str | None) -> Path | None:
     if not path:
         return None
     p = Path(path)
-    if p.parent.name != "crops" or not _CROP_NAME.fullmatch(p.name) or p.is_symlink() or not p.is_file():
+    if p.parent.name != CROPS_DIR or not _CROP_NAME.fullmatch(p.name) or p.is_symlink() or not p.is_file():
         return None
     return p
 
@@ -87,6 +89,11 @@ def build_context(
     """Numbered, fenced sources within ``max_chars`` (markdown), or the same as a JSON-able dict."""
     nonce = secrets.token_hex(4)
     header = f"{PREAMBLE}\nQuestion: {result.query}\n"
+    if max_chars < len(header):
+        raise ManualragError(
+            f"--max-chars {max_chars} is below the block's preamble and question ({len(header)} characters);"
+            f" give at least {len(header) + 200} to leave room for a source"
+        )
     pieces: list[str] = [header]
     used = len(header)
     sources: list[dict[str, Any]] = []

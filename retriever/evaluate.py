@@ -87,6 +87,8 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 def evaluate(
     retriever: Retriever, queries: list[Query], k: int = 10, channels: list[str] | None = None
 ) -> dict[str, Any]:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ManualragError(f"k must be a positive cut-off rank, not {k!r}")
     per: list[dict[str, Any]] = []
     by_kind: dict[str, list[dict[str, float]]] = {}
     image_rows: list[dict[str, float]] = []
@@ -118,7 +120,7 @@ def format_table(report: dict[str, Any]) -> str:
     cols = ["recall@1", "recall@5", "recall@10", "mrr", "ndcg@10"]
     lines = [f"channels: {','.join(report['channels'])}   queries: {report['n']}", ""]
     lines.append(f"{'':<14}" + "".join(f"{c:>11}" for c in cols) + f"{'n':>5}")
-    counts = {}
+    counts: dict[str, int] = {}
     for q in report["queries"]:
         counts[q["kind"]] = counts.get(q["kind"], 0) + 1
     rows = [("overall", report["overall"], report["n"])] + [

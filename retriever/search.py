@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from manualrag.errors import IndexNotFoundError, ManualragError
+from manualrag import ids
+from manualrag.errors import ManualragError
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, fuse
 from manualrag.retriever.lexical import lexical_search
@@ -37,10 +38,25 @@ WEIGHTS = {
     "image_text": 0.5,
 }
 
+_VECTORS_OF = {"clip": "image", "text": "sem"}  # the store kind whose presence says a channel was indexed
+_CHANNEL_NAME = {"clip": "dense channels", "text": "text channel"}
 CAPTION_PASSAGE_MAX_WORDS = 40  # longer passages hold more than a caption: they stay text hits
 _FIG_REF = re.compile(
     r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I
 )
+
+
+# the Figure fields an image hit carries as they are stored (Hit field -> Figure field); a figure field
+# that query results should show goes here and on Hit (tests/test_schema.py checks the two agree)
+HIT_FIGURE_FIELDS = {
+    "figure_kind": "kind",
+    "caption": "caption",
+    "labels": "labels",
+    "ocr_text": "ocr_text",
+    "nearby_text": "nearby_text",
+    "quality": "quality",
+    "rotation": "rotation",
+}
 
 
 @dataclass
@@ -75,6 +91,7 @@ class Hit:
     crop_path: str | None = None  # absolute path of the PNG crop
     bbox: list[float] | None = None
     quality: str | None = None
+    rotation: int | None = None  # image hits: 0, or the clockwise turn that made the stored crop upright
     # text hits: figures on the same page or referenced from the passage
     figures: list[LinkedFigure] = field(default_factory=list)
 
@@ -88,7 +105,10 @@ class SearchResult:
     hits: list[Hit]
     channels_used: list[str]
     timings_ms: dict[str, float]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a front end shows as is (no CLI flags in them)
+    # channels that could not search, and why: "no_vectors" (the index has none for it), "building" (none
+    # committed yet), "unavailable" (its model cannot be loaded); each front end words its own advice
+    channels_off: dict[str, str] = field(default_factory=dict)
 
 
 def _terms(query: str) -> list[str]:
@@ -119,38 +139,82 @@ def make_snippet(text: str, query: str, width: int = 240) -> str:
     return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
 
 
+class _LazyStore:
+    """The index's vector store, opened on first use: a lexical-only query never imports chromadb (about a
+    second of a cold start) nor opens the vectors."""
+
+    def __init__(self, index_dir: Path, cfg: dict[str, Any], cold: dict[str, float]):
+        self._args = (index_dir, cfg)
+        self._store: Any = None
+        self._cold = cold
+
+    def _open(self) -> Any:
+        if self._store is None:
+            t0 = time.perf_counter()
+            from manualrag.store import VectorStore
+
+            self._store = VectorStore.open(*self._args)
+            self._cold["open_store"] = self._cold.get("open_store", 0.0) + time.perf_counter() - t0
+        return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._open(), name)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
 class Retriever:
     """Loads the index and its encoders once; answers many queries."""
 
     def __init__(
-        self, index_dir: Path, cfg: dict[str, Any], manifest: Manifest, store: Any, models: dict[str, Any]
+        self,
+        index_dir: Path,
+        cfg: dict[str, Any],
+        manifest: Manifest,
+        store: Any,
+        models: dict[str, Any],
+        clip_model: str | None = None,
+        text_model: str | None = None,
     ):
         self.index_dir = index_dir
         self.cfg = cfg
         self.manifest = manifest
         self.store = store
         self.models = models  # what the index was built with: {"clip": id|None, "text": id|None}
-        self._clip = None
-        self._text = None
-        self._clip_failed: str | None = None
-        self._text_failed: str | None = None
+        # encoders of the queries given instead of the index's (a local copy of the same model, say)
+        self._query_override = {"clip": clip_model, "text": text_model}
+        self._encoders: dict[str, Any] = {"clip": None, "text": None}  # loaded on first use
+        self._failed: dict[str, str | None] = {"clip": None, "text": None}  # why one is not available
+        self._off: dict[str, str] = {"clip": "", "text": ""}  # ... as a code of SearchResult.channels_off
+        # cold-start costs not yet reported: seconds of open_store (chromadb import included), import
+        # (torch + transformers) and load_models (weights, tokenizer); the next search's timings show them
+        self._cold: dict[str, float] = {}
 
     @classmethod
-    def open(cls, index_dir: Path | str, cfg: dict[str, Any] | None = None) -> Retriever:
+    def open(
+        cls,
+        index_dir: Path | str,
+        cfg: dict[str, Any] | None = None,
+        clip_model: str | None = None,
+        text_model: str | None = None,
+    ) -> Retriever:
+        """Open an index read-only. ``clip_model`` / ``text_model``: encode queries with these models
+        instead of the ones the index names (they must produce the same vectors)."""
         from manualrag.config import load_config
-        from manualrag.store import VectorStore
+        from manualrag.index import Index
 
         cfg = cfg or load_config()
-        index_dir = Path(index_dir)
-        db = index_dir / "index.sqlite"
-        if not db.exists():
-            raise IndexNotFoundError(
-                f"no index in {index_dir} (missing {db.name}); build one with `manualrag index LIBRARY --index-dir {index_dir}`"
-            )
-        manifest = Manifest(db, readonly=True)
-        store = VectorStore.open(index_dir, cfg)
+        layout = Index.require(index_dir)
+        manifest = Manifest(layout.db, readonly=True)
+        # the vector store opens on first use (see _LazyStore): a lexical-only query never imports chromadb
+        cold: dict[str, float] = {}
+        store = _LazyStore(layout.root, cfg, cold)
         models = manifest.get_meta("models") or {}
-        return cls(index_dir, cfg, manifest, store, models)
+        r = cls(layout.root, cfg, manifest, store, models, clip_model, text_model)
+        r._cold = cold
+        return r
 
     def close(self) -> None:
         self.store.close()
@@ -166,11 +230,7 @@ class Retriever:
 
     def precision(self) -> dict[str, str]:
         """The dtype of each query encoder loaded so far, e.g. {"text": "float32 (requested)"}."""
-        return {
-            role: enc.dtype_reason
-            for role, enc in (("clip", self._clip), ("text", self._text))
-            if enc is not None
-        }
+        return {role: enc.dtype_reason for role, enc in self._encoders.items() if enc is not None}
 
     def __enter__(self) -> Retriever:
         return self
@@ -178,54 +238,106 @@ class Retriever:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def building(self) -> str | None:
+        """ "the index is being built (N of M documents so far)" while an index run holds the lock, else None."""
+        run = self.manifest.get_meta("run")
+        if not isinstance(run, dict):
+            return None
+        from manualrag.lock import live_holder
+
+        if live_holder(self.index_dir) is None:
+            return None  # a run that died: what is committed is the index
+        done = len(self.manifest.documents())
+        return f"the index is being built ({done} of {run.get('total', '?')} documents so far)"
+
     # ------------------------------------------------------------------------------------------- models
-    def _clip_encoder(self, required: bool):
-        if self._clip is not None or self._clip_failed:
-            if self._clip is None and required:
-                raise ManualragError(self._clip_failed)
-            return self._clip
-        model = self.cfg.get("query_model") or self.models.get("clip")
-        if not model or self.store.get("image") is None:
-            self._clip_failed = (
-                "the index has no CLIP vectors (built with --no-dense); use --channels lexical"
-            )
+    def query_model(self, kind: str) -> str | None:
+        """The model that encodes queries for ``kind`` ("clip" or "text"): the one given to :meth:`open`,
+        else the one the index was built with."""
+        return self._query_override[kind] or self.models.get(kind)
+
+    def reset_models(self, models: dict[str, Any]) -> None:
+        """The index now names these models (re-indexed meanwhile): encoders of other models are loaded
+        again on the next query, and a channel that was missing gets another chance."""
+        if models != self.models:
+            self.models = models
+            self._encoders = {"clip": None, "text": None}
+        self._failed = {"clip": None, "text": None}
+
+    def _encoder(self, which: str, required: bool) -> Any:
+        """The query encoder of ``which`` ("clip" or "text"), loaded on first use; None (with the reason kept
+        for notes) when the index has no such vectors or the model cannot be loaded, unless ``required``."""
+        enc, failed = self._encoders[which], self._failed[which]
+        if enc is not None or failed:
+            if enc is None and required:
+                raise ManualragError(failed)
+            return enc
+        model = self.query_model(which)
+        # the messages say what is off in words for every front end (web page, MCP, CLI); each adds its
+        # own advice from the code in self._off
+        if not model or not self.models.get(which) or self.store.get(_VECTORS_OF[which]) is None:
+            building = self.building() if which == "clip" else None
+            if building:
+                self._off[which], failed = "building", f"no CLIP vectors yet: {building}"
+            elif which == "clip":
+                self._off[which] = "no_vectors"
+                failed = "the index has no CLIP vectors (it was built " + (
+                    "without a CLIP model)"
+                    if self.models.get("text")
+                    else "without vectors: keyword search only)"
+                )
+            else:
+                self._off[which], failed = "no_vectors", "the index has no text-model vectors"
+            self._failed[which] = failed
             if required:
-                raise ManualragError(self._clip_failed)
+                raise ManualragError(failed)
             return None
-        from manualrag.encoder import ClipEncoder
+        from manualrag.encoder import ClipEncoder, TextEncoder
         from manualrag.errors import ModelUnavailableError
 
+        cls = ClipEncoder if which == "clip" else TextEncoder
         try:
-            self._clip = ClipEncoder.load(model, device=self.cfg["device"], dtype=self.query_dtype)
+            self._import_ml("AutoModel", "AutoProcessor" if which == "clip" else "AutoTokenizer")
+            t0 = time.perf_counter()
+            try:
+                self._encoders[which] = cls.load(model, device=self.cfg["device"], dtype=self.query_dtype)
+            finally:
+                self._cold["load_models"] = self._cold.get("load_models", 0.0) + time.perf_counter() - t0
         except ModelUnavailableError as exc:
-            self._clip_failed = str(exc)
+            self._off[which], self._failed[which] = "unavailable", str(exc)
             if required:
                 raise
-            log.warning("dense channels off: %s", str(exc).splitlines()[0])
-        return self._clip
+            log.warning("%s off: %s", _CHANNEL_NAME[which], str(exc).splitlines()[0])
+        return self._encoders[which]
 
-    def _text_encoder(self, required: bool):
-        if self._text is not None or self._text_failed:
-            if self._text is None and required:
-                raise ManualragError(self._text_failed)
-            return self._text
-        model = self.models.get("text")
-        if not model or self.store.get("sem") is None:
-            self._text_failed = "the index has no text-model vectors; use --channels lexical or dense"
-            if required:
-                raise ManualragError(self._text_failed)
-            return None
-        from manualrag.encoder import TextEncoder
-        from manualrag.errors import ModelUnavailableError
+    def _clip_encoder(self, required: bool) -> Any:
+        return self._encoder("clip", required)
 
+    def _text_encoder(self, required: bool) -> Any:
+        return self._encoder("text", required)
+
+    @property
+    def _clip_failed(self) -> str | None:
+        return self._failed["clip"]
+
+    @property
+    def _text_failed(self) -> str | None:
+        return self._failed["text"]
+
+    def _import_ml(self, *names: str) -> None:
+        """Import torch and the transformers classes an encoder's load imports, timed apart from the load
+        (``--timings`` shows where a cold query goes). Import failures are left to the load to report."""
+        t0 = time.perf_counter()
         try:
-            self._text = TextEncoder.load(model, device=self.cfg["device"], dtype=self.query_dtype)
-        except ModelUnavailableError as exc:
-            self._text_failed = str(exc)
-            if required:
-                raise
-            log.warning("text channel off: %s", str(exc).splitlines()[0])
-        return self._text
+            import importlib
+
+            importlib.import_module("torch")
+            tf = importlib.import_module("transformers")
+            for name in names:
+                getattr(tf, name)
+        except Exception:  # noqa: BLE001 - the encoder's load says what is missing
+            pass
+        self._cold["import"] = self._cold.get("import", 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------------- search
     def search(
@@ -239,24 +351,40 @@ class Retriever:
     ) -> SearchResult:
         if not text and image is None:
             raise ManualragError("give a query text, an --image, or both")
+        if image is not None:
+            image = _read_image(image)  # before any model is loaded: a bad file fails fast
         if modality not in ("all", "text", "image"):
             raise ManualragError(f"--modality must be all, text or image, not {modality!r}")
         explicit = channels is not None
-        channels = list(channels or CHANNELS)
+        if explicit and not channels:
+            raise ManualragError(f"no channel given: choose from {', '.join(CHANNELS)}")
+        channels = list(CHANNELS) if channels is None else list(channels)
         for c in channels:
             if c not in CHANNELS:
                 raise ManualragError(f"unknown channel {c!r}: choose from {', '.join(CHANNELS)}")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ManualragError(f"k must be a positive number of hits, not {k!r}")
         k = k or self.cfg["retrieve"]["k"]
         n = max(self.cfg["retrieve"]["candidates"], 3 * k)
         timings: dict[str, float] = {"encode": 0.0, "search": 0.0, "fusion": 0.0}
         rankings: dict[str, list[tuple[Key, float]]] = {}
         notes: list[str] = []
+        building = self.building()
+        if building:
+            notes.append(building)
         used: list[str] = []
+        off: dict[str, str] = {}
 
         if "dense" in channels:
-            clip = self._clip_encoder(required=explicit)
+            try:
+                # a query image alone has only the CLIP channels: without them there is nothing to search
+                clip = self._clip_encoder(required=explicit or not text)
+            except ManualragError as exc:
+                self._channel_error(exc, "clip", image is not None and not text)
+                raise
             if clip is None:
                 notes.append("dense channels off: " + (self._clip_failed or "").splitlines()[0])
+                off["dense"] = self._off["clip"]
             else:
                 used.append("dense")
                 if text:
@@ -270,7 +398,7 @@ class Retriever:
                     timings["search"] += time.perf_counter() - t0
                 if image is not None:
                     t0 = time.perf_counter()
-                    qi = clip.embed_images([_read_image(image)])[0]
+                    qi = clip.embed_images([image])[0]
                     timings["encode"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     rankings["image_image"] = self._refs("image", qi, n)
@@ -278,14 +406,19 @@ class Retriever:
                     timings["search"] += time.perf_counter() - t0
 
         if "text" in channels and text:
-            enc = self._text_encoder(required=explicit)
+            try:
+                enc = self._text_encoder(required=explicit)
+            except ManualragError as exc:
+                self._channel_error(exc, "text", False)
+                raise
             if enc is None:
-                if self.models.get("text"):
+                if self.query_model("text"):
                     notes.append("text channel off: " + (self._text_failed or "").splitlines()[0])
+                    off["text"] = self._off["text"]
             else:
                 used.append("text")
                 t0 = time.perf_counter()
-                q = enc.embed_texts([enc.fit(text) if hasattr(enc, "fit") else text])[0]
+                q = enc.embed_texts([enc.fit(text)])[0]
                 timings["encode"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 rankings["text"] = self._refs("sem", q, n)
@@ -313,28 +446,36 @@ class Retriever:
             fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
             hits = self._hits(fused, text or "", k, modality, source, passages)
             timings["fusion"] += time.perf_counter() - t0
+        cold = {key: v for key, v in self._cold.items() if v > 0}
+        self._cold.clear()
         return SearchResult(
             query=text or f"<image {image if isinstance(image, (str, Path)) else 'bytes'}>",
             hits=hits,
             channels_used=used,
-            timings_ms={key: round(v * 1000, 2) for key, v in timings.items()},
+            timings_ms={key: round(v * 1000, 2) for key, v in {**cold, **timings}.items()},
             notes=notes,
+            channels_off=off,
         )
+
+    def _channel_error(self, exc: ManualragError, which: str, image_only: bool) -> None:
+        """For a channel asked for by name (or needed by a query image) that the index has no vectors for:
+        raise a one-line error saying so and naming the channels it does have (else return, and the
+        caller re-raises ``exc``)."""
+        if self._off[which] != "no_vectors":
+            return
+        if image_only:
+            raise ManualragError(f"{exc}: a query image needs them") from None
+        have = {
+            "lexical",
+            "dense" if self.models.get("clip") else "",
+            "text" if self.models.get("text") else "",
+        }
+        have -= {"", "dense" if which == "clip" else "text"}
+        raise ManualragError(f"{exc}; channels it has: {', '.join(sorted(have))}") from None
 
     def _refs(self, kind: str, vec: Any, n: int) -> list[tuple[Key, float]]:
         """Vector search in one collection, mapped to the things (passages/figures) the vectors belong to."""
-        return [(self._ref_of(kind, i), score) for i, score in self.store.query(kind, vec, n)[0]]
-
-    @staticmethod
-    def _ref_of(kind: str, vid: str) -> Key:
-        if kind in ("image",):
-            return ("figure", vid)
-        if kind == "image_text":
-            return ("figure", vid.removesuffix(":t"))
-        # text windows "{passage_id}:w3"; sem vectors: windows "{passage_id}:s0" or figures "{figure_id}:s"
-        if vid.endswith(":s") and ":f:" in vid:
-            return ("figure", vid[:-2])
-        return ("passage", vid.rsplit(":", 1)[0])
+        return [(ids.ref_of(kind, i), score) for i, score in self.store.query(kind, vec, n)[0]]
 
     def _captions_as_figures(
         self, rankings: dict[str, list[tuple[Key, float]]], passages: dict[str, Any]
@@ -424,14 +565,9 @@ class Retriever:
                         heading=g.heading,
                         text="\n".join(x for x in [g.caption, " ".join(g.labels), g.ocr_text] if x),
                         snippet=make_snippet(" ".join([g.caption, " ".join(g.labels), g.ocr_text]), query),
-                        figure_kind=g.kind,
-                        caption=g.caption,
-                        labels=list(g.labels),
-                        ocr_text=g.ocr_text,
-                        nearby_text=g.nearby_text,
-                        crop_path=str((self.index_dir / g.crop_path).resolve()) if g.crop_path else None,
+                        crop_path=_abs(self.index_dir, g.crop_path),
                         bbox=list(g.bbox),
-                        quality=g.quality,
+                        **{h: _copy(getattr(g, name)) for h, name in HIT_FIGURE_FIELDS.items()},
                     )
                 )
             if len(hits) >= k:
@@ -464,15 +600,35 @@ def _abs(index_dir: Path, rel: str | None) -> str | None:
     return str((index_dir / rel).resolve()) if rel else None
 
 
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
 def _match(path: str, pattern: str) -> bool:
     return fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(Path(path).name, pattern)
 
 
-def _read_image(image: str | Path | bytes) -> bytes:
-    if isinstance(image, bytes):
+def _read_image(image: str | Path | bytes | Any) -> Any:
+    """The query image decoded (a PIL image), with the guards and one-line reasons of ``index``: a file
+    that is not an image, a corrupt one or a decompression bomb is a usage error naming the file."""
+    from PIL import Image
+
+    from manualrag.images import decode_first_frame
+
+    if isinstance(image, Image.Image):
         return image
-    p = Path(image)
+    if isinstance(image, bytes):
+        data, name = image, "query image"
+    else:
+        p = Path(image)
+        name = f"query image {p}"
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise ManualragError(f"cannot read {name}: {exc.strerror or exc}") from None
+    if not data:
+        raise ManualragError(f"{name}: empty file (0 bytes)")
     try:
-        return p.read_bytes()
-    except OSError as exc:
-        raise ManualragError(f"cannot read query image {p}: {exc.strerror or exc}") from None
+        return decode_first_frame(data)
+    except ValueError as exc:
+        raise ManualragError(f"{name}: {exc}") from None

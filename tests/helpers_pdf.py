@@ -260,3 +260,132 @@ def figure_cases_pdf(path: Path) -> Path:
     doc.save(path)
     doc.close()
     return path
+
+
+# ------------------------------------------------------------------------------------------ sideways content
+PUMP_MANUAL = Path(__file__).resolve().parents[1] / "data" / "manuals" / "pump-controller-manual.pdf"
+WIRING_PAGE = 4  # the sample manual's page with Figure 2, the vector wiring diagram
+
+
+def wiring_clip(page: pymupdf.Page) -> pymupdf.Rect:
+    """The area of the sample manual's wiring diagram on its page: the outer frame (the largest drawing),
+    padded."""
+    frame = max((d["rect"] for d in page.get_drawings()), key=lambda r: r.width * r.height)
+    return frame + (-4, -4, 4, 4)
+
+
+def wiring_png(dpi: int = 150) -> bytes:
+    """The sample manual's wiring diagram rendered to greyscale pixels, upright (landscape)."""
+    with pymupdf.open(PUMP_MANUAL) as src:
+        page = src[WIRING_PAGE - 1]
+        pix = page.get_pixmap(clip=wiring_clip(page), dpi=dpi, colorspace=pymupdf.csGRAY)
+        return pix.tobytes("png")
+
+
+SCAN_MARGIN = 18.0  # pt of white around the picture on a turned scan page
+
+
+def turned_scan_pdf_bytes(rotation: int, dpi: int = 150) -> bytes:
+    """A scanned page (no text layer) showing the wiring diagram turned so that a reader must turn the page
+    ``rotation`` degrees clockwise to read it (90: labels run bottom to top). The picture sits
+    ``SCAN_MARGIN`` pt from the page's top-left corner, at ``dpi``."""
+    img = Image.open(io.BytesIO(wiring_png(dpi)))
+    turned = img.rotate(rotation, expand=True)  # Pillow turns counter-clockwise
+    w, h = turned.width * 72.0 / dpi, turned.height * 72.0 / dpi
+    doc = pymupdf.open()
+    page = doc.new_page(width=w + 2 * SCAN_MARGIN, height=h + 2 * SCAN_MARGIN)
+    page.insert_image(
+        pymupdf.Rect(SCAN_MARGIN, SCAN_MARGIN, SCAN_MARGIN + w, SCAN_MARGIN + h), stream=png_bytes(turned)
+    )
+    data = doc.tobytes()
+    doc.close()
+    return data
+
+
+def wiring_only() -> pymupdf.Document:
+    """A one-page PDF holding only the wiring diagram (vector paths + PDF text) of the sample manual: page 4
+    with everything outside the diagram redacted and the page cropped to it (``show_pdf_page`` with a clip
+    would still carry the whole page's text, invisible but extractable)."""
+    doc = pymupdf.open(PUMP_MANUAL)
+    doc.select([WIRING_PAGE - 1])
+    page = doc[0]
+    clip, full = wiring_clip(page), page.rect
+    for band in (
+        pymupdf.Rect(full.x0, full.y0, full.x1, clip.y0),
+        pymupdf.Rect(full.x0, clip.y1, full.x1, full.y1),
+        pymupdf.Rect(full.x0, clip.y0, clip.x0, clip.y1),
+        pymupdf.Rect(clip.x1, clip.y0, full.x1, clip.y1),
+    ):
+        page.add_redact_annot(band)
+    page.apply_redactions(
+        images=pymupdf.PDF_REDACT_IMAGE_REMOVE, graphics=pymupdf.PDF_REDACT_LINE_ART_REMOVE_IF_TOUCHED
+    )
+    page.set_cropbox(clip)
+    return doc
+
+
+def sideways_vector_pdf(path: Path) -> Path:
+    """Three pages with the wiring diagram as vector drawing and PDF text:
+    1. a mixed portrait page: upright prose above and below the diagram printed sideways (labels run bottom
+       to top: turn the page 90 degrees clockwise to read it);
+    2. the diagram alone, turned the other way (turn the page 270 degrees clockwise);
+    3. a page stored sideways with /Rotate 90, so that it displays (and reads) upright;
+    4. upright prose and a raster picture of the diagram turned 90 degrees (its words only in pixels)."""
+    doc = pymupdf.open()
+    with wiring_only() as src:
+        cw, ch = src[0].rect.width, src[0].rect.height
+        # 1: mixed page
+        page = doc.new_page(width=A4[0], height=A4[1])
+        body_text(
+            page,
+            60,
+            "Connect the supply through an all-pole isolator and a residual current device. The wiring "
+            "diagram below is printed landscape: turn the manual to read the terminal labels.",
+        )
+        x0 = (A4[0] - ch) / 2
+        page.show_pdf_page(pymupdf.Rect(x0, 130, x0 + ch, 130 + cw), src, 0, rotate=90)
+        body_text(
+            page,
+            150 + cw,
+            "Route the mains and motor cables through separate glands and keep them apart inside the "
+            "housing to avoid interference on the sensor signal.",
+        )
+        # 2: the diagram alone, turned the other way
+        page = doc.new_page(width=ch + 40, height=cw + 40)
+        page.show_pdf_page(pymupdf.Rect(20, 20, 20 + ch, 20 + cw), src, 0, rotate=270)
+        # 3: drawn sideways on a portrait page that /Rotate 90 shows as an upright landscape page
+        page = doc.new_page(width=ch + 40, height=cw + 40)
+        page.show_pdf_page(pymupdf.Rect(20, 20, 20 + ch, 20 + cw), src, 0, rotate=90)
+        page.set_rotation(90)
+        # 4: a raster picture of it, turned, between upright paragraphs
+        page = doc.new_page(width=A4[0], height=A4[1])
+        body_text(page, 60, "The terminal assignment is shown in the picture below, printed landscape.")
+        picture = Image.open(io.BytesIO(wiring_png(150))).rotate(90, expand=True)
+        page.insert_image(pymupdf.Rect(x0, 100, x0 + ch, 100 + cw), stream=png_bytes(picture))
+        body_text(page, 120 + cw, "Tighten the terminal screws to 0.5 Nm after fitting the ferrules.")
+    doc.save(path)
+    doc.close()
+    return path
+
+
+CORPUS2_SCAN = Path(__file__).resolve().parents[2] / "shared" / "corpus2" / "scan-pcb-manual-section.pdf"
+
+
+def turned_corpus2_scan_bytes(rotation: int, page: int = 12, keep: float = 0.45) -> bytes:
+    """The top ``keep`` of a real scanned page of ../shared/corpus2 (page 12: the Pcb manual's glossary,
+    150 dpi greyscale JPEG) as a one-page scanned PDF, turned so that a reader must turn the page
+    ``rotation`` degrees clockwise to read it."""
+    with pymupdf.open(CORPUS2_SCAN) as src:
+        pg = src[page - 1]
+        info = pg.get_image_info(xrefs=True)[0]
+        img = Image.open(io.BytesIO(src.extract_image(info["xref"])["image"]))
+        scale = img.width / pg.rect.width  # pixels per point
+    top = img.crop((0, 0, img.width, round(img.height * keep))).rotate(rotation, expand=True)
+    buf = io.BytesIO()
+    top.save(buf, format="JPEG", quality=85)
+    doc = pymupdf.open()
+    page_ = doc.new_page(width=top.width / scale, height=top.height / scale)
+    page_.insert_image(page_.rect, stream=buf.getvalue())
+    data = doc.tobytes()
+    doc.close()
+    return data

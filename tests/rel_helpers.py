@@ -8,9 +8,11 @@ import json
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,66 @@ def versioned_md(tag: str, sections: int = 2) -> bytes:
             f"## Section {i} {tag}\n\nTorque values for release {tag}, section {i}: 12 Nm on the coupling.\n"
         )
     return "\n".join(parts).encode()
+
+
+# ------------------------------------------------------------------------------------------ images
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def bomb_png(side: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0"))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def text_chunk_png() -> bytes:
+    """A real small picture with a zTXt chunk that inflates to 50 MB (a text-chunk decompression bomb)."""
+    png = h.photo_png(120, 80)
+    ztxt = png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (50 << 20), 9))
+    return png[:33] + ztxt + png[33:]  # after the 8-byte signature and the 25-byte IHDR chunk
+
+
+def bad_images() -> dict[str, tuple[bytes, str]]:
+    """Files that are not usable images, by name: (bytes, the one-line reason both ``index`` and
+    ``query --image`` give for them)."""
+    png = h.photo_png(120, 80)
+    return {
+        "text-as.png": (b"# Not an image\n\nJust some markdown.\n", "not a readable image"),
+        "bomb.png": (bomb_png(30_000), "image too large (decompression-bomb guard)"),
+        "truncated.png": (png[: len(png) // 2], "corrupt or truncated image"),
+        "text-chunk.png": (text_chunk_png(), "image refused: oversized PNG text chunk"),
+        "empty.png": (b"", "empty file (0 bytes)"),
+    }
+
+
+# file names that would forge or break lines of human output if printed raw (issue 14 row 6)
+HOSTILE_NAMES = (
+    "x\nFAILED ok.md: forged error line\n.md",
+    "cr\rover.md",
+    "ls\u2028ps\u2029nel\x85.md",
+)
+
+
+def damage_sqlite(db: Path, how: str) -> None:
+    """Damage an index.sqlite as a disk or a careless copy would: ``truncated`` to 8 KiB, or ``garbage``
+    over its header and first pages (its -wal/-shm files are dropped)."""
+    data = db.read_bytes()
+    if how == "truncated":
+        db.write_bytes(data[:8192])
+    else:
+        db.write_bytes(os.urandom(100) + data[100:4096] + os.urandom(8192) + data[12288:])
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def repetitive_line_md(n_bytes: int, words: str = "lorem ipsum zzyzx ") -> bytes:
+    """A pathological manual: one huge line of a few words repeated (issue 14 row 2)."""
+    return b"# Notes\n\n" + (words.encode() * (n_bytes // len(words) + 1))[:n_bytes] + b"\n"
 
 
 def corrupt_pdf() -> bytes:

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from manualrag.indexer.chunk import doc_id_for, make_passages, make_windows, sentence_spans
+from manualrag.ids import doc_id as doc_id_for
+from manualrag.indexer.chunk import make_passages, make_windows, sentence_spans
 from manualrag.models import Document, Passage, TextBlock, Window
 
 

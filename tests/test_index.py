@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from manualrag.cli import main
-from manualrag.indexer.chunk import doc_id_for
+from manualrag.ids import doc_id as doc_id_for
 from manualrag.manifest import Manifest
 from manualrag.retriever.lexical import lexical_search
 from manualrag.store import KINDS, VectorStore

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from manualrag.errors import IndexNotFoundError, ManualragError
 from manualrag.manifest import (
     DB_NAME,
+    SCHEMA_VERSION,
     DocRow,
     Manifest,
     ManifestSchemaError,
@@ -147,7 +148,7 @@ def test_round_trip(manifest, tmp_path):
         assert d == expected and re.match(r"\d{4}-\d\d-\d\dT", d.indexed_at)
         assert m.document(DOC) == d and m.document("nope") is None
         assert m.get_meta("config") == {"model": "clip-a", "list": [1, 2]}
-        assert m.get_meta("schema") == 1 and m.get_meta("absent", 7) == 7
+        assert m.schema_version() == SCHEMA_VERSION and m.get_meta("absent", 7) == 7
 
         got = m.passages([p.passage_id for p in ps] + ["missing"])
         assert got == {p.passage_id: p for p in ps}
@@ -192,11 +193,11 @@ def test_round_trip(manifest, tmp_path):
             m.begin_document(DOC)
 
 
-def test_set_models_errors_and_remove(manifest):
+def test_models_errors_and_remove(manifest):
     ps, ws, figs = index_doc(manifest)
     other = passage(0, "other connector", path="other.pdf", doc_id="fedcba9876543210")
     index_doc(manifest, "other.pdf", ([other], [], []))
-    manifest.set_models(DOC, "siglip-b", None)
+    manifest.commit_document(doc_row(clip_model="siglip-b", text_model=None))  # a re-commit replaces the row
     d = manifest.documents()[DOC]
     assert (d.clip_model, d.text_model) == ("siglip-b", None)
 
@@ -292,10 +293,12 @@ def test_readonly_open_of_a_missing_index(tmp_path):
         Manifest.open(tmp_path / "junk", readonly=True)
 
 
-def test_schema_version_mismatch_is_refused(manifest, tmp_path):
-    manifest.set_meta("schema", 99)
+def test_an_index_of_a_newer_schema_is_refused(manifest, tmp_path):
+    manifest.set_meta("schema_version", 99)
     manifest.close()
-    with pytest.raises(ManifestSchemaError, match="manualrag reset"):
+    with pytest.raises(
+        ManifestSchemaError, match="schema 99, newer than this manualrag's.*upgrade manualrag"
+    ):
         Manifest.open(tmp_path / "index")
 
 

@@ -47,6 +47,7 @@ HIT_FIELDS = {
     "crop_path",
     "bbox",
     "quality",
+    "rotation",
     "figures",
 }
 

@@ -20,9 +20,11 @@ Outcomes (the table in docs/reliability.md):
 | PNG with a 50 MB zTXt chunk | error "image refused: oversized PNG text chunk (...)" |
 | 2000-page PDF | indexed, within a 1.5 GiB memory limit |
 | file name not valid UTF-8 | indexed as the name with ``\\xNN`` escapes |
+| page scanned sideways (a diagram turned 90 degrees) | indexed, read upright: its labels find it first |
 | symlink loop / symlink out of the library | skipped (counted), outside file indexed with follow_symlinks |
 | native crash / abort / out of memory in the worker | error "extraction crashed (SIGSEGV)" / "(SIGABRT)" / "out of memory (limit N MiB)" |
 | hang | error "extraction timed out after N s" |
+| file name with a newline, CR, U+2028/2029 or NEL | indexed; shown on one line with the break escaped |
 | unreadable file | error "cannot read: Permission denied" |
 | file that changes during the run | the version read is indexed; the next run is consistent |
 | file that disappears during the run | error "cannot read ...: No such file or directory", old records removed |
@@ -33,9 +35,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
@@ -47,27 +47,6 @@ from tests import rel_helpers as rh
 BIG_PAGES = 2000
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def _bomb_png(side: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(b"\0"))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def _text_chunk_png() -> bytes:
-    """A real small picture with a zTXt chunk that inflates to 50 MB (a text-chunk decompression bomb)."""
-    png = h.photo_png(120, 80)
-    ztxt = _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (50 << 20), 9))
-    return png[:33] + ztxt + png[33:]  # after the 8-byte signature and the 25-byte IHDR chunk
-
-
 def _bad_library(root: Path) -> tuple[Path, Path]:
     lib, outside = root / "lib", root / "outside"
     lib.mkdir()
@@ -76,6 +55,8 @@ def _bad_library(root: Path) -> tuple[Path, Path]:
     (lib / "good.pdf").write_bytes(rh.versioned_pdf("good", pages=2, photo=True))
     (lib / "notes.md").write_bytes(rh.versioned_md("good"))
     (lib / "photo.png").write_bytes(h.photo_png(300, 200))
+    # odd: the sample wiring diagram scanned sideways (the same bytes as tests/test_sideways.py: OCR cache)
+    (lib / "sideways-scan.pdf").write_bytes(h.turned_scan_pdf_bytes(90))
     # bad inputs
     six = rh.versioned_pdf("cut", pages=6)
     (lib / "truncated.pdf").write_bytes(six[: len(six) // 2])
@@ -92,11 +73,13 @@ def _bad_library(root: Path) -> tuple[Path, Path]:
     h.encrypted_pdf(lib / "locked-unknown.pdf", "not-in-config")
     (lib / "zero-pages.pdf").write_bytes(rh.zero_page_pdf())
     (lib / "empty.pdf").write_bytes(b"")
-    (lib / "bomb.png").write_bytes(_bomb_png(30_000))
-    (lib / "text-chunk.png").write_bytes(_text_chunk_png())
+    (lib / "bomb.png").write_bytes(rh.bomb_png(30_000))
+    (lib / "text-chunk.png").write_bytes(rh.text_chunk_png())
     (lib / "big.pdf").write_bytes(rh.many_pages_pdf(BIG_PAGES))
     with open(os.path.join(os.fsencode(lib), b"caf\xe9-manual.pdf"), "wb") as f:
         f.write(h.simple_pdf_bytes("Manual with a Latin-1 file name: torque the lid screws to 3 Nm."))
+    for name in rh.HOSTILE_NAMES:  # line breaks in names: indexed; shown escaped on one line
+        (lib / name).write_bytes(rh.versioned_md("hostile"))
     (lib / "sub").mkdir()
     (lib / "sub" / "loop").symlink_to("..", target_is_directory=True)
     (outside / "outside.pdf").write_bytes(h.simple_pdf_bytes("A manual kept outside the library folder."))
@@ -108,6 +91,7 @@ def _bad_library(root: Path) -> tuple[Path, Path]:
 
 INDEXED = {
     "good.pdf": None,
+    "sideways-scan.pdf": None,
     "notes.md": None,
     "photo.png": None,
     "truncated.pdf": "repaired: ",
@@ -119,7 +103,10 @@ INDEXED = {
     # reserves twice the limit in untouched address space (as onnxruntime's thread pools and malloc arenas do
     # on a many-core machine): the limit counts memory used, not address space, so it is indexed
     "reserve.pdf": None,
+    **{name: None for name in rh.HOSTILE_NAMES},
 }
+# queries for the labels of the sideways scan's diagram (good.pdf's wiring diagram has a K1 too)
+SIDEWAYS_QUERIES = ("K1 relay 24 V DC coil", "MAINS 230V 50/60 Hz PTC")
 FAILED = {
     "truncated-tree.pdf": "corrupt PDF: cannot count its pages",
     "random.pdf": "not a PDF file (no %PDF- header)",
@@ -193,6 +180,12 @@ def test_bad_inputs_library(tmp_path, tiny_clip_dir, monkeypatch):
             r[0] for r in db.execute("SELECT text FROM passages WHERE doc_path = 'locked-known.pdf'")
         )
         assert "Secret torque table" in text
+    for query in SIDEWAYS_QUERIES:
+        rc, hits, out = rh.cli("--config", str(cfg), "query", query, "--index-dir", str(idx), "--json")
+        assert rc == 0, out
+        assert hits[0]["path"] == "sideways-scan.pdf", (query, [(x["path"], x["kind"]) for x in hits[:3]])
+        scan = next(x for x in hits if x["path"] == "sideways-scan.pdf" and x["kind"] == "image")
+        assert scan["figure_kind"] == "scan" and scan.get("rotation") == 90, scan
 
     # follow_symlinks: the link out of the library is indexed; nothing else changes; the bad files fail again
     cfg2 = rh.write_cfg(

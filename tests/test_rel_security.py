@@ -254,7 +254,7 @@ def test_no_pickle_no_remote_code_no_unsafe_loaders_in_the_code():
         for m in forbidden.finditer(p.read_text())
     ]
     assert not bad, bad
-    assert "trust_remote_code" not in (ROOT / "indexer" / "encoder.py").read_text().replace(
+    assert "trust_remote_code" not in (ROOT / "manualrag" / "encoder.py").read_text().replace(
         "never ``trust_remote_code``", ""
     )
 

@@ -5,6 +5,9 @@ Prints tables and appends them, with the machine description, to tests/bench/RES
   pdf4llm   pymupdf4llm ``to_markdown(page_chunks=True)`` on the corpus PDFs (the parsing yardstick)
   extract   our extraction + OCR alone (``Indexer(dense=False)``: isolated workers, no model)
   ocr       OCR scaling: the exact images our extraction sends to tesseract, 1 worker vs 2, then the digest cache
+  orient    orientation handling's cost: the images our extraction sends to tesseract from --orient-files
+            (default: ../shared/corpus2's scanned section and loose images), read with ocr.orientation on and
+            off (1 worker); OSD's and all orientation work's share of OCR time
   corpus    full index of the corpus, full-size random-init ViT-B/32 (CLIP only, dtype auto), then an
             unchanged re-index
   naive     the naive baseline on the same input and model: in-process extraction, sequential OCR of every
@@ -41,6 +44,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench.common import (  # noqa: E402
+    REPO,
     RssSampler,
     append_results,
     bench_cache,
@@ -62,7 +66,7 @@ from tests.bench.common import (  # noqa: E402
 )
 
 MODULE = "tests.bench.index_bench"
-SECTIONS = ("pdf4llm", "extract", "ocr", "corpus", "naive", "embed", "textshare", "large", "memory")
+SECTIONS = ("pdf4llm", "extract", "ocr", "orient", "corpus", "naive", "embed", "textshare", "large", "memory")
 # the text channel's share is also measured by query_bench (it builds its index with CLIP + MiniLM)
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "textshare")
 QUICK_SUBSET = ("xfig-howto.pdf", "netgen-manual.pdf", "kicad-coldfire-schematic.png")
@@ -164,6 +168,9 @@ def task_ocr(a: dict[str, Any]) -> dict[str, Any]:
             out.setdefault(f"w{workers}_runs", []).append(round(dt, 2))
             out.setdefault(f"w{workers}_cpu", []).append(round(cpu, 2))
             out[f"w{workers}_calls"] = eng.calls
+            out.setdefault(f"w{workers}_osd_s", []).append(round(eng.osd_seconds, 2))
+            out.setdefault(f"w{workers}_orient_s", []).append(round(eng.orient_seconds, 2))
+            out[f"w{workers}_osd_calls"] = eng.osd_calls
         out["with_words"] = sum(1 for r in res.values() if r.words)
         out["words"] = sum(len(r.words) for r in res.values())
     for w in (1, 2):
@@ -191,14 +198,44 @@ def task_ocr(a: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def task_orient(a: dict[str, Any]) -> dict[str, Any]:
+    """The images our extraction OCRs from ``files``, read with orientation handling off and on (one
+    tesseract at a time, no cache): wall time, and the time of OSD and of all orientation work."""
+    from manualrag.indexer.extract import extract_file
+    from manualrag.indexer.ocr import OcrEngine
+
+    cfg = bench_config(a["model"])
+    rec = _RecordingOcr()
+    for f in a["files"]:
+        extract_file(Path(f), Path(f).name, cfg, ocr=rec)  # type: ignore[arg-type]
+    images = list({d: (d, b) for d, b in rec.images}.values())
+    out: dict[str, Any] = {"images": len(images), "files": [Path(f).name for f in a["files"]]}
+    for orientation in a.get("order", [False, True]):
+        c = copy.deepcopy(cfg)
+        c["ocr"].update(workers=1, orientation=orientation)
+        with OcrEngine(c, cache_path=None) as eng:
+            t0 = time.perf_counter()
+            res = eng.ocr(images)
+            out["on" if orientation else "off"] = {
+                "s": time.perf_counter() - t0,
+                "osd_calls": eng.osd_calls,
+                "osd_s": eng.osd_seconds,
+                "orient_s": eng.orient_seconds,
+                "turned": eng.turned,
+                "words": sum(len(r.words) for r in res.values()),
+            }
+    return out
+
+
 def task_naive(a: dict[str, Any]) -> dict[str, Any]:
     """What a straightforward implementation of the design does, with the same building blocks."""
     from manualrag.encoder import ClipEncoder
-    from manualrag.indexer.chunk import doc_id_for, make_passages, make_windows
+    from manualrag.ids import doc_id as doc_id_for
+    from manualrag.ids import figure_id
+    from manualrag.indexer.chunk import make_passages, make_windows
     from manualrag.indexer.discover import discover
     from manualrag.indexer.extract import extract_file
     from manualrag.indexer.ocr import OcrEngine
-    from manualrag.indexer.pipeline import figure_id_for
     from manualrag.manifest import DocRow, Manifest
     from manualrag.store import VectorStore
 
@@ -255,8 +292,8 @@ def task_naive(a: dict[str, Any]) -> dict[str, Any]:
                     fig.crop_path = f"crops/{fig.digest}.png"
             passages = make_passages(doc)
             windows = make_windows(passages, clip.count_tokens, clip.max_tokens, tag="w")
-            figures = [(figure_id_for(doc_id, f), f) for f in doc.figures]
-            boiler = [(figure_id_for(doc_id, f), f) for f in doc.boilerplate]
+            figures = [(figure_id(doc_id, f.digest), f) for f in doc.figures]
+            boiler = [(figure_id(doc_id, f.digest), f) for f in doc.boilerplate]
             by_pid = {p.passage_id: p for p in passages}
             t["chunk"] += time.perf_counter() - t0
 
@@ -545,6 +582,7 @@ TASKS = {
     "pdf4llm": task_pdf4llm,
     "index": task_index,
     "ocr": task_ocr,
+    "orient": task_orient,
     "naive": task_naive,
     "embed": task_embed,
     "big_pdf": task_make_big_pdf,
@@ -673,6 +711,12 @@ def main() -> None:
         "--workdir", default=None, help="keep libraries and indexes here (default: a temp folder)"
     )
     ap.add_argument("--no-results", action="store_true", help="do not append to tests/bench/RESULTS.md")
+    ap.add_argument(
+        "--orient-files",
+        nargs="*",
+        default=None,
+        help="files of the orient section (default: corpus2's scanned PDF and loose images)",
+    )
     args = ap.parse_args()
     if args.child:
         child_main(args.child)
@@ -692,7 +736,7 @@ def main() -> None:
     log(
         f"machine: {info['cpu']}, {info['cores']} cores, load {info['loadavg_start']}; sections: {','.join(sections)}"
     )
-    model = str(bench_model("full"))
+    model = str(bench_model("full")) if set(sections) - {"orient"} else "none"  # orient loads no model
     subset = QUICK_SUBSET if args.quick else None
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="manualrag-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -813,6 +857,7 @@ def main() -> None:
                 "speed-up bound from image sizes: submission order (largest first)",
                 "cached re-run s",
                 "images OCR'd in cached re-run",
+                "OSD runs / OSD s / orientation work s (1 worker, share of its OCR s)",
             ],
             [
                 [
@@ -829,6 +874,8 @@ def main() -> None:
                     f"{oc['ideal_2w_speedup']:.2f} ({oc.get('ideal_2w_speedup_lpt', float('nan')):.2f} largest first)",
                     round(oc["cached_s"], 3),
                     oc["cached_calls"],
+                    f"{oc['w1_osd_calls']} / {min(oc['w1_osd_s']):.1f} / {min(oc['w1_orient_s']):.1f}"
+                    f" ({100 * min(oc['w1_orient_s']) / oc['w1_s']:.1f} %)",
                 ]
             ],
         )
@@ -840,6 +887,52 @@ def main() -> None:
             " are not OCR'd)."
         )
         section("OCR: workers and cache", txt)
+
+    if "orient" in sections:
+        log("orientation handling: OCR with ocr.orientation off and on (1 worker)")
+        corpus2 = REPO.parent / "shared" / "corpus2"
+        files = args.orient_files or [
+            str(p)
+            for p in sorted(corpus2.iterdir())
+            if p.name.startswith("scan-") or p.suffix.lower() in (".png", ".jpg", ".jpeg")
+        ]
+        orr = run_child(MODULE, {"task": "orient", "model": model, "files": files})
+        R["orient"] = orr
+        off, on = orr["off"], orr["on"]
+        rows = [
+            [
+                name,
+                round(d["s"], 1),
+                d["osd_calls"],
+                round(d["osd_s"], 1),
+                f"{100 * d['osd_s'] / d['s']:.1f} %" if d["s"] else "-",
+                round(d["orient_s"], 1),
+                f"{100 * d['orient_s'] / d['s']:.1f} %" if d["s"] else "-",
+                d["turned"],
+                d["words"],
+            ]
+            for name, d in (("off", off), ("on", on))
+        ]
+        txt = table(
+            [
+                "ocr.orientation",
+                "OCR s (1 worker)",
+                "OSD runs",
+                "OSD s",
+                "OSD share of OCR",
+                "orientation work s",
+                "orientation share of OCR",
+                "images read turned",
+                "words",
+            ],
+            rows,
+        )
+        txt += (
+            f"\n\n{orr['images']} images from {', '.join(orr['files'])}; with orientation handling OCR took"
+            f" **{on['s'] / off['s']:.2f}x** the time without (load average {loadavg()}). Orientation work = OSD +"
+            " reads of the other rotations; an upright read that is strong (most words confident) pays nothing."
+        )
+        section("OCR: orientation handling", txt)
 
     # -------------------------------------------------------------------------------- corpus index
     if "corpus" in sections or "embed" in sections:

@@ -41,10 +41,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from manualrag.config import DEFAULTS  # noqa: E402
+from manualrag.images import decode_first_frame  # noqa: E402
 from manualrag.indexer.chunk import make_passages, make_windows  # noqa: E402
 from manualrag.indexer.worker import WorkerPool  # noqa: E402
 from manualrag.manifest import Manifest  # noqa: E402
 from manualrag.models import Document, FileError  # noqa: E402
+from manualrag.terminal import one_line  # noqa: E402
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif"}
+# parts of hostile file names: line breaks that would forge output lines, escapes, a forged error line
+HOSTILE_NAME_PARTS = ["\n", "\r", "\u2028", "\u2029", "\x85", "\x1b[2J", "\nFAILED x.pdf: forged", " \u202e"]
 
 PDF_TOKENS = [
     b" 0 obj",
@@ -194,6 +200,9 @@ def seed_inputs() -> list[tuple[str, bytes]]:
             out.append((suffix, buf.getvalue()))
         out.append((".png", h.warning_triangle_png()))
         out.append((".md", rh.versioned_md("seed", sections=3)))
+        # pathological repetitive text: one huge line of a few repeated words (issue 14 row 2)
+        out.append((".md", b"# R\n\n" + b"lorem ipsum zzyzx " * 12_000))
+        out.append((".txt", b"Torque 12 Nm. " * 2_000 + b"\n" + b"A" * 60_000))
         out.append((".txt", "Plain text manual.\n\nTorque: 12 Nm.\n".encode("utf-16")))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -369,7 +378,9 @@ class Fuzzer:
         items = []
         for suffix, data, ops in cases:
             self._n += 1
-            rel = f"case{self._n % 64}{suffix}"
+            # every fourth file name carries a hostile part (line breaks, escapes: issue 14 row 6)
+            part = HOSTILE_NAME_PARTS[(self._n // 4) % len(HOSTILE_NAME_PARTS)] if self._n % 4 == 0 else ""
+            rel = f"case{self._n % 64}{part}{suffix}"
             path = self.inputs_dir / rel
             path.write_bytes(data)
             items.append(((rel, ops), path, rel))
@@ -381,10 +392,50 @@ class Fuzzer:
             msg = f"parent failed: {type(exc).__name__}: {exc}"
             self.report.failures.append(msg)
             raise AssertionError(msg) from exc
+        self.check_damaged_manifest(cases[0][2])
         if self._n % 512 < len(cases):  # keep the scratch folders small
             shutil.rmtree(self.index_dir / "crops", ignore_errors=True)
 
+    def check_damaged_manifest(self, ops: list[Any]) -> None:
+        """A copy of the scratch index.sqlite, damaged where the case's ops say (bytes zeroed, flipped or
+        cut): reading it gives rows or an IndexCorruptError / ManualragError, never a raw sqlite3 error."""
+        from manualrag.errors import ManualragError
+
+        src = self.index_dir / "index.sqlite"
+        self.manifest.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        data = bytearray(src.read_bytes())
+        rnd = random.Random(repr(ops))
+        for _ in range(rnd.randint(1, 4)):
+            p = rnd.randrange(len(data))
+            kind = rnd.choice(["zero", "flip", "cut", "garbage"])
+            if kind == "zero":
+                data[p : p + 512] = bytes(len(data[p : p + 512]))
+            elif kind == "flip":
+                data[p] ^= 1 << rnd.randrange(8)
+            elif kind == "cut":
+                del data[max(p, 100) :]
+            else:
+                data[p : p + 64] = rnd.randbytes(len(data[p : p + 64]))
+        damaged = self.workdir / "damaged" / "index.sqlite"
+        damaged.parent.mkdir(exist_ok=True)
+        damaged.write_bytes(bytes(data))
+        try:
+            with Manifest(damaged, readonly=True) as m:
+                m.documents()
+                m.stats()
+                m.match_lexical('"torque"', 5)
+                self.report.outcomes["damaged manifest read"] += 1
+        except ManualragError as exc:
+            assert "\n" not in str(exc), exc
+            self.report.outcomes["damaged manifest refused"] += 1
+
     def _check(self, rel: str, result: Any, ops: list[Any]) -> None:
+        assert not any(c in one_line(rel) for c in "\n\r\u2028\u2029"), rel
+        if Path(rel).suffix in IMAGE_SUFFIXES:  # what query --image does with the same bytes, in the parent
+            try:
+                decode_first_frame((self.inputs_dir / rel).read_bytes())
+            except ValueError as exc:
+                assert "\n" not in str(exc) and str(exc), exc
         if isinstance(result, FileError):
             assert result.path == rel and isinstance(result.reason, str) and result.reason.strip(), result
             assert "\n" not in result.reason and len(result.reason) <= 400, result.reason

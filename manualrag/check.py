@@ -1,0 +1,241 @@
+"""`manualrag check [--repair]`: verify an index folder, and rebuild what can be rebuilt from the library.
+
+Checks, in order (a damaged SQLite file stops the rest: nothing it says can be trusted):
+  1. ``index.sqlite``: SQLite's ``PRAGMA integrity_check`` (pages, b-trees and indexes, the lexical
+     index's shadow tables included);
+  2. manifest <-> vector store: every vector a row needs exists (text windows, semantic windows, figure
+     pixels), and every vector in the store is named by a row (no orphans);
+  3. manifest <-> crops: every figure's crop file exists; no crop file is unused.
+
+Repair (under the index lock, then an ordinary incremental ``index`` run of the library):
+  * a damaged ``index.sqlite`` is moved aside (``index.sqlite.damaged-<UTC time>``), this index's
+    collections are dropped, and the whole library is indexed again;
+  * otherwise orphan vectors and unused crops are deleted, and each document with a missing vector or crop
+    is removed from the index so that the run indexes it again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from manualrag.errors import ManualragError
+from manualrag.index import CROPS_DIR, DB_NAME, Index, IndexLayout
+from manualrag.manifest import Manifest, is_corruption
+
+KINDS = ("text", "image", "image_text", "sem")
+
+
+@dataclass
+class CheckReport:
+    index_dir: str
+    sqlite_problem: str | None = None  # None: integrity_check says ok
+    orphan_vectors: dict[str, list[str]] = field(default_factory=dict)  # by kind
+    missing_vectors: dict[str, list[str]] = field(default_factory=dict)  # by kind: ids a row needs
+    missing_crops: list[str] = field(default_factory=list)
+    unused_crops: list[str] = field(default_factory=list)
+    redo: list[str] = field(default_factory=list)  # documents that must be indexed again
+    library: str | None = None
+    dense: bool = True  # the index has vectors (CLIP, text model or both)
+    clip: bool = True  # ... CLIP/SigLIP ones among them (an index built with `model: null` has not)
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.sqlite_problem
+            or any(self.orphan_vectors.values())
+            or any(self.missing_vectors.values())
+            or self.missing_crops
+            or self.unused_crops
+        )
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.sqlite_problem:
+            out.append(f"{DB_NAME} is damaged: {self.sqlite_problem}")
+        for kind, ids in sorted(self.orphan_vectors.items()):
+            if ids:
+                out.append(f"{len(ids)} {kind} vector(s) in the store that no row names (orphans)")
+        for kind, ids in sorted(self.missing_vectors.items()):
+            if ids:
+                out.append(f"{len(ids)} {kind} vector(s) missing from the store")
+        if self.missing_crops:
+            out.append(f"{len(self.missing_crops)} figure crop file(s) missing")
+        if self.unused_crops:
+            out.append(f"{len(self.unused_crops)} crop file(s) that no figure uses")
+        if self.redo:
+            out.append(f"{len(self.redo)} document(s) to index again: {', '.join(self.redo[:5])}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index_dir": self.index_dir,
+            "ok": self.ok,
+            "sqlite": self.sqlite_problem or "ok",
+            "orphan_vectors": {k: len(v) for k, v in self.orphan_vectors.items()},
+            "missing_vectors": {k: len(v) for k, v in self.missing_vectors.items()},
+            "missing_crops": len(self.missing_crops),
+            "unused_crops": len(self.unused_crops),
+            "redo": self.redo,
+            "problems": self.problems(),
+        }
+
+
+def _sqlite_problem(db: Path) -> str | None:
+    """None when SQLite and FTS5 find the file sound, else the first problem they report (one line)."""
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise ManualragError(f"cannot open {db}: {exc}") from None
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA integrity_check(20)").fetchall()]
+        if rows != ["ok"]:
+            return "; ".join(rows[:3])
+        return None
+    except sqlite3.DatabaseError as exc:
+        if not is_corruption(exc):
+            raise ManualragError(f"cannot check {db}: {str(exc).splitlines()[0]}") from None
+        return str(exc).splitlines()[0]
+    finally:
+        conn.close()
+
+
+def _salvage_meta(db: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """The library path and the models the index was built with, read from a damaged file where its meta
+    table can still be read (else None: unknown)."""
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            conn.close()
+        library = json.loads(meta["library"]) if "library" in meta else None
+        models = json.loads(meta.get("models", "null")) or {}
+        return (library if isinstance(library, str) else None), (models if "models" in meta else None)
+    except (sqlite3.Error, ValueError, TypeError, AttributeError):
+        return None, None
+
+
+def check_index(index_dir: Path | str, cfg: dict[str, Any]) -> CheckReport:
+    from manualrag.store import VectorStore
+
+    idir = Path(index_dir)
+    db = Index.require(idir).db
+    report = CheckReport(index_dir=str(idir))
+    report.sqlite_problem = _sqlite_problem(db)
+    if report.sqlite_problem:
+        report.library, models = _salvage_meta(db)
+        if models is not None:
+            report.clip = bool(models.get("clip"))
+            report.dense = report.clip or bool(models.get("text"))
+            return report
+        store = VectorStore.open(idir, cfg)
+        try:  # the store still tells whether the index had CLIP vectors
+            report.dense = report.clip = store.get("text") is not None
+        finally:
+            store.close()
+        return report
+    with Manifest(db, readonly=True) as m:
+        report.library = m.get_meta("library")
+        models = m.get_meta("models") or {}
+        report.clip = bool(models.get("clip"))
+        report.dense = report.clip or bool(models.get("text"))
+        need: dict[str, dict[str, str]] = {k: {} for k in KINDS}  # kind -> id -> document
+        allowed = m.all_vector_ids()
+        with m.read_snapshot():
+            for r in m._query("SELECT id, doc_path, channel FROM windows"):
+                need["text" if r["channel"] == "clip" else "sem"][r["id"]] = r["doc_path"]
+            figures = m._query("SELECT id, doc_path, boilerplate, crop_path FROM figures")
+    for r in figures:
+        if not r["boilerplate"]:
+            need["image"][r["id"]] = r["doc_path"]
+    store = VectorStore.open(idir, cfg)
+    try:
+        present = {kind: set(store.all_ids(kind)) for kind in KINDS}
+        has = {kind: store.get(kind) is not None for kind in KINDS}
+    finally:
+        store.close()
+    redo: set[str] = set()
+    for kind in KINDS:
+        report.orphan_vectors[kind] = sorted(present[kind] - allowed[kind])
+        if kind == "sem":
+            expected = has[kind]
+        else:  # CLIP kinds: only in an index built with a CLIP model (figure labels may be absent)
+            expected = report.clip and (has[kind] or kind != "image_text")
+        if expected:
+            missing = sorted(set(need[kind]) - present[kind])
+            report.missing_vectors[kind] = missing
+            redo.update(need[kind][i] for i in missing)
+    used = set()
+    for r in figures:
+        if r["crop_path"]:
+            used.add(r["crop_path"])
+            if not (idir / r["crop_path"]).is_file():
+                report.missing_crops.append(r["crop_path"])
+                redo.add(r["doc_path"])
+    crops = IndexLayout(idir).crops
+    if crops.is_dir():
+        report.unused_crops = sorted(
+            f"{CROPS_DIR}/{f.name}"
+            for f in crops.iterdir()
+            if f.is_file() and f"{CROPS_DIR}/{f.name}" not in used
+        )
+    report.redo = sorted(redo)
+    return report
+
+
+def repair_index(
+    index_dir: Path | str,
+    cfg: dict[str, Any],
+    report: CheckReport,
+    library: Path | None,
+    dense: bool | None = None,
+    progress: bool = False,
+) -> Any:
+    """Fix what ``report`` found, then index the library (returns the index run's Summary)."""
+    from manualrag.indexer.pipeline import Indexer
+    from manualrag.lock import IndexLock
+    from manualrag.store import VectorStore
+
+    idir = Path(index_dir)
+    lib = library or (Path(report.library) if report.library else None)
+    if lib is None:
+        raise ManualragError(
+            f"cannot tell which library {idir} was built from ({DB_NAME} is unreadable): "
+            "give it with --library PATH"
+        )
+    if not lib.is_dir():
+        raise ManualragError(f"library folder not found: {lib} (give the right one with --library PATH)")
+    dense = report.dense if dense is None else dense
+    if dense and not report.clip:  # rebuilt as it was built: without CLIP vectors
+        cfg = {**cfg, "model": None}
+    indexer = Indexer(cfg, idir, dense=dense, progress=progress)
+    if dense:
+        indexer._load_models()  # an unavailable model fails here, before anything is moved or deleted
+    if report.sqlite_problem:
+        with IndexLock(idir):
+            db = IndexLayout(idir).db
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            for suffix in ("", "-wal", "-shm"):
+                src = db.with_name(db.name + suffix)
+                if src.exists():
+                    src.rename(src.with_name(f"{src.name}.damaged-{stamp}"))
+            store = VectorStore.open(idir, cfg)
+            try:
+                store.drop_all()  # which vectors are whose is unknown now: all are rebuilt
+            finally:
+                store.close()
+    else:
+        with Index.open(idir, cfg, write=True) as index:
+            for kind, vids in report.orphan_vectors.items():
+                if vids:
+                    index.store.delete(kind, vids)
+            for path in report.redo:
+                index.remove_document(path)
+            for rel in report.unused_crops:
+                (idir / rel).unlink(missing_ok=True)
+    return indexer.run(lib)

@@ -1,0 +1,289 @@
+"""The index folder: its layout (the one place that names its files) and the operations on it as a whole.
+
+Layout of an index folder::
+
+    index.sqlite (+ -wal, -shm)   the manifest: documents, passages, windows, figures, lexical index
+    chroma/                       the embedded vector store (absent with a Chroma server)
+    crops/<digest>.png            figure crops, named by content digest
+    ocr_cache.sqlite              OCR results by image digest (unless ``ocr.cache`` points elsewhere)
+    config.json                   the public config of the last index run
+    lock                          the writer lock (:mod:`manualrag.lock`)
+
+:class:`Index` opens the manifest and the store together: read-only for queries, or as the one writer
+(the lock held for as long as it is open). The write order that keeps the index consistent through a
+crash is stated in docs/reliability.md ("Write order"); :meth:`Index.remove_document` and
+:meth:`Index.flush_pending` are its delete half.
+
+Heavy modules (chromadb) are imported only when a store is opened, so the worker processes and
+``manualrag --help`` can import this module cheaply.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from manualrag.errors import IndexNotFoundError
+from manualrag.ids import printable_name
+from manualrag.lock import LOCK_NAME, IndexLock
+
+if TYPE_CHECKING:
+    from manualrag.manifest import Manifest
+    from manualrag.store import VectorStore
+
+DB_NAME = "index.sqlite"
+CHROMA_DIR = "chroma"
+CROPS_DIR = "crops"
+OCR_CACHE_NAME = "ocr_cache.sqlite"
+CONFIG_NAME = "config.json"
+VECTOR_KINDS = ("text", "image", "image_text", "sem")
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """Where each part of an index folder lives."""
+
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / DB_NAME
+
+    @property
+    def chroma(self) -> Path:
+        return self.root / CHROMA_DIR
+
+    @property
+    def crops(self) -> Path:
+        return self.root / CROPS_DIR
+
+    @property
+    def ocr_cache(self) -> Path:
+        return self.root / OCR_CACHE_NAME
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_NAME
+
+    @staticmethod
+    def crop_rel(digest: str) -> str:
+        """A crop's path relative to the index folder (what figure rows store)."""
+        return f"{CROPS_DIR}/{digest}.png"
+
+    def reset_files(self) -> list[Path]:
+        """Files and folders ``reset`` deletes (never the lock, never anything else in the folder)."""
+        db = self.db
+        return [
+            db,
+            db.with_name(db.name + "-wal"),
+            db.with_name(db.name + "-shm"),
+            self.config,
+            self.ocr_cache,
+            self.crops,
+            self.chroma,
+        ]
+
+
+class Index:
+    """An open index: its manifest and vector store, read-only or as the one writer.
+
+    ``Index.open(root, cfg)`` for reading (the folder must hold an index), ``Index.open(root, cfg,
+    write=True)`` for writing (creates the folder, takes the lock, and first deletes the vectors a stopped
+    run left pending). Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, root: Path | str, cfg: dict[str, Any], manifest: Manifest, store: VectorStore):
+        self.layout = IndexLayout(Path(root))
+        self.cfg = cfg
+        self.manifest = manifest
+        self.store = store
+        self._lock: IndexLock | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    # ------------------------------------------------------------------------------------------ opening
+    @staticmethod
+    def require(root: Path | str) -> IndexLayout:
+        """The layout of ``root``, which must hold an index (else IndexNotFoundError)."""
+        layout = IndexLayout(Path(root))
+        if not layout.db.is_file():
+            raise IndexNotFoundError(
+                f"no index in {layout.root} (missing {DB_NAME}); build one with "
+                f"`manualrag index LIBRARY --index-dir {layout.root}`"
+            )
+        return layout
+
+    @classmethod
+    def open(cls, root: Path | str, cfg: dict[str, Any], write: bool = False) -> Index:
+        from manualrag.manifest import Manifest
+        from manualrag.store import VectorStore
+
+        layout = IndexLayout(Path(root))
+        lock: IndexLock | None = None
+        if write:
+            layout.root.mkdir(parents=True, exist_ok=True)
+            lock = IndexLock(layout.root).acquire()
+        else:
+            cls.require(layout.root)
+        manifest: Manifest | None = None
+        try:
+            manifest = Manifest(layout.db, readonly=not write)
+            store = VectorStore.open(layout.root, cfg)
+        except BaseException:
+            if manifest is not None:
+                manifest.close()
+            if lock is not None:
+                lock.release()
+            raise
+        index = cls(layout.root, cfg, manifest, store)
+        index._lock = lock
+        if write:
+            try:
+                index.flush_pending()  # left by a run that stopped before deleting them
+            except BaseException:
+                index.close()
+                raise
+        return index
+
+    def close(self) -> None:
+        try:
+            self.store.close()
+        finally:
+            try:
+                self.manifest.close()
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+                    self._lock = None
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------------------- read
+    def stats(self) -> dict[str, Any]:
+        """What ``manualrag stats`` shows: documents, pages, records by kind, models, size on disk."""
+        return describe(self.root, self.cfg, self.manifest, self.store, folder_size(self.root))
+
+    # -------------------------------------------------------------------------------------------- write
+    def flush_pending(self) -> None:
+        """Delete superseded vectors from the store, then forget them (a crash in between only repeats a
+        harmless delete on the next run)."""
+        for kind, vids in self.manifest.pending_deletes().items():
+            self.store.delete(kind, vids)
+            self.manifest.clear_pending(kind, vids)
+
+    def remove_document(self, path: str) -> None:
+        """Forget one document: its documents row first (so a crash means "redo"), then its vectors, then
+        its other rows."""
+        self.manifest.begin_document(path)
+        for kind, vids in self.manifest.vector_ids(path).items():
+            if vids:
+                self.store.delete(kind, vids)
+        self.manifest.remove_document(path)
+
+    def prune_crops(self) -> None:
+        """Delete crop files no figure row uses."""
+        crops = self.layout.crops
+        if not crops.is_dir():
+            return
+        keep = self.manifest.crop_paths()
+        for f in crops.iterdir():
+            if f"{CROPS_DIR}/{f.name}" not in keep:
+                f.unlink(missing_ok=True)
+
+    def remove(self, paths: list[str]) -> list[str]:
+        """Remove documents (library-relative paths or folders, or paths inside the indexed library) and
+        their crops; returns the removed library-relative paths."""
+        library = self.manifest.get_meta("library")
+        removed: list[str] = []
+        known = self.manifest.documents()
+        for p in paths:
+            rel = printable_name(_library_relative(p, library).strip("/"))  # as the shell gives it
+            for k in known:
+                if (k == rel or k.startswith(rel + "/")) and k not in removed:
+                    self.remove_document(k)
+                    removed.append(k)
+        self.prune_crops()
+        return removed
+
+    @staticmethod
+    def reset(root: Path | str, cfg: dict[str, Any]) -> bool:
+        """Delete the whole index (vectors, manifest, lexical index, crops, OCR cache) under the lock;
+        False when there was no folder."""
+        from manualrag.store import VectorStore
+
+        layout = IndexLayout(Path(root))
+        if not layout.root.exists():
+            return False
+        with IndexLock(layout.root):
+            store = VectorStore.open(layout.root, cfg)
+            try:
+                store.drop_all()
+            finally:
+                store.close()
+            for p in layout.reset_files():
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        return True
+
+
+def describe(
+    root: Path, cfg: dict[str, Any], manifest: Manifest, store: VectorStore, size_bytes: int
+) -> dict[str, Any]:
+    """The stats of an open index (``manualrag stats --json``, the server's /api/stats)."""
+    with manifest.read_snapshot():
+        st = manifest.stats()
+        models = manifest.get_meta("models") or {}
+        library = manifest.get_meta("library")
+    vectors = {kind: store.count(kind) for kind in VECTOR_KINDS}
+    dims = {kind: store.model_of(kind) for kind in ("text", "sem")}
+    return {
+        "index_dir": str(root),
+        "library": library,
+        **st,
+        "vectors": vectors,
+        "model": models.get("clip"),
+        "dim": (dims["text"] or (None, None))[1],
+        "text_model": models.get("text"),
+        "text_dim": (dims["sem"] or (None, None))[1],
+        "precision": {role: p.get("dtype") for role, p in (manifest.get_meta("precision") or {}).items()},
+        "store": cfg["store"]["url"] or "embedded",
+        "size_bytes": size_bytes,
+    }
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (a file an index run removes meanwhile is skipped)."""
+    total = 0
+    for f in folder.rglob("*"):
+        try:
+            if f.is_file():
+                total += f.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def _library_relative(path: str, library: str | None) -> str:
+    """A path the user gave, as the library-relative POSIX path the manifest uses: absolute paths and
+    paths that exist inside the library are made relative to it; anything else is taken as given."""
+    p = Path(path)
+    if library and (p.is_absolute() or (p.exists() and Path(library) in p.resolve().parents)):
+        try:
+            return p.resolve().relative_to(Path(library)).as_posix()
+        except ValueError:
+            pass
+    return path

@@ -1,0 +1,92 @@
+"""Fusion (retriever/fusion.py) and snippets (retriever/search.make_snippet), directly."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from manualrag.retriever.fusion import best_per_thing, fuse
+from manualrag.retriever.search import make_snippet
+
+P = ("passage", "p")
+F = ("figure", "f")
+Q = ("passage", "q")
+
+
+def _keys(fused):
+    return [f.key for f in fused]
+
+
+def test_rrf_is_the_weighted_sum_of_reciprocal_ranks():
+    fused = fuse({"a": [(P, 9.0), (F, 5.0)], "b": [(F, 0.3)]}, {"a": 1.0, "b": 2.0}, method="rrf", rrf_k=60)
+    by_key = {f.key: f for f in fused}
+    assert by_key[F].score == pytest.approx(1 / 62 + 2 / 61)
+    assert by_key[P].score == pytest.approx(1 / 61)
+    assert _keys(fused) == [F, P] and by_key[F].ranks == {"a": 2, "b": 1}
+
+
+def test_zscore_standardises_each_channel_on_its_own_candidates():
+    scores = [0.9, 0.5, 0.4, 0.3]
+    keys = [("passage", str(i)) for i in range(4)]
+    fused = fuse({"a": list(zip(keys, scores, strict=True))}, method="zscore")
+    sd, med = statistics.pstdev(scores), statistics.median(scores)
+    assert fused[0].key == keys[0] and fused[0].score == pytest.approx((0.9 - med) / sd)
+    assert {f.key: f.score for f in fused}[keys[3]] == 0.0  # at or below the median counts nothing
+
+
+def test_a_sure_channel_is_not_outvoted_by_a_flat_one():
+    """zscore: one far-ahead hit in a channel stays first though a flat channel ranks another first."""
+    sure = [(P, 10.0), (Q, 1.0), (("passage", "x"), 0.9), (("passage", "y"), 0.8)]
+    flat = [(Q, 0.51), (P, 0.50), (("passage", "x"), 0.50), (("passage", "y"), 0.49)]
+    assert _keys(fuse({"sure": sure, "flat": flat}, method="zscore"))[0] == P
+
+
+def test_few_or_equal_scores_count_one_each_and_duplicates_keep_the_best():
+    assert [f.score for f in fuse({"a": [(P, 3.0), (F, 1.0)]})] == [1.0, 1.0]
+    assert [f.score for f in fuse({"a": [(P, 2.0), (F, 2.0), (Q, 2.0)]})] == [1.0, 1.0, 1.0]
+    assert best_per_thing([(P, 0.9), (F, 0.8), (P, 0.7)]) == [(P, 0.9), (F, 0.8)]
+    assert fuse({"a": [(P, 0.9), (P, 0.1)]}, method="rrf")[0].ranks == {"a": 1}
+
+
+def test_ties_go_to_the_better_best_rank_then_the_key():
+    fused = fuse({"a": [(Q, 1.0)], "b": [(F, 1.0)], "c": [(P, 1.0)]}, method="rrf")
+    assert _keys(fused) == [F, P, Q]
+
+
+def test_an_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="fusion method must be one of"):
+        fuse({}, method="borda")
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b", "c"]),
+        st.lists(st.tuples(st.sampled_from([P, F, Q]), st.floats(-5, 5, allow_nan=False)), max_size=6),
+    ),
+    st.sampled_from(["zscore", "rrf"]),
+)
+def test_fused_list_has_each_thing_once_best_first(channels, method):
+    fused = fuse(channels, method=method)
+    keys = _keys(fused)
+    assert len(keys) == len(set(keys)) == len({k for res in channels.values() for k, _ in res})
+    assert all(a.score >= b.score for a, b in zip(fused, fused[1:], strict=False))
+    assert all(f.score >= 0 for f in fused)
+
+
+def test_snippet_centres_on_the_query_terms_and_marks_them():
+    text = (
+        "Intro words. " * 40 + "Set the relief valve to 6 bar before the pump starts. " + "Tail text. " * 40
+    )
+    s = make_snippet(text, "relief valve pressure", width=120)
+    assert "**relief** **valve**" in s
+    assert s.startswith("…") and s.endswith("…") and len(s.replace("**", "")) == 122
+    assert "Intro words" not in s.split("**relief**")[1]
+
+
+def test_snippet_without_terms_is_the_start_and_marks_word_starts_only():
+    assert make_snippet("A  short\npassage.", "a") == "A short passage."  # terms under 3 letters: none
+    assert make_snippet("Pumps and pumping", "pump") == "**Pumps** and **pumping**"
+    assert make_snippet("subpump", "pump") == "subpump"  # inside a word: not marked

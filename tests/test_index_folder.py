@@ -1,0 +1,71 @@
+"""The index folder (manualrag.index): its layout, opening it, and remove / reset / stats through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from manualrag.cli import main
+from manualrag.config import load_config
+from manualrag.errors import IndexNotFoundError
+from manualrag.index import Index, IndexLayout
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(main, list(args))
+    return res.exit_code, res.output
+
+
+@pytest.fixture
+def indexed(tmp_path: Path) -> tuple[Path, Path]:
+    lib, idx = tmp_path / "lib", tmp_path / "idx"
+    (lib / "pumps").mkdir(parents=True)
+    (lib / "pumps" / "p1.md").write_text("# Pump P1\n\nThe impeller of pump P1 turns clockwise.\n")
+    (lib / "pumps" / "p2.md").write_text("# Pump P2\n\nPump P2 has a ceramic seal.\n")
+    (lib / "valve.txt").write_text("The relief valve opens at 6 bar.\n")
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0, out
+    return lib, idx
+
+
+def test_layout_names_every_part_of_the_folder(indexed):
+    _, idx = indexed
+    layout = IndexLayout(idx)
+    assert layout.db.is_file() and layout.config.is_file() and layout.chroma.is_dir()
+    assert IndexLayout.crop_rel("ab" * 16) == f"crops/{'ab' * 16}.png"
+    written = {p.name for p in idx.iterdir()} - {"index.sqlite-wal", "index.sqlite-shm"}
+    named = {p.name for p in layout.reset_files()} | {layout.lock.name}
+    assert written <= named, f"files the layout does not name: {written - named}"
+
+
+def test_open_needs_an_index_and_says_how_to_build_one(tmp_path):
+    with pytest.raises(IndexNotFoundError, match=r"no index in .*manualrag index LIBRARY --index-dir"):
+        Index.open(tmp_path / "none", load_config())
+    rc, out = _cli("stats", "--index-dir", str(tmp_path / "none"))
+    assert rc == 2 and "no index in" in out and "Traceback" not in out
+    rc, out = _cli("remove", "x.pdf", "--index-dir", str(tmp_path / "none"))
+    assert rc == 2 and "no index in" in out
+    assert not (tmp_path / "none" / "index.sqlite").exists(), "remove must not create an index"
+
+
+def test_remove_takes_library_paths_folders_and_paths_inside_the_library(indexed):
+    lib, idx = indexed
+    rc, out = _cli("remove", str(lib / "valve.txt"), "--index-dir", str(idx))  # an absolute path
+    assert rc == 0 and "removed valve.txt" in out
+    rc, out = _cli("remove", "pumps/", "--index-dir", str(idx))  # a folder of the library
+    assert rc == 0 and "removed pumps/p1.md" in out and "removed pumps/p2.md" in out
+    rc, out = _cli("remove", "nothing.pdf", "--index-dir", str(idx))
+    assert rc == 1 and "nothing matched" in out
+    with Index.open(idx, load_config()) as index:
+        assert index.stats()["documents"] == 0
+
+
+def test_reset_deletes_the_index_and_nothing_else(indexed):
+    _, idx = indexed
+    (idx / "notes.txt").write_text("mine")
+    rc, out = _cli("reset", "--yes", "--index-dir", str(idx))
+    assert rc == 0 and "deleted" in out
+    assert {p.name for p in idx.iterdir()} <= {"notes.txt", "lock"}
+    assert (idx / "notes.txt").read_text() == "mine"
