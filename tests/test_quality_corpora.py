@@ -1,0 +1,118 @@
+"""Retrieval quality on both labelled corpora, as whole sets (issue 13's targets), through `manualrag eval`.
+
+One index per corpus for the module: the corpus's manuals only (its README.md describes the labelled figures
+in words close to the queries and is not a manual), the tiny random CLIP for the dense channels, the real
+all-MiniLM-L6-v2 for text, float32. ``MANUALRAG_QUALITY_CACHE=/tmp/manualrag-quality`` reuses the indexes
+that ``python -m tests.bench.quality_bench`` builds (same layout), for quick local runs.
+
+What the sets reach today is asserted (a regression fails); the issue's targets not yet met on corpus2 are
+strict xfails with the gap in the reason, so meeting one turns the suite red until it becomes an assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from manualrag.cli import main
+
+pytestmark = pytest.mark.slow
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+MANUAL_SUFFIXES = (".pdf", ".png", ".jpg", ".jpeg")
+
+
+@pytest.fixture(scope="module", params=["corpus", "corpus2"])
+def corpus_index(request, tmp_path_factory, tiny_clip_dir, minilm_dir):
+    corpus = SHARED / request.param
+    if not (corpus / "queries.jsonl").is_file():
+        pytest.skip(f"corpus not found at {corpus}")
+    cache = os.environ.get("MANUALRAG_QUALITY_CACHE")
+    base = Path(cache) / request.param if cache else tmp_path_factory.mktemp(request.param)
+    lib = base / "library"
+    lib.mkdir(parents=True, exist_ok=True)
+    for f in sorted(corpus.iterdir()):
+        if f.suffix.lower() in MANUAL_SUFFIXES and not (lib / f.name).exists():
+            shutil.copy2(f, lib / f.name)
+    model = Path.home() / ".cache" / "manualrag-bench" / "clip-tiny" if cache else tiny_clip_dir
+    cfg = tmp_path_factory.mktemp("cfg") / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(model), "text_model": str(minilm_dir), "dtype": "float32"}))
+    idx = base / "index"
+    res = CliRunner().invoke(main, ["--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "-q"])
+    assert res.exit_code == 0, res.output
+    return request.param, cfg, idx, corpus / "queries.jsonl"
+
+
+def run_eval(corpus_index, channels: str) -> dict:
+    _, cfg, idx, queries = corpus_index
+    args = [
+        "--config",
+        str(cfg),
+        "eval",
+        str(queries),
+        "--index-dir",
+        str(idx),
+        "--channels",
+        channels,
+        "--json",
+    ]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def summary(r: dict) -> dict[str, float]:
+    return {**r["overall"], "image@10": r["image_recall"].get("recall@10", 0.0)}
+
+
+# what each corpus's lexical,text reaches now (measured 2026-11-30; corpus2 is below the issue's targets)
+FLOOR = {
+    "corpus": {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0, "mrr": 1.0, "image@10": 1.0},
+    "corpus2": {"recall@1": 0.70, "recall@5": 0.88, "recall@10": 0.91, "mrr": 0.77, "image@10": 0.87},
+}
+TARGET = {"recall@1": 0.85, "recall@5": 0.95, "recall@10": 0.98, "mrr": 0.90, "image@10": 0.90}
+
+
+def test_lexical_text_holds_what_it_reaches(corpus_index):
+    got = summary(run_eval(corpus_index, "lexical,text"))
+    floor = FLOOR[corpus_index[0]]
+    missed = {m: (round(got[m], 3), v) for m, v in floor.items() if got[m] < v}
+    assert not missed, f"{corpus_index[0]} lexical,text fell below (got, floor): {missed}"
+
+
+def test_lexical_text_meets_the_issue_targets(corpus_index, request):
+    if corpus_index[0] == "corpus2":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="gap on corpus2 (lexical,text): R@1 0.700 / R@5 0.883 / R@10 0.917 / MRR 0.773 / "
+                "image-hit R@10 0.875 against 0.85 / 0.95 / 0.98 / 0.90 / 0.90",
+            )
+        )
+    got = summary(run_eval(corpus_index, "lexical,text"))
+    missed = {m: (round(got[m], 3), v) for m, v in TARGET.items() if got[m] < v}
+    assert not missed, f"{corpus_index[0]} lexical,text below target (got, target): {missed}"
+
+
+@pytest.mark.parametrize("added", ["text", "dense", "text,dense"])
+def test_adding_a_channel_never_lowers_recall_at_1_or_10(corpus_index, added, request):
+    if corpus_index[0] == "corpus2":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="corpus2: adding text or dense lowers lexical recall@1 0.733 -> 0.700 (dense: R@10 "
+                "0.900 -> 0.883)",
+            )
+        )
+    lex = summary(run_eval(corpus_index, "lexical"))
+    more = summary(run_eval(corpus_index, f"lexical,{added}"))
+    for m in ("recall@1", "recall@10"):
+        assert more[m] >= lex[m], (
+            f"{corpus_index[0]}: lexical,{added} {m} {more[m]:.3f} < lexical {lex[m]:.3f}"
+        )
