@@ -253,7 +253,7 @@ def _finish_pdf(
     pages: list[_Page],
     planned: list[fg.PlannedFigure],
     figs: dict[int, Figure | None],
-    scans: list[tuple[int, Figure, list[TextBlock]]],
+    scans: list[tuple[int, Figure, list[TextBlock] | None]],
     cfg: dict[str, Any],
     toc: list[_TocEntry],
     body: float,
