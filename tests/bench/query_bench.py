@@ -383,11 +383,25 @@ def measure(index_dir: Path, cfg: dict[str, Any], queries: list[str], warmup: in
 
 # ========================================================================================= cold start
 def task_load(a: dict[str, Any]) -> dict[str, Any]:
-    from manualrag.encoder import ClipEncoder, TextEncoder
+    """A bare load of the same two models with transformers alone (no manualrag): what any script that
+    answers a query must at least pay. Float32, as the query path loads them (``dtype: auto`` means float32
+    for queries: no start-up probe)."""
+    t0 = time.perf_counter()
+    import torch  # noqa: F401
+    from transformers import AutoModel, AutoProcessor, AutoTokenizer
 
-    c = ClipEncoder.load(a["model"])
-    t = TextEncoder.load(a["text_model"]) if a.get("text_model") else None
-    return {"clip_s": c.load_seconds, "text_s": t.load_seconds if t else 0.0}
+    imports = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    AutoModel.from_pretrained(a["model"]).eval()
+    AutoProcessor.from_pretrained(a["model"])
+    clip = time.perf_counter() - t0
+    text = 0.0
+    if a.get("text_model"):
+        t0 = time.perf_counter()
+        AutoModel.from_pretrained(a["text_model"]).eval()
+        AutoTokenizer.from_pretrained(a["text_model"])
+        text = time.perf_counter() - t0
+    return {"clip_s": imports + clip, "text_s": text, "import_s": imports}
 
 
 HELP_PROBE = """
@@ -511,7 +525,7 @@ def cold_section(cold: dict[str, Any]) -> str:
                 "bare load of the same models, process wall s (median)",
                 "runs",
                 "query / bare load",
-                "model load s inside the bare process (CLIP + MiniLM, imports included)",
+                "model load s inside the bare process (import torch+transformers, CLIP + MiniLM float32)",
                 "query --timings: open_store / import (torch+transformers) / load_models / encode+search+fusion / total s",
                 "lexical-only query wall s (--channels lexical)",
                 "heavy modules a lexical-only query imports",
