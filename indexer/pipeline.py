@@ -410,8 +410,14 @@ class Indexer:
             manifest.set_meta("config", public_config(cfg))
             if self.dense:
                 manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
-                if summary.precision:
-                    manifest.set_meta("precision", summary.precision)
+                if summary.precision:  # the dtypes (the reasons carry timings: shown, not stored)
+                    manifest.set_meta(
+                        "precision",
+                        {
+                            role: {k: p[k] for k in ("model", "dtype")}
+                            for role, p in summary.precision.items()
+                        },
+                    )
             index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:

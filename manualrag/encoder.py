@@ -187,6 +187,11 @@ def _probe_images() -> list[Any]:
     return out
 
 
+# the decision of choose_auto_dtype per (model, device, candidate dtype, torch threads), for the process: a
+# model loaded again (serve reopening, tests, a re-run in one process) gets the same dtype without re-timing
+_auto_dtype_cache: dict[tuple[str, str, str, int], tuple[bool, str]] = {}
+
+
 def choose_auto_dtype(model: Any, candidate: Any, probe: Any, what: str) -> tuple[Any, Any, str]:
     """``dtype: auto`` for one model: keep the hardware's reduced ``candidate`` only where it is faithful
     (every probe vector's cosine to float32 >= FAITHFUL_MIN_COSINE, all finite) and faster (probe time
@@ -466,6 +471,13 @@ class _TextSide:
                 f"float32 (no native reduced precision on {self.device})",
             )
             return
+        key = (self.model_id, self.device, str(candidate), torch.get_num_threads())
+        if key in _auto_dtype_cache:
+            reduced, reason = _auto_dtype_cache[key]
+            self.dtype = candidate if reduced else torch.float32
+            self.model.to(dtype=self.dtype)
+            self.dtype_reason = reason
+            return
         self._probing = True
         try:
             self.model, self.dtype, self.dtype_reason = choose_auto_dtype(
@@ -473,6 +485,7 @@ class _TextSide:
             )
         finally:
             self._probing = False
+        _auto_dtype_cache[key] = (self.dtype != torch.float32, self.dtype_reason)
 
     def _with_model(self, model: Any, run: Any) -> np.ndarray:
         """``run()`` with ``model`` (and its dtype) in place of the encoder's own, restored after."""
