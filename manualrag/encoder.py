@@ -396,6 +396,16 @@ def _open_source(src: _Source) -> tuple[_Source, Any]:
     return src, _read_config(src)
 
 
+def _load_weights(src: _Source, auto_cls: Any, device: str, dtype: str) -> tuple[str, Any]:
+    """The steps every encoder load shares once its source is checked: the device resolved, the dtype name
+    validated (a bad name fails before the weights load), torch's threads aligned with an inherited
+    OMP_THREAD_LIMIT (before the first forward), then the weights. Returns (device, model)."""
+    dev = resolve_device(device)
+    resolve_dtype(dtype, dev)
+    align_threads_with_omp_limit()
+    return dev, _load_model(src, auto_cls)
+
+
 def _load_model(src: _Source, auto_cls: Any) -> Any:
     """``auto_cls.from_pretrained`` preferring safetensors; .bin only when a checkpoint has nothing else."""
     has_st = src.has_safetensors()
@@ -705,10 +715,7 @@ class ClipEncoder(_TextSide):
         import torch
         from transformers import AutoModel, AutoProcessor
 
-        dev = resolve_device(device)
-        resolve_dtype(dtype, dev)  # a bad name fails before the weights load
-        align_threads_with_omp_limit()  # before the first forward
-        model = _load_model(src, AutoModel)
+        dev, model = _load_weights(src, AutoModel, device, dtype)
         try:
             processor = AutoProcessor.from_pretrained(src.ref, **src.kwargs())
         except Exception as exc:
@@ -960,10 +967,7 @@ class TextEncoder(_TextSide):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        dev = resolve_device(device)
-        resolve_dtype(dtype, dev)  # a bad name fails before the weights load
-        align_threads_with_omp_limit()  # before the first forward
-        model = _load_model(src, AutoModel)
+        dev, model = _load_weights(src, AutoModel, device, dtype)
         try:
             tokenizer = AutoTokenizer.from_pretrained(src.ref, **src.kwargs())
         except Exception as exc:
