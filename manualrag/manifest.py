@@ -31,7 +31,7 @@ from manualrag import ids, migrations
 from manualrag.errors import IndexCorruptError, IndexNotFoundError, ManualragError
 from manualrag.index import DB_NAME
 from manualrag.models import Figure, FileError, Passage, Window
-from manualrag.schema import FIGURES, PASSAGES, create_statements
+from manualrag.schema import FIGURES, LEXICAL_TOKENIZE, PASSAGES, create_statements
 
 SCHEMA_VERSION = migrations.LATEST
 CHANNELS = ("clip", "sem")
@@ -217,6 +217,7 @@ class Manifest:
         self.readonly = readonly
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._topk: Any = None  # FtsTopK on this connection, made on first use
         index_dir = path.parent
         if readonly:
             if not path.is_file():
@@ -302,6 +303,9 @@ class Manifest:
 
     def close(self) -> None:
         with self._lock:
+            if self._topk is not None:
+                self._topk.close()
+                self._topk = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None  # type: ignore[assignment]
@@ -646,6 +650,22 @@ class Manifest:
             (W_CAPTION, W_LABELS, W_BODY, match, int(limit)),
         )
         return [(r["ref_type"], r["ref_id"], -float(r["s"])) for r in rows]
+
+    def match_lexical_phrases(self, phrases: Sequence[str], limit: int) -> list[tuple[str, str, float]]:
+        """The top ``limit`` rows of ``phrases`` (safe FTS5 phrase expressions) OR-ed, by BM25: exactly what
+        :meth:`match_lexical` returns for their OR expression (ties by rowid), without scoring every row that
+        matches a common word (see :mod:`manualrag.fts_topk`)."""
+        if not phrases or limit <= 0:
+            return []
+        with self._lock:
+            if self._topk is None:
+                from manualrag.fts_topk import FtsTopK
+
+                self._topk = FtsTopK(
+                    self.conn, "lexical", LEXICAL_TOKENIZE, f"0, 0, 0, 0, {W_CAPTION}, {W_LABELS}, {W_BODY}"
+                )
+            rows = self._topk.search(phrases, int(limit))
+        return [(r[0], r[1], -float(r[2])) for r in rows]
 
     def stats(self) -> dict[str, Any]:
         def one(sql: str) -> int:

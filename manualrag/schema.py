@@ -157,6 +157,9 @@ FIGURES = Table(
     (("figures_doc", "doc_path"),),
 )
 
+# the lexical index's tokenizer (the query side tokenizes with it too: manualrag.fts_topk)
+LEXICAL_TOKENIZE = "porter unicode61"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (

@@ -52,6 +52,11 @@ def query_terms(text: str) -> list[str]:
 _PART_NUMBER_RE = re.compile(r"^(?=[^ ]*\d)(?=[^ ]*[^\W\d_])[^\W_]{4,}$")
 
 
+def fts_phrases(text: str) -> list[str]:
+    """The safe FTS5 phrase expressions for arbitrary user text (see :func:`fts_query`)."""
+    return [f'"{t}"*' if _PART_NUMBER_RE.match(t) else f'"{t}"' for t in query_terms(text)]
+
+
 def fts_query(text: str) -> str:
     """A safe FTS5 MATCH expression for arbitrary user text: quoted terms OR-ed; "" when nothing to search.
 
@@ -59,9 +64,12 @@ def fts_query(text: str) -> str:
     "74HC", "RS232") also matches as a prefix: manuals print the full designation ("DAC0800LCN",
     "74HC4040", "RS232C") where people type the family.
     """
-    return " OR ".join(f'"{t}"*' if _PART_NUMBER_RE.match(t) else f'"{t}"' for t in query_terms(text))
+    return " OR ".join(fts_phrases(text))
 
 
 def lexical_search(manifest: Manifest, query: str, limit: int) -> list[tuple[str, str, float]]:
-    """BM25 hits for arbitrary user text: ``(ref_type, ref_id, score)`` best first (see :func:`fts_query`)."""
-    return manifest.match_lexical(fts_query(query), limit)
+    """BM25 hits for arbitrary user text: ``(ref_type, ref_id, score)`` best first (see :func:`fts_query`).
+
+    The same hits as the plain OR query, found without scoring every row a common word matches
+    (:meth:`Manifest.match_lexical_phrases`)."""
+    return manifest.match_lexical_phrases(fts_phrases(query), limit)

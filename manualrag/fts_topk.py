@@ -1,0 +1,178 @@
+"""Bounded BM25 top-k over the FTS5 lexical table: score the rows the query's rare phrases hold, not every
+row a common word matches.
+
+FTS5's ``bm25()`` is evaluated for every row an OR query matches before ``ORDER BY ... LIMIT`` keeps k of
+them. A query with common words ("on", "using", "design", "file") matches a large share of a big index, and
+scoring those rows is most of the lexical channel's time: at 270k lexical rows (about a million vector
+records) a heading query took ~115 ms at the median to score, against ~11 ms to merely enumerate its matches.
+
+Here the candidates are the rows that hold one of the query's rarest phrases (ascending document frequency,
+read from an ``fts5vocab`` table in microseconds, while their frequencies add up to at most
+``CANDIDATE_ROWS``; multi-token phrases and part-number prefixes always choose rows), and FTS5's own
+``bm25()`` scores them for the *whole* query: every returned score is exactly the plain query's score of that
+row, and so is the order (ties by rowid). What can differ: a row that holds none of the rare phrases, only
+common ones, is not considered. The result is *proven* identical to the plain query when the k-th score
+exceeds the largest score such a row could reach: bm25 sums, per phrase,
+``idf * f * (k1 + 1) / (f + k1 * (1 - b + b * D / avgdl))``, each term below ``idf * (k1 + 1)``, with
+``idf = log((N - n + 0.5) / (n + 0.5))`` from the phrase's document frequency ``n`` (fts5_aux.c: k1 = 1.2,
+b = 0.75). ``last_plan`` says which case a query was.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Sequence
+
+K1, B = 1.2, 0.75  # FTS5's bm25() constants (fts5_aux.c)
+_EPS = 1e-9  # relative margin against rounding in the bound comparison
+CANDIDATE_ROWS = 12000  # rows the rarest phrases may choose for scoring (by document frequency)
+
+
+def _varint(blob: bytes, i: int = 0) -> int:
+    """SQLite's big-endian varint (FTS5 writes its row count with it)."""
+    v = 0
+    for j in range(8):
+        c = blob[i + j]
+        v = (v << 7) | (c & 0x7F)
+        if c < 0x80:
+            return v
+    return (v << 8) | blob[i + 8]
+
+
+def idf(n_rows: int, df: int) -> float:
+    """FTS5's idf of a phrase held by ``df`` of ``n_rows`` rows."""
+    x = math.log((n_rows - df + 0.5) / (df + 0.5)) if n_rows > 0 else 0.0
+    return x if x > 0 else 1e-6
+
+
+class FtsTopK:
+    """Top-k BM25 queries on one connection's FTS5 table ``table`` (see the module doc).
+
+    ``conn`` may be read-only (``mode=ro`` and ``PRAGMA query_only``): the vocabulary table it adds lives in
+    the connection's TEMP schema. Not thread-safe: the caller serialises calls (the manifest's lock).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, table: str, tokenize: str, bm25_args: str):
+        self.conn = conn
+        self.table = table
+        self.tokenize = tokenize
+        self.bm25 = f"bm25({table}, {bm25_args})"
+        self._tok: sqlite3.Connection | None = None
+        self._vocab = f"temp.{table}_df"
+        self.candidate_rows = CANDIDATE_ROWS
+        self._df: dict[str, int] = {}
+        self._n = 0
+        self.last_plan = ""  # "plain" or "pruned N of M phrases": what the last query did (tests, benches)
+
+    def close(self) -> None:
+        if self._tok is not None:
+            self._tok.close()
+            self._tok = None
+
+    # --------------------------------------------------------------------------------------------- setup
+    def _prepare(self) -> None:
+        if self._tok is not None:
+            return
+        query_only = self.conn.execute("PRAGMA query_only").fetchone()[0]
+        if query_only:  # mode=ro guards the index file; only the TEMP schema is written here
+            self.conn.execute("PRAGMA query_only = 0")
+        try:
+            self.conn.execute(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {self._vocab} USING fts5vocab(main, {self.table}, row)"
+            )
+        finally:
+            if query_only:
+                self.conn.execute("PRAGMA query_only = 1")
+        # the query's tokens as the index's tokenizer makes them (porter stems): an in-memory FTS5 table
+        tok = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        tok.execute(f"CREATE VIRTUAL TABLE q USING fts5(t, tokenize = '{self.tokenize}')")
+        tok.execute("CREATE VIRTUAL TABLE q_terms USING fts5vocab(q, instance)")
+        self._tok = tok
+
+    def tokens(self, text: str) -> list[str]:
+        """``text`` split and stemmed by the index's tokenizer."""
+        self._prepare()
+        tok = self._tok
+        assert tok is not None
+        tok.execute("INSERT INTO q(rowid, t) VALUES (1, ?)", (text,))
+        try:
+            return [r[0] for r in tok.execute("SELECT term FROM q_terms ORDER BY offset")]
+        finally:
+            tok.execute("DELETE FROM q")
+
+    def n_rows(self) -> int:
+        """Rows in the FTS5 index (its averages record, what bm25() itself reads)."""
+        row = self.conn.execute(f"SELECT block FROM {self.table}_data WHERE id = 1").fetchone()
+        return _varint(bytes(row[0])) if row and row[0] else 0
+
+    def doc_freqs(self, tokens: Sequence[str]) -> dict[str, int]:
+        self._prepare()
+        uniq = list(dict.fromkeys(tokens))
+        marks = ",".join("?" * len(uniq))
+        rows = self.conn.execute(f"SELECT term, doc FROM {self._vocab} WHERE term IN ({marks})", uniq)
+        got = {r[0]: int(r[1]) for r in rows}
+        return {t: got.get(t, 0) for t in uniq}
+
+    # -------------------------------------------------------------------------------------------- query
+    def _ranked(self, match: str, limit: int, among: str | None = None) -> list[tuple]:
+        """``(rowid, ref_type, ref_id, bm25)`` of ``match``, best first (ties by rowid); only the rows that
+        match ``among`` when given (the unary + keeps SQLite from handing those rowids to FTS5 one xFilter
+        call at a time, each computing every phrase's idf again)."""
+        sql = f"SELECT rowid, ref_type, ref_id, {self.bm25} AS s FROM {self.table} WHERE {self.table} MATCH ?"
+        params: list[object] = [match]
+        if among is not None:
+            sql += f" AND +rowid IN (SELECT rowid FROM {self.table} WHERE {self.table} MATCH ?)"
+            params.append(among)
+        return self.conn.execute(sql + " ORDER BY s, rowid LIMIT ?", (*params, int(limit))).fetchall()
+
+    def search(self, phrases: Sequence[str], limit: int) -> list[tuple]:
+        """``(ref_type, ref_id, bm25)`` rows (bm25 negative, best first) of ``phrases`` OR-ed, the top ``limit``.
+
+        ``phrases`` are safe FTS5 phrase expressions (``"word"``, ``"two words"``, ``"prefix"*``).
+        """
+        phrases = list(dict.fromkeys(phrases))
+        if not phrases or limit <= 0:
+            return []
+        full = " OR ".join(phrases)
+        rare = self._candidate_phrases(phrases, limit)
+        if rare is None:
+            self.last_plan = "plain"
+            return [r[1:] for r in self._ranked(full, limit)]
+        rows = self._ranked(full, limit, " OR ".join(rare))
+        if len(rows) < limit:  # the rare phrases hold too few rows: every row counts
+            self.last_plan = "plain"
+            return [r[1:] for r in self._ranked(full, limit)]
+        # exact when the rows left out (holding only common phrases) provably score below the k-th row
+        slack = sum((K1 + 1.0) * idf(self._n, self._df[p]) for p in phrases if p not in rare)
+        exact = len(rows) == limit and -float(rows[-1][3]) > slack * (1.0 + _EPS)
+        self.last_plan = f"bounded ({len(rare)} of {len(phrases)} phrases chose the rows, {'exact' if exact else 'not proven exact'})"
+        return [r[1:] for r in rows]
+
+    def _candidate_phrases(self, phrases: list[str], limit: int) -> list[str] | None:
+        """The rarest phrases, whose rows are the candidates (at most ``candidate_rows`` by document
+        frequency), or None when every phrase is rare enough: then every matching row is scored."""
+        if len(phrases) < 2:
+            return None
+        single: dict[str, str] = {}
+        for p in phrases:
+            if p.startswith('"') and p.endswith('"'):
+                toks = self.tokens(p[1:-1])
+                if len(toks) == 1:
+                    single[p] = toks[0]
+        if not single:
+            return None
+        dfs = self.doc_freqs(list(single.values()))
+        self._df = {p: dfs[t] for p, t in single.items()}
+        self._n = self.n_rows()
+        if sum(self._df.values()) <= self.candidate_rows:
+            return None
+        # phrases without a vocabulary row (multi-token, prefix: part numbers, "x3 x4") always choose rows
+        rare = [p for p in phrases if p not in self._df]
+        seen = 0
+        for p in sorted(self._df, key=lambda p: (self._df[p], p)):
+            if seen >= limit and seen + self._df[p] > self.candidate_rows:
+                break
+            rare.append(p)
+            seen += self._df[p]
+        return rare if len(rare) < len(phrases) else None
