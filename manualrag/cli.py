@@ -264,9 +264,9 @@ def _stderr_tty() -> bool:
 # -------------------------------------------------------------------------------------------------- index
 _dtype_option = click.option(
     "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
     default=None,
-    help="Model precision (auto: reduced only where faithful and faster on this machine; queries: float32).",
+    help="Model precision (int8: dynamic quantisation, CPU; auto: reduced only where faithful and faster on this machine; queries: float32).",
 )
 
 

@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
 
 _CHOICES = {
     "device": {"auto", "cpu", "cuda", "mps"},
-    "dtype": {"auto", "float32", "bfloat16", "float16"},
+    "dtype": {"auto", "float32", "bfloat16", "float16", "int8"},
     "retrieve.fusion": {"zscore", "rrf"},
     "ocr.binarize": {"auto", "otsu", "sauvola"},
 }

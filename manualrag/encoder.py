@@ -59,6 +59,8 @@ _DTYPE_ALIASES = {
     "float16": "float16",
     "fp16": "float16",
     "half": "float16",
+    "int8": "qint8",
+    "qint8": "qint8",
 }
 _TRUE = {"1", "true", "yes", "on"}
 _hub_reachable_cache: dict[tuple[str, int], bool] = {}
@@ -108,7 +110,8 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
 
 def resolve_dtype(dtype: str, device: str) -> Any:
     """The torch dtype for a name; ``auto`` → the reduced precision the hardware computes natively
-    (bfloat16 on CUDA with bf16 support and on CPUs with AVX512-BF16/AMX), float32 otherwise.
+    (bfloat16 on CUDA with bf16 support and on CPUs with AVX512-BF16/AMX), on other CPUs ``torch.qint8``
+    (dynamic int8 quantisation of the Linear layers, see :func:`cast_model`), float32 elsewhere.
 
     ``auto`` is only a candidate here: the encoders' ``load`` keeps it for a model only when
     :func:`choose_auto_dtype` finds it faithful and faster on this machine."""
@@ -119,12 +122,47 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         if device.startswith("cuda"):
             name = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
         elif device == "cpu":
-            name = "bfloat16" if cpu_has_fast_bf16() else "float32"
+            name = "bfloat16" if cpu_has_fast_bf16() else "int8"
         else:
             name = "float32"
     if name not in _DTYPE_ALIASES:
-        raise ValueError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
+        raise ValueError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16, float16 or int8)")
+    if _DTYPE_ALIASES[name] == "qint8" and device != "cpu":
+        raise ValueError(f"dtype int8 (dynamic quantisation) runs on the CPU only, not on {device}")
     return getattr(torch, _DTYPE_ALIASES[name])
+
+
+def cast_model(model: Any, dtype: Any) -> Any:
+    """``model`` in ``dtype``: moved in place for a float dtype; for ``torch.qint8`` a new model whose
+    Linear layers are dynamically quantised to int8 (weights int8, activations quantised per batch, the rest
+    float32; torch.ao.quantization.quantize_dynamic), the float32 ``model`` left as it is."""
+    import torch
+
+    if dtype != torch.qint8:
+        return model.to(dtype=dtype)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice (torchao replaces it)
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+
+
+def model_dtype(model: Any) -> Any:
+    """``torch.qint8`` for a model from :func:`cast_model` (int8), else the dtype of its parameters."""
+    import torch
+
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        return torch.qint8
+    return next(model.parameters()).dtype
+
+
+def input_dtype(dtype: Any) -> Any:
+    """The dtype of a model's float inputs: an int8 model (dynamic quantisation) takes float32."""
+    import torch
+
+    return torch.float32 if dtype == torch.qint8 else dtype
 
 
 def align_threads_with_omp_limit(environ: Any = None) -> int:
@@ -148,6 +186,8 @@ def align_threads_with_omp_limit(environ: Any = None) -> int:
 
 # reduced precision is kept for a model only if its vectors stay this close to float32 on the probe ...
 FAITHFUL_MIN_COSINE = 0.995
+# ... (int8 quantisation: the issue's bar, 0.99; all-MiniLM-L6-v2 fails it, a CLIP passes)
+FAITHFUL_MIN_COSINE_INT8 = 0.99
 # ... and it runs the probe at least this much faster (a margin over timing noise on a loaded machine)
 FASTER_MIN_SPEEDUP = 1.15
 _PROBE_TEXTS = (
@@ -206,9 +246,9 @@ def choose_auto_dtype(model: Any, candidate: Any, probe: Any, what: str) -> tupl
 
     import torch
 
-    name = str(candidate).replace("torch.", "")
+    name = _dtype_str(candidate)
     try:
-        reduced = copy.deepcopy(model).to(dtype=candidate)
+        reduced = cast_model(model if candidate == torch.qint8 else copy.deepcopy(model), candidate)
         ref, red = probe(model), probe(reduced)
         best = {id(model): float("inf"), id(reduced): float("inf")}
         for _ in range(3):
@@ -221,7 +261,7 @@ def choose_auto_dtype(model: Any, candidate: Any, probe: Any, what: str) -> tupl
     cos = (ref * red).sum(axis=1)
     worst = float(np.min(cos)) if np.isfinite(red).all() else float("nan")
     speedup = best[id(model)] / max(best[id(reduced)], 1e-9)
-    if not worst >= FAITHFUL_MIN_COSINE:
+    if not worst >= (FAITHFUL_MIN_COSINE_INT8 if candidate == torch.qint8 else FAITHFUL_MIN_COSINE):
         return model, torch.float32, f"float32 ({name} not faithful on {what}: min cosine {worst:.4f})"
     if speedup < FASTER_MIN_SPEEDUP:
         return model, torch.float32, f"float32 ({name} not faster: {speedup:.2f}x)"
@@ -435,7 +475,8 @@ def _pooled(out: Any) -> Any:
 
 
 def _dtype_str(dtype: Any) -> str:
-    return str(dtype).replace("torch.", "")
+    name = str(dtype).replace("torch.", "")
+    return "int8" if name == "qint8" else name
 
 
 def _normalise(x: Any) -> np.ndarray:
@@ -464,6 +505,7 @@ class _TextSide:
     pad_to_max_length = False
     dtype_reason = ""  # how the dtype was chosen (shown by `index` and `stats`)
     _probing = False  # while choose_auto_dtype runs the probe: no float32 fallback
+    _float_model: Any = None  # an int8 encoder's float32 model (the fallback on non-finite vectors)
 
     def _settle_dtype(self, requested: str) -> None:
         """Put the (float32) model in its final dtype: the one requested, or for ``auto`` the hardware's
@@ -472,7 +514,8 @@ class _TextSide:
 
         candidate = resolve_dtype(requested, self.device)
         if (requested or "auto").lower() != "auto":
-            self.model.to(dtype=candidate)
+            self._float_model = self.model if candidate == torch.qint8 else None
+            self.model = cast_model(self.model, candidate)
             self.dtype, self.dtype_reason = candidate, f"{_dtype_str(candidate)} (requested)"
             return
         if candidate == torch.float32:
@@ -485,14 +528,17 @@ class _TextSide:
         if key in _auto_dtype_cache:
             reduced, reason = _auto_dtype_cache[key]
             self.dtype = candidate if reduced else torch.float32
-            self.model.to(dtype=self.dtype)
+            self._float_model = self.model if self.dtype == torch.qint8 else None
+            self.model = cast_model(self.model, self.dtype)
             self.dtype_reason = reason
             return
         self._probing = True
         try:
+            float_model = self.model
             self.model, self.dtype, self.dtype_reason = choose_auto_dtype(
                 self.model, candidate, self._probe, self.model_id
             )
+            self._float_model = float_model if self.dtype == torch.qint8 else None
         finally:
             self._probing = False
         _auto_dtype_cache[key] = (self.dtype != torch.float32, self.dtype_reason)
@@ -500,7 +546,7 @@ class _TextSide:
     def _with_model(self, model: Any, run: Any) -> np.ndarray:
         """``run()`` with ``model`` (and its dtype) in place of the encoder's own, restored after."""
         saved = self.model, self.dtype
-        self.model, self.dtype = model, next(model.parameters()).dtype
+        self.model, self.dtype = model, model_dtype(model)
         try:
             return run()
         finally:
@@ -526,6 +572,8 @@ class _TextSide:
                 what,
                 _dtype_str(self.dtype),
             )
+            if self._float_model is not None:  # int8: back to the float32 model it was made from
+                self.model, self._float_model = self._float_model, None
             self.model.to(dtype=torch.float32)
             was = _dtype_str(self.dtype)
             self.dtype = torch.float32
@@ -541,7 +589,7 @@ class _TextSide:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(model_id={self.model_id!r}, family={self.family!r}, dim={self.dim}, "
-            f"max_tokens={self.max_tokens}, device={self.device!r}, dtype={str(self.dtype).replace('torch.', '')})"
+            f"max_tokens={self.max_tokens}, device={self.device!r}, dtype={_dtype_str(self.dtype)})"
         )
 
     @property
@@ -806,7 +854,11 @@ class ClipEncoder(_TextSide):
 
                 def run(inputs: Any = inputs) -> np.ndarray:
                     x = {
-                        k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                        k: (
+                            v.to(self.device, input_dtype(self.dtype))
+                            if v.is_floating_point()
+                            else v.to(self.device)
+                        )
                         for k, v in inputs.items()
                         if hasattr(v, "to")
                     }

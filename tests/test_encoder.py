@@ -210,12 +210,13 @@ def test_dtype_rules():
     assert not cpu_has_fast_bf16("")
     import torch
 
-    expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.qint8  # a candidate, checked at load
     assert resolve_dtype("auto", "cpu") is expected
+    assert resolve_dtype("int8", "cpu") is torch.qint8
     assert resolve_dtype("fp32", "cpu") is torch.float32
     assert resolve_dtype("float16", "cpu") is torch.float16
     with pytest.raises(ValueError, match="unknown dtype"):
-        resolve_dtype("int8", "cpu")
+        resolve_dtype("int4", "cpu")
 
 
 # ---- failures ----------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def test_bfloat16_is_faithful_or_auto_stays_float32(family, omp_limit, minilm_di
     if family == "text":  # the real model: bf16 must be faithful, thread limit or not (it was 0.03 before)
         assert faithful, r
     if not faithful:
-        assert r["auto_dtype"] == "float32", r
+        assert r["auto_dtype"] != "bfloat16", r
 
 
 def test_torch_threads_follow_an_inherited_omp_limit():
@@ -73,7 +73,7 @@ def test_torch_threads_follow_an_inherited_omp_limit():
 
 def test_auto_dtype_is_resolved_per_model_with_a_reason(minilm_dir):
     enc = TextEncoder.load(str(minilm_dir), device="cpu", dtype="auto")
-    assert enc.dtype_name in ("float32", "bfloat16")
+    assert enc.dtype_name in ("float32", "bfloat16", "int8")
     assert enc.dtype_reason.startswith(enc.dtype_name)
     assert (
         TextEncoder.load(str(minilm_dir), device="cpu", dtype="bf16").dtype_reason == "bfloat16 (requested)"
