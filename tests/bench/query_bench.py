@@ -133,7 +133,8 @@ class Grower:
         words.insert(self.prng.randrange(len(words) + 1), pn)
         return " ".join(words)
 
-    def grow(self, target: int) -> dict[str, Any]:
+    def grow(self, target: int, deadline: float | None = None) -> dict[str, Any]:
+        """Add synthetic documents until ``target`` vectors (or, when given, until time.time() passes ``deadline``)."""
         from manualrag.ids import doc_id as doc_id_for
         from manualrag.manifest import DocRow
         from manualrag.models import Figure, Passage, Window
@@ -151,7 +152,7 @@ class Grower:
                     self.store.upsert(kind, ids, np.vstack(vecs), metas, docs)
                 pending[kind] = ([], [], [], [])
 
-        while have + added < target:
+        while have + added < target and (deadline is None or time.time() < deadline):
             self.n_docs += 1
             path = f"synthetic/vendor-{self.n_docs % 37:02d}/manual-{self.n_docs:05d}.pdf"
             doc_id = doc_id_for(path)
