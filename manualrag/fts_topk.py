@@ -63,7 +63,7 @@ class FtsTopK:
         self.candidate_rows = CANDIDATE_ROWS
         self._df: dict[str, int] = {}
         self._n = 0
-        self.last_plan = ""  # "plain" or "pruned N of M phrases": what the last query did (tests, benches)
+        self.last_plan = ""  # "plain" or "bounded (...)": what the last query did (tests, benches)
 
     def close(self) -> None:
         if self._tok is not None:
