@@ -88,7 +88,7 @@ def task_alternate(a: dict[str, Any]) -> dict[str, Any]:
     for f in sorted(CORPUS.glob("*.pdf")):
         with pymupdf.open(f) as doc:
             blocks += [" ".join(str(b[4]).split()) for page in doc for b in page.get_text("blocks")]
-    blocks = [b for b in blocks if len(b) >= 60][: a.get("n_texts", 256)]
+    blocks = [b for b in blocks if len(b) >= 60][: a.get("n_texts", 128)]
     out: dict[str, Any] = {}
     for role, cls, path in (("clip", ClipEncoder, a["model"]), ("text", TextEncoder, a["text_model"])):
         encs = {d: cls.load(path, device="cpu", dtype=d) for d in ("float32", "bfloat16", "int8")}
@@ -98,7 +98,7 @@ def task_alternate(a: dict[str, Any]) -> dict[str, Any]:
             e.embed_texts(texts[:32])
         best = {d: float("inf") for d in encs}
         vecs = {}
-        for _ in range(a.get("rounds", 3)):
+        for _ in range(a.get("rounds", 2)):
             for d, e in encs.items():
                 t0 = time.perf_counter()
                 vecs[d] = e.embed_texts(texts)
@@ -200,7 +200,7 @@ def main() -> None:
         if isinstance(x, dict)
     ]
     alt_body = (
-        "### Side by side in one process (rounds alternating the precisions, best of 3)\n\n"
+        "### Side by side in one process (rounds alternating the precisions, best of 2)\n\n"
         + table(
             ["model", "dtype", "texts/s", "speed-up vs float32", "cosine to float32 min / median"], alt_rows
         )
