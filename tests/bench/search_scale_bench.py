@@ -340,7 +340,9 @@ def main() -> None:
             ]
         )
     out = [
-        "### Search latency at 10k / 100k / 1M records (embedded Chroma)\n\n"
+        "### Search latency at "
+        + " / ".join(f"{built[s]['total']:,}" for s in sizes)
+        + " records (embedded Chroma)\n\n"
         + table(
             [
                 "records",
@@ -383,7 +385,8 @@ def main() -> None:
         curve.append(
             f"{name} p95 "
             + " -> ".join(f"{M[s][key]['p95']:.1f}" for s in sizes)
-            + f" ms ({M[s1][key]['p95'] / M[s0][key]['p95']:.2f}x for {s1 // s0}x the records)"
+            + f" ms ({M[s1][key]['p95'] / M[s0][key]['p95']:.2f}x for"
+            f" {built[s1]['total'] / built[s0]['total']:.0f}x the records)"
         )
     out.append(
         f"{len(qs)} queries per size after 10 warm-up ones (half real headings of both corpora's tables of contents,"
