@@ -31,29 +31,53 @@ class Query:
 
 
 def load_queries(path: Path | str) -> list[Query]:
+    """The labelled queries of a JSONL file; a line that is not one is a one-line error naming the file,
+    the line and what is wrong (a file without any query is one too: its report would be all zeros)."""
     out: list[Query] = []
     p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ManualragError(f"cannot read {p}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ManualragError(f"cannot read {p}: {reason}") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            d = json.loads(line)
-            out.append(
-                Query(
-                    str(d.get("id", n)),
-                    d["query"],
-                    d["file"],
-                    [int(x) for x in d["pages"]],
-                    d.get("kind", "text"),
-                )
-            )
-        except (ValueError, KeyError, TypeError) as exc:
+            out.append(_query_from_line(line, n))
+        except ValueError as exc:
             raise ManualragError(f"{p}:{n}: not a valid query line ({exc})") from None
+    if not out:
+        raise ManualragError(
+            f"{p}: no queries (one JSON object a line: query, file, pages, optional kind and id)"
+        )
     return out
+
+
+def _query_from_line(line: str, n: int) -> Query:
+    d = json.loads(line)  # json.JSONDecodeError is a ValueError
+    if not isinstance(d, dict):
+        raise ValueError(f"a JSON object is needed, not {type(d).__name__}")
+    missing = [key for key in ("query", "file", "pages") if key not in d]
+    if missing:
+        raise ValueError("missing " + ", ".join(repr(key) for key in missing))
+    query, file, pages = d["query"], d["file"], d["pages"]
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("'query' must be a non-empty string")
+    if not isinstance(file, str) or not file:
+        raise ValueError("'file' must be a path relative to the library")
+    if isinstance(pages, int) and not isinstance(pages, bool):
+        pages = [pages]
+    if (
+        not isinstance(pages, list)
+        or not pages
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in pages)
+    ):
+        raise ValueError(f"'pages' must be a list of page numbers from 1, not {json.dumps(pages)}")
+    kind = d.get("kind", "text")
+    if not isinstance(kind, str):
+        raise ValueError("'kind' must be a string such as text, image or ocr")
+    return Query(str(d.get("id", n)), query, file, pages, kind)
 
 
 def is_relevant(hit: Hit, q: Query) -> bool:

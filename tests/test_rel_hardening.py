@@ -295,6 +295,30 @@ def test_memory_limit_too_low_to_start_a_worker_is_a_config_error(tmp_path, mb):
     load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(MIN_WORKER_MB)})
 
 
+# ---------------------------------------------------------- new-user walk-through: eval query files
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("[1, 2]\n", "q.jsonl:1: not a valid query line (a JSON object is needed, not list)"),
+        ('{"query": "fuse"}\n', "q.jsonl:1: not a valid query line (missing 'file', 'pages')"),
+        ('{"query": "fuse", "file": "a.pdf", "pages": "12"}\n', "'pages' must be a list of page numbers"),
+        ('{"query": "", "file": "a.pdf", "pages": [1]}\n', "'query' must be a non-empty string"),
+        ("\n\n", "q.jsonl: no queries"),
+    ],
+)
+def test_eval_query_file_errors_are_one_line_usage_errors(tmp_path, text, says):
+    """A queries file a user wrote by hand: a line that is a JSON list was a traceback (AttributeError,
+    rc 1), a missing key said only "('file')", ``"pages": "12"`` was read as pages 1 and 2, and an empty
+    file gave an all-zero report with rc 0. Each is now rc 2 and one line naming the file and the line,
+    before any index or model is opened."""
+    (tmp_path / "q.jsonl").write_text(text)
+    res = _run("eval", "q.jsonl", "--index-dir", "no-index-here", cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
 # ------------------------------------------------------------------------ row 9: non-UTF-8 file names
 def test_remove_accepts_a_non_utf8_name_as_the_shell_gives_it(tmp_path):
     """A file name that is not UTF-8 is indexed as ``caf\\xe9-manual.md``; ``remove`` with the real name
