@@ -456,6 +456,15 @@ def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: s
         sys.exit(EXIT_PARTIAL)
 
 
+def _confirm(question: str) -> bool:
+    """Ask a yes/no question; no answer (end of input: a script, a pipe, Ctrl-D; or Ctrl-C) means no."""
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:
+        click.echo()  # the prompt (on stdout) left the cursor at the end of its line
+        return False
+
+
 @main.command()
 @_index_dir_option
 @_store_option
@@ -467,7 +476,7 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
     from manualrag.index import Index
 
     idir = Path(cfg["index_dir"])
-    if not yes and not click.confirm(f"Delete the index in {idir}?", default=False):
+    if not yes and not _confirm(f"Delete the index in {idir}?"):
         _echo(f"not deleted: the index in {idir} is kept (--yes skips the question)", err=True)
         sys.exit(EXIT_USAGE)
     if not Index.reset(idir, cfg):

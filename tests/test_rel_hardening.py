@@ -162,6 +162,11 @@ def test_declining_reset_says_so_and_keeps_the_index(small_index, tmp_path):
     res = CliRunner().invoke(main, ["--config", str(cfg), "reset", "--index-dir", str(idx)], input="n\n")
     assert res.exit_code == 2 and "not deleted" in res.output, res.output
     assert (idx / "index.sqlite").is_file()
+    # no answer at all (stdin at its end: a script, a pipe, Ctrl-D) is a no too (before: "Aborted!", rc 1)
+    res = _run("--config", str(cfg), "reset", "--index-dir", str(idx), cwd=tmp_path, stdin="")
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert res.stderr.splitlines() == [f"not deleted: the index in {idx} is kept (--yes skips the question)"]
+    assert "Aborted" not in res.stdout + res.stderr and (idx / "index.sqlite").is_file()
 
 
 # ------------------------------------------------------------------------ row 5: bad query images
