@@ -447,12 +447,16 @@ def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: s
         with IndexLock(idir):  # a first index run still going on is reported as the lock holder
             pass
         Index.require(idir)
+    unmatched: list[str] = []
     with Index.open(idir, cfg, write=True) as index:
-        removed = index.remove(list(paths))
+        removed = index.remove(list(paths), unmatched)
+        library = index.manifest.get_meta("library")
     for r in removed:
         _echo(f"removed {r}")
-    if not removed:
-        _echo("nothing matched: " + ", ".join(paths), err=True)
+    where = f"the library {library}" if library else "the library"
+    for p in unmatched:  # each one named: a typo beside a good path must not pass unnoticed
+        _echo(f"nothing matched: {p} (no indexed document or folder of {where} has that path)", err=True)
+    if unmatched:
         sys.exit(EXIT_PARTIAL)
 
 

@@ -54,8 +54,12 @@ def test_remove_takes_library_paths_folders_and_paths_inside_the_library(indexed
     lib, idx = indexed
     rc, out = _cli("remove", str(lib / "valve.txt"), "--index-dir", str(idx))  # an absolute path
     assert rc == 0 and "removed valve.txt" in out
+    # a typo beside a good path is named, and the run is partial (before: silently ignored, rc 0)
+    rc, out = _cli("remove", "pumps/p1.md", "pumps/p3.md", "--index-dir", str(idx))
+    assert rc == 1 and "removed pumps/p1.md" in out, out
+    assert f"nothing matched: pumps/p3.md (no indexed document or folder of the library {lib}" in out, out
     rc, out = _cli("remove", "pumps/", "--index-dir", str(idx))  # a folder of the library
-    assert rc == 0 and "removed pumps/p1.md" in out and "removed pumps/p2.md" in out
+    assert rc == 0 and "removed pumps/p2.md" in out and "nothing matched" not in out, out
     rc, out = _cli("remove", "nothing.pdf", "--index-dir", str(idx))
     assert rc == 1 and "nothing matched" in out
     with Index.open(idx, load_config()) as index:
