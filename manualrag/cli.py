@@ -580,7 +580,7 @@ def _open_retriever(
 @click.option(
     "--image", type=click.Path(exists=True, dir_okay=False), help="Search by an image (alone or with text)."
 )
-@click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Number of hits (default 10).")
+@click.option("-k", "--k", "k", type=click.IntRange(min=1), default=None, help="Number of hits (default 10).")
 @click.option(
     "--modality", type=click.Choice(["all", "text", "image"]), default="all", help="Which hits to return."
 )
@@ -692,7 +692,9 @@ def _print_hits(res: Any) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True
 )
-@click.option("-k", "k", type=click.IntRange(min=1), default=8, show_default=True, help="Hits considered.")
+@click.option(
+    "-k", "--k", "k", type=click.IntRange(min=1), default=8, show_default=True, help="Hits considered."
+)
 @click.option("--with-images", is_flag=True, help="JSON only: include each figure crop as base64.")
 @click.option("--include-suspect", is_flag=True, help="Include text that is invisible on the page (marked).")
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical.")
@@ -734,7 +736,9 @@ def context(
 # --------------------------------------------------------------------------------------------------- eval
 @main.command(name="eval")
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
-@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Cut-off rank.")
+@click.option(
+    "-k", "--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Cut-off rank."
+)
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical (an ablation).")
 @click.option("--text-model", default=None, help="Text model to encode queries (default: the index's).")
 @_dtype_option

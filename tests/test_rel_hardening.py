@@ -118,6 +118,8 @@ def small_index(tmp_path_factory, tiny_clip_dir):
         (["context", "torque", "-k", "0"], "-k"),
         (["context", "torque", "--with-images"], "--format json"),
         (["eval", "QUERIES", "--k", "0"], "--k"),
+        (["eval", "QUERIES", "-k", "0"], "-k"),
+        (["query", "torque", "--k", "0"], "--k"),
     ],
 )
 def test_out_of_range_options_are_usage_errors(small_index, tmp_path, args, says):
@@ -133,6 +135,21 @@ def test_out_of_range_options_are_usage_errors(small_index, tmp_path, args, says
     rc, _, out = rh.cli("--config", str(cfg), *args, "--index-dir", str(idx))
     assert rc == 2, out
     assert says in out and "Traceback" not in out, out
+
+
+def test_k_is_spelled_the_same_in_query_context_and_eval(small_index, tmp_path):
+    """``eval`` took ``--k`` and ``query``/``context`` only ``-k``: a user who had run ``eval --k 5`` got
+    "No such option '--k'" from ``query --k 5`` (and the reverse). Each now takes both spellings."""
+    cfg, _, idx = small_index
+    base = ["--config", str(cfg)]
+    rc, hits, out = rh.cli(*base, "query", "torque", "--k", "1", "--json", "--index-dir", str(idx))
+    assert rc == 0 and len(hits) == 1, out
+    rc, ctx, out = rh.cli(*base, "context", "torque", "--k", "1", "--format", "json", "--index-dir", str(idx))
+    assert rc == 0 and len(ctx["sources"]) == 1, out
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"query": "torque", "file": "pump.md", "pages": [1]}) + "\n")
+    rc, report, out = rh.cli(*base, "eval", str(queries), "-k", "1", "--json", "--index-dir", str(idx))
+    assert rc == 0 and report["n"] == 1, out
 
 
 def test_context_block_fits_its_budget_and_library_calls_refuse_bad_values(small_index):
