@@ -32,7 +32,14 @@ from manualrag.errors import ManualragError, NonFiniteVectorsError
 from manualrag.index import Index, IndexLayout
 from manualrag.indexer import budget
 from manualrag.indexer.chunk import make_passages, make_windows
-from manualrag.indexer.discover import SourceFile, discover, file_digest
+from manualrag.indexer.discover import (
+    IMAGE_SUFFIXES,
+    PDF_SUFFIXES,
+    TEXT_SUFFIXES,
+    SourceFile,
+    discover,
+    file_digest,
+)
 from manualrag.lock import IndexLock
 from manualrag.manifest import DocRow, Manifest
 from manualrag.models import Document, Figure, FileError, Passage, Window
@@ -283,9 +290,15 @@ class Indexer:
         cfg, timings = self.cfg, summary.timings
         manifest, store = index.manifest, index.store
         with _Timer(timings, "discover"):
-            files, skipped = discover(library, cfg, exclude=[self.index_dir])
-            files = [f for f in files if in_shard(f.rel, self.shard)]
+            found, skipped = discover(library, cfg, exclude=[self.index_dir])
+            files = [f for f in found if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
+        if not found:  # an empty or wrong folder: say so rather than a quiet "0 indexed"
+            suffixes = [*sorted(PDF_SUFFIXES), *sorted(IMAGE_SUFFIXES), *sorted(TEXT_SUFFIXES)]
+            summary.warnings.append(
+                f"no manuals in {library}: no file with a supported suffix ({' '.join(suffixes)})"
+                + ("; see the skipped files" if skipped else "")
+            )
         # what a reader says while this run goes on: "the index is being built (N of M documents so far)"
         manifest.set_meta("run", {"pid": os.getpid(), "total": len(files), "started": time.time()})
         known = manifest.documents()

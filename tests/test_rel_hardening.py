@@ -341,6 +341,29 @@ def test_eval_query_file_errors_are_one_line_usage_errors(tmp_path, text, says):
     assert "Traceback" not in res.stderr
 
 
+def test_a_library_without_manuals_says_so(tmp_path):
+    """An empty folder, or one holding only unsupported files (a user's .docx exports), indexed as
+    "0 indexed ... 0 failed" and rc 0 with nothing else said: it looked like success, and ``query`` then
+    answered "no hits" with hints about models. The summary (and ``--json``) now warns, naming the
+    folder and the suffixes that are indexed; a library with a manual gets no such warning."""
+    for name, files in (("empty", {}), ("docs", {"notes.docx": b"PK", "sheet.xlsx": b"PK"})):
+        lib = tmp_path / name
+        lib.mkdir()
+        for fname, data in files.items():
+            (lib / fname).write_bytes(data)
+        res = _run("index", name, "--index-dir", f"{name}-idx", "--no-dense", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        warning = [line for line in res.stdout.splitlines() if "warning:" in line]
+        assert len(warning) == 1 and f"no manuals in {name}: no file with a supported suffix" in warning[0]
+        assert ".pdf" in warning[0] and ".png" in warning[0] and ".md" in warning[0], warning
+        assert ("see the skipped files" in warning[0]) == bool(files), warning
+    (tmp_path / "docs" / "pump.md").write_bytes(rh.versioned_md("nowarn"))
+    rc, s, out = rh.cli(
+        "index", str(tmp_path / "docs"), "--index-dir", str(tmp_path / "i2"), "--no-dense", "--json"
+    )
+    assert rc == 0 and s["indexed"] == ["pump.md"] and s["warnings"] == [], out
+
+
 # ------------------------------------------------------------------------ row 9: non-UTF-8 file names
 def test_remove_accepts_a_non_utf8_name_as_the_shell_gives_it(tmp_path):
     """A file name that is not UTF-8 is indexed as ``caf\\xe9-manual.md``; ``remove`` with the real name
