@@ -420,6 +420,7 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
     if as_json:
         _echo_json(out)
         return
+    width = max(len(key) for key in out)
     for key, value in out.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
@@ -427,7 +428,9 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
             key, value = "size on disk", f"{value / 1e6:.1f} MB"
         elif key in ("model", "text_model") and value is None:
             value = "none (no CLIP vectors)" if key == "model" else "none (no text-model vectors)"
-        _echo(f"{key:>14}: {value}")
+        elif value is None:
+            value = "none"
+        _echo(f"{key:>{width}}: {value}")
 
 
 # ------------------------------------------------------------------------------------------ remove / reset

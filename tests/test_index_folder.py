@@ -66,6 +66,18 @@ def test_remove_takes_library_paths_folders_and_paths_inside_the_library(indexed
         assert index.stats()["documents"] == 0
 
 
+def test_stats_lines_up_every_value(indexed):
+    """``stats`` printed keys right-aligned to 14 characters: ``suspect_passages`` pushed its value two
+    columns right of the others, and a lexical-only index showed ``dim: None``."""
+    _, idx = indexed
+    rc, out = _cli("stats", "--index-dir", str(idx))
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert any(line.lstrip().startswith("suspect_passages: ") for line in lines), out
+    assert len({line.index(": ") for line in lines}) == 1, out
+    assert "None" not in out, out
+
+
 def test_reset_deletes_the_index_and_nothing_else(indexed):
     _, idx = indexed
     (idx / "notes.txt").write_text("mine")
