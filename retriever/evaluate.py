@@ -116,8 +116,12 @@ def evaluate(
     per: list[dict[str, Any]] = []
     by_kind: dict[str, list[dict[str, float]]] = {}
     image_rows: list[dict[str, float]] = []
+    used: set[str] = set()
+    notes: list[str] = []
     for q in queries:
         res = retriever.search(q.query, k=max(k, 10), channels=channels)
+        used.update(res.channels_used)
+        notes.extend(n for n in res.notes if n not in notes)
         m = _metrics(res.hits[:k], q)
         by_kind.setdefault(q.kind, []).append(m)
         row: dict[str, Any] = {"id": q.id, "kind": q.kind, **m}
@@ -135,7 +139,10 @@ def evaluate(
         "by_kind": {kind: _mean(rows) for kind, rows in sorted(by_kind.items())},
         "image_recall": _mean(image_rows),
         "n": len(queries),
-        "channels": channels or ["dense", "text", "lexical"],
+        # the channels that searched, not the ones asked for: on an index without CLIP vectors the
+        # figures are not the dense channel's, and the notes say why
+        "channels": [c for c in (channels or ["dense", "text", "lexical"]) if c in used],
+        "notes": notes,
         "queries": per,
     }
 
@@ -160,4 +167,5 @@ def format_table(report: dict[str, Any]) -> str:
             + f"{'':>22}"
             + f"{sum(1 for q in report['queries'] if q['kind'] in ('image', 'ocr')):>5}"
         )
+    lines += [f"note: {n}" for n in report.get("notes", [])]
     return "\n".join(lines)
