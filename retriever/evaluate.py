@@ -134,6 +134,15 @@ def evaluate(
             row["image_recall@10"] = im["recall@10"]
         per.append(row)
     all_rows = [m for rows in by_kind.values() for m in rows]
+    with retriever.manifest.read_snapshot():
+        indexed = set(retriever.manifest.documents())
+    names = {Path(d).name for d in indexed}
+    absent = [q.file for q in queries if q.file not in indexed and Path(q.file).name not in names]
+    if absent:  # the wrong index, or a library indexed without these files: their queries score 0
+        notes.append(
+            f"{len(absent)} of {len(queries)} queries name a file the index does not hold "
+            f"(e.g. {absent[0]}): is this the index of their library?"
+        )
     return {
         "overall": _mean(all_rows),
         "by_kind": {kind: _mean(rows) for kind, rows in sorted(by_kind.items())},

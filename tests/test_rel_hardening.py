@@ -152,6 +152,31 @@ def test_k_is_spelled_the_same_in_query_context_and_eval(small_index, tmp_path):
     assert rc == 0 and report["n"] == 1, out
 
 
+def test_eval_notes_queries_about_files_the_index_does_not_hold(small_index, tmp_path):
+    """The README's ``eval ../shared/corpus/queries.jsonl`` against the sample index: queries about
+    manuals that were never indexed scored 0 without a word, which reads as bad retrieval. The report
+    now says how many name a file the index lacks; queries about indexed files add no such note."""
+    cfg, _, idx = small_index
+    queries = tmp_path / "q.jsonl"
+    rows = [
+        {"query": "torque", "file": "pump.md", "pages": [1]},
+        {"query": "relief valve", "file": "sub/valve.md", "pages": [1]},  # matched by its name
+        {"query": "print dialog", "file": "gutenprint-users-manual.pdf", "pages": [24]},
+    ]
+    queries.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["--config", str(cfg), "eval", str(queries), "--index-dir", str(idx)]
+    rc, report, out = rh.cli(*base, "--json")
+    assert rc == 0, out
+    absent = [n for n in report["notes"] if "name a file the index does not hold" in n]
+    assert absent == [
+        "1 of 3 queries name a file the index does not hold (e.g. gutenprint-users-manual.pdf): "
+        "is this the index of their library?"
+    ], report["notes"]
+    queries.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    rc, report, out = rh.cli(*base, "--json")
+    assert rc == 0 and not any("does not hold" in n for n in report["notes"]), out
+
+
 def test_context_block_fits_its_budget_and_library_calls_refuse_bad_values(small_index):
     cfg, _, idx = small_index
     rc, _, out = rh.cli(
