@@ -228,7 +228,10 @@ def load_config(
                 f"config file {p} must be a mapping of settings (key: value lines, as in config.yaml), "
                 f"not a {type(data).__name__}"
             )
-        _merge(cfg, data, DEFAULTS)
+        try:
+            _merge(cfg, data, DEFAULTS)
+        except ConfigError as exc:  # the file may come from MANUALRAG_CONFIG: say which one
+            raise ConfigError(f"config file {p}: {exc}") from None
     _merge(cfg, _env_overrides(environ), DEFAULTS)
     if overrides:
         _merge(cfg, _drop_none(overrides), DEFAULTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,16 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     assert r.returncode == 2
     assert "unknown config key 'nonsense_key'" in r.stderr
     assert "Traceback" not in r.stderr
+    # the same file named by MANUALRAG_CONFIG: the line says which file (before: only the key)
+    r = subprocess.run(
+        [sys.executable, "-m", "manualrag", "stats", "--index-dir", str(tmp_path / "i")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "MANUALRAG_CONFIG": str(f)},
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: config file {f}: unknown config key 'nonsense_key'", r.stderr
 
 
 @pytest.mark.parametrize(

@@ -333,7 +333,7 @@ def test_memory_limit_too_low_to_start_a_worker_is_a_config_error(tmp_path, mb):
     )
     assert rc == 2, out
     assert out.strip().splitlines() == [
-        f"error: config key 'isolation.memory_mb' must be at least {MIN_WORKER_MB} "
+        f"error: config file {cfg}: config key 'isolation.memory_mb' must be at least {MIN_WORKER_MB} "
         f"(MiB: an extraction worker needs about 300 MiB just to start), got {mb}"
     ], out
     assert not (tmp_path / "i").exists()
