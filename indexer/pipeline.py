@@ -65,6 +65,12 @@ def figure_sem_text(fig: Figure) -> str:
     return "\n".join(p.strip() for p in parts if p and p.strip())
 
 
+def _stored_precision(precision: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The index's ``precision`` meta: each model's id and dtype (the reasons carry timings: shown, not
+    stored)."""
+    return {role: {k: p[k] for k in ("model", "dtype")} for role, p in precision.items()}
+
+
 @dataclass
 class Summary:
     library: str
@@ -363,6 +369,7 @@ class Indexer:
                     # recorded now, not at the end, so a reader can search a first run's documents by
                     # their vectors as they are committed
                     manifest.set_meta("models", {"clip": self._want_clip, "text": self._want_text})
+                    manifest.set_meta("precision", _stored_precision(self._precision()))
                 except BaseException:
                     if pool is not None:
                         pool.close(kill=True)
@@ -423,14 +430,11 @@ class Indexer:
             manifest.set_meta("config", public_config(cfg))
             if self.dense:
                 manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
-                if summary.precision:  # the dtypes (the reasons carry timings: shown, not stored)
-                    manifest.set_meta(
-                        "precision",
-                        {
-                            role: {k: p[k] for k in ("model", "dtype")}
-                            for role, p in summary.precision.items()
-                        },
-                    )
+                # the dtypes this run's vectors were embedded in, as they ended the run (a float32 fallback
+                # after NaN shows here); recorded at model load too, so a crash after a commit keeps it
+                if summary.precision and sum(summary.embedded.values()):
+                    manifest.set_meta("precision", _stored_precision(summary.precision))
+                index.drop_precision_without_vectors()
             index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:

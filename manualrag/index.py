@@ -219,7 +219,14 @@ class Index:
                     self.remove_document(k)
                     removed.append(k)
         self.prune_crops()
+        self.drop_precision_without_vectors()
         return removed
+
+    def drop_precision_without_vectors(self) -> None:
+        """The ``precision`` meta describes the index's vectors: it goes with the last of them, so an
+        index emptied by updates or ``remove`` equals a fresh index of what it holds."""
+        if not self.manifest.has_vector_records():
+            self.manifest.delete_meta("precision")
 
     @staticmethod
     def reset(root: Path | str, cfg: dict[str, Any]) -> bool:
