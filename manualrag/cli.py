@@ -621,10 +621,18 @@ def query(
         raise ManualragError("give a query text, --image FILE, or both")
     with _open_retriever(obj, index_dir, store_url, model, text_model, dtype) as r:
         res = r.search(text, image=image, k=k, modality=modality, channels=_channels(channels), source=source)
+        empty = not res.hits and not r.manifest.documents() and r.building() is None
     if as_json:
         _echo_json([h.to_dict() for h in res.hits])
     else:
         _print_hits(res)
+    if empty:  # the channels are "off" only because there is nothing in it: advice about models misleads
+        _echo(
+            f"note: the index in {r.index_dir} holds no documents: index a folder of manuals first "
+            "(`manualrag index LIBRARY`: PDFs, images, .txt, .md)",
+            err=True,
+        )
+        return
     for note in res.notes:
         _echo(f"note: {note}", err=True)
     for hint in _channel_hints(res.channels_off):

@@ -370,7 +370,8 @@ def test_a_library_without_manuals_says_so(tmp_path):
     """An empty folder, or one holding only unsupported files (a user's .docx exports), indexed as
     "0 indexed ... 0 failed" and rc 0 with nothing else said: it looked like success, and ``query`` then
     answered "no hits" with hints about models. The summary (and ``--json``) now warns, naming the
-    folder and the suffixes that are indexed; a library with a manual gets no such warning."""
+    folder and the suffixes that are indexed, and ``query`` says the index holds no documents; a
+    library with a manual gets no such warning."""
     for name, files in (("empty", {}), ("docs", {"notes.docx": b"PK", "sheet.xlsx": b"PK"})):
         lib = tmp_path / name
         lib.mkdir()
@@ -382,6 +383,13 @@ def test_a_library_without_manuals_says_so(tmp_path):
         assert len(warning) == 1 and f"no manuals in {name}: no file with a supported suffix" in warning[0]
         assert ".pdf" in warning[0] and ".png" in warning[0] and ".md" in warning[0], warning
         assert ("see the skipped files" in warning[0]) == bool(files), warning
+        # querying it says the index is empty, not that models or vectors are missing
+        q = _run("query", "pump", "--index-dir", f"{name}-idx", cwd=tmp_path)
+        assert q.returncode == 0 and q.stdout == "no hits\n", (q.stdout, q.stderr)
+        assert q.stderr.splitlines() == [
+            f"note: the index in {name}-idx holds no documents: index a folder of manuals first "
+            "(`manualrag index LIBRARY`: PDFs, images, .txt, .md)"
+        ], q.stderr
     (tmp_path / "docs" / "pump.md").write_bytes(rh.versioned_md("nowarn"))
     rc, s, out = rh.cli(
         "index", str(tmp_path / "docs"), "--index-dir", str(tmp_path / "i2"), "--no-dense", "--json"
