@@ -191,7 +191,8 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
         bbox = ", ".join(f"{v:.0f}" for v in fig.bbox)
         _echo()
         _echo(
-            f"  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
+            f"  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px"
+            + (f" {fig.dpi:.0f}dpi" if fig.dpi else "")  # a loose image has no physical size
             + ("" if fig.quality == "ok" else f" [{fig.quality}]")
             + (f" (rotated {fig.rotation}\u00b0 to read upright)" if fig.rotation else "")
         )

@@ -397,6 +397,17 @@ def test_a_library_without_manuals_says_so(tmp_path):
     assert rc == 0 and s["indexed"] == ["pump.md"] and s["warnings"] == [], out
 
 
+def test_inspect_of_a_loose_image_shows_no_made_up_resolution(tmp_path):
+    """``inspect photo.png`` printed ``1169x827px 0dpi`` for a loose image (it has no physical size, so
+    no resolution): now the pixel size alone. PDF figures keep their dpi."""
+    (tmp_path / "photo.png").write_bytes(h.photo_png(200, 150))
+    rc, _, out = rh.cli("inspect", str(tmp_path / "photo.png"), "--no-ocr")
+    assert rc == 0, out
+    line = next(x for x in out.splitlines() if x.lstrip().startswith("[1]"))
+    assert line.endswith("200x150px") or " 200x150px [" in line, line
+    assert "dpi" not in line, line
+
+
 # ------------------------------------------------------------------------ row 9: non-UTF-8 file names
 def test_remove_accepts_a_non_utf8_name_as_the_shell_gives_it(tmp_path):
     """A file name that is not UTF-8 is indexed as ``caf\\xe9-manual.md``; ``remove`` with the real name
