@@ -387,6 +387,15 @@ class Indexer:
                     continue
                 index.remove_document(path)
                 summary.removed.append(path)
+            before = manifest.get_meta("library")
+            if summary.removed and before and Path(before) != library.resolve():
+                # one library per index: a second folder replaces the first (a user adding a folder
+                # would otherwise learn it only from "N removed")
+                summary.warnings.append(
+                    f"this index was built from {before}; indexing {library} replaced that library: "
+                    f"{len(summary.removed)} document(s) not in it were removed "
+                    "(index each library into its own --index-dir to keep both)"
+                )
             for path in sorted(set(manifest.errors()) - present):  # errors of files no longer in the library
                 if in_shard(path, self.shard):
                     manifest.clear_error(path)

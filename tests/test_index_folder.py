@@ -78,6 +78,25 @@ def test_stats_lines_up_every_value(indexed):
     assert "None" not in out, out
 
 
+def test_indexing_another_library_into_the_index_says_it_replaced_the_first(indexed, tmp_path):
+    """One library per index: a user "adding" a second folder to the default index lost the first one's
+    documents with only "3 removed" to show for it. The summary now says which library was replaced and
+    how to keep both; a run over the same library (or a moved one, nothing removed) says nothing."""
+    lib, idx = indexed
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "fan.md").write_text("# Fan\n\nThe fan runs at 1400 rpm.\n")
+    rc, out = _cli("index", str(other), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0, out
+    assert "3 removed" in out
+    assert (
+        f"warning: this index was built from {lib.resolve()}; indexing {other} replaced that library: "
+        "3 document(s) not in it were removed (index each library into its own --index-dir to keep both)"
+    ) in out, out
+    rc, out = _cli("index", str(other), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0 and "warning" not in out, out
+
+
 def test_reset_deletes_the_index_and_nothing_else(indexed):
     _, idx = indexed
     (idx / "notes.txt").write_text("mine")
