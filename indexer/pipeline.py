@@ -299,6 +299,10 @@ class Indexer:
             found, skipped = discover(library, cfg, exclude=[self.index_dir])
             files = [f for f in found if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
+        if not manifest.get_meta("library"):
+            # a first run records its library now, not only at its end: one interrupted after some documents
+            # leaves an index whose pages can be served and that `check --repair` can rebuild
+            manifest.set_meta("library", str(library.resolve()))
         if not found:  # an empty or wrong folder: say so rather than a quiet "0 indexed"
             suffixes = [*sorted(PDF_SUFFIXES), *sorted(IMAGE_SUFFIXES), *sorted(TEXT_SUFFIXES)]
             summary.warnings.append(

@@ -479,6 +479,10 @@ def test_query_during_a_first_run_says_the_index_is_being_built(tmp_path, tiny_c
         assert "the index is being built (2 of 3 documents so far)" in out, out
         assert "--no-dense" not in out
         assert any(c.startswith("dense") for h in hits for c in h["channels"]), hits
+        # the library is recorded from the start (before: only at the end, so a first run interrupted
+        # here left "library: None": no pages to serve, and check --repair needed --library)
+        rc, st, out = rh.cli("--config", str(cfg), "stats", "--json", "--index-dir", str(idx))
+        assert rc == 0 and st["library"] == str(lib.resolve()), out
     finally:
         rh.kill_hard(proc)
     rc, _, out = rh.cli("--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx))
