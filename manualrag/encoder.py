@@ -985,7 +985,7 @@ _packaged_said: set[str] = set()
 def _packaged_copy(src: _Source) -> _Source:
     """The installed package copy of a hub text model, when the hub name is not in the HF cache and the hub
     is offline or unreachable; it keeps the hub name as its model id (same weights), so indexes built from
-    either copy stay one model. Said once per process."""
+    either copy stay one model. Said once per machine (then logged at info level)."""
     module = PACKAGED_TEXT_MODELS.get(src.name)
     if module is None or src.folder is not None or not src.local_files_only:
         return src
@@ -1004,7 +1004,17 @@ def _packaged_copy(src: _Source) -> _Source:
     packaged.packaged_as = src.name  # type: ignore[attr-defined]
     if src.name not in _packaged_said:
         _packaged_said.add(src.name)
-        log.warning(
+        # a warning the first time on this machine (a marker in the user cache), then only in the log:
+        # offline, the packaged copy is the normal case, and every query saying so again is noise
+        marker = user_cache_dir() / f"said-packaged-{module}"
+        level = logging.INFO if marker.exists() else logging.WARNING
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass
+        log.log(
+            level,
             "text model %s is not in the Hugging Face cache and %s: using the copy installed with the %s "
             "package (%s)",
             src.name,
