@@ -250,9 +250,18 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# bumped when a code change alters what extraction produces from the same file and settings (the records,
+# their texts or vectors): every document's fingerprint changes, so the next `index` run redoes each one
+# and an index built by an older release gets the new records without a reset. 2: figures' OCR at the
+# finest image resolution, loose images' names as headings, photo OCR noise dropped, caption vectors.
+EXTRACTION_VERSION = 2
+
+
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:
-    """A short hash of the settings that shape extraction/chunking of a document."""
-    relevant = {k: cfg[k] for k in EXTRACTION_KEYS}
+    """A short hash of the settings that shape extraction/chunking of a document, and of the extraction
+    code's version."""
+    relevant: dict[str, Any] = {k: cfg[k] for k in EXTRACTION_KEYS}
+    relevant["extraction_version"] = EXTRACTION_VERSION
     if cfg.get("limits", DEFAULTS["limits"]) != DEFAULTS["limits"]:  # (absent at the defaults: indexes made
         relevant["limits"] = cfg["limits"]  # before the budgets existed stay up to date)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
