@@ -31,6 +31,7 @@ from manualrag.errors import ExtractionError
 from manualrag.images import IMAGE_FORMATS, check_pixels, decode_problem, open_image
 from manualrag.indexer import figures as fg
 from manualrag.indexer.discover import file_type_for
+from manualrag.indexer.ocr import denoise
 from manualrag.models import Document, Figure, PageInfo, TextBlock
 
 if TYPE_CHECKING:
@@ -380,7 +381,7 @@ def _render_range(
     results = ocr.ocr(images) if ocr is not None and images else {}
     for fig, key in to_read:
         if key in results:
-            fig.ocr_text = results[key].text
+            fig.ocr_text = denoise(results[key].text)
             if not fig.rotation:
                 _turn_upright(fig, results[key].rotation)
     scale = 72.0 / cfg["extract"]["scan_dpi"]
@@ -775,8 +776,10 @@ def _render_figure(
     r = pf.region
     page = _load_page(pdf, r.page)
     dpi = float(ex["figure_dpi"])
-    if r.native_dpi and pf.kind == "raster":
-        dpi = max(dpi, min(r.native_dpi, 2 * dpi))  # keep a screenshot's own pixels for OCR
+    if r.max_native_dpi and pf.kind == "raster":
+        # keep the finest image's own pixels for OCR (up to 2x): a screenshot merged with a small sketch
+        # into one figure would otherwise be read at the sketch's resolution, its status lines unreadable
+        dpi = max(dpi, min(r.max_native_dpi, 2 * dpi))
     try:
         png, w, h, eff = fg.render(page, r.bbox, dpi, ex["max_render_pixels"])
     except Exception as exc:  # noqa: BLE001
@@ -940,8 +943,16 @@ def _mostly_text(res: OcrResult | None, width: int, height: int) -> bool:
     return covered / max(1, width * height) >= 0.08 and len(res.words) / n_lines >= 4.0
 
 
+def name_heading(rel: str) -> str:
+    """A loose image's file name as words ("t440p_all-flash.chips.jpg" -> "t440p all flash chips"): the only
+    title such a file has, and often the only words that say what a photo shows. It serves as the heading
+    of the image's figure and OCR text, as a section title does for a figure in a PDF."""
+    return " ".join(re.findall(r"[^\W_]+", PurePosixPath(rel).stem))
+
+
 def _extract_image(data: bytes, doc: Document, rel: str, cfg: dict[str, Any], ocr: OcrEngine | None) -> None:
     ex = cfg["extract"]
+    heading = name_heading(rel)
     frames = _decode_frames(data, rel, ex["max_render_pixels"])
     dpi_info = 0.0
     with contextlib.suppress(Exception), Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
@@ -959,8 +970,14 @@ def _extract_image(data: bytes, doc: Document, rel: str, cfg: dict[str, Any], oc
         doc.pages.append(
             PageInfo(number=i, width=frame.width, height=frame.height, text_layer=False, ocr=has_text)
         )
+        text_page = _mostly_text(res, frame.width, frame.height)
         if res is not None and has_text:
-            doc.blocks.extend(_ocr_blocks(res, i, "", res_scale=1.0))
+            blocks = _ocr_blocks(res, i, heading, res_scale=1.0)
+            if not text_page:  # a picture: its texture's noise is no text
+                for b in blocks:
+                    b.text = denoise(b.text)
+                blocks = [b for b in blocks if b.text]
+            doc.blocks.extend(blocks)
         quality = "ok"
         if max(frame.width, frame.height) < 100:
             quality = "tiny"
@@ -968,13 +985,14 @@ def _extract_image(data: bytes, doc: Document, rel: str, cfg: dict[str, Any], oc
             quality = "low-res"
         fig = Figure(
             digest=digest,
-            kind="scan" if _mostly_text(res, frame.width, frame.height) else "raster",
+            kind="scan" if text_page else "raster",
             pages=[i],
             bbox=(0.0, 0.0, float(frame.width), float(frame.height)),
             width=frame.width,
             height=frame.height,
             dpi=round(dpi_info, 1),
-            ocr_text=res.text if res is not None else "",
+            ocr_text="" if res is None else res.text if text_page else denoise(res.text),
+            heading=heading,
             quality=quality,
             png=png,
         )

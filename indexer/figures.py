@@ -92,7 +92,10 @@ class Region:
     bbox: Box
     raster_digests: list[str] = field(default_factory=list)  # content digests of images inside
     raster_area: float = 0.0  # summed area of those images on the page
-    native_dpi: float | None = None  # lowest native resolution of those images
+    native_dpi: float | None = None  # lowest native resolution of those images (the quality flag)
+    # highest native resolution of those images: what a render must reach to keep the finest image's own
+    # pixels (a screenshot beside a small sketch, merged into one figure, is read by OCR at its own size)
+    max_native_dpi: float | None = None
     n_paths: int = 0  # vector paths inside
     axis_only: bool = True  # every path is a horizontal/vertical line or a rectangle
     shape: str = ""  # hash of the vector geometry (relative to the bbox): identity of a drawing
@@ -256,6 +259,7 @@ def _raster_regions(page: pymupdf.Page, prect: Box, parea: float) -> list[Region
                 raster_digests=[key],
                 raster_area=_area(bbox),
                 native_dpi=native,
+                max_native_dpi=native,
                 n_paths=0,
                 area_frac=_area(bbox) / parea,
             )
@@ -487,6 +491,8 @@ def _absorb(into: Region, r: Region) -> None:
     into.raster_area += r.raster_area
     dpis = [d for d in (into.native_dpi, r.native_dpi) if d]
     into.native_dpi = min(dpis) if dpis else None
+    highs = [d for d in (into.max_native_dpi, r.max_native_dpi) if d]
+    into.max_native_dpi = max(highs) if highs else None
     into.n_paths += r.n_paths
     into.axis_only = into.axis_only and r.axis_only
     into.frame_only = False  # parts of a larger drawing

@@ -556,6 +556,39 @@ def _parse(d: dict[str, list[Any]], scale: float, min_conf: float) -> OcrResult:
     return OcrResult(text=text, words=words, mean_conf=round(mean_conf, 1), blocks=_paragraphs(line_list))
 
 
+_NOISE_SHARE = 0.35  # a read with fewer word-like tokens than this share is mostly noise (a photo's texture)
+
+
+def _core(token: str) -> str:
+    """The token's letters and digits, or "" when they are not most of it ("=P", "c=", "\\S")."""
+    core = "".join(ch for ch in token if ch.isalnum())
+    return core if len(core) >= 0.6 * len(token) else ""
+
+
+def _wordlike(token: str) -> bool:
+    """A token that may be a word, a number or a label: 3+ letters/digits, or any digit ("1", "A0")."""
+    core = _core(token)
+    return len(core) >= 3 or any(ch.isdigit() for ch in core)
+
+
+def _word(token: str) -> bool:
+    """What is kept of a noisy read: 3+ letters/digits, or 2+ with a digit ("U07", "24")."""
+    core = _core(token)
+    return len(core) >= 3 or (len(core) >= 2 and any(ch.isdigit() for ch in core))
+
+
+def denoise(text: str) -> str:
+    """OCR text of a picture without the noise tesseract reads in its texture: when fewer than
+    ``_NOISE_SHARE`` of the tokens are word-like (a photo, mostly), only words and numbers are kept (a
+    board's printed "VILT2 U07" stays, "Za \\= i, | hy" goes); a read that is mostly words (a diagram's
+    labels, its short ones such as "L N PE" included) is returned as it is."""
+    tokens = text.split()
+    if not tokens or sum(map(_wordlike, tokens)) >= _NOISE_SHARE * len(tokens):
+        return text
+    lines = (" ".join(t for t in line.split() if _word(t)) for line in text.splitlines())
+    return "\n".join(line for line in lines if line)
+
+
 def _union(boxes: list[WordBox]) -> WordBox:
     return (
         min(b[0] for b in boxes),

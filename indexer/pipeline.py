@@ -32,7 +32,14 @@ from manualrag.errors import ManualragError, NonFiniteVectorsError
 from manualrag.index import Index, IndexLayout
 from manualrag.indexer import budget
 from manualrag.indexer.chunk import make_passages, make_windows
-from manualrag.indexer.discover import SourceFile, discover, file_digest
+from manualrag.indexer.discover import (
+    IMAGE_SUFFIXES,
+    PDF_SUFFIXES,
+    TEXT_SUFFIXES,
+    SourceFile,
+    discover,
+    file_digest,
+)
 from manualrag.lock import IndexLock
 from manualrag.manifest import DocRow, Manifest
 from manualrag.models import Document, Figure, FileError, Passage, Window
@@ -56,6 +63,12 @@ def figure_sem_text(fig: Figure) -> str:
     """What the text model reads for a figure: caption, labels, OCR, then heading and nearby text."""
     parts = [fig.caption, " ".join(fig.labels), fig.ocr_text, fig.heading, fig.nearby_text]
     return "\n".join(p.strip() for p in parts if p and p.strip())
+
+
+def _stored_precision(precision: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The index's ``precision`` meta: each model's id and dtype (the reasons carry timings: shown, not
+    stored)."""
+    return {role: {k: p[k] for k in ("model", "dtype")} for role, p in precision.items()}
 
 
 @dataclass
@@ -283,9 +296,19 @@ class Indexer:
         cfg, timings = self.cfg, summary.timings
         manifest, store = index.manifest, index.store
         with _Timer(timings, "discover"):
-            files, skipped = discover(library, cfg, exclude=[self.index_dir])
-            files = [f for f in files if in_shard(f.rel, self.shard)]
+            found, skipped = discover(library, cfg, exclude=[self.index_dir])
+            files = [f for f in found if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
+        if not manifest.get_meta("library"):
+            # a first run records its library now, not only at its end: one interrupted after some documents
+            # leaves an index whose pages can be served and that `check --repair` can rebuild
+            manifest.set_meta("library", str(library.resolve()))
+        if not found:  # an empty or wrong folder: say so rather than a quiet "0 indexed"
+            suffixes = [*sorted(PDF_SUFFIXES), *sorted(IMAGE_SUFFIXES), *sorted(TEXT_SUFFIXES)]
+            summary.warnings.append(
+                f"no manuals in {library}: no file with a supported suffix ({' '.join(suffixes)})"
+                + ("; see the skipped files" if skipped else "")
+            )
         # what a reader says while this run goes on: "the index is being built (N of M documents so far)"
         manifest.set_meta("run", {"pid": os.getpid(), "total": len(files), "started": time.time()})
         known = manifest.documents()
@@ -350,6 +373,7 @@ class Indexer:
                     # recorded now, not at the end, so a reader can search a first run's documents by
                     # their vectors as they are committed
                     manifest.set_meta("models", {"clip": self._want_clip, "text": self._want_text})
+                    manifest.set_meta("precision", _stored_precision(self._precision()))
                 except BaseException:
                     if pool is not None:
                         pool.close(kill=True)
@@ -367,6 +391,15 @@ class Indexer:
                     continue
                 index.remove_document(path)
                 summary.removed.append(path)
+            before = manifest.get_meta("library")
+            if summary.removed and before and Path(before) != library.resolve():
+                # one library per index: a second folder replaces the first (a user adding a folder
+                # would otherwise learn it only from "N removed")
+                summary.warnings.append(
+                    f"this index was built from {before}; indexing {library} replaced that library: "
+                    f"{len(summary.removed)} document(s) not in it were removed "
+                    "(index each library into its own --index-dir to keep both)"
+                )
             for path in sorted(set(manifest.errors()) - present):  # errors of files no longer in the library
                 if in_shard(path, self.shard):
                     manifest.clear_error(path)
@@ -410,14 +443,11 @@ class Indexer:
             manifest.set_meta("config", public_config(cfg))
             if self.dense:
                 manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
-                if summary.precision:  # the dtypes (the reasons carry timings: shown, not stored)
-                    manifest.set_meta(
-                        "precision",
-                        {
-                            role: {k: p[k] for k in ("model", "dtype")}
-                            for role, p in summary.precision.items()
-                        },
-                    )
+                # the dtypes this run's vectors were embedded in, as they ended the run (a float32 fallback
+                # after NaN shows here); recorded at model load too, so a crash after a commit keeps it
+                if summary.precision and sum(summary.embedded.values()):
+                    manifest.set_meta("precision", _stored_precision(summary.precision))
+                index.drop_precision_without_vectors()
             index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:
@@ -625,15 +655,23 @@ class Indexer:
         if text_enc is not None:
             with _Timer(timings, "embed_sem"):
                 fig_sem = [(fid, f, figure_sem_text(f)) for fid, f in figures]
-                fig_sem = [(fid, f, text_enc.fit(t)) for fid, f, t in fig_sem if t]
+                fig_sem = [(ids.figure_sem_id(fid), f, text_enc.fit(t)) for fid, f, t in fig_sem if t]
+                # the caption alone as well: a figure's many labels and OCR words (a wiring diagram's
+                # terminal names) dilute its full text's vector; a question in the caption's words
+                # finds the figure through this one
+                fig_sem += [
+                    (ids.figure_caption_id(fid), f, text_enc.fit(f.caption.strip()))
+                    for fid, f in figures
+                    if f.caption.strip()
+                ]
                 texts = [w.text for w in sem_w] + [t for _, _, t in fig_sem]
                 if texts:
                     embs = text_enc.embed_texts(texts)
-                    vids = [w.window_id for w in sem_w] + [ids.figure_sem_id(fid) for fid, _, _ in fig_sem]
+                    vids = [w.window_id for w in sem_w] + [vid for vid, _, _ in fig_sem]
                     metas = [
                         meta(by_pid[w.passage_id].page, "text", w.passage_id, by_pid[w.passage_id].suspect)
                         for w in sem_w
-                    ] + [meta(f.pages[0], "image_text", fid) for fid, f, _ in fig_sem]
+                    ] + [meta(f.pages[0], "image_text", ids.ref_of("sem", vid)[1]) for vid, f, _ in fig_sem]
                     out["sem"] = Records(vids, embs, metas, texts)
                     summary.embedded["sem"] += len(texts)
         return out

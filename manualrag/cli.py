@@ -191,7 +191,8 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
         bbox = ", ".join(f"{v:.0f}" for v in fig.bbox)
         _echo()
         _echo(
-            f"  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px {fig.dpi:.0f}dpi"
+            f"  [{i}] {fig.kind} p{pages} bbox=({bbox}) {fig.width}x{fig.height}px"
+            + (f" {fig.dpi:.0f}dpi" if fig.dpi else "")  # a loose image has no physical size
             + ("" if fig.quality == "ok" else f" [{fig.quality}]")
             + (f" (rotated {fig.rotation}\u00b0 to read upright)" if fig.rotation else "")
         )
@@ -420,6 +421,7 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
     if as_json:
         _echo_json(out)
         return
+    width = max(len(key) for key in out)
     for key, value in out.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
@@ -427,7 +429,9 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
             key, value = "size on disk", f"{value / 1e6:.1f} MB"
         elif key in ("model", "text_model") and value is None:
             value = "none (no CLIP vectors)" if key == "model" else "none (no text-model vectors)"
-        _echo(f"{key:>14}: {value}")
+        elif value is None:
+            value = "none"
+        _echo(f"{key:>{width}}: {value}")
 
 
 # ------------------------------------------------------------------------------------------ remove / reset
@@ -447,13 +451,26 @@ def remove(obj: Ctx, paths: tuple[str, ...], index_dir: str | None, store_url: s
         with IndexLock(idir):  # a first index run still going on is reported as the lock holder
             pass
         Index.require(idir)
+    unmatched: list[str] = []
     with Index.open(idir, cfg, write=True) as index:
-        removed = index.remove(list(paths))
+        removed = index.remove(list(paths), unmatched)
+        library = index.manifest.get_meta("library")
     for r in removed:
         _echo(f"removed {r}")
-    if not removed:
-        _echo("nothing matched: " + ", ".join(paths), err=True)
+    where = f"the library {library}" if library else "the library"
+    for p in unmatched:  # each one named: a typo beside a good path must not pass unnoticed
+        _echo(f"nothing matched: {p} (no indexed document or folder of {where} has that path)", err=True)
+    if unmatched:
         sys.exit(EXIT_PARTIAL)
+
+
+def _confirm(question: str) -> bool:
+    """Ask a yes/no question; no answer (end of input: a script, a pipe, Ctrl-D; or Ctrl-C) means no."""
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:
+        click.echo()  # the prompt (on stdout) left the cursor at the end of its line
+        return False
 
 
 @main.command()
@@ -467,7 +484,7 @@ def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> 
     from manualrag.index import Index
 
     idir = Path(cfg["index_dir"])
-    if not yes and not click.confirm(f"Delete the index in {idir}?", default=False):
+    if not yes and not _confirm(f"Delete the index in {idir}?"):
         _echo(f"not deleted: the index in {idir} is kept (--yes skips the question)", err=True)
         sys.exit(EXIT_USAGE)
     if not Index.reset(idir, cfg):
@@ -567,7 +584,7 @@ def _open_retriever(
 @click.option(
     "--image", type=click.Path(exists=True, dir_okay=False), help="Search by an image (alone or with text)."
 )
-@click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Number of hits (default 10).")
+@click.option("-k", "--k", "k", type=click.IntRange(min=1), default=None, help="Number of hits (default 10).")
 @click.option(
     "--modality", type=click.Choice(["all", "text", "image"]), default="all", help="Which hits to return."
 )
@@ -605,10 +622,18 @@ def query(
         raise ManualragError("give a query text, --image FILE, or both")
     with _open_retriever(obj, index_dir, store_url, model, text_model, dtype) as r:
         res = r.search(text, image=image, k=k, modality=modality, channels=_channels(channels), source=source)
+        empty = not res.hits and not r.manifest.documents() and r.building() is None
     if as_json:
         _echo_json([h.to_dict() for h in res.hits])
     else:
         _print_hits(res)
+    if empty:  # the channels are "off" only because there is nothing in it: advice about models misleads
+        _echo(
+            f"note: the index in {r.index_dir} holds no documents: index a folder of manuals first "
+            "(`manualrag index LIBRARY`: PDFs, images, .txt, .md)",
+            err=True,
+        )
+        return
     for note in res.notes:
         _echo(f"note: {note}", err=True)
     for hint in _channel_hints(res.channels_off):
@@ -679,7 +704,9 @@ def _print_hits(res: Any) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True
 )
-@click.option("-k", "k", type=click.IntRange(min=1), default=8, show_default=True, help="Hits considered.")
+@click.option(
+    "-k", "--k", "k", type=click.IntRange(min=1), default=8, show_default=True, help="Hits considered."
+)
 @click.option("--with-images", is_flag=True, help="JSON only: include each figure crop as base64.")
 @click.option("--include-suspect", is_flag=True, help="Include text that is invisible on the page (marked).")
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical.")
@@ -721,7 +748,9 @@ def context(
 # --------------------------------------------------------------------------------------------------- eval
 @main.command(name="eval")
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
-@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Cut-off rank.")
+@click.option(
+    "-k", "--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Cut-off rank."
+)
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical (an ablation).")
 @click.option("--text-model", default=None, help="Text model to encode queries (default: the index's).")
 @_dtype_option

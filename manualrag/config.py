@@ -181,12 +181,27 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"environment variable {name}: not a valid value ({exc})") from None
+            raise ConfigError(
+                f"environment variable {name}: not a valid value ({_yaml_reason(exc)})"
+            ) from None
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
     return out
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: what is wrong and where (PyYAML's own text spans several lines,
+    with a copy of the offending line)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if "'\\t'" in problem:
+        problem = "a tab character (YAML indents with spaces, not tabs)"
+    return where + " ".join(problem.split())
 
 
 def load_config(
@@ -204,9 +219,19 @@ def load_config(
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except OSError as exc:
             raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start})") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-        _merge(cfg, data, DEFAULTS)
+            raise ConfigError(f"config file {p} is not valid YAML: {_yaml_reason(exc)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"config file {p} must be a mapping of settings (key: value lines, as in config.yaml), "
+                f"not a {type(data).__name__}"
+            )
+        try:
+            _merge(cfg, data, DEFAULTS)
+        except ConfigError as exc:  # the file may come from MANUALRAG_CONFIG: say which one
+            raise ConfigError(f"config file {p}: {exc}") from None
     _merge(cfg, _env_overrides(environ), DEFAULTS)
     if overrides:
         _merge(cfg, _drop_none(overrides), DEFAULTS)
@@ -225,9 +250,18 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# bumped when a code change alters what extraction produces from the same file and settings (the records,
+# their texts or vectors): every document's fingerprint changes, so the next `index` run redoes each one
+# and an index built by an older release gets the new records without a reset. 2: figures' OCR at the
+# finest image resolution, loose images' names as headings, photo OCR noise dropped, caption vectors.
+EXTRACTION_VERSION = 2
+
+
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:
-    """A short hash of the settings that shape extraction/chunking of a document."""
-    relevant = {k: cfg[k] for k in EXTRACTION_KEYS}
+    """A short hash of the settings that shape extraction/chunking of a document, and of the extraction
+    code's version."""
+    relevant: dict[str, Any] = {k: cfg[k] for k in EXTRACTION_KEYS}
+    relevant["extraction_version"] = EXTRACTION_VERSION
     if cfg.get("limits", DEFAULTS["limits"]) != DEFAULTS["limits"]:  # (absent at the defaults: indexes made
         relevant["limits"] = cfg["limits"]  # before the budgets existed stay up to date)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

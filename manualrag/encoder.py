@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import platform
 import re
 import socket
 import time
@@ -230,6 +231,114 @@ def _probe_images() -> list[Any]:
 # the decision of choose_auto_dtype per (model, device, candidate dtype, torch threads), for the process: a
 # model loaded again (serve reopening, tests, a re-run in one process) gets the same dtype without re-timing
 _auto_dtype_cache: dict[tuple[str, str, str, int], tuple[bool, str]] = {}
+DTYPE_DECISIONS_FILE = "dtype-decisions.json"
+
+
+def user_cache_dir() -> Path:
+    """manualrag's per-user cache: ``$MANUALRAG_CACHE_DIR``, else ``$XDG_CACHE_HOME/manualrag``, else
+    ``~/.cache/manualrag``."""
+    env = os.environ.get("MANUALRAG_CACHE_DIR", "").strip()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "manualrag"
+
+
+def _machine_key(device: str) -> str:
+    """What the timing of a dtype depends on besides the model: the processor and the torch build."""
+    import torch
+
+    if device.startswith("cuda"):
+        chip = torch.cuda.get_device_name(torch.device(device))
+    else:
+        chip = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.startswith("model name"):
+                    chip = line.split(":", 1)[-1].strip()
+                    break
+        except OSError:
+            pass
+    return f"{chip} | torch {torch.__version__}"
+
+
+def _model_fingerprint(model_id: str) -> str:
+    """A model folder's weights and config (name, size, mtime) or a hub model's cached snapshot: a model
+    replaced in place is probed again."""
+    p = Path(model_id)
+    if p.is_dir():
+        files = sorted(
+            f for f in p.iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin", ".json")
+        )
+        return model_id + "".join(f" {f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(model_id, "config.json")
+    except Exception:  # noqa: BLE001 - a name the cache cannot resolve: the name alone
+        hit = None
+    return f"{model_id} {hit}" if isinstance(hit, str) else model_id
+
+
+class _DtypeDecisions:
+    """``dtype: auto`` decided once per machine, kept in the user cache (``dtype-decisions.json``).
+
+    The decision times float32 against the reduced dtype, and timing on a loaded machine is noisy near the
+    threshold: decided afresh by every process, one index could be built in bfloat16 and updated in
+    float32. Kept per (model fingerprint, device, candidate, torch threads, processor, torch build), every
+    run on this machine gets the first run's answer. Processes that load the same model at once wait on an
+    flock so only one probes. An unwritable cache only costs a probe per process."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self.path = user_cache_dir() / DTYPE_DECISIONS_FILE
+        self._lock_fd: int | None = None
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def __enter__(self) -> _DtypeDecisions:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            import fcntl
+
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except (OSError, ImportError) as exc:
+            log.info("dtype decisions: no cache (%s)", _one_line(exc))
+            self._close()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def get(self) -> tuple[bool, str] | None:
+        got = self._read().get(self.key)
+        if isinstance(got, dict) and isinstance(got.get("reduced"), bool):
+            return got["reduced"], str(got.get("reason", ""))
+        return None
+
+    def put(self, reduced: bool, reason: str) -> None:
+        if self._lock_fd is None:
+            return
+        data = self._read()
+        data[self.key] = {"reduced": reduced, "reason": reason}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.info("dtype decisions: not saved (%s)", _one_line(exc))
+            tmp.unlink(missing_ok=True)
 
 
 def choose_auto_dtype(model: Any, candidate: Any, probe: Any, what: str) -> tuple[Any, Any, str]:
@@ -525,23 +634,31 @@ class _TextSide:
             )
             return
         key = (self.model_id, self.device, str(candidate), torch.get_num_threads())
-        if key in _auto_dtype_cache:
-            reduced, reason = _auto_dtype_cache[key]
-            self.dtype = candidate if reduced else torch.float32
-            self._float_model = self.model if self.dtype == torch.qint8 else None
-            self.model = cast_model(self.model, self.dtype)
-            self.dtype_reason = reason
-            return
-        self._probing = True
-        try:
-            float_model = self.model
-            self.model, self.dtype, self.dtype_reason = choose_auto_dtype(
-                self.model, candidate, self._probe, self.model_id
+        won = None  # the reduced model the probe made, when it won (no second cast)
+        if key not in _auto_dtype_cache:
+            machine_key = " | ".join(
+                [_model_fingerprint(self.model_id), self.device, _dtype_str(candidate), f"{key[3]} threads"]
+                + [_machine_key(self.device)]
             )
-            self._float_model = float_model if self.dtype == torch.qint8 else None
-        finally:
-            self._probing = False
-        _auto_dtype_cache[key] = (self.dtype != torch.float32, self.dtype_reason)
+            with _DtypeDecisions(machine_key) as decisions:
+                known = decisions.get()
+                if known is None:
+                    self._probing = True
+                    try:
+                        model, dtype, reason = choose_auto_dtype(
+                            self.model, candidate, self._probe, self.model_id
+                        )
+                    finally:
+                        self._probing = False
+                    known = (dtype != torch.float32, reason)
+                    won = model if known[0] else None
+                    decisions.put(*known)
+            _auto_dtype_cache[key] = known
+        reduced, reason = _auto_dtype_cache[key]
+        self.dtype = candidate if reduced else torch.float32
+        self._float_model = self.model if self.dtype == torch.qint8 else None
+        self.model = won if won is not None else cast_model(self.model, self.dtype)
+        self.dtype_reason = reason
 
     def _with_model(self, model: Any, run: Any) -> np.ndarray:
         """``run()`` with ``model`` (and its dtype) in place of the encoder's own, restored after."""
@@ -920,7 +1037,7 @@ _packaged_said: set[str] = set()
 def _packaged_copy(src: _Source) -> _Source:
     """The installed package copy of a hub text model, when the hub name is not in the HF cache and the hub
     is offline or unreachable; it keeps the hub name as its model id (same weights), so indexes built from
-    either copy stay one model. Said once per process."""
+    either copy stay one model. Said once per machine (then logged at info level)."""
     module = PACKAGED_TEXT_MODELS.get(src.name)
     if module is None or src.folder is not None or not src.local_files_only:
         return src
@@ -939,7 +1056,17 @@ def _packaged_copy(src: _Source) -> _Source:
     packaged.packaged_as = src.name  # type: ignore[attr-defined]
     if src.name not in _packaged_said:
         _packaged_said.add(src.name)
-        log.warning(
+        # a warning the first time on this machine (a marker in the user cache), then only in the log:
+        # offline, the packaged copy is the normal case, and every query saying so again is noise
+        marker = user_cache_dir() / f"said-packaged-{module}"
+        level = logging.INFO if marker.exists() else logging.WARNING
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass
+        log.log(
+            level,
             "text model %s is not in the Hugging Face cache and %s: using the copy installed with the %s "
             "package (%s)",
             src.name,

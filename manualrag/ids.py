@@ -8,6 +8,7 @@ Every id is deterministic, so re-indexing a document overwrites its records inst
     figure          {doc_id}:f:{16 hex of the figure's content digest}
     figure label    {figure_id}:t               the CLIP text vector of the figure's labels + OCR
     figure text     {figure_id}:s               the text-model vector of the figure's texts
+    figure caption  {figure_id}:c               the text-model vector of the figure's caption alone
 
 Vector store records carry these ids; :func:`ref_of` maps one back to the passage or figure it belongs to.
 Windows are content-addressed within a document (:func:`content_key`): a window whose text an earlier
@@ -28,6 +29,12 @@ SEM_TAG = "s"  # windows cut for the semantic text model
 WINDOW_TAGS = (CLIP_TAG, SEM_TAG)
 LABEL_SUFFIX = ":t"
 FIGURE_SEM_SUFFIX = ":s"
+FIGURE_CAPTION_SUFFIX = ":c"
+_FIGURE_SUFFIXES = {
+    LABEL_SUFFIX: "figure_label",
+    FIGURE_SEM_SUFFIX: "figure_sem",
+    FIGURE_CAPTION_SUFFIX: "figure_caption",
+}
 # vector store record kinds (collections) and the window channel whose ids each holds
 VECTOR_KINDS = ("text", "sem", "image", "image_text")
 CHANNEL_KIND = {"clip": "text", "sem": "sem"}
@@ -81,9 +88,13 @@ def figure_sem_id(figure: str) -> str:
     return figure + FIGURE_SEM_SUFFIX
 
 
+def figure_caption_id(figure: str) -> str:
+    return figure + FIGURE_CAPTION_SUFFIX
+
+
 @dataclass(frozen=True)
 class ParsedId:
-    """What an id names. ``kind``: passage | window | figure | figure_label | figure_sem."""
+    """What an id names. ``kind``: passage | window | figure | figure_label | figure_sem | figure_caption."""
 
     kind: str
     doc_id: str
@@ -104,9 +115,8 @@ class ParsedId:
 def parse(rid: str) -> ParsedId:
     """Take an id apart; raises ValueError for a string that is no id of ours."""
     base, kind = rid, "figure"
-    if rid.endswith(LABEL_SUFFIX) or rid.endswith(FIGURE_SEM_SUFFIX):
-        if _FIGURE.fullmatch(rid[:-2]):
-            base, kind = rid[:-2], "figure_label" if rid.endswith(LABEL_SUFFIX) else "figure_sem"
+    if rid[-2:] in _FIGURE_SUFFIXES and _FIGURE.fullmatch(rid[:-2]):
+        base, kind = rid[:-2], _FIGURE_SUFFIXES[rid[-2:]]
     m = _FIGURE.fullmatch(base)
     if m:
         return ParsedId(kind, m["doc"], digest=m["digest"])
@@ -130,8 +140,8 @@ def ref_of(kind: str, vid: str) -> tuple[str, str]:
         return ("figure", vid)
     if kind == "image_text":
         return ("figure", vid.removesuffix(LABEL_SUFFIX))
-    # text / sem: windows "{passage_id}:w3" / "{passage_id}:s0", or figure texts "{figure_id}:s"
-    if vid.endswith(FIGURE_SEM_SUFFIX) and _FIGURE.fullmatch(vid[:-2]):
+    # text / sem: windows "{passage_id}:w3" / "{passage_id}:s0", or figure texts "{figure_id}:s" / ":c"
+    if vid[-2:] in (FIGURE_SEM_SUFFIX, FIGURE_CAPTION_SUFFIX) and _FIGURE.fullmatch(vid[:-2]):
         return ("figure", vid[:-2])
     return ("passage", vid.rsplit(":", 1)[0])
 
@@ -145,4 +155,5 @@ def vector_ids(windows: Iterable[tuple[str, str]], figures: Iterable[str]) -> di
         out["image"].append(fid)
         out["image_text"].append(figure_label_id(fid))
         out["sem"].append(figure_sem_id(fid))
+        out["sem"].append(figure_caption_id(fid))
     return out

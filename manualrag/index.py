@@ -202,20 +202,31 @@ class Index:
             if f"{CROPS_DIR}/{f.name}" not in keep:
                 f.unlink(missing_ok=True)
 
-    def remove(self, paths: list[str]) -> list[str]:
+    def remove(self, paths: list[str], unmatched: list[str] | None = None) -> list[str]:
         """Remove documents (library-relative paths or folders, or paths inside the indexed library) and
-        their crops; returns the removed library-relative paths."""
+        their crops; returns the removed library-relative paths. The given paths that name no indexed
+        document are appended to ``unmatched`` when one is passed."""
         library = self.manifest.get_meta("library")
         removed: list[str] = []
         known = self.manifest.documents()
         for p in paths:
             rel = printable_name(_library_relative(p, library).strip("/"))  # as the shell gives it
-            for k in known:
-                if (k == rel or k.startswith(rel + "/")) and k not in removed:
+            hits = [k for k in known if k == rel or k.startswith(rel + "/")]
+            if not hits and unmatched is not None:
+                unmatched.append(p)
+            for k in hits:
+                if k not in removed:
                     self.remove_document(k)
                     removed.append(k)
         self.prune_crops()
+        self.drop_precision_without_vectors()
         return removed
+
+    def drop_precision_without_vectors(self) -> None:
+        """The ``precision`` meta describes the index's vectors: it goes with the last of them, so an
+        index emptied by updates or ``remove`` equals a fresh index of what it holds."""
+        if not self.manifest.has_vector_records():
+            self.manifest.delete_meta("precision")
 
     @staticmethod
     def reset(root: Path | str, cfg: dict[str, Any]) -> bool:

@@ -372,6 +372,11 @@ class Manifest:
         with self._tx() as c:
             c.execute("DELETE FROM meta WHERE key = ?", (key,))
 
+    def has_vector_records(self) -> bool:
+        """Whether any committed thing has vectors: a text window (CLIP or text model) or a figure."""
+        rows = self._query("SELECT EXISTS(SELECT 1 FROM windows) OR EXISTS(SELECT 1 FROM figures) AS any_")
+        return bool(rows[0]["any_"])
+
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else default

@@ -158,7 +158,10 @@ class Assets:
         try:
             return Path(os.path.realpath(lib, strict=True))
         except OSError:
-            raise NotFound("the library folder of this index is not available") from None
+            raise NotFound(
+                "the library folder this index was built from has moved or is gone: index the library "
+                "again where it is now (figures, text and search still work; pages need the files)"
+            ) from None
 
     def documents(self) -> list[DocInfo]:
         """The committed documents, by path."""

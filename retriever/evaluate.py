@@ -31,29 +31,53 @@ class Query:
 
 
 def load_queries(path: Path | str) -> list[Query]:
+    """The labelled queries of a JSONL file; a line that is not one is a one-line error naming the file,
+    the line and what is wrong (a file without any query is one too: its report would be all zeros)."""
     out: list[Query] = []
     p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ManualragError(f"cannot read {p}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ManualragError(f"cannot read {p}: {reason}") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            d = json.loads(line)
-            out.append(
-                Query(
-                    str(d.get("id", n)),
-                    d["query"],
-                    d["file"],
-                    [int(x) for x in d["pages"]],
-                    d.get("kind", "text"),
-                )
-            )
-        except (ValueError, KeyError, TypeError) as exc:
+            out.append(_query_from_line(line, n))
+        except ValueError as exc:
             raise ManualragError(f"{p}:{n}: not a valid query line ({exc})") from None
+    if not out:
+        raise ManualragError(
+            f"{p}: no queries (one JSON object a line: query, file, pages, optional kind and id)"
+        )
     return out
+
+
+def _query_from_line(line: str, n: int) -> Query:
+    d = json.loads(line)  # json.JSONDecodeError is a ValueError
+    if not isinstance(d, dict):
+        raise ValueError(f"a JSON object is needed, not {type(d).__name__}")
+    missing = [key for key in ("query", "file", "pages") if key not in d]
+    if missing:
+        raise ValueError("missing " + ", ".join(repr(key) for key in missing))
+    query, file, pages = d["query"], d["file"], d["pages"]
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("'query' must be a non-empty string")
+    if not isinstance(file, str) or not file:
+        raise ValueError("'file' must be a path relative to the library")
+    if isinstance(pages, int) and not isinstance(pages, bool):
+        pages = [pages]
+    if (
+        not isinstance(pages, list)
+        or not pages
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in pages)
+    ):
+        raise ValueError(f"'pages' must be a list of page numbers from 1, not {json.dumps(pages)}")
+    kind = d.get("kind", "text")
+    if not isinstance(kind, str):
+        raise ValueError("'kind' must be a string such as text, image or ocr")
+    return Query(str(d.get("id", n)), query, file, pages, kind)
 
 
 def is_relevant(hit: Hit, q: Query) -> bool:
@@ -92,8 +116,12 @@ def evaluate(
     per: list[dict[str, Any]] = []
     by_kind: dict[str, list[dict[str, float]]] = {}
     image_rows: list[dict[str, float]] = []
+    used: set[str] = set()
+    notes: list[str] = []
     for q in queries:
         res = retriever.search(q.query, k=max(k, 10), channels=channels)
+        used.update(res.channels_used)
+        notes.extend(n for n in res.notes if n not in notes)
         m = _metrics(res.hits[:k], q)
         by_kind.setdefault(q.kind, []).append(m)
         row: dict[str, Any] = {"id": q.id, "kind": q.kind, **m}
@@ -106,12 +134,24 @@ def evaluate(
             row["image_recall@10"] = im["recall@10"]
         per.append(row)
     all_rows = [m for rows in by_kind.values() for m in rows]
+    with retriever.manifest.read_snapshot():
+        indexed = set(retriever.manifest.documents())
+    names = {Path(d).name for d in indexed}
+    absent = [q.file for q in queries if q.file not in indexed and Path(q.file).name not in names]
+    if absent:  # the wrong index, or a library indexed without these files: their queries score 0
+        notes.append(
+            f"{len(absent)} of {len(queries)} queries name a file the index does not hold "
+            f"(e.g. {absent[0]}): is this the index of their library?"
+        )
     return {
         "overall": _mean(all_rows),
         "by_kind": {kind: _mean(rows) for kind, rows in sorted(by_kind.items())},
         "image_recall": _mean(image_rows),
         "n": len(queries),
-        "channels": channels or ["dense", "text", "lexical"],
+        # the channels that searched, not the ones asked for: on an index without CLIP vectors the
+        # figures are not the dense channel's, and the notes say why
+        "channels": [c for c in (channels or ["dense", "text", "lexical"]) if c in used],
+        "notes": notes,
         "queries": per,
     }
 
@@ -136,4 +176,5 @@ def format_table(report: dict[str, Any]) -> str:
             + f"{'':>22}"
             + f"{sum(1 for q in report['queries'] if q['kind'] in ('image', 'ocr')):>5}"
         )
+    lines += [f"note: {n}" for n in report.get("notes", [])]
     return "\n".join(lines)

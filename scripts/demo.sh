@@ -20,6 +20,8 @@ if [ "$rc" = 2 ] && grep -q -- "--model none" "$out"; then
   echo "!! the semantic text channel (all-MiniLM-L6-v2) and keyword search find passages and figures"
   echo "!! (by captions, OCR'd labels and nearby text), but not by their pictures, and --image queries are off."
   echo "!! Point --model (or 'model:' in config.yaml) at a local CLIP/SigLIP folder and run index again to add them."
+  echo "!! Until then, give 'manualrag index' --model none too (or export MANUALRAG_MODEL=none): without it, it"
+  echo "!! tries to load the CLIP model again and stops with the error above."
   echo
   echo "== manualrag index data/manuals --index-dir $INDEX_DIR --model none"
   { manualrag index data/manuals --index-dir "$INDEX_DIR" --model none 2>&1 >&3 | tee "$out" >&2; } 3>&1

@@ -22,6 +22,13 @@ if "MANUALRAG_OCR__CACHE" not in os.environ:
 
     os.environ["MANUALRAG_OCR__CACHE"] = os.path.join(tempfile.mkdtemp(prefix="manualrag-ocr-"), "ocr.sqlite")
 
+# one user cache (dtype: auto decisions) for the session and its child processes: a developer's own cache
+# does not decide the tests' dtypes, and every process of the session gets the same one
+if "MANUALRAG_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["MANUALRAG_CACHE_DIR"] = tempfile.mkdtemp(prefix="manualrag-cache-")
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

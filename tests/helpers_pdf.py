@@ -389,3 +389,28 @@ def turned_corpus2_scan_bytes(rotation: int, page: int = 12, keep: float = 0.45)
     data = doc.tobytes()
     doc.close()
     return data
+
+
+def screenshot_beside_sketch_pdf(path: Path) -> Path:
+    """One figure of two images side by side, as manuals place a wiring sketch beside the program's window:
+    a coarse sketch (60 px over 80 pt: 54 dpi) and a screenshot whose small status text (about 10 px high)
+    is printed at 450 dpi; rendered at the sketch's resolution, that text is 3 px high."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=A4[0], height=A4[1])
+    body_text(page, 72, "Figure 5 shows the fit of the measured curve.")
+    shot = Image.open(
+        io.BytesIO(
+            rendered_text_png(
+                ["Fitted curve gave Rind = 546 Ohm", "Saved to tempcon.dat"], dpi=110, fontsize=9
+            )
+        )
+    )
+    shot = shot.crop((100, 120, 420, 175))
+    page.insert_image(
+        pymupdf.Rect(200, 150, 200 + shot.width * 72 / 450, 150 + shot.height * 72 / 450),
+        stream=png_bytes(shot),
+    )
+    page.insert_image(pymupdf.Rect(120, 150, 200, 210), stream=photo_png(60, 45))
+    doc.save(path)
+    doc.close()
+    return path

@@ -240,6 +240,7 @@ def index_snapshot(index_dir: Path, store_cfg: dict | None = None) -> dict[str, 
             named["image"].add(fid)
             named["image_text"].add(f"{fid}:t")
             named["sem"].add(f"{fid}:s")
+            named["sem"].add(f"{fid}:c")
         used_crops = {r[0] for r in _rows(db, "SELECT crop_path FROM figures WHERE crop_path IS NOT NULL")}
     finally:
         db.close()

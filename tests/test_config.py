@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,41 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     assert r.returncode == 2
     assert "unknown config key 'nonsense_key'" in r.stderr
     assert "Traceback" not in r.stderr
+    # the same file named by MANUALRAG_CONFIG: the line says which file (before: only the key)
+    r = subprocess.run(
+        [sys.executable, "-m", "manualrag", "stats", "--index-dir", str(tmp_path / "i")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "MANUALRAG_CONFIG": str(f)},
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: config file {f}: unknown config key 'nonsense_key'", r.stderr
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        (b"ocr: [\n", "is not valid YAML: line 2, column 1: expected the node content"),
+        (b"ocr:\n\tpsm: 6\n", "is not valid YAML: line 2, column 1: a tab character"),
+        (b"just a sentence\n", "must be a mapping of settings"),
+        (b"ocr:\n  psm: \xff\n", "is not UTF-8 text (byte 12)"),
+    ],
+)
+def test_cli_unreadable_config_file_is_one_line_naming_the_file(tmp_path, data, says):
+    """A config file a user got wrong: PyYAML's multi-line message came out as one line full of literal
+    ``\\n`` (the output escapes line breaks), a file that is one string said "config section '<root>'"
+    without naming the file, and a file that is not UTF-8 was a traceback (UnicodeDecodeError, rc 1)."""
+    (tmp_path / "c.yaml").write_bytes(data)
+    r = subprocess.run(
+        [sys.executable, "-m", "manualrag", "--config", "c.yaml", "stats", "--index-dir", "i"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: config file c.yaml ")
+    assert says in r.stderr and "\\n" not in r.stderr, r.stderr
 
 
 def test_help_does_not_import_torch():

@@ -18,8 +18,8 @@ import helpers_pdf as h  # noqa: E402
 
 from manualrag.config import load_config  # noqa: E402
 from manualrag.errors import ExtractionError  # noqa: E402
-from manualrag.indexer.extract import extract_file  # noqa: E402
-from manualrag.indexer.ocr import OcrEngine  # noqa: E402
+from manualrag.indexer.extract import extract_file, name_heading  # noqa: E402
+from manualrag.indexer.ocr import OcrEngine, denoise  # noqa: E402
 from manualrag.models import Document  # noqa: E402
 
 needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed")
@@ -164,6 +164,35 @@ def test_loose_png_with_text(tmp_path: Path, cfg: dict, ocr: OcrEngine) -> None:
     for w in ("torque", "bolts", "coolant", "weekly"):
         assert w in words
     assert all(b.ocr for b in doc.blocks) and "Torque" in doc.blocks[0].text
+    # the file name is the title of a loose image: its figure's and its text's heading
+    assert fig.heading == "label" and all(b.heading == "label" for b in doc.blocks)
+
+
+def test_a_loose_images_name_as_words() -> None:
+    assert name_heading("boards/t440p_all-flash.chips.jpg") == "t440p all flash chips"
+    assert name_heading("IMG_0042.PNG") == "IMG 0042"
+
+
+@needs_tesseract
+def test_screenshot_beside_a_coarse_sketch_is_read_at_its_own_resolution(
+    tmp_path: Path, cfg: dict, ocr: OcrEngine
+) -> None:
+    doc = extract_file(h.screenshot_beside_sketch_pdf(tmp_path / "fit.pdf"), "fit.pdf", cfg, ocr=ocr)
+    (fig,) = [f for f in doc.figures if f.kind == "raster"]
+    assert fig.dpi >= 290  # the screenshot's own resolution (up to 2x figure_dpi), not the sketch's 54 dpi
+    words = fig.ocr_text.lower().split()
+    for w in ("fitted", "546", "tempcon.dat"):
+        assert w in words
+
+
+def test_denoise_drops_a_photos_texture_and_keeps_labels() -> None:
+    photo = (
+        "© WE C =* in,\nN OO — =P Za \\= Bil i, | 1 =X J Z a = |\nhy 7 Y le 3 a ve iB wf = ©\nVILT2 U07 Made."
+    )
+    assert denoise(photo) == "Bil\nVILT2 U07 Made."
+    labels = "MAINS 230V 50/60 Hz\nL N PE 1 2 3\nK1 relay 24 V DC coil"
+    assert denoise(labels) == labels  # short labels of a read that is mostly words stay
+    assert denoise("") == ""
 
 
 @needs_tesseract

@@ -27,6 +27,7 @@ def test_the_documented_spellings():
     fid = ids.figure_id(d, "ab" * 32)
     assert fid == f"{d}:f:{'ab' * 8}"
     assert ids.figure_label_id(fid) == f"{fid}:t" and ids.figure_sem_id(fid) == f"{fid}:s"
+    assert ids.figure_caption_id(fid) == f"{fid}:c"
     with pytest.raises(ValueError, match="window tag"):
         ids.window_id(f"{d}:p3:0", "x", 0)
 
@@ -59,9 +60,12 @@ def test_figure_ids_round_trip(path, digest):
     label, sem = ids.figure_label_id(fid), ids.figure_sem_id(fid)
     assert ids.parse(label).kind == "figure_label" and ids.parse(label).parent == fid
     assert ids.parse(sem).kind == "figure_sem" and ids.parse(sem).parent == fid
+    cap = ids.figure_caption_id(fid)
+    assert ids.parse(cap).kind == "figure_caption" and ids.parse(cap).parent == fid
     assert ids.ref_of("image", fid) == ("figure", fid)
     assert ids.ref_of("image_text", label) == ("figure", fid)
     assert ids.ref_of("sem", sem) == ("figure", fid)
+    assert ids.ref_of("sem", cap) == ("figure", fid)
 
 
 @pytest.mark.parametrize("bad", ["", "abc", "0123456789abcdef:q1:0", "0123456789abcdef:p1:0:x3", ":f:"])
@@ -76,7 +80,7 @@ def test_vector_ids_by_kind():
     out = ids.vector_ids([(f"{d}:p1:0:w0", "clip"), (f"{d}:p1:0:s0", "sem")], [fid])
     assert out == {
         "text": [f"{d}:p1:0:w0"],
-        "sem": [f"{d}:p1:0:s0", f"{fid}:s"],
+        "sem": [f"{d}:p1:0:s0", f"{fid}:s", f"{fid}:c"],
         "image": [fid],
         "image_text": [f"{fid}:t"],
     }

@@ -139,6 +139,28 @@ def test_changed_file_is_reindexed_alone_and_deleted_file_is_pruned(tmp_path, li
     }
 
 
+def test_an_index_of_an_older_extraction_is_redone_by_the_next_run(tmp_path, library):
+    """An index written by a release whose extraction produced other records (its documents carry the
+    fingerprint of that extraction) is brought up to date by the next `index` run, document by document:
+    no reset, no stale figure texts."""
+    import hashlib
+
+    from manualrag.config import EXTRACTION_KEYS, load_config
+
+    idx = tmp_path / "index"
+    cfg_path = write_cfg(tmp_path, model=None)
+    assert run_index(cfg_path, library, idx)[0] == 0
+    cfg = load_config(cfg_path)
+    older = {k: cfg[k] for k in EXTRACTION_KEYS}  # the fingerprint before extraction had a version
+    old_fp = hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()[:16]
+    with sqlite3.connect(idx / "index.sqlite") as db:
+        db.execute("UPDATE documents SET config_fp = ? WHERE path = 'release-notes.md'", (old_fp,))
+    rc, s, err = run_index(cfg_path, library, idx)
+    assert rc == 0, err
+    assert s["indexed"] == ["release-notes.md"] and s["documents"]["unchanged"] == 2
+    assert run_index(cfg_path, library, idx)[1]["documents"]["unchanged"] == 3
+
+
 def test_encoder_mismatch_is_refused(tmp_path, library, tiny_clip_dir, tiny_siglip_dir):
     idx = tmp_path / "index"
     assert run_index(write_cfg(tmp_path, model=str(tiny_clip_dir)), library, idx)[0] == 0

@@ -54,12 +54,47 @@ def test_remove_takes_library_paths_folders_and_paths_inside_the_library(indexed
     lib, idx = indexed
     rc, out = _cli("remove", str(lib / "valve.txt"), "--index-dir", str(idx))  # an absolute path
     assert rc == 0 and "removed valve.txt" in out
+    # a typo beside a good path is named, and the run is partial (before: silently ignored, rc 0)
+    rc, out = _cli("remove", "pumps/p1.md", "pumps/p3.md", "--index-dir", str(idx))
+    assert rc == 1 and "removed pumps/p1.md" in out, out
+    assert f"nothing matched: pumps/p3.md (no indexed document or folder of the library {lib}" in out, out
     rc, out = _cli("remove", "pumps/", "--index-dir", str(idx))  # a folder of the library
-    assert rc == 0 and "removed pumps/p1.md" in out and "removed pumps/p2.md" in out
+    assert rc == 0 and "removed pumps/p2.md" in out and "nothing matched" not in out, out
     rc, out = _cli("remove", "nothing.pdf", "--index-dir", str(idx))
     assert rc == 1 and "nothing matched" in out
     with Index.open(idx, load_config()) as index:
         assert index.stats()["documents"] == 0
+
+
+def test_stats_lines_up_every_value(indexed):
+    """``stats`` printed keys right-aligned to 14 characters: ``suspect_passages`` pushed its value two
+    columns right of the others, and a lexical-only index showed ``dim: None``."""
+    _, idx = indexed
+    rc, out = _cli("stats", "--index-dir", str(idx))
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert any(line.lstrip().startswith("suspect_passages: ") for line in lines), out
+    assert len({line.index(": ") for line in lines}) == 1, out
+    assert "None" not in out, out
+
+
+def test_indexing_another_library_into_the_index_says_it_replaced_the_first(indexed, tmp_path):
+    """One library per index: a user "adding" a second folder to the default index lost the first one's
+    documents with only "3 removed" to show for it. The summary now says which library was replaced and
+    how to keep both; a run over the same library (or a moved one, nothing removed) says nothing."""
+    lib, idx = indexed
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "fan.md").write_text("# Fan\n\nThe fan runs at 1400 rpm.\n")
+    rc, out = _cli("index", str(other), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0, out
+    assert "3 removed" in out
+    assert (
+        f"warning: this index was built from {lib.resolve()}; indexing {other} replaced that library: "
+        "3 document(s) not in it were removed (index each library into its own --index-dir to keep both)"
+    ) in out, out
+    rc, out = _cli("index", str(other), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0 and "warning" not in out, out
 
 
 def test_reset_deletes_the_index_and_nothing_else(indexed):

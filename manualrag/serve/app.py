@@ -162,6 +162,7 @@ def create_app(state: IndexState, token: str | None = None, loopback_only: bool 
 
     @app.post("/api/search", summary="Search by an uploaded image (query by example), with optional text")
     async def search_image(
+        request: Request,
         image: Annotated[
             UploadFile,
             File(description=f"PNG/JPEG/WEBP/GIF/BMP/TIFF, at most {limits.MAX_UPLOAD_BYTES // 2**20} MiB"),
@@ -173,6 +174,14 @@ def create_app(state: IndexState, token: str | None = None, loopback_only: bool 
         channels: Annotated[str | None, Form()] = None,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
+        in_url = [
+            name for name in ("q", "k", "modality", "source", "channels") if name in request.query_params
+        ]
+        if in_url:  # GET's spelling; silently searching without them would answer another question
+            raise RequestError(
+                f"{', '.join(in_url)}: POST /api/search takes its options as multipart form fields "
+                f"beside the image (curl -F {in_url[0]}=...), not in the URL"
+            )
         data = await image.read(limits.MAX_UPLOAD_BYTES + 1)
         checked = limits.check_image(data)
         text = limits.check_query(q, required=False)

@@ -155,6 +155,10 @@ def test_query_by_uploaded_image(client):
     assert r.status_code == 200, r.text
     first = r.json()["hits"][0]
     assert first["id"] == hit["id"] and "image_image" in first["channels"]
+    assert len(r.json()["hits"]) == 3
+    # GET's spelling (?k=3 in the URL) was ignored: 10 hits came back, as if k had been given
+    r = client.post("/api/search?k=3", files={"image": ("wiring.png", png, "image/png")})
+    _error(r, 400, "k: POST /api/search takes its options as multipart form fields")
 
 
 # ------------------------------------------------------------------------------------------ bad input

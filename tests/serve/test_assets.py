@@ -119,6 +119,17 @@ def test_text_document_has_no_page_image(assets):
         assets.page_png(NOTES, 1)
 
 
+def test_a_moved_library_says_what_to_do(serve_index, tmp_path):
+    """A user who moved the library after indexing asked for a page and got "the library folder of this
+    index is not available": true, but no way out. The answer says it moved and to index it again there
+    (still without naming a server path)."""
+    with Assets.open(serve_index.index_dir, library=tmp_path / "moved-away") as a:
+        with pytest.raises(NotFound, match="has moved or is gone: index the library again") as err:
+            a.page_png(PUMP, 1)
+        assert str(tmp_path) not in str(err.value)
+        assert a.figure_png(_wiring(a).figure_id).startswith(b"\x89PNG")  # figures still served
+
+
 def test_links_out_of_the_library_and_vanished_files(serve_index, tmp_path):
     """The same index, read with a library folder where the PDF is a link to a file outside it, the image
     is a link inside the library (allowed), and a crop is a link: only the inside link is served."""
