@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from manualrag.errors import ModelUnavailableError, NonFiniteVectorsError
+from manualrag.errors import ConfigError, ModelUnavailableError, NonFiniteVectorsError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -550,7 +550,10 @@ def _load_weights(src: _Source, auto_cls: Any, device: str, dtype: str) -> tuple
     validated (a bad name fails before the weights load), torch's threads aligned with an inherited
     OMP_THREAD_LIMIT (before the first forward), then the weights. Returns (device, model)."""
     dev = resolve_device(device)
-    resolve_dtype(dtype, dev)
+    try:
+        resolve_dtype(dtype, dev)
+    except ValueError as exc:  # e.g. int8 asked on a GPU: a usage error, not a crash
+        raise ConfigError(f"config key 'dtype': {exc}") from exc
     align_threads_with_omp_limit()
     return dev, _load_model(src, auto_cls)
 

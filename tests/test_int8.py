@@ -74,6 +74,10 @@ def test_int8_names_and_where_it_runs():
     assert resolve_dtype("int8", "cpu") == torch.qint8
     with pytest.raises(ValueError, match="CPU only"):
         resolve_dtype("int8", "cuda")
+    from manualrag.encoder import _load_weights, _Source
+
+    with pytest.raises(ConfigError, match="dtype.*CPU only"):  # the loaders say it as a usage error
+        _load_weights(_Source("unused/model", "--model"), None, "meta", "int8")
     assert load_config(None, overrides={"dtype": "int8"}, environ={})["dtype"] == "int8"
     with pytest.raises(ConfigError):
         load_config(None, overrides={"dtype": "int4"}, environ={})
