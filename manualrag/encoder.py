@@ -111,8 +111,8 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
 
 def resolve_dtype(dtype: str, device: str) -> Any:
     """The torch dtype for a name; ``auto`` → the reduced precision the hardware computes natively
-    (bfloat16 on CUDA with bf16 support and on CPUs with AVX512-BF16/AMX), on other CPUs ``torch.qint8``
-    (dynamic int8 quantisation of the Linear layers, see :func:`cast_model`), float32 elsewhere.
+    (bfloat16 on CUDA with bf16 support and on CPUs with AVX512-BF16/AMX), float32 elsewhere. ``int8``
+    (dynamic int8 quantisation of the Linear layers, see :func:`cast_model`) only when asked for.
 
     ``auto`` is only a candidate here: the encoders' ``load`` keeps it for a model only when
     :func:`choose_auto_dtype` finds it faithful and faster on this machine."""
@@ -123,7 +123,10 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         if device.startswith("cuda"):
             name = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
         elif device == "cpu":
-            name = "bfloat16" if cpu_has_fast_bf16() else "int8"
+            # never int8 here: its activation scale is computed per batch, so a text's vector depends on
+            # the texts batched with it (MiniLM: cosine 0.97 alone vs in a batch) and a re-indexed document
+            # would not get the vectors a fresh index gives it; int8 is for those who ask (--dtype int8)
+            name = "bfloat16" if cpu_has_fast_bf16() else "float32"
         else:
             name = "float32"
     if name not in _DTYPE_ALIASES:

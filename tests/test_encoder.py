@@ -210,7 +210,7 @@ def test_dtype_rules():
     assert not cpu_has_fast_bf16("")
     import torch
 
-    expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.qint8  # a candidate, checked at load
+    expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32  # a candidate, checked at load
     assert resolve_dtype("auto", "cpu") is expected
     assert resolve_dtype("int8", "cpu") is torch.qint8
     assert resolve_dtype("fp32", "cpu") is torch.float32

@@ -1,5 +1,6 @@
 """dtype int8 (dynamic int8 quantisation of the Linear layers, CPU): vectors within tolerance of float32
-where it is faithful, and ``dtype: auto`` refusing it where it is not (issue 18, item 2)."""
+where it is faithful, refused by the faithfulness check where it is not, and never offered by ``dtype: auto``
+(its vectors depend on the batch) (issue 18, item 2)."""
 
 from __future__ import annotations
 
@@ -81,3 +82,22 @@ def test_int8_names_and_where_it_runs():
     assert load_config(None, overrides={"dtype": "int8"}, environ={})["dtype"] == "int8"
     with pytest.raises(ConfigError):
         load_config(None, overrides={"dtype": "int4"}, environ={})
+
+
+def test_int8_vectors_depend_on_the_batch_so_auto_never_picks_it(minilm_dir, monkeypatch):
+    """Dynamic quantisation scales activations per batch: the same text embedded alone and beside others
+    gets different int8 vectors (float32: the same), so a document re-indexed alone would not get the
+    vectors a fresh index gives it. ``auto`` therefore never offers int8, on any CPU."""
+    import torch
+
+    from manualrag import encoder
+
+    text = "Replace fuse F2 (T315mA) before restarting the pump."
+    others = ["WARNING: disconnect mains power before opening the enclosure. " * 5, "pin 1 VCC"]
+    for dtype, same in (("int8", False), ("float32", True)):
+        enc = TextEncoder.load(str(minilm_dir), device="cpu", dtype=dtype)
+        alone, batched = enc.embed_texts([text])[0], enc.embed_texts([text, *others])[0]
+        assert bool(np.allclose(alone, batched, atol=1e-5)) is same, (dtype, float(alone @ batched))
+    for has_bf16 in (True, False):  # as on a CPU with / without native bf16
+        monkeypatch.setattr(encoder, "cpu_has_fast_bf16", lambda cpuinfo=None, v=has_bf16: v)
+        assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if has_bf16 else torch.float32)
