@@ -15,19 +15,27 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+
+def _session_dir(prefix: str) -> str:
+    """A temporary folder for the session, removed when the test process ends."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 # one OCR cache (keyed by image digest) for the whole session: each test's fresh index folder would
 # otherwise OCR the same sample pages again. Tests of OCR itself use their own OcrEngine.
 if "MANUALRAG_OCR__CACHE" not in os.environ:
-    import tempfile
-
-    os.environ["MANUALRAG_OCR__CACHE"] = os.path.join(tempfile.mkdtemp(prefix="manualrag-ocr-"), "ocr.sqlite")
+    os.environ["MANUALRAG_OCR__CACHE"] = os.path.join(_session_dir("manualrag-ocr-"), "ocr.sqlite")
 
 # one user cache (dtype: auto decisions) for the session and its child processes: a developer's own cache
 # does not decide the tests' dtypes, and every process of the session gets the same one
 if "MANUALRAG_CACHE_DIR" not in os.environ:
-    import tempfile
-
-    os.environ["MANUALRAG_CACHE_DIR"] = tempfile.mkdtemp(prefix="manualrag-cache-")
+    os.environ["MANUALRAG_CACHE_DIR"] = _session_dir("manualrag-cache-")
 
 from pathlib import Path  # noqa: E402
 
