@@ -654,24 +654,20 @@ class Indexer:
         text_enc = self._text
         if text_enc is not None:
             with _Timer(timings, "embed_sem"):
-                fig_sem = [(fid, f, figure_sem_text(f)) for fid, f in figures]
-                fig_sem = [(ids.figure_sem_id(fid), f, text_enc.fit(t)) for fid, f, t in fig_sem if t]
-                # the caption alone as well: a figure's many labels and OCR words (a wiring diagram's
-                # terminal names) dilute its full text's vector; a question in the caption's words
-                # finds the figure through this one
-                fig_sem += [
-                    (ids.figure_caption_id(fid), f, text_enc.fit(f.caption.strip()))
-                    for fid, f in figures
-                    if f.caption.strip()
-                ]
-                texts = [w.text for w in sem_w] + [t for _, _, t in fig_sem]
+                # (vector id, figure id, figure, text): each figure's texts, and its caption alone as well: a
+                # figure's many labels and OCR words (a wiring diagram's terminal names) dilute its full
+                # text's vector; a question in the caption's words finds the figure through this one
+                fig_sem = [(ids.figure_sem_id(fid), fid, f, figure_sem_text(f)) for fid, f in figures]
+                fig_sem += [(ids.figure_caption_id(fid), fid, f, f.caption.strip()) for fid, f in figures]
+                fig_sem = [(vid, fid, f, text_enc.fit(t)) for vid, fid, f, t in fig_sem if t]
+                texts = [w.text for w in sem_w] + [t for *_, t in fig_sem]
                 if texts:
                     embs = text_enc.embed_texts(texts)
-                    vids = [w.window_id for w in sem_w] + [vid for vid, _, _ in fig_sem]
+                    vids = [w.window_id for w in sem_w] + [vid for vid, *_ in fig_sem]
                     metas = [
                         meta(by_pid[w.passage_id].page, "text", w.passage_id, by_pid[w.passage_id].suspect)
                         for w in sem_w
-                    ] + [meta(f.pages[0], "image_text", ids.ref_of("sem", vid)[1]) for vid, f, _ in fig_sem]
+                    ] + [meta(f.pages[0], "image_text", fid) for _, fid, f, _ in fig_sem]
                     out["sem"] = Records(vids, embs, metas, texts)
                     summary.embedded["sem"] += len(texts)
         return out

@@ -231,9 +231,9 @@ def _probe_images() -> list[Any]:
     return out
 
 
-# the decision of choose_auto_dtype per (model, device, candidate dtype, torch threads), for the process: a
-# model loaded again (serve reopening, tests, a re-run in one process) gets the same dtype without re-timing
-_auto_dtype_cache: dict[tuple[str, str, str, int], tuple[bool, str]] = {}
+# the decisions of choose_auto_dtype read or made by this process, by the key of _DtypeDecisions: a model
+# loaded again (serve reopening, tests, a re-run in one process) gets its dtype without the file or a probe
+_auto_dtype_cache: dict[str, tuple[bool, str]] = {}
 DTYPE_DECISIONS_FILE = "dtype-decisions.json"
 
 
@@ -639,14 +639,13 @@ class _TextSide:
                 f"float32 (no native reduced precision on {self.device})",
             )
             return
-        key = (self.model_id, self.device, str(candidate), torch.get_num_threads())
+        key = " | ".join(
+            [_model_fingerprint(self.model_id), self.device, _dtype_str(candidate)]
+            + [f"{torch.get_num_threads()} threads", _machine_key(self.device)]
+        )
         won = None  # the reduced model the probe made, when it won (no second cast)
         if key not in _auto_dtype_cache:
-            machine_key = " | ".join(
-                [_model_fingerprint(self.model_id), self.device, _dtype_str(candidate), f"{key[3]} threads"]
-                + [_machine_key(self.device)]
-            )
-            with _DtypeDecisions(machine_key) as decisions:
+            with _DtypeDecisions(key) as decisions:
                 known = decisions.get()
                 if known is None:
                     self._probing = True
@@ -662,7 +661,6 @@ class _TextSide:
             _auto_dtype_cache[key] = known
         reduced, reason = _auto_dtype_cache[key]
         self.dtype = candidate if reduced else torch.float32
-        self._float_model = self.model if self.dtype == torch.qint8 else None
         self.model = won if won is not None else cast_model(self.model, self.dtype)
         self.dtype_reason = reason
 
