@@ -20,6 +20,16 @@ score(x) = sum_c w_c / (k + rank_c(x)).
 
 Things are passages and figures: a passage found through several of its windows, or a figure found through
 its pixels, its labels and the lexical index, is one thing; its best score per channel counts.
+
+**Page support** (``page_support``, after ``zscore`` fusion): a thing gains a small share of the fused scores of
+the best other candidates on its own page,
+
+    score'(x) = score(x) + PAGE_SUPPORT * (sum of the PAGE_SUPPORT_TOP best scores of the others on x's page)
+
+so that when the query's words are spread over a page (a figure and the paragraph explaining it, a question
+and its answer split into two passages) that page wins over a page where one passage matches alone. The
+share is small: it reorders near-ties, never overturns a thing that stands out. Measured on both labelled
+corpora (lexical,text, tests/bench/RESULTS.md): corpus R@1 1.000 -> 1.000, corpus2 0.767 -> 0.817.
 """
 
 from __future__ import annotations
@@ -31,6 +41,9 @@ Key = tuple[str, str]  # ("passage" | "figure", id)
 Scored = list[tuple[Key, float]]  # a channel's results, best first
 
 METHODS = ("zscore", "rrf")
+PAGE_SUPPORT = 0.1  # share of the page's other candidates' fused scores a thing gains
+PAGE_SUPPORT_TOP = 2  # ... counting at most this many of them (the best)
+Place = tuple[str, int]  # (document path, page)
 
 
 @dataclass
@@ -85,3 +98,28 @@ def fuse(
             item.ranks[channel] = rank
     # ties: the thing with the better best rank first, then a stable key order
     return sorted(table.values(), key=lambda f: (-f.score, min(f.ranks.values()), f.key))
+
+
+def page_support(
+    fused: list[Fused],
+    place_of: dict[Key, Place],
+    share: float = PAGE_SUPPORT,
+    top: int = PAGE_SUPPORT_TOP,
+) -> list[Fused]:
+    """``fused`` re-scored with page support (see the module doc), best first. ``place_of``: the page each
+    thing is on (a figure: its first page); a thing without a place neither gives nor gains support."""
+    on_page: dict[Place, list[float]] = {}
+    for f in fused:
+        if f.key in place_of:
+            on_page.setdefault(place_of[f.key], []).append(f.score)
+    for scores in on_page.values():
+        scores.sort(reverse=True)
+    out = []
+    for f in fused:
+        extra = 0.0
+        if f.key in place_of:
+            others = list(on_page[place_of[f.key]])
+            others.remove(f.score)
+            extra = share * sum(others[:top])
+        out.append(Fused(f.key, f.score + extra, dict(f.ranks)))
+    return sorted(out, key=lambda f: (-f.score, min(f.ranks.values()), f.key))

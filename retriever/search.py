@@ -21,7 +21,7 @@ from typing import Any
 from manualrag import ids
 from manualrag.errors import ManualragError
 from manualrag.manifest import Manifest
-from manualrag.retriever.fusion import Fused, Key, fuse
+from manualrag.retriever.fusion import Fused, Key, fuse, page_support
 from manualrag.retriever.lexical import lexical_search
 
 log = logging.getLogger(__name__)
@@ -444,7 +444,12 @@ class Retriever:
             # standardise reliably; they are fused by rank, image->image first (query by example)
             method = rc["fusion"] if text else "rrf"
             fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
-            hits = self._hits(fused, text or "", k, modality, source, passages)
+            figures = self.manifest.figures([f.key[1] for f in fused if f.key[0] == "figure"])
+            if method == "zscore":
+                place_of = {("passage", i): (p.doc_path, p.page) for i, p in passages.items()}
+                place_of.update({("figure", i): (g.doc_path, g.page) for i, g in figures.items()})
+                fused = page_support(fused, place_of)
+            hits = self._hits(fused, text or "", k, modality, source, passages, figures)
             timings["fusion"] += time.perf_counter() - t0
         cold = {key: v for key, v in self._cold.items() if v > 0}
         self._cold.clear()
@@ -517,9 +522,10 @@ class Retriever:
         modality: str,
         source: str | None,
         passages: dict[str, Any],
+        figures: dict[str, Any],
     ) -> list[Hit]:
-        """The hits, best first; ``passages``: every candidate passage by id, read in this query's snapshot."""
-        figures = self.manifest.figures([f.key[1] for f in fused if f.key[0] == "figure"])
+        """The hits, best first; ``passages`` and ``figures``: every candidate passage and figure by id, read
+        in this query's snapshot."""
         hits: list[Hit] = []
         for f in fused:
             kind, ref = f.key

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from manualrag.retriever.fusion import best_per_thing, fuse
+from manualrag.retriever.fusion import PAGE_SUPPORT, Fused, best_per_thing, fuse, page_support
 from manualrag.retriever.search import make_snippet
 
 P = ("passage", "p")
@@ -74,6 +74,43 @@ def test_fused_list_has_each_thing_once_best_first(channels, method):
     assert len(keys) == len(set(keys)) == len({k for res in channels.values() for k, _ in res})
     assert all(a.score >= b.score for a, b in zip(fused, fused[1:], strict=False))
     assert all(f.score >= 0 for f in fused)
+
+
+G = ("figure", "g")
+R = ("passage", "r")
+
+
+def test_page_support_lifts_the_page_where_the_query_words_meet():
+    # P and F (a paragraph and the figure it explains) share page 3; Q stands alone on page 9 with a score
+    # just above each of them: the page holding both wins the near-tie, by the documented share of its mate
+    fused = [Fused(Q, 2.0, {"a": 1}), Fused(P, 1.9, {"a": 2}), Fused(F, 1.8, {"b": 1})]
+    place = {P: ("m.pdf", 3), F: ("m.pdf", 3), Q: ("m.pdf", 9)}
+    out = {f.key: f.score for f in page_support(fused, place)}
+    assert out[P] == pytest.approx(1.9 + PAGE_SUPPORT * 1.8)
+    assert out[F] == pytest.approx(1.8 + PAGE_SUPPORT * 1.9)
+    assert out[Q] == pytest.approx(2.0)
+    assert _keys(page_support(fused, place))[0] == P
+
+
+def test_page_support_never_overturns_a_thing_that_stands_out():
+    # three page mates at 1.0 each cannot catch a hit at 2.0 alone on its page (at most top-2 mates count)
+    fused = [Fused(Q, 2.0, {"a": 1})] + [Fused(k, 1.0, {"a": i}) for i, k in enumerate((P, F, G), 2)]
+    place = {Q: ("a.pdf", 1), P: ("a.pdf", 2), F: ("a.pdf", 2), G: ("a.pdf", 2)}
+    out = page_support(fused, place)
+    assert _keys(out)[0] == Q
+    assert out[1].score == pytest.approx(1.0 + PAGE_SUPPORT * 2.0)
+
+
+def test_page_support_counts_same_page_of_the_same_file_only_and_skips_unplaced_things():
+    fused = [
+        Fused(P, 1.0, {"a": 1}),
+        Fused(F, 1.0, {"a": 2}),
+        Fused(R, 1.0, {"a": 3}),
+        Fused(G, 5.0, {"a": 4}),
+    ]
+    place = {P: ("a.pdf", 4), F: ("b.pdf", 4), R: ("a.pdf", 5)}  # G has no place
+    out = {f.key: f.score for f in page_support(fused, place)}
+    assert out == {P: 1.0, F: 1.0, R: 1.0, G: 5.0}
 
 
 def test_snippet_centres_on_the_query_terms_and_marks_them():
