@@ -18,6 +18,12 @@ limits) and document-level decisions between them (plain data, run here in the p
 Every piece of state that crosses a process boundary goes through JSON here (floats round-trip exactly), so
 the Document equals the one-worker Document field for field (tests/test_pagerange.py checks it on real
 PDFs). The parent never opens the PDF: it only runs the pure-Python planning on the workers' (checked) data.
+
+A worker keeps the document between rounds (the bytes it read, the open PDF, the pages it read): rounds 2
+and 3 send it only what the planning changed in the lines of its pages, and the pool gives each worker the
+requests for the pages it holds first (``Task``). Rounds 2 and 3 are cut finer than the ranges (the cost of
+a page's figure analysis varies 100-fold; render batches are cut by estimated pixels), so that both workers
+stay busy to the end of each round.
 """
 
 from __future__ import annotations

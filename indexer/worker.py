@@ -151,6 +151,7 @@ def worker_main() -> None:
                     req, cfg, ocr, lambda figs: _write_figure_crops(figs, index_dir)
                 )
             else:
+                pagerange.release()  # the pages of a previous document's ranges are not needed any more
                 doc = extract_file(
                     Path(req["path"]), req["rel"], cfg, ocr=ocr, split_pages=req.get("split_pages")
                 )
