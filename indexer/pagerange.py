@@ -372,6 +372,12 @@ def _batches(items: list[Any], costs: list[float], n: int) -> list[tuple[list[An
     return out
 
 
+def _with_pages(
+    req: dict[str, Any], numbers: list[int], entries: Callable[[list[int], set[int]], list[list[Any]]]
+) -> Callable[[set[int]], dict[str, Any]]:
+    return lambda held: {**req, "pages": entries(numbers, held)}
+
+
 def extract_in_ranges(
     run: Run, path: Path, rel: str, cfg: dict[str, Any], ranges: list[tuple[int, int]]
 ) -> Document:
@@ -436,21 +442,16 @@ def extract_in_ranges(
 
     def entries(numbers: list[int], held: set[int]) -> list[list[Any]]:
         """The pages of a request as the planning left them: what changed since they were read."""
-        out = []
+        out: list[list[Any]] = []
         for n in numbers:
             pg = pages[n - 1]
             rect, visible_chars, failed, lines = orig[n]
-            if (pg.rect, pg.visible_chars, pg.failed, len(pg.lines)) != (
-                rect,
-                visible_chars,
-                failed,
-                len(lines),
-            ):
-                out.append(
-                    [n, None, [], _page_out(pg)]
-                )  # never so far: planning only changes fields of lines
+            now = (pg.rect, pg.visible_chars, pg.failed, len(pg.lines))
+            if now != (rect, visible_chars, failed, len(lines)):
+                # never so far: planning only changes fields of lines
+                out.append([n, None, [], _page_out(pg)])
                 continue
-            marks = []
+            marks: list[list[Any]] = []
             for i, (ln, old) in enumerate(zip(pg.lines, lines, strict=True)):
                 new = _LINE_GET(ln)
                 if new != old:
@@ -508,15 +509,7 @@ def extract_in_ranges(
             "timeline": [h for h in heads if h[0] <= needed[-1]],
         }
         asks.append(({i for i, _ in req["planned"]}, req["scans"]))
-        tasks.append(
-            Task(
-                needed[0],
-                needed[-1],
-                needed,
-                lambda held, req=req, needed=needed: {**req, "pages": entries(needed, held)},
-                cost=cost,
-            )
-        )
+        tasks.append(Task(needed[0], needed[-1], needed, _with_pages(req, needed, entries), cost=cost))
     figs: dict[int, Figure | None] = {}
     scans: list[tuple[int, Figure, list[TextBlock] | None]] = []
     for (asked, asked_scans), rep in zip(asks, round_(tasks) if tasks else [], strict=True):
