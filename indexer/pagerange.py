@@ -331,14 +331,46 @@ class Task:
 # order, or raises ExtractionError naming the failed pages
 Run = Callable[[list[Task]], list[dict[str, Any]]]
 
-ANALYSE_PARTS = 5  # round 2 cuts each range into this many requests: figure analysis costs 0.002-0.3 s a
-MIN_PART_PAGES = 4  # page (drawings, the layout model), so small requests keep both workers busy to the end
+
+def pick(tasks: list[Task], pending: list[int], held: set[int], last: int | None) -> int:
+    """The pending task (an index into ``tasks``) that a worker takes next. The costliest whose first page
+    it holds (the first of equals: page order); else the one after its last; else the start of the costliest
+    run of consecutive pending tasks when nothing before it was taken (the first worker starts at page 1),
+    or the middle of that run (another worker works its way into it from the left). So each worker reads
+    one contiguous part of the document (its fonts and images decoded by one worker, the layout model
+    loaded once where such pages gather) and the last tasks of a round are split between the workers."""
+    own = [k for k in pending if tasks[k].first in held]
+    if own:
+        return max(own, key=lambda k: (tasks[k].cost, -k))
+    if last is not None and last + 1 in pending:
+        return last + 1
+    runs: list[list[int]] = []
+    for k in sorted(pending):
+        if runs and runs[-1][-1] == k - 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    run = max(runs, key=lambda r: sum(tasks[k].cost for k in r))  # the first of equals
+    if run[0] == 0:
+        return 0
+    half, acc = sum(tasks[k].cost for k in run) / 2, 0.0
+    for k in run:
+        if acc >= half:
+            return k
+        acc += tasks[k].cost
+    return run[-1]
+
+
+# round 2 cuts each range into requests of about this many pages: figure analysis costs 0.002-1 s a page
+# (drawings; the layout model on a few pages, often side by side), so that no long request is left at the
+# end of the round for one worker while the other idles (a request costs a few ms more)
+PART_PAGES = 10
 RENDER_PER_RANGE = 3  # round 3: batches of figures per range, for the same reason
 
 
 def _parts(a: int, b: int) -> list[tuple[int, int]]:
-    k = max(1, min(ANALYSE_PARTS, (b - a + 1) // MIN_PART_PAGES))
     n = b - a + 1
+    k = max(1, round(n / PART_PAGES))
     return [(a + i * n // k, a + (i + 1) * n // k - 1) for i in range(k)]
 
 

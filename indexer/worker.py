@@ -565,24 +565,22 @@ class WorkerPool:
         held: dict[_Worker, set[int]] = {}  # pages of this document that each worker has read or was sent
 
         def run(tasks: list[pagerange.Task]) -> list[dict[str, Any]]:
-            """Each worker takes the costliest task whose first page it holds (the first of equals), else the
-            costliest of the others' (the last of equals); a task's ``done`` runs in its worker's thread."""
+            """Each worker takes tasks as ``pagerange.pick`` says (those whose pages it holds first); a task's
+            ``done`` runs in its worker's thread."""
             results: list[Any] = [None] * len(tasks)
             pending = list(range(len(tasks)))
             lock = threading.Lock()
             failed: list[tuple[pagerange.Task, FileError]] = []
+            last: dict[_Worker, int] = {}  # the task each worker took last in this round
 
             def build(w: _Worker, got: list[int]) -> dict[str, Any] | None:
                 with lock:
                     if failed or not pending:
                         return None
                     mine = held.setdefault(w, set())
-                    own = [k for k in pending if tasks[k].first in mine]
-                    if own:
-                        k = max(own, key=lambda k: (tasks[k].cost, -k))
-                    else:
-                        k = max(pending, key=lambda k: (tasks[k].cost, k))
+                    k = pagerange.pick(tasks, pending, mine, last.get(w))
                     pending.remove(k)
+                    last[w] = k
                 got.append(k)
                 return tasks[k].build(mine)
 

@@ -245,3 +245,27 @@ def test_pymupdf_comes_without_the_layout_model_until_it_is_needed() -> None:
         pytest.skip(f"corpus not found at {CORPUS}")
     out = subprocess.run([sys.executable, "-c", code, str(xfig)], capture_output=True, text=True, check=True)
     assert int(out.stdout.strip()) >= 1
+
+
+def test_each_worker_takes_a_contiguous_part_and_its_own_pages_first() -> None:
+    from manualrag.indexer.pagerange import Task, pick
+
+    tasks = [Task(100 * k + 1, 100 * k + 100, [], lambda held: {}) for k in range(10)]
+    pending = list(range(10))
+    order: dict[str, list[int]] = {"a": [], "b": []}
+    last: dict[str, int | None] = {"a": None, "b": None}
+    for w in ["a", "b", "a", "b", "a", "b", "a", "b", "a", "b"]:  # the workers take turns
+        k = pick(tasks, pending, set(), last[w])
+        pending.remove(k)
+        order[w].append(k)
+        last[w] = k
+    assert order["a"] == [0, 1, 2, 3, 4] and order["b"] == [6, 7, 8, 9, 5]  # page 1 on; the middle on
+    # a later round: the costliest task on pages it holds first, then the middle of the others' run
+    tasks = [
+        Task(10 * k + 1, 10 * k + 10, [], lambda held: {}, cost=c) for k, c in enumerate([1, 5, 1, 1, 1, 1])
+    ]
+    held = set(range(1, 31))  # pages of tasks 0-2
+    assert pick(tasks, [0, 1, 2, 3, 4, 5], held, None) == 1
+    assert pick(tasks, [0, 2, 3, 4, 5], held, 1) == 0
+    assert pick(tasks, [3, 4, 5], held, 2) == 3  # the next one after its last
+    assert pick(tasks, [4, 5], held, 2) == 5  # the middle of what is left, by cost
