@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-import pymupdf
 from PIL import Image, ImageSequence
 
 from manualrag.errors import ExtractionError
@@ -32,6 +31,7 @@ from manualrag.images import IMAGE_FORMATS, check_pixels, decode_problem, open_i
 from manualrag.indexer import figures as fg
 from manualrag.indexer.discover import file_type_for
 from manualrag.indexer.ocr import denoise
+from manualrag.indexer.pdflib import pymupdf
 from manualrag.models import Document, Figure, PageInfo, TextBlock
 
 if TYPE_CHECKING:

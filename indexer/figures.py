@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import pymupdf
+from manualrag.indexer.pdflib import pymupdf
 
 log = logging.getLogger(__name__)
 

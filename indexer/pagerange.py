@@ -18,14 +18,22 @@ limits) and document-level decisions between them (plain data, run here in the p
 Every piece of state that crosses a process boundary goes through JSON here (floats round-trip exactly), so
 the Document equals the one-worker Document field for field (tests/test_pagerange.py checks it on real
 PDFs). The parent never opens the PDF: it only runs the pure-Python planning on the workers' (checked) data.
+
+A worker keeps the document between rounds (the bytes it read, the open PDF, the pages it read): rounds 2
+and 3 send it only what the planning changed in the lines of its pages, and the pool gives each worker the
+requests for the pages it holds first (``Task``). Rounds 2 and 3 are cut finer than the ranges (the cost of
+a page's figure analysis varies 100-fold; render batches are cut by estimated pixels), so that both workers
+stay busy to the end of each round.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import operator
+import secrets
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -56,14 +64,20 @@ def _box(v: Any) -> fg.Box:
 _LINE_FIELDS = [f.name for f in fields(fg.TextLine)]
 
 
+_LINE_GET = operator.attrgetter(*_LINE_FIELDS)  # a line's fields as a tuple, in the order of TextLine(...)
+_BBOX = _LINE_FIELDS.index("bbox")
+
+
 def _line_out(ln: fg.TextLine) -> list[Any]:
-    return [list(ln.bbox) if name == "bbox" else getattr(ln, name) for name in _LINE_FIELDS]
+    v = list(_LINE_GET(ln))
+    v[_BBOX] = list(ln.bbox)
+    return v
 
 
 def _line_in(v: list[Any]) -> fg.TextLine:
     if not isinstance(v, list) or len(v) != len(_LINE_FIELDS):
         raise ValueError("a text line has other fields")
-    ln = fg.TextLine(**dict(zip(_LINE_FIELDS, v, strict=True)))
+    ln = fg.TextLine(*v)
     ln.bbox = _box(ln.bbox)
     if not isinstance(ln.text, str) or not (ln.suspect is None or isinstance(ln.suspect, str)):
         raise ValueError("a text line's text is not a string")
@@ -156,6 +170,75 @@ def _block_in(d: dict[str, Any]) -> TextBlock:
 
 
 # ------------------------------------------------------------------------------------------ worker side
+class _Open:
+    """The worker's state for the document of one ``extract_in_ranges`` call (its ``token``): the file as
+    first read (its bytes, digest, stat), the open PDF, and the pages as read (``_Kept``), so that
+    later rounds neither re-open and re-parse the PDF nor get the pages' lines sent again."""
+
+    def __init__(self, token: str, path: Path, rel: str, cfg: dict[str, Any]):
+        try:
+            st = path.stat()
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ExtractionError(rel, f"cannot read the file: {exc.strerror or exc}") from None
+        self.token, self.rel = token, rel
+        self.digest, self.size, self.mtime = hashlib.sha256(data).hexdigest(), len(data), st.st_mtime
+        self.open_warnings: list[str] = []
+        self.pdf = ex._open_pdf(data, rel, cfg, self.open_warnings)
+        self.read: dict[int, _Kept] = {}  # page number -> the page as read
+
+    def close(self) -> None:
+        self.pdf.close()
+
+    def keep(self, pg: ex._Page) -> None:
+        self.read[pg.number] = _Kept(pg.rect, [_LINE_GET(ln) for ln in pg.lines], pg.visible_chars, pg.failed)
+
+    def page(self, entry: list[Any]) -> ex._Page:
+        """A page of a request, ``[number, as_read, marks, whole]``. ``as_read``: the page as read (the
+        parent sends it when this worker has not read it; kept for later rounds) or None: as this worker
+        read it (read again, its warnings already sent by the first read, if this worker has served another
+        document since). ``marks``: ``[line, field, value]``, what the parent's planning changed in its
+        lines. ``whole``: the page as it is now instead (only when planning changed more than fields)."""
+        number, sent, marks, whole = int(entry[0]), entry[1], entry[2], entry[3]
+        if whole is not None:
+            return _page_in(whole)
+        if sent is not None:
+            self.keep(_page_in(sent))
+        elif number not in self.read:
+            scratch = Document(path=self.rel, digest="", size=0, mtime=0.0, file_type="pdf")
+            self.keep(ex._read_pages(self.pdf, scratch, number, number)[0])
+        kept = self.read[number]
+        pg = ex._Page(
+            number=number,
+            rect=kept.rect,
+            lines=[fg.TextLine(*v) for v in kept.lines],
+            visible_chars=kept.visible_chars,
+            failed=kept.failed,
+        )
+        for i, j, value in marks:
+            setattr(pg.lines[i], _LINE_FIELDS[j], _box(value) if j == _BBOX else value)
+        return pg
+
+
+@dataclass
+class _Kept:
+    """A page as read, as a worker keeps it: each line's fields as a tuple (TextLine(*fields) again)."""
+
+    rect: fg.Box
+    lines: list[tuple[Any, ...]]
+    visible_chars: int
+    failed: bool
+
+
+_OPEN: list[_Open] = []  # at most one: the document this worker serves page ranges of
+
+
+def release() -> None:
+    """Forget the document of the last page ranges (a request for another document came)."""
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def handle(
     req: dict[str, Any],
     cfg: dict[str, Any],
@@ -163,58 +246,53 @@ def handle(
     write_crops: Callable[[list[Figure]], None],
 ) -> dict[str, Any]:
     """One round of one page range, in an extraction worker. Raises ExtractionError like extract_file."""
-    path, rel, op = Path(req["path"]), str(req["rel"]), req["op"]
-    try:
-        st = path.stat()
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ExtractionError(rel, f"cannot read the file: {exc.strerror or exc}") from None
-    scratch = Document(path=rel, digest="", size=len(data), mtime=0.0, file_type="pdf")  # collects warnings
-    out: dict[str, Any] = {
-        "ok": True,
-        "digest": hashlib.sha256(data).hexdigest(),
-        "size": len(data),
-        "mtime": st.st_mtime,
-    }
+    path, rel, op, token = Path(req["path"]), str(req["rel"]), req["op"], str(req["token"])
+    scratch = Document(path=rel, digest="", size=0, mtime=0.0, file_type="pdf")  # collects warnings
     with ex._quiet_mupdf():
-        pdf = ex._open_pdf(data, rel, cfg, scratch.warnings)
-        try:
-            out["open_warnings"] = list(scratch.warnings)
-            scratch.warnings.clear()
-            if op == "pages":
-                first, last = int(req["first"]), int(req["last"])
-                if not 1 <= first <= last <= pdf.page_count:
-                    raise ExtractionError(rel, f"page range {first}-{last} is outside the document")
-                pages = ex._read_pages(pdf, scratch, first, last)
-                out.update(
-                    pages=[_page_out(pg) for pg in pages],
-                    toc=ex._raw_toc(pdf),
-                    meta_title=ex._meta_title(pdf),
-                    repaired=bool(pdf.is_repaired),
-                    n_pages=pdf.page_count,
-                )
-            elif op == "analyse":
-                pages = [_page_in(d) for d in req["pages"]]
-                ex._analyse_pages(pdf, pages, scratch, rel, cfg)
-                out["analyses"] = [_analysis_out(pg.analysis) for pg in pages]
-            elif op == "render":
-                by_number = {pg.number: pg for pg in (_page_in(d) for d in req["pages"])}
-                planned = [(int(i), _planned_in(d)) for i, d in req["planned"]]
-                timeline = ex._Timeline(ex._Heading(int(p), float(y), str(h)) for p, y, h in req["timeline"])
-                scan_pages = [int(n) for n in req["scans"]]
-                figs, scans = ex._render_range(pdf, by_number, planned, scan_pages, cfg, timeline, ocr)
-                write_crops([f for f in figs.values() if f is not None] + [f for _, f, _ in scans])
-                out["figures"] = [
-                    [i, None if f is None else f.to_dict(with_png=False)] for i, f in figs.items()
-                ]
-                out["scans"] = [
-                    [n, f.to_dict(with_png=False), None if b is None else [_block_out(x) for x in b]]
-                    for n, f, b in scans
-                ]
-            else:
-                raise ValueError(f"unknown page-range operation {op!r}")
-        finally:
-            pdf.close()
+        if not _OPEN or _OPEN[0].token != token:
+            release()
+            _OPEN.append(_Open(token, path, rel, cfg))
+        od = _OPEN[0]
+        pdf = od.pdf
+        out: dict[str, Any] = {
+            "ok": True,
+            "digest": od.digest,
+            "size": od.size,
+            "mtime": od.mtime,
+            "open_warnings": list(od.open_warnings),
+        }
+        if op == "pages":
+            first, last = int(req["first"]), int(req["last"])
+            if not 1 <= first <= last <= pdf.page_count:
+                raise ExtractionError(rel, f"page range {first}-{last} is outside the document")
+            got = ex._read_pages(pdf, scratch, first, last)
+            for pg in got:
+                od.keep(pg)
+            out.update(
+                pages=[_page_out(pg) for pg in got],
+                toc=ex._raw_toc(pdf),
+                meta_title=ex._meta_title(pdf),
+                repaired=bool(pdf.is_repaired),
+                n_pages=pdf.page_count,
+            )
+        elif op == "analyse":
+            pages = [od.page(e) for e in req["pages"]]
+            ex._analyse_pages(pdf, pages, scratch, rel, cfg)
+            out["analyses"] = [_analysis_out(pg.analysis) for pg in pages]
+        elif op == "render":
+            by_number = {pg.number: pg for pg in (od.page(e) for e in req["pages"])}
+            planned = [(int(i), _planned_in(d)) for i, d in req["planned"]]
+            timeline = ex._Timeline(ex._Heading(int(p), float(y), str(h)) for p, y, h in req["timeline"])
+            scan_pages = [int(n) for n in req["scans"]]
+            figs, scans = ex._render_range(pdf, by_number, planned, scan_pages, cfg, timeline, ocr)
+            write_crops([f for f in figs.values() if f is not None] + [f for _, f, _ in scans])
+            out["figures"] = [[i, None if f is None else f.to_dict(with_png=False)] for i, f in figs.items()]
+            out["scans"] = [
+                [n, f.to_dict(with_png=False), None if b is None else [_block_out(x) for x in b]]
+                for n, f, b in scans
+            ]
+        else:
+            raise ValueError(f"unknown page-range operation {op!r}")
     out["warnings"] = list(scratch.warnings)
     return out
 
@@ -233,20 +311,116 @@ def _block_out(b: TextBlock) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ parent side
-Run = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+@dataclass
+class Task:
+    """One request of a round: pages ``first``-``last`` (in messages and the test fault hook); ``pages``,
+    those its worker reads or is sent (it keeps them for later rounds); ``build(held)`` makes the request for
+    a worker that already holds the pages ``held`` of this document; ``cost``, its estimated work (the
+    costliest go first, so that no long one is left for the end of a round); ``done(reply)``, called
+    as soon as its reply is in (the parent reads it while the workers go on)."""
+
+    first: int
+    last: int
+    pages: list[int]
+    build: Callable[[set[int]], dict[str, Any]]
+    cost: float = 1.0
+    done: Callable[[dict[str, Any]], None] | None = None
+
+
+# sends each task to a worker (those whose pages it holds first), several at once; the replies in task
+# order, or raises ExtractionError naming the failed pages
+Run = Callable[[list[Task]], list[dict[str, Any]]]
+
+
+def pick(tasks: list[Task], pending: list[int], held: set[int], last: int | None) -> int:
+    """The pending task (an index into ``tasks``) that a worker takes next. The costliest whose first page
+    it holds (the first of equals: page order); else the one after its last; else the start of the costliest
+    run of consecutive pending tasks when nothing before it was taken (the first worker starts at page 1),
+    or the middle of that run (another worker works its way into it from the left). So each worker reads
+    one contiguous part of the document (its fonts and images decoded by one worker, the layout model
+    loaded once where such pages gather) and the last tasks of a round are split between the workers."""
+    own = [k for k in pending if tasks[k].first in held]
+    if own:
+        return max(own, key=lambda k: (tasks[k].cost, -k))
+    if last is not None and last + 1 in pending:
+        return last + 1
+    runs: list[list[int]] = []
+    for k in sorted(pending):
+        if runs and runs[-1][-1] == k - 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    run = max(runs, key=lambda r: sum(tasks[k].cost for k in r))  # the first of equals
+    if run[0] == 0:
+        return 0
+    half, acc = sum(tasks[k].cost for k in run) / 2, 0.0
+    for k in run:
+        if acc >= half:
+            return k
+        acc += tasks[k].cost
+    return run[-1]
+
+
+# round 2 cuts each range into requests of about this many pages: figure analysis costs 0.002-1 s a page
+# (drawings; the layout model on a few pages, often side by side), so that no long request is left at the
+# end of the round for one worker while the other idles (a request costs a few ms more)
+PART_PAGES = 10
+RENDER_PER_RANGE = 3  # round 3: batches of figures per range, for the same reason
+
+
+def _parts(a: int, b: int) -> list[tuple[int, int]]:
+    n = b - a + 1
+    k = max(1, round(n / PART_PAGES))
+    return [(a + i * n // k, a + (i + 1) * n // k - 1) for i in range(k)]
+
+
+def _render_cost(pg: ex._Page, pf: fg.PlannedFigure | None, cfg: dict[str, Any]) -> float:
+    """Estimated cost of rendering a figure (its pixels: the PNG encoding is most of it) or a scanned page
+    (two renders, and OCR), in megapixels plus a fixed part per item."""
+    ex_cfg = cfg["extract"]
+    if pf is None:
+        box, dpis = pg.rect, [ex_cfg["figure_dpi"], ex_cfg["scan_dpi"]]
+    else:
+        dpi = float(ex_cfg["figure_dpi"])
+        if pf.region.max_native_dpi and pf.kind == "raster":
+            dpi = max(dpi, min(pf.region.max_native_dpi, 2 * dpi))
+        box, dpis = pf.region.bbox, [dpi]
+    inches = max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]) / 72.0**2
+    return 0.3 + sum(min(inches * d * d, ex_cfg["max_render_pixels"]) for d in dpis) / 1e6
+
+
+def _batches(items: list[Any], costs: list[float], n: int) -> list[tuple[list[Any], float]]:
+    """``items`` cut into at most ``n`` runs of consecutive items of about the same total cost."""
+    n = min(n, len(items))
+    total = sum(costs)
+    out: list[tuple[list[Any], float]] = []
+    start, acc = 0, 0.0
+    for k, c in enumerate(costs):
+        acc += c
+        left = len(items) - k - 1
+        if left == 0 or (acc >= total * (len(out) + 1) / n and left >= n - len(out) - 1):
+            out.append((items[start : k + 1], sum(costs[start : k + 1])))
+            start = k + 1
+    return out
+
+
+def _with_pages(
+    req: dict[str, Any], numbers: list[int], entries: Callable[[list[int], set[int]], list[list[Any]]]
+) -> Callable[[set[int]], dict[str, Any]]:
+    return lambda held: {**req, "pages": entries(numbers, held)}
 
 
 def extract_in_ranges(
     run: Run, path: Path, rel: str, cfg: dict[str, Any], ranges: list[tuple[int, int]]
 ) -> Document:
-    """Extract one PDF in page ranges. ``run`` sends one request per range to the workers (in parallel) and
+    """Extract one PDF in page ranges. ``run`` sends the requests of a round to the workers (in parallel) and
     returns their replies in request order, or raises ExtractionError naming the failed range.
     Raises ExtractionError (also for replies that do not fit together) like extract_file."""
-    base = {"path": str(Path(path).absolute()), "rel": rel}
+    base = {"path": str(Path(path).absolute()), "rel": rel, "token": secrets.token_hex(16)}
     digest: list[str] = []
 
-    def round_(reqs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        replies = run([{**base, **r} for r in reqs])
+    def round_(tasks: list[Task]) -> list[dict[str, Any]]:
+        replies = run(tasks)
         for rep in replies:
             if digest and rep["digest"] != digest[0]:
                 raise ExtractionError(rel, "the file changed while it was read")
@@ -260,7 +434,25 @@ def extract_in_ranges(
         or any(b + 1 != a for (_, b), (a, _) in zip(ranges, ranges[1:], strict=False))
     ):
         raise ValueError(f"page ranges must cover the document from page 1 in order: {ranges}")
-    replies = round_([{"op": "pages", "first": a, "last": b} for a, b in ranges])
+
+    read: dict[int, list[ex._Page]] = {}
+    orig: dict[int, tuple[fg.Box, int, bool, list[tuple[Any, ...]]]] = {}
+
+    def read_task(a: int, b: int) -> Task:
+        def done(rep: dict[str, Any]) -> None:
+            read[a] = [_page_in(d) for d in rep["pages"]]
+            for pg in read[a]:  # as read, before the planning marks its lines
+                orig[pg.number] = (pg.rect, pg.visible_chars, pg.failed, [_LINE_GET(ln) for ln in pg.lines])
+
+        return Task(
+            a,
+            b,
+            list(range(a, b + 1)),
+            lambda held: {**base, "op": "pages", "first": a, "last": b},
+            done=done,
+        )
+
+    replies = round_([read_task(a, b) for a, b in ranges])
     head = replies[0]
     if int(head["n_pages"]) != ranges[-1][1]:
         raise ExtractionError(rel, f"page ranges end at page {ranges[-1][1]}, the PDF has {head['n_pages']}")
@@ -269,69 +461,95 @@ def extract_in_ranges(
     )
     doc.warnings.extend(str(w) for w in head["open_warnings"])
     pages: list[ex._Page] = []
+    as_read: list[dict[str, Any]] = []  # the pages as the workers read them: what later requests refer to
     for (a, b), rep in zip(ranges, replies, strict=True):
-        got = [_page_in(d) for d in rep["pages"]]
+        got = read[a]
         if [pg.number for pg in got] != list(range(a, b + 1)):
             raise ExtractionError(rel, f"pages {a}-{b}: a worker sent other pages")
         pages.extend(got)
+        as_read.extend(rep["pages"])
         doc.warnings.extend(str(w) for w in rep["warnings"])
     ex._require_readable(pages, rel)
     toc, body = ex._plan_text(pages, [(int(lv), str(t), int(p)) for lv, t, p in head["toc"]])
 
-    # round 2: figure candidates per page, with the document-level marks of the lines
-    def in_range(a: int, b: int) -> list[ex._Page]:
-        return pages[a - 1 : b]
+    def entries(numbers: list[int], held: set[int]) -> list[list[Any]]:
+        """The pages of a request as the planning left them: what changed since they were read."""
+        out: list[list[Any]] = []
+        for n in numbers:
+            pg = pages[n - 1]
+            rect, visible_chars, failed, lines = orig[n]
+            now = (pg.rect, pg.visible_chars, pg.failed, len(pg.lines))
+            if now != (rect, visible_chars, failed, len(lines)):
+                # never so far: planning only changes fields of lines
+                out.append([n, None, [], _page_out(pg)])
+                continue
+            marks: list[list[Any]] = []
+            for i, (ln, old) in enumerate(zip(pg.lines, lines, strict=True)):
+                new = _LINE_GET(ln)
+                if new != old:
+                    marks.extend([i, j, v] for j, v in enumerate(new) if v != old[j])
+            out.append([n, None if n in held else as_read[n - 1], marks, None])
+        return out
 
-    replies = round_(
-        [
-            {"op": "analyse", "first": a, "last": b, "pages": [_page_out(pg) for pg in in_range(a, b)]}
-            for a, b in ranges
-        ]
-    )
-    for (a, b), rep in zip(ranges, replies, strict=True):
-        analyses = rep["analyses"]
-        if len(analyses) != b - a + 1:
-            raise ExtractionError(rel, f"pages {a}-{b}: a worker sent other pages")
-        for pg, d in zip(in_range(a, b), analyses, strict=True):
-            pg.analysis = _analysis_in(d)
-            if pg.analysis is not None and pg.analysis.number != pg.number:
+    # round 2: figure candidates per page, with the document-level marks of the lines
+    def analyse_task(a: int, b: int) -> Task:
+        numbers = list(range(a, b + 1))
+
+        def done(rep: dict[str, Any]) -> None:
+            analyses = rep["analyses"]
+            if len(analyses) != b - a + 1:
                 raise ExtractionError(rel, f"pages {a}-{b}: a worker sent other pages")
+            for pg, d in zip(pages[a - 1 : b], analyses, strict=True):
+                pg.analysis = _analysis_in(d)
+                if pg.analysis is not None and pg.analysis.number != pg.number:
+                    raise ExtractionError(rel, f"pages {a}-{b}: a worker sent other pages")
+
+        return Task(
+            a,
+            b,
+            numbers,
+            lambda held: {**base, "op": "analyse", "first": a, "last": b, "pages": entries(numbers, held)},
+            done=done,
+        )
+
+    parts = [p for a, b in ranges for p in _parts(a, b)]
+    for rep in round_([analyse_task(a, b) for a, b in parts]):
         doc.warnings.extend(str(w) for w in rep["warnings"])
     planned, timeline = ex._plan_document(pages, toc, cfg, doc)
 
-    # round 3: crops and OCR of the figures and scanned pages, in as many batches as there are ranges, each
-    # batch a run of consecutive figures (pages in order) with about the same number of them: figures gather
-    # in a few chapters, so batches by page range would leave most workers idle in this round
+    # round 3: crops and OCR of the figures and scanned pages, in batches of consecutive figures (pages in
+    # order) of about the same estimated cost: figures gather in a few chapters, so batches by page range
+    # would leave most workers idle in this round
     items: list[tuple[int, int | None, fg.PlannedFigure | None]] = [
         (pf.region.page, i, pf) for i, pf in enumerate(planned)
     ]
     items += [(pg.number, None, None) for pg in pages if pg.analysis is not None and pg.analysis.is_scan]
     items.sort(key=lambda t: (t[0], t[1] is None, t[1] or 0))
-    n_batches = min(len(ranges), len(items))
-    reqs: list[dict[str, Any]] = []
-    for k in range(n_batches):
-        batch = items[k * len(items) // n_batches : (k + 1) * len(items) // n_batches]
+    costs = [_render_cost(pages[n - 1], pf, cfg) for n, _, pf in items]
+    heads = [[h.page, h.y, h.path] for h in timeline]
+    tasks: list[Task] = []
+    asks: list[tuple[set[int], list[int]]] = []
+    for batch, cost in _batches(items, costs, RENDER_PER_RANGE * len(ranges)):
         needed = sorted({n for n, _, _ in batch})
-        reqs.append(
-            {
-                "op": "render",
-                "first": needed[0],
-                "last": needed[-1],
-                "pages": [_page_out(pages[n - 1]) for n in needed],
-                "planned": [[i, _planned_out(pf)] for _, i, pf in batch if pf is not None],
-                "scans": [n for n, i, _ in batch if i is None],
-                "timeline": [[h.page, h.y, h.path] for h in timeline if h.page <= needed[-1]],
-            }
-        )
+        req = {
+            **base,
+            "op": "render",
+            "first": needed[0],
+            "last": needed[-1],
+            "planned": [[i, _planned_out(pf)] for _, i, pf in batch if pf is not None],
+            "scans": [n for n, i, _ in batch if i is None],
+            "timeline": [h for h in heads if h[0] <= needed[-1]],
+        }
+        asks.append(({i for i, _ in req["planned"]}, req["scans"]))
+        tasks.append(Task(needed[0], needed[-1], needed, _with_pages(req, needed, entries), cost=cost))
     figs: dict[int, Figure | None] = {}
     scans: list[tuple[int, Figure, list[TextBlock] | None]] = []
-    for req, rep in zip(reqs, round_(reqs) if reqs else [], strict=True):
-        asked = {i for i, _ in req["planned"]}
+    for (asked, asked_scans), rep in zip(asks, round_(tasks) if tasks else [], strict=True):
         for i, d in rep["figures"]:
             if i not in asked:
                 raise ExtractionError(rel, "a worker sent a figure it was not asked for")
             figs[int(i)] = None if d is None else Figure.from_dict(d)
-        if [n for n, _, _ in rep["scans"]] != req["scans"]:
+        if [n for n, _, _ in rep["scans"]] != asked_scans:
             raise ExtractionError(rel, "a worker sent other scanned pages than asked for")
         for n, d, blocks in rep["scans"]:
             scans.append(

@@ -151,6 +151,7 @@ def worker_main() -> None:
                     req, cfg, ocr, lambda figs: _write_figure_crops(figs, index_dir)
                 )
             else:
+                pagerange.release()  # the pages of a previous document's ranges are not needed any more
                 doc = extract_file(
                     Path(req["path"]), req["rel"], cfg, ocr=ocr, split_pages=req.get("split_pages")
                 )
@@ -284,13 +285,23 @@ class _Worker:
         self.proc.wait()
 
     def close(self) -> None:
+        self.finish()
+        self.wait_closed()
+
+    def finish(self) -> None:
+        """Tell the worker to stop after its current request (it exits when its input ends)."""
         if self.alive():
             try:
                 assert self.proc.stdin is not None
                 self.proc.stdin.close()
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
+            except OSError:
                 self.kill()
+
+    def wait_closed(self) -> None:
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
 
 def _death_reason(rc: int | None, memory_mb: int) -> str:
@@ -351,6 +362,23 @@ def _accept_reply(resp: dict[str, Any]) -> dict[str, Any]:
     return resp
 
 
+PRESTART_BYTES_PER_PAGE = 4096  # a PDF this size per page of split_pages or more is probably split
+
+
+def _likely_split(path: Path, split_pages: int) -> bool:
+    try:
+        return (
+            Path(path).suffix.lower() == ".pdf"
+            and Path(path).stat().st_size >= PRESTART_BYTES_PER_PAGE * split_pages
+        )
+    except OSError:
+        return False
+
+
+def _import_pagerange() -> None:
+    from manualrag.indexer import pagerange  # noqa: F401
+
+
 class WorkerPool:
     """N extraction workers; documents go to whichever is free; a dead or hung worker is replaced."""
 
@@ -371,15 +399,34 @@ class WorkerPool:
         self._closed = False
         self._ever_started = False
         self._executors: list[ThreadPoolExecutor] = []
+        self._starting = 0  # workers being started ahead (prestart)
 
-    def _get(self) -> _Worker:
-        try:
-            w = self._idle.get_nowait()
+    def _get(self, prefer: _Worker | None = None) -> _Worker:
+        """An idle worker (``prefer`` if it is idle), a worker being started ahead (``prestart``) once it is
+        ready, or a new one."""
+        if prefer is not None:
+            with self._idle.mutex:
+                if prefer in self._idle.queue:
+                    self._idle.queue.remove(prefer)
+                    if prefer.alive():
+                        return prefer
+        while True:
+            try:
+                w = self._idle.get_nowait()
+            except queue.Empty:
+                with self._lock:
+                    starting = self._starting
+                if not starting:
+                    break
+                try:
+                    w = self._idle.get(timeout=0.05)
+                except queue.Empty:
+                    continue
             if w.alive():
                 return w
-        except queue.Empty:
-            pass
+        return self._get_new()
 
+    def _get_new(self) -> _Worker:
         def spawned(w: _Worker) -> None:
             with self._lock:
                 self._all.append(w)
@@ -393,21 +440,59 @@ class WorkerPool:
         req: dict[str, Any] = {"path": str(Path(path).absolute()), "rel": rel}  # the worker's cwd is not ours
         if self.split_pages:
             req["split_pages"] = self.split_pages
+            if Path(rel).suffix.lower() == ".pdf" and "manualrag.indexer.pagerange" not in sys.modules:
+                # the parent side of page ranges imports pymupdf: while the worker opens the PDF, not after
+                threading.Thread(target=_import_pagerange, name="import-pagerange", daemon=True).start()
         res = self._call(req, rel, lambda resp: _accept_document(resp, rel))
         if isinstance(res, int):  # a PDF with more pages than split_pages: extract it in page ranges
             from manualrag.indexer.pagerange import plan_ranges
 
             ranges = plan_ranges(res, self.split_pages, self.n)
+            self._prestart(min(self.n, len(ranges)))
             log.info("%s: %d pages, extracted in %d page ranges", rel, res, len(ranges))
             return self.extract_ranges(path, rel, ranges)
         return res
+
+    def _prestart(self, want: int) -> None:
+        """Start workers (in the background) until ``want`` are alive or starting: the page ranges of a
+        large PDF are about to need them, and a worker's imports take about a second."""
+        with self._lock:
+            if self._closed:
+                return
+            missing = want - sum(w.alive() for w in self._all) - self._starting
+            self._starting += max(0, missing)
+
+        def start() -> None:
+            try:
+                w = self._get_new()
+            except Exception:  # noqa: BLE001 - the request that needs a worker starts one and says why not
+                w = None
+            with self._lock:
+                if w is not None:
+                    self._idle.put(w)  # before the count drops: _get waits while workers are starting
+                self._starting -= 1
+
+        for _ in range(max(0, missing)):
+            threading.Thread(target=start, name="worker-prestart", daemon=True).start()
 
     def _call(self, req: dict[str, Any], rel: str, accept: Callable[[dict[str, Any]], Any]) -> Any:
         """Send one request to a free worker (at most n at once) and wait for its reply, under the time
         limit. Returns ``accept(reply)`` for a good reply, else the one-line FileError; ``accept`` raises
         _Invalid for a reply that cannot be used (the worker is killed: it may be in any state)."""
+        return self._call_with(lambda w: req, rel, accept)[0]
+
+    def _call_with(
+        self,
+        build: Callable[[_Worker], dict[str, Any] | None],
+        rel: str,
+        accept: Callable[[dict[str, Any]], Any],
+        prefer: _Worker | None = None,
+    ) -> tuple[Any, _Worker | None]:
+        """``_call`` of the request ``build(worker)`` makes for the worker it gets (``prefer`` if that one is
+        idle); ``build`` returns None when there is nothing left to send (the result is then None).
+        Returns the result and the worker."""
         with self._slots:
-            w = self._get()
+            w = self._get(prefer)
             if w.start_error:
                 if not self._ever_started:
                     # no worker of this run has ever started: every file would fail the same way, so it is a
@@ -418,8 +503,12 @@ class WorkerPool:
                         f"{w.start_error}; no extraction worker could start, so no file can be read (if the "
                         f"limit is the cause, raise config key 'isolation.memory_mb', now {self.memory_mb})"
                     )
-                return FileError(rel, w.start_error)
+                return FileError(rel, w.start_error), None
             self._ever_started = True
+            req = build(w)
+            if req is None:
+                self._idle.put(w)
+                return None, w
             timed_out = threading.Event()
 
             def on_timeout() -> None:
@@ -440,8 +529,8 @@ class WorkerPool:
             if not line:
                 rc = w.proc.wait()
                 if timed_out.is_set():
-                    return FileError(rel, f"extraction timed out after {self.timeout} s")
-                return FileError(rel, _death_reason(rc, self.memory_mb))
+                    return FileError(rel, f"extraction timed out after {self.timeout} s"), w
+                return FileError(rel, _death_reason(rc, self.memory_mb)), w
             # the worker parses untrusted files: what it sends back is checked like any untrusted input
             try:
                 resp = json.loads(line)
@@ -449,21 +538,23 @@ class WorkerPool:
                     raise ValueError("not an object")
             except ValueError:  # never happens with our worker; a garbled reply costs the file, not the run
                 w.kill()
-                return FileError(rel, "extraction worker sent an unreadable reply")
+                return FileError(rel, "extraction worker sent an unreadable reply"), w
             if not resp.get("ok"):
                 self._idle.put(w)
                 if resp.get("fatal"):
                     from manualrag.errors import ManualragError
 
                     raise ManualragError(str(resp.get("reason")))
-                return FileError(rel, " ".join(str(resp.get("reason") or "extraction failed").split())[:400])
+                return FileError(
+                    rel, " ".join(str(resp.get("reason") or "extraction failed").split())[:400]
+                ), w
             try:
                 result = accept(resp)
             except _Invalid as exc:
                 w.kill()
-                return FileError(rel, f"extraction worker sent an invalid result: {exc}")
+                return FileError(rel, f"extraction worker sent an invalid result: {exc}"), w
             self._idle.put(w)
-            return result
+            return result, w
 
     def extract_ranges(self, path: Path, rel: str, ranges: list[tuple[int, int]]) -> Document | FileError:
         """One PDF in page ranges ((first, last), 1-based, covering every page in order), each round's
@@ -471,12 +562,64 @@ class WorkerPool:
         from manualrag.errors import ExtractionError
         from manualrag.indexer import pagerange
 
-        def run(reqs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            with ThreadPoolExecutor(max_workers=min(self.n, len(reqs))) as pool:
-                results = list(pool.map(lambda r: self._call(r, rel, _accept_reply), reqs))
-            for r, res in zip(reqs, results, strict=True):
-                if isinstance(res, FileError):
-                    raise ExtractionError(rel, f"pages {r['first']}-{r['last']}: {res.reason}")
+        held: dict[_Worker, set[int]] = {}  # pages of this document that each worker has read or was sent
+
+        def run(tasks: list[pagerange.Task]) -> list[dict[str, Any]]:
+            """Each worker takes tasks as ``pagerange.pick`` says (those whose pages it holds first); a task's
+            ``done`` runs in its worker's thread."""
+            results: list[Any] = [None] * len(tasks)
+            pending = list(range(len(tasks)))
+            lock = threading.Lock()
+            failed: list[tuple[pagerange.Task, FileError]] = []
+            last: dict[_Worker, int] = {}  # the task each worker took last in this round
+
+            def build(w: _Worker, got: list[int]) -> dict[str, Any] | None:
+                with lock:
+                    if failed or not pending:
+                        return None
+                    mine = held.setdefault(w, set())
+                    k = pagerange.pick(tasks, pending, mine, last.get(w))
+                    pending.remove(k)
+                    last[w] = k
+                got.append(k)
+                return tasks[k].build(mine)
+
+            def loop() -> None:
+                w: _Worker | None = None
+                try:
+                    while True:
+                        got: list[int] = []
+                        res, w = self._call_with(
+                            functools.partial(build, got=got), rel, _accept_reply, prefer=w
+                        )
+                        if isinstance(res, FileError):
+                            with lock:  # a worker that did not start fails the next task
+                                k = got[0] if got else pending.pop(0) if pending else 0
+                                failed.append((tasks[k], res))
+                            return
+                        if not got:
+                            return
+                        done = tasks[got[0]].done
+                        if done is not None:
+                            done(res)
+                        results[got[0]] = res
+                        with lock:
+                            held.setdefault(w, set()).update(tasks[got[0]].pages)  # type: ignore[arg-type]
+                except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                    with lock:
+                        errors.append(exc)
+
+            errors: list[BaseException] = []
+            threads = [threading.Thread(target=loop, daemon=True) for _ in range(min(self.n, len(tasks)))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+            if failed:
+                task, err = min(failed, key=lambda f: f[0].first)
+                raise ExtractionError(rel, f"pages {task.first}-{task.last}: {err.reason}")
             return results
 
         try:
@@ -549,6 +692,14 @@ class WorkerPool:
                     self._kill_busy()
                 ex.shutdown(wait=True, cancel_futures=True)
 
+        if (
+            self.split_pages
+            and len(items) < self.n
+            and any(_likely_split(p, self.split_pages) for _, p, _ in items)
+        ):
+            # fewer documents than workers, one of them probably extracted in page ranges: start the workers
+            # that its ranges will need now, not once the first worker has counted its pages
+            self._prestart(self.n)
         submit_more()  # the workers start now, before the caller asks for the first result
         return results()
 
@@ -568,7 +719,10 @@ class WorkerPool:
             if kill:
                 w.kill()
             else:
-                w.close()
+                w.finish()  # every worker at once: each takes a few tenths of a second to exit
+        for w in workers:
+            if not kill:
+                w.wait_closed()
         # the threads that feed workers: none is left writing crops or caches once close() returns
         for ex in self._executors:
             ex.shutdown(wait=True, cancel_futures=True)

@@ -5,9 +5,12 @@ headings, captions that start the next page across a range border, OCR, ids."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pymupdf
@@ -187,3 +190,82 @@ def test_timeline_lookup_equals_the_scan() -> None:
         for _ in range(20):
             page, y = rnd.randint(0, 7), rnd.choice([*ys, 5.0, 99.0, 101.0, float("-inf")])
             assert _heading_at(indexed, page, y) == _heading_at(list(entries), page, y), (entries, page, y)
+
+
+@needs_corpus
+def test_worker_reads_pages_again_when_it_no_longer_holds_them(cfg: dict) -> None:
+    """Later rounds send a worker only what planning changed in the lines of pages it read; a worker that
+    has since served another document (its pages forgotten) reads them again: still the one-worker Document."""
+    from manualrag.indexer import pagerange
+    from manualrag.indexer.extract import extract_file
+
+    c = copy.deepcopy(cfg)
+    c["ocr"]["enabled"] = False
+    held: set[int] = set()
+    sent_whole: list[int] = []
+
+    def run(tasks: list[pagerange.Task]) -> list[dict]:
+        replies = []
+        for t in tasks:
+            req = t.build(held)  # as if this worker held every page read so far ...
+            sent_whole.extend(e[0] for e in req.get("pages", []) if e[1] is not None)
+            pagerange.release()  # ... but it served another document in between
+            rep = pagerange.handle(json.loads(json.dumps(req)), c, None, lambda figs: None)
+            rep = json.loads(json.dumps(rep))
+            if t.done is not None:
+                t.done(rep)
+            replies.append(rep)
+            held.update(t.pages)
+        return replies
+
+    try:
+        ranged = pagerange.extract_in_ranges(run, NETGEN, NETGEN.name, c, [(1, 10), (11, 39)])
+    finally:
+        pagerange.release()
+    one = extract_file(NETGEN, NETGEN.name, c)
+    assert sent_whole == []  # nothing was sent again: every page was read again by the worker
+    for d in (ranged, one):
+        for f in d.figures + d.boilerplate:
+            f.png = None
+    assert ranged.to_dict() == one.to_dict()
+
+
+def test_pymupdf_comes_without_the_layout_model_until_it_is_needed() -> None:
+    """Extraction imports pymupdf without loading its layout model (~0.6 s of CPU in every worker and in the
+    parent of page ranges); the model still loads and answers when a page needs it."""
+    code = (
+        "import sys; from manualrag.indexer import figures, pagerange, extract; import pymupdf; "
+        "assert 'pymupdf.layout' not in sys.modules and pymupdf._get_layout is None; "
+        "doc = pymupdf.open(sys.argv[1]); boxes = figures.page_layout_boxes(doc[13]); "
+        "assert 'pymupdf.layout' in sys.modules and callable(pymupdf._get_layout); "
+        "print(sum(c == 'picture' for c, _ in boxes))"
+    )
+    xfig = CORPUS / "xfig-howto.pdf"
+    if not xfig.is_file():
+        pytest.skip(f"corpus not found at {CORPUS}")
+    out = subprocess.run([sys.executable, "-c", code, str(xfig)], capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) >= 1
+
+
+def test_each_worker_takes_a_contiguous_part_and_its_own_pages_first() -> None:
+    from manualrag.indexer.pagerange import Task, pick
+
+    tasks = [Task(100 * k + 1, 100 * k + 100, [], lambda held: {}) for k in range(10)]
+    pending = list(range(10))
+    order: dict[str, list[int]] = {"a": [], "b": []}
+    last: dict[str, int | None] = {"a": None, "b": None}
+    for w in ["a", "b", "a", "b", "a", "b", "a", "b", "a", "b"]:  # the workers take turns
+        k = pick(tasks, pending, set(), last[w])
+        pending.remove(k)
+        order[w].append(k)
+        last[w] = k
+    assert order["a"] == [0, 1, 2, 3, 4] and order["b"] == [6, 7, 8, 9, 5]  # page 1 on; the middle on
+    # a later round: the costliest task on pages it holds first, then the middle of the others' run
+    tasks = [
+        Task(10 * k + 1, 10 * k + 10, [], lambda held: {}, cost=c) for k, c in enumerate([1, 5, 1, 1, 1, 1])
+    ]
+    held = set(range(1, 31))  # pages of tasks 0-2
+    assert pick(tasks, [0, 1, 2, 3, 4, 5], held, None) == 1
+    assert pick(tasks, [0, 2, 3, 4, 5], held, 1) == 0
+    assert pick(tasks, [3, 4, 5], held, 2) == 3  # the next one after its last
+    assert pick(tasks, [4, 5], held, 2) == 5  # the middle of what is left, by cost
