@@ -40,6 +40,7 @@ WEIGHTS = {
 
 _VECTORS_OF = {"clip": "image", "text": "sem"}  # the store kind whose presence says a channel was indexed
 _CHANNEL_NAME = {"clip": "dense channels", "text": "text channel"}
+FIGURE_BATCH = 40  # fused things whose figure rows _hits reads at a time
 CAPTION_PASSAGE_MAX_WORDS = 40  # longer passages hold more than a caption: they stay text hits
 _FIG_REF = re.compile(
     r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I
@@ -518,10 +519,19 @@ class Retriever:
         source: str | None,
         passages: dict[str, Any],
     ) -> list[Hit]:
-        """The hits, best first; ``passages``: every candidate passage by id, read in this query's snapshot."""
-        figures = self.manifest.figures([f.key[1] for f in fused if f.key[0] == "figure"])
+        """The hits, best first; ``passages``: every candidate passage by id, read in this query's snapshot.
+
+        Figure rows are read as the walk down ``fused`` reaches them, a batch of the next things at a time:
+        the k hits are usually among the first few dozen of the ~150 fused things."""
+        figures: dict[str, Any] = {}
+        fetched = 0  # fused[:fetched] have had their figure rows read
         hits: list[Hit] = []
-        for f in fused:
+        for i, f in enumerate(fused):
+            if i >= fetched:
+                fetched = i + FIGURE_BATCH
+                figures.update(
+                    self.manifest.figures([g.key[1] for g in fused[i:fetched] if g.key[0] == "figure"])
+                )
             kind, ref = f.key
             if kind == "passage":
                 p = passages.get(ref)
