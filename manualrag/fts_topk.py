@@ -9,11 +9,22 @@ records) a heading query took ~115 ms at the median to score, against ~11 ms to 
 Here the candidates are the rows that hold one of the query's rarest phrases (ascending document frequency,
 read from an ``fts5vocab`` table in microseconds, while their frequencies add up to at most
 ``CANDIDATE_ROWS``, in an index of more than ``BOUND_FACTOR`` times that many rows; multi-token phrases and
-part-number prefixes always choose rows), and FTS5's own
-``bm25()`` scores them for the *whole* query: every returned score is exactly the plain query's score of that
-row, and so is the order (ties by rowid). What can differ: a row that holds none of the rare phrases, only
-common ones, is not considered. The result is *proven* identical to the plain query when the k-th score
-exceeds the largest score such a row could reach: bm25 sums, per phrase,
+part-number prefixes always choose rows), and FTS5's own ``bm25()`` scores them for the *whole* query. Two
+queries do it, neither of which enumerates the rows that hold only common phrases (an earlier single query,
+``MATCH <all phrases> AND +rowid IN (<rare rows>)``, still walked every match of the OR to test it against
+the candidates: half its time at 243k rows): ``MATCH <rare>`` scores every candidate for the rare phrases,
+which is its whole score when it holds no common phrase, and ``MATCH (<rare>) AND (<common>)`` scores the
+candidates that hold both kinds, each phrase once (see :meth:`FtsTopK._rare_rows`).
+
+Every returned score is the plain query's score of that row, and the order is the plain query's (ties by
+rowid), with one reservation: ``bm25()`` adds the per-phrase terms in the order the phrases appear in the
+expression, and the second query lists the rare phrases first, so the score of a row holding three or more
+of the phrases may differ from the plain query's in the last bits (measured: at most 4e-16 relative). Rows
+whose scores tie to 1e-12 are put in rowid order, the plain query's order of tied rows, so a tie summed in
+another order stays a tie (scores closer than 1e-12 that the plain query does not see as tied would come in
+rowid order too). What can differ: a row that holds none
+of the rare phrases, only common ones, is not considered. The result is *proven* identical to the plain
+query when the k-th score exceeds the largest score such a row could reach: bm25 sums, per phrase,
 ``idf * f * (k1 + 1) / (f + k1 * (1 - b + b * D / avgdl))``, each term below ``idf * (k1 + 1)``, with
 ``idf = log((N - n + 0.5) / (n + 0.5))`` from the phrase's document frequency ``n`` (fts5_aux.c: k1 = 1.2,
 b = 0.75). ``last_plan`` says which case a query was.
@@ -27,6 +38,7 @@ from collections.abc import Sequence
 
 K1, B = 1.2, 0.75  # FTS5's bm25() constants (fts5_aux.c)
 _EPS = 1e-9  # relative margin against rounding in the bound comparison
+_TIE = 1e-12  # scores this close (relative) are a tie summed in another order: ordered by rowid
 CANDIDATE_ROWS = 12000  # rows the rarest phrases may choose for scoring (by document frequency)
 # bound only where the plain query may score this many times more rows (below, the second MATCH the bounded
 # query runs costs more than it saves: measured slower at 25k lexical rows, 1.7x faster at 174k)
@@ -67,6 +79,7 @@ class FtsTopK:
         self.candidate_rows = CANDIDATE_ROWS
         self._df: dict[str, int] = {}
         self._n = 0
+        self._must_prove = False  # the last query's phrases hold few rows: bound only when proven exact
         self.last_plan = ""  # "plain" or "bounded (...)": what the last query did (tests, benches)
 
     def close(self) -> None:
@@ -119,16 +132,10 @@ class FtsTopK:
         return {t: got.get(t, 0) for t in uniq}
 
     # -------------------------------------------------------------------------------------------- query
-    def _ranked(self, match: str, limit: int, among: str | None = None) -> list[tuple]:
-        """``(rowid, ref_type, ref_id, bm25)`` of ``match``, best first (ties by rowid); only the rows that
-        match ``among`` when given (the unary + keeps SQLite from handing those rowids to FTS5 one xFilter
-        call at a time, each computing every phrase's idf again)."""
+    def _ranked(self, match: str, limit: int) -> list[tuple]:
+        """``(rowid, ref_type, ref_id, bm25)`` of ``match``, best first (ties by rowid)."""
         sql = f"SELECT rowid, ref_type, ref_id, {self.bm25} AS s FROM {self.table} WHERE {self.table} MATCH ?"
-        params: list[object] = [match]
-        if among is not None:
-            sql += f" AND +rowid IN (SELECT rowid FROM {self.table} WHERE {self.table} MATCH ?)"
-            params.append(among)
-        return self.conn.execute(sql + " ORDER BY s, rowid LIMIT ?", (*params, int(limit))).fetchall()
+        return self.conn.execute(sql + " ORDER BY s, rowid LIMIT ?", (match, int(limit))).fetchall()
 
     def search(self, phrases: Sequence[str], limit: int) -> list[tuple]:
         """``(ref_type, ref_id, bm25)`` rows (bm25 negative, best first) of ``phrases`` OR-ed, the top ``limit``.
@@ -143,15 +150,51 @@ class FtsTopK:
         if rare is None:
             self.last_plan = "plain"
             return [r[1:] for r in self._ranked(full, limit)]
-        rows = self._ranked(full, limit, " OR ".join(rare))
+        rows = self._rare_rows(phrases, rare, limit)
         if len(rows) < limit:  # the rare phrases hold too few rows: every row counts
             self.last_plan = "plain"
             return [r[1:] for r in self._ranked(full, limit)]
-        # exact when the rows left out (holding only common phrases) provably score below the k-th row
-        slack = sum((K1 + 1.0) * idf(self._n, self._df[p]) for p in phrases if p not in rare)
-        exact = len(rows) == limit and -float(rows[-1][3]) > slack * (1.0 + _EPS)
+        exact = self._proven(phrases, rare, rows, limit)
+        if self._must_prove and not exact:
+            self.last_plan = "plain (bounded, not proven exact)"
+            return [r[1:] for r in self._ranked(full, limit)]
         self.last_plan = f"bounded ({len(rare)} of {len(phrases)} phrases chose the rows, {'exact' if exact else 'not proven exact'})"
         return [r[1:] for r in rows]
+
+    def _proven(self, phrases: list[str], rare: list[str], rows: list[tuple], limit: int) -> bool:
+        """Whether ``rows`` (the top rows holding a phrase of ``rare``) are the whole query's top ``limit``:
+        the rows left out, holding only common phrases, provably score below the k-th row."""
+        slack = sum((K1 + 1.0) * idf(self._n, self._df[p]) for p in phrases if p not in rare)
+        return len(rows) == limit and -float(rows[-1][3]) > slack * (1.0 + _EPS)
+
+    def _rare_rows(self, phrases: list[str], rare: list[str], limit: int) -> list[tuple]:
+        """The top ``limit`` rows holding a phrase of ``rare``, scored by ``bm25()`` for every phrase (best
+        first, ties by rowid), without enumerating the rows that hold only common phrases: two queries.
+
+        * ``(rare) AND (common)``: the rows holding phrases of both kinds, each phrase in the expression
+          once, so ``bm25()`` is the whole query's score (its terms summed rare phrases first: see the
+          module doc on the last bits);
+        * ``rare``: every rare row scored for the rare phrases only, which *is* the whole query's score of
+          a row without common phrases (their terms are 0.0) and below it for the others.
+
+        The union, each row with its score from the first query where it has one, holds the top rows: a rare
+        row missing from it either scores below the second query's ``limit`` rows, whose whole scores are at
+        least as good, or holds a common phrase and scores below the first query's ``limit`` rows."""
+        common = [p for p in phrases if p not in rare]
+        rare_or = " OR ".join(rare)
+        best: dict[int, tuple] = {r[0]: r for r in self._ranked(rare_or, limit)}
+        best.update((r[0], r) for r in self._ranked(f"({rare_or}) AND ({' OR '.join(common)})", limit))
+        rows = sorted(best.values(), key=lambda r: (r[3], r[0]))
+        # scores that tie but for those last bits keep the plain query's order of tied rows: by rowid
+        out: list[tuple] = []
+        i = 0
+        while i < len(rows):
+            j = i + 1
+            while j < len(rows) and float(rows[j][3]) - float(rows[i][3]) <= _TIE * abs(float(rows[i][3])):
+                j += 1
+            out.extend(sorted(rows[i:j], key=lambda r: r[0]))
+            i = j
+        return out[:limit]
 
     def _candidate_phrases(self, phrases: list[str], limit: int) -> list[str] | None:
         """The rarest phrases, whose rows are the candidates (at most ``candidate_rows`` by document
@@ -171,8 +214,11 @@ class FtsTopK:
             return None
         dfs = self.doc_freqs(list(single.values()))
         self._df = {p: dfs[t] for p, t in single.items()}
-        if sum(self._df.values()) <= BOUND_FACTOR * self.candidate_rows:
+        total = sum(self._df.values())
+        if total <= self.candidate_rows:
             return None
+        # a query whose phrases hold few rows is bounded only where it is proven exact (else: plain)
+        self._must_prove = total <= BOUND_FACTOR * self.candidate_rows
         # phrases without a vocabulary row (multi-token, prefix: part numbers, "x3 x4") always choose rows
         rare = [p for p in phrases if p not in self._df]
         seen = 0

@@ -38,6 +38,7 @@ CHANNELS = ("clip", "sem")
 # bm25 column weights: caption (passage heading / figure caption), labels (figure labels + OCR), body
 W_CAPTION, W_LABELS, W_BODY = 2.0, 1.5, 1.0
 _CHUNK = 500  # ids per IN (...) list
+READER_MMAP_BYTES = 1 << 30  # of index.sqlite a read-only connection maps into memory (SQLite's mmap_size)
 
 
 class ManifestSchemaError(ManualragError):
@@ -237,6 +238,9 @@ class Manifest:
             conn.execute("PRAGMA busy_timeout = 5000")
             if readonly:
                 conn.execute("PRAGMA query_only = 1")
+                # a reader's row lookups (a query's candidate passages and figures, spread over the file)
+                # read mapped pages instead of a read() call and a copy each: measured 2x faster at 1M records
+                conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
             else:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -602,6 +606,15 @@ class Manifest:
     def figures(self, ids: Iterable[str]) -> dict[str, FigureRow]:
         return {r["id"]: _figure_row(r) for r in self._by_ids("figures", ids)}
 
+    def figure_places(self, ids: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """(document path, first page) of each figure: what page support needs, without whole rows."""
+        out: dict[str, tuple[str, int]] = {}
+        uniq = list(dict.fromkeys(ids))
+        for part in _chunks(uniq):
+            sql = f"SELECT id, doc_path, json_extract(pages, '$[0]') FROM figures WHERE id IN ({_marks(len(part))})"
+            out.update({r[0]: (r[1], int(r[2] or 0)) for r in self._query(sql, part)})
+        return out
+
     def figures_on_page(self, doc_path: str, page: int) -> list[FigureRow]:
         """Figures of ``doc_path`` shown on ``page`` (any of their pages), in id order."""
         rows = self._query(
@@ -621,15 +634,18 @@ class Manifest:
     def captions_on_pages(self, pages: Iterable[tuple[str, int]]) -> list[tuple[str, str, int, str]]:
         """(figure id, doc path, page, caption) of the captioned, non-boilerplate figures shown on these
         (doc path, page) pairs."""
-        pairs = list(dict.fromkeys(pages))
+        pairs = list(dict.fromkeys((str(d), int(p)) for d, p in pages))
         out: list[tuple[str, str, int, str]] = []
         for i in range(0, len(pairs), 200):
             part = pairs[i : i + 200]
+            docs = list(dict.fromkeys(d for d, _ in part))
+            # ``doc_path IN`` lets SQLite read only these documents' figures (index figures_doc): the
+            # (doc, page) row-value test alone scanned every figure of the index, ~20 ms a query at 1M records
             rows = self._query(
                 "SELECT f.id, f.doc_path, j.value AS page, f.caption FROM figures AS f, json_each(f.pages) AS j"
-                " WHERE f.boilerplate = 0 AND f.caption != ''"
+                f" WHERE f.doc_path IN ({_marks(len(docs))}) AND f.boilerplate = 0 AND f.caption != ''"
                 f" AND (f.doc_path, j.value) IN (VALUES {','.join(['(?, ?)'] * len(part))})",
-                [x for pair in part for x in pair],
+                [*docs, *(x for pair in part for x in pair)],
             )
             out.extend((r["id"], r["doc_path"], int(r["page"]), r["caption"]) for r in rows)
         return out

@@ -40,6 +40,7 @@ WEIGHTS = {
 
 _VECTORS_OF = {"clip": "image", "text": "sem"}  # the store kind whose presence says a channel was indexed
 _CHANNEL_NAME = {"clip": "dense channels", "text": "text channel"}
+FIGURE_BATCH = 40  # fused things whose figure rows _hits reads at a time
 CAPTION_PASSAGE_MAX_WORDS = 40  # longer passages hold more than a caption: they stay text hits
 _FIG_REF = re.compile(
     r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I
@@ -444,12 +445,14 @@ class Retriever:
             # standardise reliably; they are fused by rank, image->image first (query by example)
             method = rc["fusion"] if text else "rrf"
             fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
-            figures = self.manifest.figures([f.key[1] for f in fused if f.key[0] == "figure"])
             if method == "zscore":
                 place_of = {("passage", i): (p.doc_path, p.page) for i, p in passages.items()}
-                place_of.update({("figure", i): (g.doc_path, g.page) for i, g in figures.items()})
+                figure_ids = [f.key[1] for f in fused if f.key[0] == "figure"]
+                place_of.update(
+                    {("figure", i): at for i, at in self.manifest.figure_places(figure_ids).items()}
+                )
                 fused = page_support(fused, place_of)
-            hits = self._hits(fused, text or "", k, modality, source, passages, figures)
+            hits = self._hits(fused, text or "", k, modality, source, passages)
             timings["fusion"] += time.perf_counter() - t0
         cold = {key: v for key, v in self._cold.items() if v > 0}
         self._cold.clear()
@@ -522,12 +525,20 @@ class Retriever:
         modality: str,
         source: str | None,
         passages: dict[str, Any],
-        figures: dict[str, Any],
     ) -> list[Hit]:
-        """The hits, best first; ``passages`` and ``figures``: every candidate passage and figure by id, read
-        in this query's snapshot."""
+        """The hits, best first; ``passages``: every candidate passage by id, read in this query's snapshot.
+
+        Figure rows are read as the walk down ``fused`` reaches them, a batch of the next things at a time:
+        the k hits are usually among the first few dozen of the ~150 fused things."""
+        figures: dict[str, Any] = {}
+        fetched = 0  # fused[:fetched] have had their figure rows read
         hits: list[Hit] = []
-        for f in fused:
+        for i, f in enumerate(fused):
+            if i >= fetched:
+                fetched = i + FIGURE_BATCH
+                figures.update(
+                    self.manifest.figures([g.key[1] for g in fused[i:fetched] if g.key[0] == "figure"])
+                )
             kind, ref = f.key
             if kind == "passage":
                 p = passages.get(ref)

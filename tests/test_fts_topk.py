@@ -115,3 +115,30 @@ def test_a_read_only_index_stays_read_only(index):
     assert index.conn.execute("PRAGMA query_only").fetchone()[0] == 1
     with pytest.raises(sqlite3.OperationalError):
         index.conn.execute("DELETE FROM lexical_rows")
+
+
+@pytest.mark.parametrize("query", [q for q in QUERIES if len(fts_phrases(q)) >= 2])
+@pytest.mark.parametrize("n_rare", [1, 2, 3])
+def test_rare_rows_are_the_top_rows_holding_a_rare_phrase(index, query, n_rare):
+    """The two-query scoring of the candidates (rare phrases alone, then rare AND common) gives what the
+    plain query gives restricted to the rows holding a rare phrase: the same rows in the same order, each
+    with its plain score (to the last bits: bm25 sums the phrases in another order, and rows tied in the
+    plain query stay in its rowid order), for any choice of rare phrases and limits below and above the
+    number of such rows."""
+    phrases = list(dict.fromkeys(fts_phrases(query)))
+    rare = phrases[-n_rare:] if n_rare < len(phrases) else phrases[-1:]
+    index.match_lexical_phrases(phrases, 1)  # makes the helper
+    tk = index._topk
+    holding = {r[0] for r in index.conn.execute(
+        "SELECT rowid FROM lexical WHERE lexical MATCH ?", (" OR ".join(rare),)
+    )}  # fmt: skip
+    every = index.conn.execute(
+        f"SELECT rowid, ref_type, ref_id, {tk.bm25} AS s FROM lexical WHERE lexical MATCH ?"
+        " ORDER BY s, rowid",
+        (" OR ".join(phrases),),
+    ).fetchall()
+    for limit in (1, 5, 10, len(holding) + 3):
+        want = [tuple(r) for r in every if r[0] in holding][:limit]
+        got = tk._rare_rows(phrases, rare, limit)
+        assert [r[:3] for r in got] == [r[:3] for r in want]
+        assert [r[3] for r in got] == pytest.approx([r[3] for r in want], rel=1e-12)

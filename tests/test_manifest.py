@@ -463,3 +463,35 @@ def test_constructor_takes_the_db_file_or_the_folder(tmp_path):
         assert r2.documents() == d
     with pytest.raises(IndexNotFoundError, match="manualrag index"):
         Manifest(tmp_path / "none" / DB_NAME, readonly=True)
+
+
+def test_captions_on_pages_reads_only_the_pages_asked_for(manifest):
+    """(figure id, doc, page, caption) of the captioned, non-boilerplate figures shown on the (doc, page)
+    pairs: any page of a figure spanning several, other documents' same pages left out, over more pairs than
+    one statement takes (200)."""
+    index_doc(manifest)  # DOC: f1 "Figure 3" on pages 2 and 7, f2 uncaptioned, f3 boilerplate on 1-4
+    other, other_id = "other.pdf", "fedcba9876543210"
+    g = figure("e" * 64, pages=[7], caption="Figure 9: Pump curve")
+    gid = f"{other_id}:f:{g.digest[:16]}"
+    manifest.begin_document(other)
+    manifest.replace_rows(other, [passage(0, "pump curve", path=other, doc_id=other_id)], [], [(gid, g)])
+    manifest.commit_document(doc_row(other, doc_id=other_id))
+    f1 = f"{DOC_ID}:f:{'a' * 16}"
+    assert manifest.captions_on_pages([(DOC, 7)]) == [(f1, DOC, 7, "Figure 3: Sensor wiring")]
+    assert manifest.captions_on_pages([(DOC, 2), (DOC, 2)]) == [(f1, DOC, 2, "Figure 3: Sensor wiring")]
+    assert manifest.captions_on_pages([(DOC, 1), (DOC, 3), (other, 2), ("missing.pdf", 7)]) == []
+    many = [(f"doc{i}.pdf", i) for i in range(450)] + [(other, 7), (DOC, 7)]
+    assert sorted(manifest.captions_on_pages(many)) == sorted(
+        [(f1, DOC, 7, "Figure 3: Sensor wiring"), (gid, other, 7, "Figure 9: Pump curve")]
+    )
+
+
+def test_figure_places_are_the_document_and_first_page_of_each_figure(manifest):
+    """What page support reads for every candidate figure: the same (doc, first page) as the whole rows say,
+    unknown ids left out, over more ids than one statement takes."""
+    index_doc(manifest)
+    rows = manifest.figures_of_doc(DOC)
+    ids = [r.id for r in rows]
+    places = manifest.figure_places(ids + ["missing:f:0000000000000000"] + [f"x{i}" for i in range(450)])
+    assert places == {r.id: (r.doc_path, r.page) for r in rows}
+    assert places[f"{DOC_ID}:f:{'a' * 16}"] == (DOC, 2)  # f1 spans pages 2 and 7

@@ -225,3 +225,20 @@ def test_a_passage_that_is_only_a_caption_counts_for_its_figure(tmp_path):
         ).hits
     assert caption_passages[0] not in [h.id for h in hits]
     assert hits[0].kind == "image" and hits[0].page == 13 and hits[0].caption == "Figure 3: Schematic Symbols"
+
+
+@pytest.mark.parametrize("modality", ["all", "image", "text"])
+def test_figure_rows_read_in_batches_give_the_same_hits(retriever, monkeypatch, modality):
+    """_hits reads figure rows a batch of fused things at a time (not all ~150 up front): the hits are the
+    ones reading every row first gives, also when the walk passes several batches (image hits only, with
+    passages skipped; one thing a batch)."""
+    from manualrag.retriever import search
+
+    def hits(batch: int) -> list[dict]:
+        monkeypatch.setattr(search, "FIGURE_BATCH", batch)
+        return [
+            h.to_dict() for h in retriever.search("wiring diagram X3 sensor", k=8, modality=modality).hits
+        ]
+
+    every_row_first = hits(10**9)
+    assert every_row_first and hits(1) == every_row_first
