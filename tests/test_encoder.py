@@ -403,3 +403,47 @@ def test_siglip2_variable_resolution_images(clip_tokenizer_dir: Path, tmp_path: 
     assert v.shape == (2, 64)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert enc.embed_texts(["a pump", "b"]).shape == (2, 64)
+
+
+def test_split_batches_covers_each_item_once_in_whole_rounds_of_workers():
+    from manualrag.encoder import split_batches
+
+    for n, size, workers in ((834, 32, 2), (254, 32, 2), (40, 32, 2), (16, 32, 2), (5, 32, 2), (7, 2, 3)):
+        parts = split_batches(list(range(n)), size, workers)
+        assert [i for p in parts for i in p] == list(range(n))  # order kept, nothing lost or repeated
+        assert max(len(p) for p in parts) <= size
+        if n // 8 >= workers:  # enough texts for every worker: no core idles on a last, lone batch
+            assert len(parts) % workers == 0, (n, [len(p) for p in parts])
+    assert [len(p) for p in split_batches(list(range(5)), 32, 2)] == [5]  # too few to split
+    assert split_batches([], 32, 2) == []
+
+
+def test_batches_side_by_side_give_the_vectors_of_batches_one_after_another(
+    clip: ClipEncoder, minilm: TextEncoder, monkeypatch: pytest.MonkeyPatch
+):
+    """run_batches: batches on their own threads (one torch thread each) give the same vectors, in input
+    order, as batches run one after another on all threads; the caller's torch thread count is kept."""
+    import torch
+
+    from manualrag.encoder import _probe_images
+
+    texts = [f"{t} ({i} {'x' * (i % 7)})" for i, t in enumerate(TEXTS * 8)]  # 40 texts, mixed lengths
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # side by side even on a 1-core runner
+    try:
+        runs = [
+            (minilm, minilm.embed_texts, texts),
+            (clip, clip.embed_texts, texts),
+            (clip, clip.embed_images, _probe_images()),
+        ]
+        for enc, embed, items in runs:
+            assert enc_mod.batch_workers(enc.device, len(items)) == 2
+            side = embed(items)
+            assert torch.get_num_threads() == 2
+            with monkeypatch.context() as m:
+                m.setattr(enc_mod, "batch_workers", lambda device, n_items: 1)
+                one = embed(items)
+            np.testing.assert_allclose(side, one, atol=1e-6)
+            np.testing.assert_allclose(side[3], embed(items[3:4])[0], atol=2e-5)  # alone: the same vector
+    finally:
+        torch.set_num_threads(saved)
