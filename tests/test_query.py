@@ -185,6 +185,28 @@ def test_query_table_shows_image_hit_with_caption_and_crop(index):
     )
 
 
+def test_query_model_none_turns_the_dense_channels_off_instead_of_loading_a_model_named_none(index):
+    """`--model none` on an index built with CLIP: the query runs without the dense channels (no attempt to
+    load a checkpoint called 'none', whose error would advise --model none); asking for them anyway is a
+    one-line usage error."""
+    idx, cfg_path = index
+    base = ["--config", str(cfg_path), "query", "electric wiring layout", "--index-dir", str(idx)]
+
+    def dense_found(hits):
+        return any(c.startswith("dense") for h in hits for c in h["channels"])
+
+    res = CliRunner().invoke(main, [*base, "--json"])
+    assert res.exit_code == 0 and dense_found(json.loads(res.stdout)), res.output
+    res = CliRunner().invoke(main, [*base, "--model", "none", "--json"])
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)
+    assert hits and not dense_found(hits)
+    assert "Hugging Face" not in res.output and "no CLIP model for queries (model: none)" in res.stderr
+    res = CliRunner().invoke(main, [*base, "--model", "none", "--channels", "dense"])
+    assert res.exit_code == 2 and "no CLIP model for queries (model: none)" in res.output
+    assert "Traceback" not in res.output
+
+
 def test_missing_index_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(main, ["query", "anything", "--index-dir", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "manualrag index" in res.output
