@@ -1064,10 +1064,14 @@ class ClipEncoder(_TextSide):
         images = list(images)
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         workers = batch_workers(self.device, len(images))
-        jobs = []
-        for idx in split_batches(range(len(images)), self.batch_size, workers, MIN_IMAGES_PER_SPLIT):
-            inputs = self.image_processor([self.prepare_image(images[i]) for i in idx], return_tensors="pt")
-            jobs.append((idx, inputs))
+        splits = split_batches(range(len(images)), self.batch_size, workers, MIN_IMAGES_PER_SPLIT)
+
+        def prepare(idx: list[int]) -> Any:
+            return self.image_processor([self.prepare_image(images[i]) for i in idx], return_tensors="pt")
+
+        # decoding and resizing (PIL lets go of the GIL) run side by side too: for large crops they cost
+        # as much as the forward, and the same in every dtype
+        jobs = list(zip(splits, run_batches(prepare, splits, workers), strict=True))
 
         def run(inputs: Any) -> np.ndarray:
             x = {
