@@ -325,6 +325,7 @@ def index(
 
     Exit code 0: all files indexed; 1: some files failed (the rest is indexed); 2: usage, config or model error.
     """
+    from manualrag.config import means_no_model
     from manualrag.indexer.pipeline import Indexer
 
     if quiet:
@@ -338,7 +339,7 @@ def index(
         store={"url": store_url},
     )
     if text_model is not None:
-        cfg["text_model"] = None if text_model.lower() in ("none", "null", "") else text_model
+        cfg["text_model"] = None if means_no_model(text_model) else text_model
     idx = Indexer(
         cfg,
         cfg["index_dir"],

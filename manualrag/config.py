@@ -117,8 +117,13 @@ _NONE_WORDS = {"model", "text_model"}
 EXTRACTION_KEYS = ("extract", "ocr", "passwords")
 
 
+def means_no_model(value: Any) -> bool:
+    """True for the words that name no model ("none", "null", empty) in a flag, variable or config value."""
+    return isinstance(value, str) and value.strip().lower() in ("none", "null", "")
+
+
 def _check(key: str, value: Any, default: Any) -> Any:
-    if key in _NONE_WORDS and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+    if key in _NONE_WORDS and means_no_model(value):
         value = None
     if value is None:
         if key in _NULLABLE:

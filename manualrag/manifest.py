@@ -360,11 +360,11 @@ class Manifest:
         with self._lock:
             return self.conn.execute(sql, params).fetchall()
 
-    def _by_ids(self, table: str, ids: Iterable[str]) -> list[sqlite3.Row]:
+    def _by_ids(self, table: str, ids: Iterable[str], columns: str = "*") -> list[sqlite3.Row]:
         uniq = list(dict.fromkeys(ids))
         rows: list[sqlite3.Row] = []
         for part in _chunks(uniq):
-            rows.extend(self._query(f"SELECT * FROM {table} WHERE id IN ({_marks(len(part))})", part))
+            rows.extend(self._query(f"SELECT {columns} FROM {table} WHERE id IN ({_marks(len(part))})", part))
         return rows
 
     # ------------------------------------------------------------------------------------------- meta
@@ -608,12 +608,8 @@ class Manifest:
 
     def figure_places(self, ids: Iterable[str]) -> dict[str, tuple[str, int]]:
         """(document path, first page) of each figure: what page support needs, without whole rows."""
-        out: dict[str, tuple[str, int]] = {}
-        uniq = list(dict.fromkeys(ids))
-        for part in _chunks(uniq):
-            sql = f"SELECT id, doc_path, json_extract(pages, '$[0]') FROM figures WHERE id IN ({_marks(len(part))})"
-            out.update({r[0]: (r[1], int(r[2] or 0)) for r in self._query(sql, part)})
-        return out
+        rows = self._by_ids("figures", ids, "id, doc_path, json_extract(pages, '$[0]')")
+        return {r[0]: (r[1], int(r[2] or 0)) for r in rows}
 
     def figures_on_page(self, doc_path: str, page: int) -> list[FigureRow]:
         """Figures of ``doc_path`` shown on ``page`` (any of their pages), in id order."""

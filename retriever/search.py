@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from manualrag import ids
+from manualrag.config import means_no_model
 from manualrag.errors import ManualragError
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, fuse, page_support
@@ -41,7 +42,6 @@ WEIGHTS = {
 _VECTORS_OF = {"clip": "image", "text": "sem"}  # the store kind whose presence says a channel was indexed
 _CHANNEL_NAME = {"clip": "dense channels", "text": "text channel"}
 FIGURE_BATCH = 40  # fused things whose figure rows _hits reads at a time
-NO_MODEL_WORDS = ("none", "null")  # a query model given as one of these: that channel is off for queries
 CAPTION_PASSAGE_MAX_WORDS = 40  # longer passages hold more than a caption: they stay text hits
 _FIG_REF = re.compile(
     r"\b(fig(?:ure)?\.?|illustration|table|abbildung|diagram)\s*([0-9]+(?:[.\-][0-9]+)*[a-z]?)", re.I
@@ -275,7 +275,7 @@ class Retriever:
                 raise ManualragError(failed)
             return enc
         model = self.query_model(which)
-        if model and model.strip().lower() in NO_MODEL_WORDS:  # --model none: asked to go without
+        if model and means_no_model(model):  # --model none: asked to go without
             self._off[which] = "unavailable"
             self._failed[which] = (
                 f"no {'CLIP' if which == 'clip' else 'text'} model for queries (model: {model})"
