@@ -392,7 +392,9 @@ def _render_range(
         if res is not None and res.text.strip():
             fig.ocr_text = res.text
             _turn_upright(fig, res.rotation)
-            blocks = _ocr_blocks(res, number, _heading_at(timeline, number, 0.0), res_scale=scale)
+            blocks = _ocr_blocks(
+                res, number, _heading_at(timeline, number, 0.0), res_scale=scale, find_headings=True
+            )
         scans.append((number, fig, blocks))
     return figs, scans
 
@@ -870,22 +872,53 @@ def _merge_duplicate_figures(doc: Document) -> None:
     doc.figures = kept
 
 
-def _ocr_blocks(res: OcrResult, page: int, heading: str, res_scale: float) -> list[TextBlock]:
-    """OCR paragraphs -> TextBlocks; boxes scaled from image pixels to page units."""
+def _ocr_blocks(
+    res: OcrResult, page: int, heading: str, res_scale: float, find_headings: bool = False
+) -> list[TextBlock]:
+    """OCR paragraphs -> TextBlocks; boxes scaled from image pixels to page units.
+
+    ``find_headings`` (a scanned page): a line that reads as a numbered section heading ("3.9.2 G-code
+    (gcode)", "H.1.27 djopt") starts a new block, and it and the blocks after it on the page get it under
+    ``heading`` (nested by the depth of its number). A scan has no fonts or outline to give headings, so
+    without this a page's sections ran together into one passage with no heading path."""
     out = []
+    stack: list[tuple[int, str]] = []  # (depth of the section number, heading line), this page only
     for text, box in res.blocks:
         if not text.strip():
             continue
-        out.append(
-            TextBlock(
-                text=text,
-                page=page,
-                bbox=tuple(round(v * res_scale, 2) for v in box),  # type: ignore[arg-type]
-                heading=heading,
-                ocr=True,
+        parts: list[tuple[str, list[str]]] = []
+        for line in text.split("\n"):
+            depth = _ocr_heading_depth(line) if find_headings else 0
+            if depth:
+                stack = [(d, t) for d, t in stack if d < depth] + [(depth, line.strip())]
+            if depth or not parts:
+                path = " > ".join([heading] * bool(heading) + [t for _, t in stack])
+                parts.append((path, [line]))
+            else:
+                parts[-1][1].append(line)
+        for path, lines in parts:
+            out.append(
+                TextBlock(
+                    text="\n".join(lines),
+                    page=page,
+                    bbox=tuple(round(v * res_scale, 2) for v in box),  # type: ignore[arg-type]
+                    heading=path,
+                    ocr=True,
+                )
             )
-        )
     return out
+
+
+# "3.9 Exporting a layout", "3.9.2 G-code (gcode)", "H.1.27 djopt": a dotted section number, a short title
+_OCR_HEADING = re.compile(r"^\s*((?:\d{1,3}|[A-Z])(?:\.\d{1,3})+)\.?\s+([A-Za-z][^.:;!?]{0,60})$")
+
+
+def _ocr_heading_depth(line: str) -> int:
+    """The depth of a numbered section heading line (the parts of its number), 0 for any other line."""
+    m = _OCR_HEADING.match(line)
+    if not m or len(m.group(2).split()) > 8 or m.group(2).rstrip().endswith(","):
+        return 0
+    return m.group(1).count(".") + 1
 
 
 # ================================================================================================ images
