@@ -678,11 +678,13 @@ class WorkerPool:
 
         def results() -> Iterator[tuple[Any, Document | FileError, float]]:
             try:
-                for _ in range(len(items)):
+                for k in range(len(items)):
                     key, fut, seconds = done_q.get()
                     with lock:
                         state["waiting"] -= 1
                     submit_more()
+                    if k == len(items) - 1:
+                        self._finish_idle()  # the workers exit while the caller stores the last document
                     yield key, fut.result(), seconds
             finally:
                 with lock:
@@ -702,6 +704,17 @@ class WorkerPool:
             self._prestart(self.n)
         submit_more()  # the workers start now, before the caller asks for the first result
         return results()
+
+    def _finish_idle(self) -> None:
+        """Let the idle workers exit now (their input ends); a later request starts new ones. A worker
+        takes a few tenths of a second to exit: after the last document, that overlaps the caller's work
+        on it instead of waiting in ``close``."""
+        while True:
+            try:
+                w = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            w.finish()
 
     def _kill_busy(self) -> None:
         """Kill the workers that are extracting a document (their callers get a FileError at once)."""
