@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_PRESERVE_LIGATURES  # no mediabox clip
 _FILLED = 16  # FZ_STEXT_FILLED
 _STROKED = 32  # FZ_STEXT_STROKED
 _CHAR_BOLD = 8  # FZ_STEXT_BOLD
@@ -442,7 +441,8 @@ def _same_as_background(page: pymupdf.Page, bbox: fg.Box, color: int) -> bool:
 def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
     """Text lines (split where the suspect status changes within a line), MuPDF reading order."""
     prect = fg.as_box(page.rect)
-    d = page.get_text("dict", flags=_TEXT_FLAGS, clip=pymupdf.INFINITE_RECT())
+    flags = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_PRESERVE_LIGATURES  # no mediabox clip
+    d = page.get_text("dict", flags=flags, clip=pymupdf.INFINITE_RECT())
     out: list[fg.TextLine] = []
     for bi, block in enumerate(d["blocks"]):
         if block.get("type") != 0:

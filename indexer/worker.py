@@ -125,6 +125,9 @@ def worker_main() -> None:
     from manualrag.errors import ExtractionError, ManualragError
     from manualrag.indexer import pagerange
     from manualrag.indexer.extract import TooManyPages, extract_file
+    from manualrag.indexer.pdflib import load as load_pymupdf
+
+    load_pymupdf()  # now, before the worker says it is ready (the parent of page ranges never loads it)
 
     cfg: dict[str, Any] = json.loads(sys.stdin.readline())
     _LIMIT_MB[0] = cfg["isolation"]["memory_mb"]
@@ -441,7 +444,7 @@ class WorkerPool:
         if self.split_pages:
             req["split_pages"] = self.split_pages
             if Path(rel).suffix.lower() == ".pdf" and "manualrag.indexer.pagerange" not in sys.modules:
-                # the parent side of page ranges imports pymupdf: while the worker opens the PDF, not after
+                # the parent side of page ranges imports extract and figures: while the worker opens the PDF
                 threading.Thread(target=_import_pagerange, name="import-pagerange", daemon=True).start()
         res = self._call(req, rel, lambda resp: _accept_document(resp, rel))
         if isinstance(res, int):  # a PDF with more pages than split_pages: extract it in page ranges
