@@ -373,9 +373,11 @@ def _render_range(
     scan_jobs: list[tuple[int, Figure, str]] = []
     for number in scan_pages:
         pg = by_number[number]
-        fig, scan_png = _render_scan(_load_page(pdf, number), pg, cfg, timeline)
-        key = hashlib.sha256(scan_png).hexdigest()
-        images.append((key, scan_png))
+        fig, scan_png = _render_scan(_load_page(pdf, number), pg, cfg, timeline, for_ocr=ocr is not None)
+        key = ""  # no OCR: no result
+        if scan_png is not None:
+            key = hashlib.sha256(scan_png).hexdigest()
+            images.append((key, scan_png))
         scan_jobs.append((number, fig, key))
     results = ocr.ocr(images) if ocr is not None and images else {}
     for fig, key in to_read:
@@ -837,12 +839,15 @@ def _turn_upright(fig: Figure, rotation: int) -> None:
 
 
 def _render_scan(
-    page: pymupdf.Page, pg: _Page, cfg: dict[str, Any], timeline: list[_Heading]
-) -> tuple[Figure, bytes]:
-    """A page without a text layer: a figure of kind scan (figure_dpi) + a scan_dpi render for OCR."""
+    page: pymupdf.Page, pg: _Page, cfg: dict[str, Any], timeline: list[_Heading], for_ocr: bool = True
+) -> tuple[Figure, bytes | None]:
+    """A page without a text layer: a figure of kind scan (figure_dpi) + a scan_dpi render for OCR
+    (``for_ocr``; else None: that render is the costlier of the two)."""
     ex = cfg["extract"]
     png, w, h, eff = fg.render(page, pg.rect, ex["figure_dpi"], ex["max_render_pixels"], pad=0.0)
-    scan_png, *_ = fg.render(page, pg.rect, ex["scan_dpi"], ex["max_render_pixels"], pad=0.0)
+    scan_png = None
+    if for_ocr:
+        scan_png, *_ = fg.render(page, pg.rect, ex["scan_dpi"], ex["max_render_pixels"], pad=0.0)
     fig = Figure(
         digest=hashlib.sha256(png).hexdigest(),
         kind="scan",

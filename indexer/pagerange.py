@@ -379,10 +379,12 @@ def _parts(a: int, b: int, size: int = PART_PAGES) -> list[tuple[int, int]]:
 
 def _render_cost(pg: ex._Page, pf: fg.PlannedFigure | None, cfg: dict[str, Any]) -> float:
     """Estimated cost of rendering a figure (its pixels: the PNG encoding is most of it) or a scanned page
-    (two renders, and OCR), in megapixels plus a fixed part per item."""
+    (two renders and OCR; one render without OCR), in megapixels plus a fixed part per item."""
     ex_cfg = cfg["extract"]
     if pf is None:
-        box, dpis = pg.rect, [ex_cfg["figure_dpi"], ex_cfg["scan_dpi"]]
+        box, dpis = pg.rect, [ex_cfg["figure_dpi"]]
+        if cfg["ocr"]["enabled"]:
+            dpis.append(ex_cfg["scan_dpi"])
     else:
         dpi = float(ex_cfg["figure_dpi"])
         if pf.region.max_native_dpi and pf.kind == "raster":
