@@ -793,12 +793,7 @@ def _render_figure(
     digest = key[4:] if key.startswith("img:") else hashlib.sha256(png).hexdigest()
     # words drawn invisibly (hidden, white-on-white, off-page, tiny) never become a figure's labels
     hidden = [ln.bbox for ln in lines if ln.suspect]
-    words = [
-        w_
-        for w_ in page.get_text("words", clip=pymupdf.INFINITE_RECT())
-        if not any(fg.inside_share(fg.as_box(w_[:4]), hb) > 0.5 for hb in hidden)
-    ]
-    labels = fg.words_inside(words, r.bbox)
+    labels = fg.words_inside(page.get_text("words", clip=pymupdf.INFINITE_RECT()), r.bbox, hidden)
     rotation = fg.text_rotation(lines, r.bbox)  # a drawing printed sideways: its labels run vertically
     quality = "ok"
     if r.native_dpi is not None and r.native_dpi < ex["low_res_dpi"] and pf.kind in ("raster", "symbol"):
