@@ -269,12 +269,10 @@ def handle(
             for pg in got:
                 od.keep(pg)
             out.update(
-                pages=[_page_out(pg) for pg in got],
-                toc=ex._raw_toc(pdf),
-                meta_title=ex._meta_title(pdf),
-                repaired=bool(pdf.is_repaired),
-                n_pages=pdf.page_count,
+                pages=[_page_out(pg) for pg in got], repaired=bool(pdf.is_repaired), n_pages=pdf.page_count
             )
+            if first == 1:  # the document's outline (~17 ms on 1,000 pages) and title: once, not per request
+                out.update(toc=ex._raw_toc(pdf), meta_title=ex._meta_title(pdf))
         elif op == "analyse":
             pages = [od.page(e) for e in req["pages"]]
             ex._analyse_pages(pdf, pages, scratch, rel, cfg)
