@@ -7,6 +7,10 @@ pymupdf comes without it, and ``figures.page_layout_boxes`` imports ``pymupdf.la
 model) on first use. The model's answers do not depend on when it was loaded, so extraction gives the same
 result either way.
 
+pymupdf4llm, which pymupdf's ``__init__`` also imports when it is installed (~0.2 s of CPU: numpy,
+onnxruntime), is left out the same way: pymupdf's ``to_markdown`` wrappers are off in a process that loads
+pymupdf through this module (import pymupdf4llm itself for them; extraction never uses them).
+
 pymupdf itself (~0.2-0.4 s of CPU) is loaded on first use of one of its attributes: the parent of page
 ranges imports ``extract`` and ``figures`` for their document-level planning, which never touches MuPDF,
 so it never pays for it. The extraction workers load it at start-up (:func:`load`).
@@ -19,9 +23,14 @@ import sys
 from types import ModuleType
 from typing import Any
 
+# what pymupdf's ``__init__`` imports when installed and extraction never uses: the layout model (loaded on
+# first use instead) and pymupdf4llm (~0.2 s of CPU in every worker's start-up: numpy, onnxruntime,
+# tabulate), whose markdown helpers pymupdf then offers; quality_bench imports pymupdf4llm itself
+_BLOCKED = ("pymupdf.layout", "pymupdf4llm")
+
 
 class _WithoutLayout:
-    """pymupdf's own loader, with ``import pymupdf.layout`` failing while pymupdf's ``__init__`` runs."""
+    """pymupdf's own loader, with the imports of ``_BLOCKED`` failing while pymupdf's ``__init__`` runs."""
 
     def __init__(self, inner: Any):
         self.inner = inner
@@ -30,14 +39,19 @@ class _WithoutLayout:
         return self.inner.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
-        had = "pymupdf.layout" in sys.modules
-        if not had:
-            sys.modules["pymupdf.layout"] = None  # type: ignore[assignment]  # "import pymupdf.layout" fails now
+        blocked = [name for name in _BLOCKED if name not in sys.modules]
+        for name in blocked:
+            sys.modules[name] = None  # type: ignore[assignment]  # "import NAME" fails now
         try:
             self.inner.exec_module(module)
         finally:
-            if not had:
-                del sys.modules["pymupdf.layout"]  # ... and works again later, for page_layout_boxes
+            for name in blocked:
+                del sys.modules[name]  # ... and works again later (pymupdf.layout: for page_layout_boxes)
+        # what importing pymupdf4llm set for the whole process, and every index so far was extracted with:
+        # text boxes without MuPDF's quad corrections (line boxes, and so figure crops, depend on it)
+        module.TOOLS.unset_quad_corrections(True)
+        module.TOOLS.mupdf_display_errors(False)
+        module.TOOLS.mupdf_display_warnings(False)
 
 
 def _lazy_pymupdf() -> ModuleType:
