@@ -9,7 +9,8 @@ Layout of an index folder::
     config.json                   the public config of the last index run
     lock                          the writer lock (:mod:`manualrag.lock`)
 
-:class:`Index` opens the manifest and the store together: read-only for queries, or as the one writer
+:class:`Index` opens the manifest and the store together (or the store on first use, ``open_store=False``:
+an index run that writes no vectors never imports chromadb): read-only for queries, or as the one writer
 (the lock held for as long as it is open). The write order that keeps the index consistent through a
 crash is stated in docs/reliability.md ("Write order"); :meth:`Index.remove_document` and
 :meth:`Index.flush_pending` are its delete half.
