@@ -344,7 +344,9 @@ def test_words_written_joined_or_apart_find_each_other(manifest):
             [
                 passage(0, "Mount the file system read-only before the check."),
                 passage(1, "Flash the bootloader over USB."),
-                passage(2, "A system log and a file list; the system is up."),  # the words, never side by side
+                passage(
+                    2, "A system log and a file list; the system is up."
+                ),  # the words, never side by side
                 passage(3, "The transmit path is disabled."),
             ],
             [],
