@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_PRESERVE_LIGATURES  # no mediabox clip
 _FILLED = 16  # FZ_STEXT_FILLED
 _STROKED = 32  # FZ_STEXT_STROKED
 _CHAR_BOLD = 8  # FZ_STEXT_BOLD
@@ -374,9 +373,11 @@ def _render_range(
     scan_jobs: list[tuple[int, Figure, str]] = []
     for number in scan_pages:
         pg = by_number[number]
-        fig, scan_png = _render_scan(_load_page(pdf, number), pg, cfg, timeline)
-        key = hashlib.sha256(scan_png).hexdigest()
-        images.append((key, scan_png))
+        fig, scan_png = _render_scan(_load_page(pdf, number), pg, cfg, timeline, for_ocr=ocr is not None)
+        key = ""  # no OCR: no result
+        if scan_png is not None:
+            key = hashlib.sha256(scan_png).hexdigest()
+            images.append((key, scan_png))
         scan_jobs.append((number, fig, key))
     results = ocr.ocr(images) if ocr is not None and images else {}
     for fig, key in to_read:
@@ -392,7 +393,9 @@ def _render_range(
         if res is not None and res.text.strip():
             fig.ocr_text = res.text
             _turn_upright(fig, res.rotation)
-            blocks = _ocr_blocks(res, number, _heading_at(timeline, number, 0.0), res_scale=scale)
+            blocks = _ocr_blocks(
+                res, number, _heading_at(timeline, number, 0.0), res_scale=scale, find_headings=True
+            )
         scans.append((number, fig, blocks))
     return figs, scans
 
@@ -440,7 +443,8 @@ def _same_as_background(page: pymupdf.Page, bbox: fg.Box, color: int) -> bool:
 def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
     """Text lines (split where the suspect status changes within a line), MuPDF reading order."""
     prect = fg.as_box(page.rect)
-    d = page.get_text("dict", flags=_TEXT_FLAGS, clip=pymupdf.INFINITE_RECT())
+    flags = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_PRESERVE_LIGATURES  # no mediabox clip
+    d = page.get_text("dict", flags=flags, clip=pymupdf.INFINITE_RECT())
     out: list[fg.TextLine] = []
     for bi, block in enumerate(d["blocks"]):
         if block.get("type") != 0:
@@ -789,12 +793,7 @@ def _render_figure(
     digest = key[4:] if key.startswith("img:") else hashlib.sha256(png).hexdigest()
     # words drawn invisibly (hidden, white-on-white, off-page, tiny) never become a figure's labels
     hidden = [ln.bbox for ln in lines if ln.suspect]
-    words = [
-        w_
-        for w_ in page.get_text("words", clip=pymupdf.INFINITE_RECT())
-        if not any(fg.inside_share(fg.as_box(w_[:4]), hb) > 0.5 for hb in hidden)
-    ]
-    labels = fg.words_inside(words, r.bbox)
+    labels = fg.words_inside(page.get_text("words", clip=pymupdf.INFINITE_RECT()), r.bbox, hidden)
     rotation = fg.text_rotation(lines, r.bbox)  # a drawing printed sideways: its labels run vertically
     quality = "ok"
     if r.native_dpi is not None and r.native_dpi < ex["low_res_dpi"] and pf.kind in ("raster", "symbol"):
@@ -835,12 +834,15 @@ def _turn_upright(fig: Figure, rotation: int) -> None:
 
 
 def _render_scan(
-    page: pymupdf.Page, pg: _Page, cfg: dict[str, Any], timeline: list[_Heading]
-) -> tuple[Figure, bytes]:
-    """A page without a text layer: a figure of kind scan (figure_dpi) + a scan_dpi render for OCR."""
+    page: pymupdf.Page, pg: _Page, cfg: dict[str, Any], timeline: list[_Heading], for_ocr: bool = True
+) -> tuple[Figure, bytes | None]:
+    """A page without a text layer: a figure of kind scan (figure_dpi) + a scan_dpi render for OCR
+    (``for_ocr``; else None: that render is the costlier of the two)."""
     ex = cfg["extract"]
     png, w, h, eff = fg.render(page, pg.rect, ex["figure_dpi"], ex["max_render_pixels"], pad=0.0)
-    scan_png, *_ = fg.render(page, pg.rect, ex["scan_dpi"], ex["max_render_pixels"], pad=0.0)
+    scan_png = None
+    if for_ocr:
+        scan_png, *_ = fg.render(page, pg.rect, ex["scan_dpi"], ex["max_render_pixels"], pad=0.0)
     fig = Figure(
         digest=hashlib.sha256(png).hexdigest(),
         kind="scan",
@@ -870,22 +872,53 @@ def _merge_duplicate_figures(doc: Document) -> None:
     doc.figures = kept
 
 
-def _ocr_blocks(res: OcrResult, page: int, heading: str, res_scale: float) -> list[TextBlock]:
-    """OCR paragraphs -> TextBlocks; boxes scaled from image pixels to page units."""
+def _ocr_blocks(
+    res: OcrResult, page: int, heading: str, res_scale: float, find_headings: bool = False
+) -> list[TextBlock]:
+    """OCR paragraphs -> TextBlocks; boxes scaled from image pixels to page units.
+
+    ``find_headings`` (a scanned page): a line that reads as a numbered section heading ("3.9.2 G-code
+    (gcode)", "H.1.27 djopt") starts a new block, and it and the blocks after it on the page get it under
+    ``heading`` (nested by the depth of its number). A scan has no fonts or outline to give headings, so
+    without this a page's sections ran together into one passage with no heading path."""
     out = []
+    stack: list[tuple[int, str]] = []  # (depth of the section number, heading line), this page only
     for text, box in res.blocks:
         if not text.strip():
             continue
-        out.append(
-            TextBlock(
-                text=text,
-                page=page,
-                bbox=tuple(round(v * res_scale, 2) for v in box),  # type: ignore[arg-type]
-                heading=heading,
-                ocr=True,
+        parts: list[tuple[str, list[str]]] = []
+        for line in text.split("\n"):
+            depth = _ocr_heading_depth(line) if find_headings else 0
+            if depth:
+                stack = [(d, t) for d, t in stack if d < depth] + [(depth, line.strip())]
+            if depth or not parts:
+                path = " > ".join([heading] * bool(heading) + [t for _, t in stack])
+                parts.append((path, [line]))
+            else:
+                parts[-1][1].append(line)
+        for path, lines in parts:
+            out.append(
+                TextBlock(
+                    text="\n".join(lines),
+                    page=page,
+                    bbox=tuple(round(v * res_scale, 2) for v in box),  # type: ignore[arg-type]
+                    heading=path,
+                    ocr=True,
+                )
             )
-        )
     return out
+
+
+# "3.9 Exporting a layout", "3.9.2 G-code (gcode)", "H.1.27 djopt": a dotted section number, a short title
+_OCR_HEADING = re.compile(r"^\s*((?:\d{1,3}|[A-Z])(?:\.\d{1,3})+)\.?\s+([A-Za-z][^.:;!?]{0,60})$")
+
+
+def _ocr_heading_depth(line: str) -> int:
+    """The depth of a numbered section heading line (the parts of its number), 0 for any other line."""
+    m = _OCR_HEADING.match(line)
+    if not m or len(m.group(2).split()) > 8 or m.group(2).rstrip().endswith(","):
+        return 0
+    return m.group(1).count(".") + 1
 
 
 # ================================================================================================ images

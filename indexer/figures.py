@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -773,13 +774,17 @@ def text_rotation(lines: list[TextLine], bbox: Box) -> int:
     return rotation if rotation and n >= 0.6 * total else 0
 
 
-def words_inside(words: list[tuple[Any, ...]], bbox: Box) -> list[str]:
-    """PDF words whose centre lies inside the box, in reading order (``page.get_text("words")``)."""
+def words_inside(words: list[tuple[Any, ...]], bbox: Box, hidden: Sequence[Box] = ()) -> list[str]:
+    """PDF words whose centre lies inside the box, in reading order (``page.get_text("words")``), except
+    words mostly inside one of the ``hidden`` boxes (only the words inside the box are checked: a page's
+    words times its hidden lines was most of the cost of rendering a figure on a busy page)."""
     out = []
     for w in words:
         cx, cy = (w[0] + w[2]) / 2, (w[1] + w[3]) / 2
         text = str(w[4]).strip()
         if bbox[0] <= cx <= bbox[2] and bbox[1] <= cy <= bbox[3] and _MEANINGFUL.search(text):
+            if hidden and any(inside_share(as_box(w[:4]), hb) > 0.5 for hb in hidden):
+                continue
             out.append(text)
     return out
 

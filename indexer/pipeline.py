@@ -217,7 +217,8 @@ class Indexer:
         skeleton_removed = False
         try:
             try:
-                index = Index.open(self.index_dir, self.cfg, write=True)
+                # the vector store opens once the workers extract (dense), or when vectors must go (--no-dense)
+                index = Index.open(self.index_dir, self.cfg, write=True, open_store=False)
             except BaseException:
                 if fresh:  # e.g. a dead store: what the attempt created goes, under the lock
                     with contextlib.suppress(ManualragError), IndexLock(self.index_dir):
@@ -232,7 +233,7 @@ class Indexer:
                 # a first run that fails before it records anything (a model that cannot load, a device
                 # that is not there) leaves nothing behind: no index skeleton
                 if fresh and not (summary.indexed or summary.failed or summary.removed):
-                    index.store.close()
+                    index.close_store()
                     index.manifest.close()
                     self._remove_skeleton()  # still under the lock: index.close() releases it below
                     skeleton_removed = True
@@ -294,7 +295,7 @@ class Indexer:
 
     def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
-        manifest, store = index.manifest, index.store
+        manifest = index.manifest
         with _Timer(timings, "discover"):
             found, skipped = discover(library, cfg, exclude=[self.index_dir])
             files = [f for f in found if in_shard(f.rel, self.shard)]
@@ -367,6 +368,8 @@ class Indexer:
         with self._extraction(work, timings) as (pool, extracted):
             if self.dense and work:
                 try:
+                    with _Timer(timings, "open_store"):
+                        store = index.store  # chromadb's import overlaps the workers' start
                     with _Timer(timings, "load_models"):
                         self._load_models()
                     self._check_store_models(store)
@@ -515,7 +518,7 @@ class Indexer:
         fp: str,
     ) -> None:
         timings = summary.timings
-        manifest, store = index.manifest, index.store
+        manifest = index.manifest
         doc_id = ids.doc_id(doc.path)
         with _Timer(timings, "chunk"):
             limits = self.cfg["limits"]
@@ -570,7 +573,7 @@ class Indexer:
             manifest.begin_document(doc.path)
             for kind, rec in vectors.items():
                 if rec.ids:
-                    store.upsert(kind, rec.ids, rec.embeddings, rec.metas, rec.docs)
+                    index.store.upsert(kind, rec.ids, rec.embeddings, rec.metas, rec.docs)
                     summary.records[kind] += len(rec.ids)
             live = {kind: rec.ids for kind, rec in vectors.items()}
             manifest.replace_rows(doc.path, passages, windows, figures + boiler, live=live)

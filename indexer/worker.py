@@ -11,6 +11,7 @@ Protocol (JSON lines, never pickle): the parent writes the config once, then one
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -125,6 +126,9 @@ def worker_main() -> None:
     from manualrag.errors import ExtractionError, ManualragError
     from manualrag.indexer import pagerange
     from manualrag.indexer.extract import TooManyPages, extract_file
+    from manualrag.indexer.pdflib import load as load_pymupdf
+
+    load_pymupdf()  # now, before the worker says it is ready (the parent of page ranges never loads it)
 
     cfg: dict[str, Any] = json.loads(sys.stdin.readline())
     _LIMIT_MB[0] = cfg["isolation"]["memory_mb"]
@@ -173,6 +177,14 @@ def worker_main() -> None:
         # the parent only ever receives valid UTF-8 (SQLite and Chroma refuse anything else)
         proto.write(json.dumps(resp, ensure_ascii=False).encode("utf-8", "replace") + b"\n")
         proto.flush()
+    # the input ended: nothing more will be asked. Leave without the interpreter's teardown (freeing the
+    # pages held, MuPDF's and onnxruntime's state: ~0.1-0.2 s of CPU), which would compete with the parent
+    # storing the last document; what this worker wrote (crops, OCR cache rows) is written and committed
+    if ocr is not None:
+        ocr.close()
+    proto.close()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # ---------------------------------------------------------------------------------------- parent side
@@ -190,6 +202,24 @@ def _limits(memory_mb: int):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     return apply
+
+
+PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size
+
+
+def _widen_pipe(stream: Any) -> None:
+    """Let the worker write a whole reply (the text lines of 25 pages are ~0.2 MB) into the pipe and go on
+    with its next request, instead of waiting in 64 KiB steps for the parent's thread to read it (the
+    parent's threads share one interpreter: a reply waits while another worker's is parsed)."""
+    import fcntl
+
+    op = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if op is None or stream is None:
+        return
+    try:
+        fcntl.fcntl(stream.fileno(), op, PIPE_BYTES)
+    except OSError:  # a lower limit on this machine: the default size works, only slower
+        pass
 
 
 STARTUP_TIMEOUT_S = 120.0  # a worker's imports and OCR set-up; the per-document timeout starts after them
@@ -231,6 +261,7 @@ class _Worker:
                 f"cannot start an extraction worker ({exc}); check config key 'isolation.memory_mb'"
                 f" (now {cfg['isolation']['memory_mb']})"
             ) from None
+        _widen_pipe(self.proc.stdout)
         if on_spawn is not None:  # the pool can kill it from now on, also while it starts
             on_spawn(self)
         # the worker runs in another working directory (the package's, so that a module in the user's cwd
@@ -441,7 +472,7 @@ class WorkerPool:
         if self.split_pages:
             req["split_pages"] = self.split_pages
             if Path(rel).suffix.lower() == ".pdf" and "manualrag.indexer.pagerange" not in sys.modules:
-                # the parent side of page ranges imports pymupdf: while the worker opens the PDF, not after
+                # the parent side of page ranges imports extract and figures: while the worker opens the PDF
                 threading.Thread(target=_import_pagerange, name="import-pagerange", daemon=True).start()
         res = self._call(req, rel, lambda resp: _accept_document(resp, rel))
         if isinstance(res, int):  # a PDF with more pages than split_pages: extract it in page ranges
@@ -494,67 +525,144 @@ class WorkerPool:
         with self._slots:
             w = self._get(prefer)
             if w.start_error:
-                if not self._ever_started:
-                    # no worker of this run has ever started: every file would fail the same way, so it is a
-                    # run-level error (a limit too low, a broken installation), not this file's
-                    from manualrag.errors import ManualragError
-
-                    raise ManualragError(
-                        f"{w.start_error}; no extraction worker could start, so no file can be read (if the "
-                        f"limit is the cause, raise config key 'isolation.memory_mb', now {self.memory_mb})"
-                    )
-                return FileError(rel, w.start_error), None
+                return self._start_failed(w, rel), None
             self._ever_started = True
             req = build(w)
             if req is None:
                 self._idle.put(w)
                 return None, w
-            timed_out = threading.Event()
-
-            def on_timeout() -> None:
-                timed_out.set()
-                w.kill()
-
-            timer = threading.Timer(self.timeout, on_timeout)
-            timer.start()
-            try:
-                try:
-                    w.send(req)
-                    assert w.proc.stdout is not None
-                    line = w.proc.stdout.readline()
-                except (BrokenPipeError, OSError):
-                    line = b""
-            finally:
-                timer.cancel()
-            if not line:
-                rc = w.proc.wait()
-                if timed_out.is_set():
-                    return FileError(rel, f"extraction timed out after {self.timeout} s"), w
-                return FileError(rel, _death_reason(rc, self.memory_mb)), w
-            # the worker parses untrusted files: what it sends back is checked like any untrusted input
-            try:
-                resp = json.loads(line)
-                if not isinstance(resp, dict):
-                    raise ValueError("not an object")
-            except ValueError:  # never happens with our worker; a garbled reply costs the file, not the run
-                w.kill()
-                return FileError(rel, "extraction worker sent an unreadable reply"), w
-            if not resp.get("ok"):
+            result, answered = self._receive(w, rel, accept, self._send(w, req))
+            if answered:
                 self._idle.put(w)
-                if resp.get("fatal"):
-                    from manualrag.errors import ManualragError
-
-                    raise ManualragError(str(resp.get("reason")))
-                return FileError(
-                    rel, " ".join(str(resp.get("reason") or "extraction failed").split())[:400]
-                ), w
-            try:
-                result = accept(resp)
-            except _Invalid as exc:
-                w.kill()
-                return FileError(rel, f"extraction worker sent an invalid result: {exc}"), w
-            self._idle.put(w)
             return result, w
+
+    def _start_failed(self, w: _Worker, rel: str) -> FileError:
+        assert w.start_error is not None
+        if not self._ever_started:
+            # no worker of this run has ever started: every file would fail the same way, so it is a
+            # run-level error (a limit too low, a broken installation), not this file's
+            from manualrag.errors import ManualragError
+
+            raise ManualragError(
+                f"{w.start_error}; no extraction worker could start, so no file can be read (if the "
+                f"limit is the cause, raise config key 'isolation.memory_mb', now {self.memory_mb})"
+            )
+        return FileError(rel, w.start_error)
+
+    @staticmethod
+    def _send(w: _Worker, req: dict[str, Any]) -> bool:
+        try:
+            w.send(req)
+        except OSError:  # (BrokenPipeError) it died: _receive says why
+            return False
+        return True
+
+    def _receive(
+        self, w: _Worker, rel: str, accept: Callable[[dict[str, Any]], Any], sent: bool = True
+    ) -> tuple[Any, bool]:
+        """The reply to the oldest request ``w`` has not answered yet, under the time limit:
+        ``accept(reply)`` for a good reply, else the one-line FileError (a worker that died, timed out or
+        sent something unusable is killed); and whether the worker answered (it can take more requests).
+        ``accept`` raises _Invalid for a reply that cannot be used."""
+        timed_out = threading.Event()
+
+        def on_timeout() -> None:
+            timed_out.set()
+            w.kill()
+
+        timer = threading.Timer(self.timeout, on_timeout)
+        timer.start()
+        try:
+            try:
+                assert w.proc.stdout is not None
+                line = w.proc.stdout.readline() if sent else b""
+            except OSError:
+                line = b""
+        finally:
+            timer.cancel()
+        if not line:
+            if not sent:
+                w.kill()  # (the pipe broke: make sure it is gone)
+            rc = w.proc.wait()
+            if timed_out.is_set():
+                return FileError(rel, f"extraction timed out after {self.timeout} s"), False
+            return FileError(rel, _death_reason(rc, self.memory_mb)), False
+        # the worker parses untrusted files: what it sends back is checked like any untrusted input
+        try:
+            resp = json.loads(line)
+            if not isinstance(resp, dict):
+                raise ValueError("not an object")
+        except ValueError:  # never happens with our worker; a garbled reply costs the file, not the run
+            w.kill()
+            return FileError(rel, "extraction worker sent an unreadable reply"), False
+        if not resp.get("ok"):
+            if resp.get("fatal"):
+                self._idle.put(w)
+                from manualrag.errors import ManualragError
+
+                raise ManualragError(str(resp.get("reason")))
+            return FileError(
+                rel, " ".join(str(resp.get("reason") or "extraction failed").split())[:400]
+            ), True
+        try:
+            result = accept(resp)
+        except _Invalid as exc:
+            w.kill()
+            return FileError(rel, f"extraction worker sent an invalid result: {exc}"), False
+        return result, True
+
+    def _stream(
+        self,
+        take: Callable[[_Worker], tuple[int, dict[str, Any]] | None],
+        rel: str,
+        accept: Callable[[dict[str, Any]], Any],
+        ahead: Callable[[], bool],
+    ) -> Iterator[tuple[int, Any]]:
+        """Requests on one worker (one slot) for as long as ``take(worker)`` gives (key, request) (None: no
+        more); yields (key, ``accept(reply)`` or the FileError), and stops after a FileError. While
+        ``ahead()`` says so, the next request is written before the reply to the current one is read, so
+        the worker goes on to it at once instead of waiting while its reply travels and the parent reads
+        it (a worker with a request still queued when one fails is killed, not reused)."""
+        with self._slots:
+            w = self._get()
+            if w.start_error:
+                err = self._start_failed(w, rel)
+                got = take(w)
+                yield (got[0] if got else -1), err
+                return
+            self._ever_started = True
+            queued: collections.deque[tuple[int, bool]] = collections.deque()  # (key, written) unanswered
+            failure: tuple[int, FileError, bool] | None = None
+            try:
+                while True:
+                    while len(queued) < (2 if ahead() else 1) and not (queued and not queued[-1][1]):
+                        got = take(w)
+                        if got is None:
+                            break
+                        queued.append((got[0], self._send(w, got[1])))
+                    if not queued:
+                        break
+                    key, sent = queued.popleft()
+                    result, answered = self._receive(w, rel, accept, sent)
+                    if isinstance(result, FileError):
+                        failure = (key, result, answered)
+                        break
+                    yield key, result
+            except GeneratorExit:  # the caller stopped reading (an error in its own work)
+                if queued:
+                    w.kill()
+                else:
+                    self._idle.put(w)
+                raise
+            if failure is None:
+                self._idle.put(w)
+                return
+            key, err, answered = failure
+            if answered and queued:
+                w.kill()  # it would answer a request nobody reads
+            elif answered:
+                self._idle.put(w)
+            yield key, err
 
     def extract_ranges(self, path: Path, rel: str, ranges: list[tuple[int, int]]) -> Document | FileError:
         """One PDF in page ranges ((first, last), 1-based, covering every page in order), each round's
@@ -573,7 +681,10 @@ class WorkerPool:
             failed: list[tuple[pagerange.Task, FileError]] = []
             last: dict[_Worker, int] = {}  # the task each worker took last in this round
 
-            def build(w: _Worker, got: list[int]) -> dict[str, Any] | None:
+            owner: dict[int, _Worker] = {}  # task -> the worker it was sent to
+            n_threads = min(self.n, len(tasks))
+
+            def take(w: _Worker) -> tuple[int, dict[str, Any]] | None:
                 with lock:
                     if failed or not pending:
                         return None
@@ -581,36 +692,36 @@ class WorkerPool:
                     k = pagerange.pick(tasks, pending, mine, last.get(w))
                     pending.remove(k)
                     last[w] = k
-                got.append(k)
-                return tasks[k].build(mine)
+                    owner[k] = w
+                return k, tasks[k].build(mine)
+
+            def ahead() -> bool:
+                """Queue a worker's next request while it works: not for the last tasks of the round, which
+                go to whichever worker is free first."""
+                with lock:
+                    return not failed and len(pending) >= n_threads
 
             def loop() -> None:
-                w: _Worker | None = None
                 try:
-                    while True:
-                        got: list[int] = []
-                        res, w = self._call_with(
-                            functools.partial(build, got=got), rel, _accept_reply, prefer=w
-                        )
+                    for k, res in self._stream(take, rel, _accept_reply, ahead):
                         if isinstance(res, FileError):
                             with lock:  # a worker that did not start fails the next task
-                                k = got[0] if got else pending.pop(0) if pending else 0
+                                if k < 0:
+                                    k = pending.pop(0) if pending else 0
                                 failed.append((tasks[k], res))
                             return
-                        if not got:
-                            return
-                        done = tasks[got[0]].done
+                        done = tasks[k].done
                         if done is not None:
                             done(res)
-                        results[got[0]] = res
+                        results[k] = res
                         with lock:
-                            held.setdefault(w, set()).update(tasks[got[0]].pages)  # type: ignore[arg-type]
+                            held.setdefault(owner[k], set()).update(tasks[k].pages)
                 except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
                     with lock:
                         errors.append(exc)
 
             errors: list[BaseException] = []
-            threads = [threading.Thread(target=loop, daemon=True) for _ in range(min(self.n, len(tasks)))]
+            threads = [threading.Thread(target=loop, daemon=True) for _ in range(n_threads)]
             for t in threads:
                 t.start()
             for t in threads:
@@ -678,11 +789,13 @@ class WorkerPool:
 
         def results() -> Iterator[tuple[Any, Document | FileError, float]]:
             try:
-                for _ in range(len(items)):
+                for k in range(len(items)):
                     key, fut, seconds = done_q.get()
                     with lock:
                         state["waiting"] -= 1
                     submit_more()
+                    if k == len(items) - 1:
+                        self._finish_idle()  # the workers exit while the caller stores the last document
                     yield key, fut.result(), seconds
             finally:
                 with lock:
@@ -702,6 +815,17 @@ class WorkerPool:
             self._prestart(self.n)
         submit_more()  # the workers start now, before the caller asks for the first result
         return results()
+
+    def _finish_idle(self) -> None:
+        """Let the idle workers exit now (their input ends); a later request starts new ones. A worker
+        takes a few tenths of a second to exit: after the last document, that overlaps the caller's work
+        on it instead of waiting in ``close``."""
+        while True:
+            try:
+                w = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            w.finish()
 
     def _kill_busy(self) -> None:
         """Kill the workers that are extracting a document (their callers get a FileError at once)."""

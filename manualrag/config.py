@@ -259,7 +259,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 # their texts or vectors): every document's fingerprint changes, so the next `index` run redoes each one
 # and an index built by an older release gets the new records without a reset. 2: figures' OCR at the
 # finest image resolution, loose images' names as headings, photo OCR noise dropped, caption vectors.
-EXTRACTION_VERSION = 2
+# 3: numbered section headings read by OCR on scanned pages split and title their passages.
+EXTRACTION_VERSION = 3
 
 
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:

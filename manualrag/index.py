@@ -9,7 +9,8 @@ Layout of an index folder::
     config.json                   the public config of the last index run
     lock                          the writer lock (:mod:`manualrag.lock`)
 
-:class:`Index` opens the manifest and the store together: read-only for queries, or as the one writer
+:class:`Index` opens the manifest and the store together (or the store on first use, ``open_store=False``:
+an index run that writes no vectors never imports chromadb): read-only for queries, or as the one writer
 (the lock held for as long as it is open). The write order that keeps the index consistent through a
 crash is stated in docs/reliability.md ("Write order"); :meth:`Index.remove_document` and
 :meth:`Index.flush_pending` are its delete half.
@@ -98,12 +99,29 @@ class Index:
     run left pending). Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, root: Path | str, cfg: dict[str, Any], manifest: Manifest, store: VectorStore):
+    def __init__(
+        self, root: Path | str, cfg: dict[str, Any], manifest: Manifest, store: VectorStore | None = None
+    ):
         self.layout = IndexLayout(Path(root))
         self.cfg = cfg
         self.manifest = manifest
-        self.store = store
+        self._store = store
         self._lock: IndexLock | None = None
+
+    @property
+    def store(self) -> VectorStore:
+        """The vector store, opened on first use when the index was opened with ``open_store=False``."""
+        if self._store is None:
+            from manualrag.store import VectorStore
+
+            self._store = VectorStore.open(self.root, self.cfg)
+        return self._store
+
+    def close_store(self) -> None:
+        """Close the vector store if it was opened (never opens it)."""
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
 
     @property
     def root(self) -> Path:
@@ -122,7 +140,12 @@ class Index:
         return layout
 
     @classmethod
-    def open(cls, root: Path | str, cfg: dict[str, Any], write: bool = False) -> Index:
+    def open(
+        cls, root: Path | str, cfg: dict[str, Any], write: bool = False, open_store: bool = True
+    ) -> Index:
+        """``open_store=False``: the vector store (``chromadb``, ~1-1.6 s to import) is opened on first use of
+        :attr:`store` instead, so a run that writes and deletes no vectors (``--no-dense`` on an index
+        without vectors) never imports it, and one that does can open it while its workers extract."""
         from manualrag.manifest import Manifest
         from manualrag.store import VectorStore
 
@@ -134,9 +157,13 @@ class Index:
         else:
             cls.require(layout.root)
         manifest: Manifest | None = None
+        store: VectorStore | None = None
         try:
             manifest = Manifest(layout.db, readonly=not write)
-            store = VectorStore.open(layout.root, cfg)
+            if open_store:
+                store = VectorStore.open(layout.root, cfg)
+            elif write and not cfg["store"]["url"]:
+                layout.chroma.mkdir(exist_ok=True)  # the folder's layout does not depend on when it opens
         except BaseException:
             if manifest is not None:
                 manifest.close()
@@ -155,7 +182,7 @@ class Index:
 
     def close(self) -> None:
         try:
-            self.store.close()
+            self.close_store()
         finally:
             try:
                 self.manifest.close()

@@ -67,9 +67,58 @@ def fts_query(text: str) -> str:
     return " OR ".join(fts_phrases(text))
 
 
+# a word this long may be two words written as one ("filesystem" / "file system"), each part this long
+COMPOUND_PART_MIN = 4
+MAX_COMPOUND_PHRASES = 8
+_WORD_RE = re.compile(r"[^\W\d_]+")
+
+
+def compound_phrases(text: str, manifest: Manifest) -> list[str]:
+    """Extra FTS5 phrases for words a manual may write joined or apart: a long query word that the index
+    holds as two words ("filesystem" -> ``"file system"``, also a word hyphenated at a line end) and two
+    adjacent query words that the index holds as one ("boot loader" -> ``"bootloader"``).
+
+    A word is split where both parts (4+ letters, no stopword) are words of the index, at the split whose
+    rarer part is held most often, and only if the index holds the two parts side by side; a join only if
+    the index holds the joined word. One vocabulary lookup, and one phrase probe per split word."""
+    seq: list[str | None] = []  # the query's plain words in order; None where adjacency breaks
+    for chunk in text.split():
+        runs = _RUN_RE.findall(chunk)
+        seq.append(runs[0].lower() if len(runs) == 1 and _WORD_RE.fullmatch(runs[0]) else None)
+    words = sorted({w for w in seq if w and w not in STOPWORDS and len(w) >= 2 * COMPOUND_PART_MIN})
+    n = COMPOUND_PART_MIN
+    splits = {
+        w: [(w[:i], w[i:]) for i in range(n, len(w) - n + 1) if not {w[:i], w[i:]} & STOPWORDS] for w in words
+    }
+    joins = list(
+        dict.fromkeys(
+            a + b
+            for a, b in zip(seq, seq[1:], strict=False)
+            if a and b and a not in STOPWORDS and b not in STOPWORDS and a + b not in words
+        )
+    )
+    asked = [x for s in splits.values() for ab in s for x in ab] + joins
+    if not asked:
+        return []
+    df = manifest.lexical_doc_freqs(asked)
+    out: list[str] = []
+    for w in words:
+        held = [(min(df[a], df[b]), a, b) for a, b in splits[w]]
+        best = max(held, default=(0, "", ""))
+        if best[0] > 0:
+            out.append(f'"{best[1]} {best[2]}"')
+    out = [p for p in out if manifest.lexical_holds(p)]
+    out += [f'"{j}"' for j in joins if df[j] > 0]
+    return out[:MAX_COMPOUND_PHRASES]
+
+
 def lexical_search(manifest: Manifest, query: str, limit: int) -> list[tuple[str, str, float]]:
-    """BM25 hits for arbitrary user text: ``(ref_type, ref_id, score)`` best first (see :func:`fts_query`).
+    """BM25 hits for arbitrary user text: ``(ref_type, ref_id, score)`` best first (see :func:`fts_query`),
+    with the query's joined/split word variants (:func:`compound_phrases`) as further phrases.
 
     The same hits as the plain OR query, found without scoring every row a common word matches
     (:meth:`Manifest.match_lexical_phrases`)."""
-    return manifest.match_lexical_phrases(fts_phrases(query), limit)
+    phrases = fts_phrases(query)
+    if not phrases:
+        return []
+    return manifest.match_lexical_phrases(phrases + compound_phrases(query, manifest), limit)

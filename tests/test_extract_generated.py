@@ -149,6 +149,55 @@ def test_scanned_page_is_ocrd(tmp_path: Path, cfg: dict, ocr: OcrEngine) -> None
 
 
 @needs_tesseract
+def test_scanned_page_sections_get_their_numbered_headings(tmp_path: Path, cfg: dict, ocr: OcrEngine) -> None:
+    """A scan has no fonts or outline: numbered section lines read by OCR split and title its passages."""
+    lines = [
+        "2.1 Hydraulic filter",
+        "Replace the filter cartridge every 500 operating hours.",
+        "2.1.1 Removing the cartridge",
+        "Close the shutoff valve before you open the housing.",
+        "2.5 bar is the most the return hose may see, so keep the valve shut while you work.",
+        "2.2 Pressure relief valve",
+        "The relief valve opens at 180 bar.",
+    ]
+    doc = pymupdf.open()
+    page = doc.new_page(width=h.A4[0], height=h.A4[1])
+    page.insert_image(page.rect, stream=h.rendered_text_png(lines))
+    doc.save(tmp_path / "scan.pdf")
+    doc.close()
+    out = extract_file(tmp_path / "scan.pdf", "scan.pdf", cfg, ocr=ocr)
+    by_heading: dict[str, str] = {}
+    for b in out.blocks:
+        by_heading[b.heading] = by_heading.get(b.heading, "") + " " + " ".join(b.text.split())
+    assert sorted(by_heading) == [
+        "2.1 Hydraulic filter",
+        "2.1 Hydraulic filter > 2.1.1 Removing the cartridge",
+        "2.2 Pressure relief valve",
+    ], by_heading
+    assert "500 operating hours" in by_heading["2.1 Hydraulic filter"]
+    # a body line that starts with a number is no heading: it stays in its section
+    assert "return hose" in by_heading["2.1 Hydraulic filter > 2.1.1 Removing the cartridge"]
+    assert "180 bar" in by_heading["2.2 Pressure relief valve"]
+
+
+@needs_tesseract
+def test_real_scan_page_is_split_at_its_section_headings(tmp_path: Path, cfg: dict, ocr: OcrEngine) -> None:
+    """Page 4 of corpus2's scanned section (150 dpi JPEG): the G-code figure's text, then the Gerber,
+    PostScript, EPS, PNG and Nelma exporters, each its own block under its own heading."""
+    src = pymupdf.open(h.CORPUS2_SCAN)
+    doc = pymupdf.open()
+    doc.insert_pdf(src, from_page=3, to_page=3)
+    doc.save(tmp_path / "p4.pdf")
+    doc.close()
+    src.close()
+    out = extract_file(tmp_path / "p4.pdf", "p4.pdf", cfg, ocr=ocr)
+    headings = [b.heading for b in out.blocks]
+    assert "3.9.3 Gerber (gerber)" in headings and "3.9.4 Postscript (ps)" in headings, headings
+    first = next(b for b in out.blocks if "final tool path" in b.text)
+    assert first.heading == "" and "Gerber" not in first.text
+
+
+@needs_tesseract
 def test_loose_png_with_text(tmp_path: Path, cfg: dict, ocr: OcrEngine) -> None:
     png = tmp_path / "label.png"
     png.write_bytes(

@@ -18,7 +18,7 @@ from manualrag.manifest import (
     ManifestSchemaError,
 )
 from manualrag.models import Figure, Passage, Window
-from manualrag.retriever.lexical import fts_query, lexical_search, query_terms
+from manualrag.retriever.lexical import compound_phrases, fts_query, lexical_search, query_terms
 
 DOC = "manuals/pump.pdf"
 DOC_ID = "0123456789abcdef"
@@ -335,6 +335,34 @@ def test_porter_stemming(manifest):
     )
     assert [h[1] for h in lexical_search(manifest, "connectors", 10)] == [ps[0].passage_id]
     assert [h[1] for h in lexical_search(manifest, "keying", 10)] == [ps[0].passage_id]
+
+
+def test_words_written_joined_or_apart_find_each_other(manifest):
+    ps, *_ = index_doc(
+        manifest,
+        rows=(
+            [
+                passage(0, "Mount the file system read-only before the check."),
+                passage(1, "Flash the bootloader over USB."),
+                passage(
+                    2, "A system log and a file list; the system is up."
+                ),  # the words, never side by side
+                passage(3, "The transmit path is disabled."),
+            ],
+            [],
+            [],
+        ),
+    )
+    first = lambda q: [h[1] for h in lexical_search(manifest, q, 10)][:1]  # noqa: E731
+    assert first("filesystem") == [ps[0].passage_id]  # split: "file system" stands in passage 0
+    assert first("boot loader") == [ps[1].passage_id]  # joined: the index holds "bootloader"
+    assert compound_phrases("filesystem check", manifest) == ['"file system"']
+    assert compound_phrases("boot loader", manifest) == ['"bootloader"']
+    # "systemfile": both parts are words of the index, but never side by side: no phrase, no hit
+    assert compound_phrases("systemfile", manifest) == []
+    assert lexical_search(manifest, "systemfile", 10) == []
+    # parts shorter than 4 letters or stopwords are never split off ("transmit" is not "trans mit")
+    assert compound_phrases("transmit", manifest) == []
 
 
 def test_ocr_text_and_caption_and_nearby_text_are_searchable(manifest):

@@ -247,6 +247,28 @@ def test_pymupdf_comes_without_the_layout_model_until_it_is_needed() -> None:
     assert int(out.stdout.strip()) >= 1
 
 
+def test_pymupdf_without_pymupdf4llm_reads_the_same_line_boxes() -> None:
+    """pdflib leaves pymupdf4llm out of pymupdf's import (~0.2 s of CPU in every worker's start-up) but keeps
+    the process-wide MuPDF setting that importing it made (no quad corrections): every line box of a manual
+    is the same as in a process that imported pymupdf4llm."""
+    pdf = CORPUS.parent / "corpus2" / "expeyes-user-manual.pdf"  # its headings' boxes depend on the setting
+    if not pdf.is_file():
+        pytest.skip(f"corpus not found at {pdf.parent}")
+    code = (
+        "import sys, hashlib\n"
+        "if sys.argv[2] == 'with':\n    import pymupdf, pymupdf4llm\n"
+        "from manualrag.indexer import extract\nfrom manualrag.indexer.pdflib import pymupdf\n"
+        "doc = pymupdf.open(sys.argv[1])\n"
+        "boxes = [ln.bbox for n in range(1, doc.page_count + 1) for ln in extract._page_lines(extract._load_page(doc, n))]\n"
+        "print('pymupdf4llm' in sys.modules, len(boxes), hashlib.sha256(repr(boxes).encode()).hexdigest())"
+    )
+    run = [sys.executable, "-c", code, str(pdf)]
+    without = subprocess.run([*run, "without"], capture_output=True, text=True, check=True).stdout.split()
+    with_it = subprocess.run([*run, "with"], capture_output=True, text=True, check=True).stdout.split()
+    assert without[0] == "False" and with_it[0] == "True"
+    assert without[1:] == with_it[1:] and int(without[1]) > 1000
+
+
 def test_each_worker_takes_a_contiguous_part_and_its_own_pages_first() -> None:
     from manualrag.indexer.pagerange import Task, pick
 

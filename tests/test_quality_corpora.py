@@ -78,10 +78,11 @@ def summary(r: dict) -> dict[str, float]:
     return {**r["overall"], "image@10": r["image_recall"].get("recall@10", 0.0)}
 
 
-# what each corpus's lexical,text reaches now (measured 2026-11-30 with page support; corpus2 is below the issue's targets)
+# what each corpus's lexical,text reaches now (measured 2026-11-30 with page support, OCR headings on scans and
+# joined/split words; corpus2 is below the issue's targets)
 FLOOR = {
     "corpus": {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0, "mrr": 1.0, "image@10": 1.0},
-    "corpus2": {"recall@1": 0.81, "recall@5": 0.95, "recall@10": 0.96, "mrr": 0.86, "image@10": 0.95},
+    "corpus2": {"recall@1": 0.83, "recall@5": 0.96, "recall@10": 0.96, "mrr": 0.875, "image@10": 0.95},
 }
 TARGET = {"recall@1": 0.85, "recall@5": 0.95, "recall@10": 0.98, "mrr": 0.90, "image@10": 0.90}
 
@@ -97,7 +98,7 @@ def test_eval_report_shape_and_every_channel_combination(corpus_index):
 
 def test_text_channel_helps_text_queries(corpus_index, request):
     known_gap_on_corpus2(
-        corpus_index, request, "corpus2: the text channel lowers text-kind MRR 0.925 -> 0.854"
+        corpus_index, request, "corpus2: the text channel lowers text-kind MRR 0.922 -> 0.904"
     )
     lex = run_eval(corpus_index, "lexical")["by_kind"]["text"]
     both = run_eval(corpus_index, "lexical,text")["by_kind"]["text"]
@@ -115,8 +116,8 @@ def test_lexical_text_meets_the_issue_targets(corpus_index, request):
     known_gap_on_corpus2(
         corpus_index,
         request,
-        "gap on corpus2 (lexical,text): R@1 0.817 / R@10 0.967 / MRR 0.862 against 0.85 / 0.98 / 0.90 "
-        "(R@5 0.950 and image-hit R@10 0.950 meet theirs)",
+        "gap on corpus2 (lexical,text): R@1 0.833 / R@10 0.967 / MRR 0.880 against 0.85 / 0.98 / 0.90 "
+        "(R@5 0.967 and image-hit R@10 0.950 meet theirs)",
     )
     got = summary(run_eval(corpus_index, "lexical,text"))
     missed = {m: (round(got[m], 3), v) for m, v in TARGET.items() if got[m] < v}
@@ -129,7 +130,7 @@ def test_adding_a_channel_never_lowers_recall_at_1_or_10(corpus_index, added, re
         known_gap_on_corpus2(
             corpus_index,
             request,
-            "corpus2: the dense channels of the random test CLIP lower lexical recall@1 0.800 -> 0.783",
+            "corpus2: the dense channels of the random test CLIP lower lexical recall@1 0.817 -> 0.800",
         )
     lex = summary(run_eval(corpus_index, "lexical"))
     more = summary(run_eval(corpus_index, f"lexical,{added}"))

@@ -228,7 +228,7 @@ def build(
 def task_measure(a: dict[str, Any]) -> dict[str, Any]:
     """query_bench's measure() on one index, plus the plain FTS5 query side by side with the lexical channel."""
     from manualrag.manifest import W_BODY, W_CAPTION, W_LABELS, Manifest
-    from manualrag.retriever.lexical import fts_query, lexical_search
+    from manualrag.retriever.lexical import compound_phrases, fts_phrases, lexical_search
     from tests.bench.query_bench import measure
 
     idx = Path(a["index_dir"])
@@ -243,7 +243,9 @@ def task_measure(a: dict[str, Any]) -> dict[str, Any]:
     n = max(cfg["retrieve"]["candidates"], 3 * cfg["retrieve"]["k"])
     lex_new, lex_old, same = [], [], 0
     for i, q in enumerate(qs[:10] + qs):
-        match = fts_query(q)
+        # the same phrases the channel searches (its joined/split word variants too), as one plain OR query
+        phrases = fts_phrases(q)
+        match = " OR ".join(dict.fromkeys(phrases + compound_phrases(q, m))) if phrases else ""
         # which one runs first alternates: the second finds the first's FTS5 pages in SQLite's cache
         for first in ("new", "old") if i % 2 else ("old", "new"):
             t0 = time.perf_counter()
