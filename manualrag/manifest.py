@@ -678,19 +678,6 @@ class Manifest:
             rows = self._fts().search(phrases, int(limit))
         return [(r[0], r[1], -float(r[2])) for r in rows]
 
-    def lexical_doc_freqs(self, words: Sequence[str]) -> dict[str, int]:
-        """How many lexical rows hold each word (as the index's tokenizer stems it); 0 for an unknown word."""
-        words = list(dict.fromkeys(w for w in words if w.strip()))
-        if not words:
-            return {}
-        with self._lock:
-            fts = self._fts()
-            stems = fts.tokens(" ".join(words))
-            if len(stems) != len(words):  # a word the tokenizer splits or drops: one at a time
-                stems = [(fts.tokens(w) or [""])[0] for w in words]
-            dfs = fts.doc_freqs([t for t in stems if t])
-        return {w: dfs.get(t, 0) for w, t in zip(words, stems, strict=True)}
-
     def lexical_holds(self, phrase: str) -> bool:
         """Whether any lexical row matches ``phrase`` (a safe FTS5 phrase expression)."""
         with self._lock:

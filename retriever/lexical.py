@@ -78,37 +78,29 @@ def compound_phrases(text: str, manifest: Manifest) -> list[str]:
     holds as two words ("filesystem" -> ``"file system"``, also a word hyphenated at a line end) and two
     adjacent query words that the index holds as one ("boot loader" -> ``"bootloader"``).
 
-    A word is split where both parts (4+ letters, no stopword) are words of the index, at the split whose
-    rarer part is held most often, and only if the index holds the two parts side by side; a join only if
-    the index holds the joined word. One vocabulary lookup, and one phrase probe per split word."""
+    A word of 8+ letters is split into two parts of 4+ letters (no stopword), the most even split first, and
+    the first split whose parts the index holds side by side is kept; a join is kept if the index holds the
+    joined word. Each candidate is one ``LIMIT 1`` probe of the FTS5 index (~0.1 ms at a million records;
+    reading document frequencies from the vocabulary instead walked every common part's row list, ~3 ms)."""
     seq: list[str | None] = []  # the query's plain words in order; None where adjacency breaks
     for chunk in text.split():
         runs = _RUN_RE.findall(chunk)
         seq.append(runs[0].lower() if len(runs) == 1 and _WORD_RE.fullmatch(runs[0]) else None)
-    words = sorted({w for w in seq if w and w not in STOPWORDS and len(w) >= 2 * COMPOUND_PART_MIN})
     n = COMPOUND_PART_MIN
-    splits = {
-        w: [(w[:i], w[i:]) for i in range(n, len(w) - n + 1) if not {w[:i], w[i:]} & STOPWORDS] for w in words
-    }
-    joins = list(
-        dict.fromkeys(
-            a + b
-            for a, b in zip(seq, seq[1:], strict=False)
-            if a and b and a not in STOPWORDS and b not in STOPWORDS and a + b not in words
-        )
-    )
-    asked = [x for s in splits.values() for ab in s for x in ab] + joins
-    if not asked:
-        return []
-    df = manifest.lexical_doc_freqs(asked)
     out: list[str] = []
-    for w in words:
-        held = [(min(df[a], df[b]), a, b) for a, b in splits[w]]
-        best = max(held, default=(0, "", ""))
-        if best[0] > 0:
-            out.append(f'"{best[1]} {best[2]}"')
-    out = [p for p in out if manifest.lexical_holds(p)]
-    out += [f'"{j}"' for j in joins if df[j] > 0]
+    for w in sorted({w for w in seq if w and w not in STOPWORDS and len(w) >= 2 * n}):
+        splits = [(w[:i], w[i:]) for i in range(n, len(w) - n + 1) if not {w[:i], w[i:]} & STOPWORDS]
+        for a, b in sorted(splits, key=lambda ab: (abs(len(ab[0]) - len(ab[1])), ab)):
+            if manifest.lexical_holds(f'"{a} {b}"'):
+                out.append(f'"{a} {b}"')
+                break
+    words = {w for w in seq if w}
+    joins = [
+        a + b
+        for a, b in zip(seq, seq[1:], strict=False)
+        if a and b and a not in STOPWORDS and b not in STOPWORDS and a + b not in words
+    ]
+    out += [f'"{j}"' for j in dict.fromkeys(joins) if manifest.lexical_holds(f'"{j}"')]
     return out[:MAX_COMPOUND_PHRASES]
 
 
