@@ -18,6 +18,7 @@ so it never pays for it. The extraction workers load it at start-up (:func:`load
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import sys
 from types import ModuleType
@@ -29,7 +30,7 @@ from typing import Any
 _BLOCKED = ("pymupdf.layout", "pymupdf4llm")
 
 
-class _WithoutLayout:
+class _WithoutLayout(importlib.abc.Loader):
     """pymupdf's own loader, with the imports of ``_BLOCKED`` failing while pymupdf's ``__init__`` runs."""
 
     def __init__(self, inner: Any):
