@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("dense", "text", "lexical")
 # sub-channels fused by rank; their weights (documented in the README, "How results are ranked")
+# threads for the vector searches of concurrent queries (a query makes up to 6; Chroma queries are short)
+SEARCH_THREADS = 4
+
 WEIGHTS = {
     "lexical": 1.0,
     "text": 1.0,
@@ -193,6 +196,7 @@ class Retriever:
         # cold-start costs not yet reported: seconds of open_store (chromadb import included), import
         # (torch + transformers) and load_models (weights, tokenizer); the next search's timings show them
         self._cold: dict[str, float] = {}
+        self._threads: Any = None  # the vector searches' threads (see _beside), started on first use
 
     @classmethod
     def open(
@@ -219,6 +223,9 @@ class Retriever:
         return r
 
     def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
         self.store.close()
         self.manifest.close()
 
@@ -384,6 +391,9 @@ class Retriever:
             notes.append(building)
         used: list[str] = []
         off: dict[str, str] = {}
+        # (channel, future): each vector search runs on a thread of its own while this one encodes the next
+        # query vector and runs the lexical channel (Chroma and SQLite release the GIL); joined before fusion
+        vector_searches: list[tuple[str, Any]] = []
 
         if "dense" in channels:
             try:
@@ -401,19 +411,18 @@ class Retriever:
                     t0 = time.perf_counter()
                     q = clip.embed_texts([clip.fit(text)])[0]
                     timings["encode"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    rankings["dense_text"] = self._refs("text", q, n)
-                    rankings["dense_image"] = self._refs("image", q, n)
-                    rankings["dense_label"] = self._refs("image_text", q, n)
-                    timings["search"] += time.perf_counter() - t0
+                    for channel, kind in (
+                        ("dense_text", "text"),
+                        ("dense_image", "image"),
+                        ("dense_label", "image_text"),
+                    ):
+                        vector_searches.append((channel, self._beside(kind, q, n)))
                 if image is not None:
                     t0 = time.perf_counter()
                     qi = clip.embed_images([image])[0]
                     timings["encode"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    rankings["image_image"] = self._refs("image", qi, n)
-                    rankings["image_text"] = self._refs("text", qi, n)
-                    timings["search"] += time.perf_counter() - t0
+                    for channel, kind in (("image_image", "image"), ("image_text", "text")):
+                        vector_searches.append((channel, self._beside(kind, qi, n)))
 
         if "text" in channels and text:
             try:
@@ -430,20 +439,20 @@ class Retriever:
                 t0 = time.perf_counter()
                 q = enc.embed_texts([enc.fit(text)])[0]
                 timings["encode"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                rankings["text"] = self._refs("sem", q, n)
-                timings["search"] += time.perf_counter() - t0
+                vector_searches.append(("text", self._beside("sem", q, n)))
 
         # the lexical channel and every row behind the hits come from one snapshot of the manifest, so an
         # index run that updates a document meanwhile shows it whole, before or after (vector hits whose
         # ids the snapshot does not name are dropped in _hits)
         with self.manifest.read_snapshot():
+            t0 = time.perf_counter()
             if "lexical" in channels and text:
-                t0 = time.perf_counter()
                 lexical = [((t, i), sc) for t, i, sc in lexical_search(self.manifest, text, n)]
-                rankings = {"lexical": lexical, **rankings}
-                timings["search"] += time.perf_counter() - t0
+                rankings["lexical"] = lexical
                 used.insert(0, "lexical")
+            for channel, search in vector_searches:  # the vector searches ran meanwhile
+                rankings[channel] = search.result()
+            timings["search"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             passages = self.manifest.passages(
                 {key[1] for res in rankings.values() for key, _ in res if key[0] == "passage"}
@@ -489,6 +498,17 @@ class Retriever:
         }
         have -= {"", "dense" if which == "clip" else "text"}
         raise ManualragError(f"{exc}; channels it has: {', '.join(sorted(have))}") from None
+
+    def _beside(self, kind: str, vec: Any, n: int) -> Any:
+        """``_refs(kind, vec, n)`` started on the search threads: a future of its result."""
+        self.store.query  # noqa: B018  # opened here, by the caller: first use imports chromadb (not thread-safe)
+        if self._threads is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._threads = ThreadPoolExecutor(
+                max_workers=SEARCH_THREADS, thread_name_prefix="manualrag-search"
+            )
+        return self._threads.submit(self._refs, kind, vec, n)
 
     def _refs(self, kind: str, vec: Any, n: int) -> list[tuple[Key, float]]:
         """Vector search in one collection, mapped to the things (passages/figures) the vectors belong to."""
