@@ -14,6 +14,7 @@ import functools
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,9 @@ from manualrag.retriever.lexical import lexical_search
 log = logging.getLogger(__name__)
 
 CHANNELS = ("dense", "text", "lexical")
-# sub-channels fused by rank; their weights (documented in the README, "How results are ranked")
 # threads for the vector searches of concurrent queries (a query makes up to 6; Chroma queries are short)
 SEARCH_THREADS = 4
-
+# sub-channels fused by rank; their weights (documented in the README, "How results are ranked")
 WEIGHTS = {
     "lexical": 1.0,
     "text": 1.0,
@@ -196,7 +196,8 @@ class Retriever:
         # cold-start costs not yet reported: seconds of open_store (chromadb import included), import
         # (torch + transformers) and load_models (weights, tokenizer); the next search's timings show them
         self._cold: dict[str, float] = {}
-        self._threads: Any = None  # the vector searches' threads (see _beside), started on first use
+        # the vector searches' threads (see _beside; a thread starts on the first submit)
+        self._threads = ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="manualrag-search")
 
     @classmethod
     def open(
@@ -223,9 +224,7 @@ class Retriever:
         return r
 
     def close(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=True)
-            self._threads = None
+        self._threads.shutdown(wait=True)
         self.store.close()
         self.manifest.close()
 
@@ -502,12 +501,6 @@ class Retriever:
     def _beside(self, kind: str, vec: Any, n: int) -> Any:
         """``_refs(kind, vec, n)`` started on the search threads: a future of its result."""
         self.store.query  # noqa: B018  # opened here, by the caller: first use imports chromadb (not thread-safe)
-        if self._threads is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._threads = ThreadPoolExecutor(
-                max_workers=SEARCH_THREADS, thread_name_prefix="manualrag-search"
-            )
         return self._threads.submit(self._refs, kind, vec, n)
 
     def _refs(self, kind: str, vec: Any, n: int) -> list[tuple[Key, float]]:
