@@ -32,7 +32,7 @@ from manualrag.lock import LOCK_NAME, IndexLock
 
 if TYPE_CHECKING:
     from manualrag.manifest import Manifest
-    from manualrag.store import VectorStore
+    from manualrag.store import LazyStore, VectorStore
 
 DB_NAME = "index.sqlite"
 CHROMA_DIR = "chroma"
@@ -99,9 +99,7 @@ class Index:
     run left pending). Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(
-        self, root: Path | str, cfg: dict[str, Any], manifest: Manifest, store: VectorStore | None = None
-    ):
+    def __init__(self, root: Path | str, cfg: dict[str, Any], manifest: Manifest, store: LazyStore):
         self.layout = IndexLayout(Path(root))
         self.cfg = cfg
         self.manifest = manifest
@@ -111,17 +109,11 @@ class Index:
     @property
     def store(self) -> VectorStore:
         """The vector store, opened on first use when the index was opened with ``open_store=False``."""
-        if self._store is None:
-            from manualrag.store import VectorStore
-
-            self._store = VectorStore.open(self.root, self.cfg)
-        return self._store
+        return self._store.open()
 
     def close_store(self) -> None:
         """Close the vector store if it was opened (never opens it)."""
-        store, self._store = self._store, None
-        if store is not None:
-            store.close()
+        self._store.close()
 
     @property
     def root(self) -> Path:
@@ -147,7 +139,7 @@ class Index:
         :attr:`store` instead, so a run that writes and deletes no vectors (``--no-dense`` on an index
         without vectors) never imports it, and one that does can open it while its workers extract."""
         from manualrag.manifest import Manifest
-        from manualrag.store import VectorStore
+        from manualrag.store import LazyStore
 
         layout = IndexLayout(Path(root))
         lock: IndexLock | None = None
@@ -157,11 +149,11 @@ class Index:
         else:
             cls.require(layout.root)
         manifest: Manifest | None = None
-        store: VectorStore | None = None
+        store = LazyStore(layout.root, cfg)
         try:
             manifest = Manifest(layout.db, readonly=not write)
             if open_store:
-                store = VectorStore.open(layout.root, cfg)
+                store.open()
             elif write and not cfg["store"]["url"]:
                 layout.chroma.mkdir(exist_ok=True)  # the folder's layout does not depend on when it opens
         except BaseException:

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,34 @@ def _clean_metadata(meta: dict[str, Any], record_id: str) -> dict[str, Any] | No
             raise ValueError(f"metadata '{key}' of record {record_id} is not a finite number")
         out[key] = value
     return out or None  # Chroma refuses an empty dict
+
+
+class LazyStore:
+    """An index's vector store, opened on first use: ``chromadb`` takes ~1-1.6 s to import, which a
+    lexical-only query or a run that writes no vectors never needs. Attribute access opens it (then it is a
+    plain :class:`VectorStore`); :meth:`close` closes it only if it was opened. ``cold``: where the seconds
+    of opening it are added up (``cold["open_store"]``, reported by the next search's timings)."""
+
+    def __init__(self, root: Path, cfg: dict[str, Any], cold: dict[str, float] | None = None):
+        self._args = (root, cfg)
+        self._store: VectorStore | None = None
+        self._cold = cold
+
+    def open(self) -> VectorStore:
+        if self._store is None:
+            t0 = time.perf_counter()
+            self._store = VectorStore.open(*self._args)
+            if self._cold is not None:
+                self._cold["open_store"] = self._cold.get("open_store", 0.0) + time.perf_counter() - t0
+        return self._store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.open(), name)
+
+    def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
 
 
 class VectorStore:

@@ -144,32 +144,6 @@ def make_snippet(text: str, query: str, width: int = 240) -> str:
     return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
 
 
-class _LazyStore:
-    """The index's vector store, opened on first use: a lexical-only query never imports chromadb (about a
-    second of a cold start) nor opens the vectors."""
-
-    def __init__(self, index_dir: Path, cfg: dict[str, Any], cold: dict[str, float]):
-        self._args = (index_dir, cfg)
-        self._store: Any = None
-        self._cold = cold
-
-    def _open(self) -> Any:
-        if self._store is None:
-            t0 = time.perf_counter()
-            from manualrag.store import VectorStore
-
-            self._store = VectorStore.open(*self._args)
-            self._cold["open_store"] = self._cold.get("open_store", 0.0) + time.perf_counter() - t0
-        return self._store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._open(), name)
-
-    def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-
-
 class Retriever:
     """Loads the index and its encoders once; answers many queries."""
 
@@ -211,13 +185,14 @@ class Retriever:
         instead of the ones the index names (they must produce the same vectors)."""
         from manualrag.config import load_config
         from manualrag.index import Index
+        from manualrag.store import LazyStore
 
         cfg = cfg or load_config()
         layout = Index.require(index_dir)
         manifest = Manifest(layout.db, readonly=True)
-        # the vector store opens on first use (see _LazyStore): a lexical-only query never imports chromadb
+        # the vector store opens on first use (see LazyStore): a lexical-only query never imports chromadb
         cold: dict[str, float] = {}
-        store = _LazyStore(layout.root, cfg, cold)
+        store = LazyStore(layout.root, cfg, cold)
         models = manifest.get_meta("models") or {}
         r = cls(layout.root, cfg, manifest, store, models, clip_model, text_model)
         r._cold = cold
