@@ -24,7 +24,7 @@ from manualrag.config import means_no_model
 from manualrag.errors import ManualragError
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, fuse, page_support
-from manualrag.retriever.lexical import lexical_search
+from manualrag.retriever.lexical import COMPOUND_PART_MIN, lexical_search
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,19 @@ def _terms(query: str) -> list[str]:
 def _snippet_patterns(terms: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str]]:
     """For a query's terms (longest first): a finder of their occurrences, and a marker of the words they
     start. Compiled once per query, not once per hit."""
-    alt = "|".join(re.escape(t) for t in terms)
+    alt = "|".join(_term_pattern(t) for t in terms)
     return re.compile(alt), re.compile(rf"(?i)(?<!\*)\b((?:{alt})\w*)")
+
+
+def _term_pattern(term: str) -> str:
+    """A query term as a regex; a long word also written apart, as the lexical channel finds it
+    (:func:`~manualrag.retriever.lexical.compound_phrases`): "filesystem" also marks "file system",
+    "file-system" and a word hyphenated at a line end ("ther- mometer")."""
+    n = COMPOUND_PART_MIN
+    if len(term) < 2 * n or not term.isalpha():
+        return re.escape(term)
+    apart = [rf"{re.escape(term[:i])}(?:-\s?|\s){re.escape(term[i:])}" for i in range(n, len(term) - n + 1)]
+    return "|".join([re.escape(term), *apart])
 
 
 def make_snippet(text: str, query: str, width: int = 240) -> str:

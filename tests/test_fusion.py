@@ -127,3 +127,12 @@ def test_snippet_without_terms_is_the_start_and_marks_word_starts_only():
     assert make_snippet("A  short\npassage.", "a") == "A short passage."  # terms under 3 letters: none
     assert make_snippet("Pumps and pumping", "pump") == "**Pumps** and **pumping**"
     assert make_snippet("subpump", "pump") == "subpump"  # inside a word: not marked
+
+
+def test_snippet_marks_a_long_word_where_the_manual_writes_it_apart():
+    # the lexical channel finds "file system" for "filesystem" (compound_phrases): the snippet shows why
+    text = "Mount the file system, then the File-System table; a ther- mometer reads 20. A filesys tem."
+    s = make_snippet(text, "filesystem thermometer")
+    assert "**file system**" in s and "**File-System**" in s and "**ther- mometer**" in s
+    assert "filesys tem" in s and "**filesys" not in s  # a part under 4 letters: as lexical, no split
+    assert make_snippet("the bootloader", "boot loader") == "the **bootloader**"  # joined: word start
