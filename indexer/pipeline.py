@@ -372,6 +372,9 @@ class Indexer:
                         store = index.store  # chromadb's import overlaps the workers' start
                     with _Timer(timings, "load_models"):
                         self._load_models()
+                    for enc in (self._clip, self._text):
+                        if enc is not None and pool is not None:
+                            enc.busy = pool.busy  # a batch leaves the extraction workers their cores
                     self._check_store_models(store)
                     # recorded now, not at the end, so a reader can search a first run's documents by
                     # their vectors as they are committed

@@ -12,6 +12,7 @@ Protocol (JSON lines, never pickle): the parent writes the config once, then one
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -424,6 +425,7 @@ class WorkerPool:
         self.memory_mb = cfg["isolation"]["memory_mb"]
         self.split_pages = int(cfg["isolation"].get("split_pages") or 0)
         self._slots = threading.BoundedSemaphore(self.n)  # requests in flight: documents and page ranges
+        self._busy = 0  # slots taken now (see busy)
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -431,6 +433,22 @@ class WorkerPool:
         self._ever_started = False
         self._executors: list[ThreadPoolExecutor] = []
         self._starting = 0  # workers being started ahead (prestart)
+
+    def busy(self) -> int:
+        """How many workers are at work now (documents or page ranges in flight): processes competing for
+        the cores with the parent's embedding (see :func:`manualrag.encoder.run_batches`)."""
+        return self._busy
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        with self._slots:
+            with self._lock:
+                self._busy += 1
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._busy -= 1
 
     def _get(self, prefer: _Worker | None = None) -> _Worker:
         """An idle worker (``prefer`` if it is idle), a worker being started ahead (``prestart``) once it is
@@ -522,7 +540,7 @@ class WorkerPool:
         """``_call`` of the request ``build(worker)`` makes for the worker it gets (``prefer`` if that one is
         idle); ``build`` returns None when there is nothing left to send (the result is then None).
         Returns the result and the worker."""
-        with self._slots:
+        with self._slot():
             w = self._get(prefer)
             if w.start_error:
                 return self._start_failed(w, rel), None
@@ -623,7 +641,7 @@ class WorkerPool:
         ``ahead()`` says so, the next request is written before the reply to the current one is read, so
         the worker goes on to it at once instead of waiting while its reply travels and the parent reads
         it (a worker with a request still queued when one fails is killed, not reused)."""
-        with self._slots:
+        with self._slot():
             w = self._get()
             if w.start_error:
                 err = self._start_failed(w, rel)

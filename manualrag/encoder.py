@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -648,7 +648,7 @@ def _batch_pool(workers: int) -> Any:
         return pool
 
 
-def run_batches(fn: Any, jobs: Sequence[Any], workers: int) -> list[Any]:
+def run_batches(fn: Any, jobs: Sequence[Any], workers: int, busy: int = 0) -> list[Any]:
     """``[fn(job) for job in jobs]`` under ``torch.inference_mode``; with ``workers`` > 1, the jobs run side
     by side on ``workers`` threads of one torch (OpenMP) thread each instead of one after another on
     ``workers`` OpenMP threads.
@@ -659,12 +659,25 @@ def run_batches(fn: Any, jobs: Sequence[Any], workers: int) -> list[Any]:
     Whole batches on their own cores share nothing: same vectors to the bit, measured faster in both
     dtypes (full-size CLIP text, 2 cores: float32 1.3-1.8x, bfloat16 more; see the commit). torch's thread
     count is per thread: the main thread's is left as it was, and the process default (which new threads
-    start from, and which a worker's setting changes) is put back after."""
+    start from, and which a worker's setting changes) is put back after.
+
+    ``busy``: other processes at work on this machine's cores now (the indexer's extraction workers). A
+    single batch then runs on the OpenMP threads that leave them a core each (at least one): a thread
+    descheduled for one of them stalls the others at every barrier (13 CLIP texts on 2 cores beside 2
+    extraction workers: 1.5-3.1 s on 2 threads, 0.6-1.7 s on one, 0.3-0.6 s when nothing else runs)."""
     import torch
 
     if workers <= 1 or len(jobs) <= 1:
-        with torch.inference_mode():
-            return [fn(j) for j in jobs]
+        n = torch.get_num_threads()
+        fewer = max(1, n - busy)
+        if fewer < n:
+            torch.set_num_threads(fewer)
+        try:
+            with torch.inference_mode():
+                return [fn(j) for j in jobs]
+        finally:
+            if fewer < n:
+                torch.set_num_threads(n)
     n = torch.get_num_threads()
     per = max(1, n // min(workers, len(jobs)))
 
@@ -701,6 +714,9 @@ class _TextSide:
     dtype_reason = ""  # how the dtype was chosen (shown by `index` and `stats`)
     _probing = False  # while choose_auto_dtype runs the probe: no float32 fallback
     _float_model: Any = None  # an int8 encoder's float32 model (the fallback on non-finite vectors)
+    # how many other processes are at work on the cores now (the indexer sets its extraction pool's count
+    # while it embeds beside extraction; see run_batches)
+    busy: Callable[[], int] | None = None
 
     def _settle_dtype(self, requested: str) -> None:
         """Put the (float32) model in its final dtype: the one requested, or for ``auto`` the hardware's
@@ -899,7 +915,7 @@ class _TextSide:
         float32 as well (as one after another they would have been)."""
         import torch
 
-        vecs_all = run_batches(lambda job: run(job[1]), jobs, workers)
+        vecs_all = run_batches(lambda job: run(job[1]), jobs, workers, self.busy() if self.busy else 0)
         dtype = self.dtype
         with torch.inference_mode():
             for (idx, inputs), vecs in zip(jobs, vecs_all, strict=True):

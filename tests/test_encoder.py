@@ -447,3 +447,34 @@ def test_batches_side_by_side_give_the_vectors_of_batches_one_after_another(
             np.testing.assert_allclose(side[3], embed(items[3:4])[0], atol=2e-5)  # alone: the same vector
     finally:
         torch.set_num_threads(saved)
+
+
+def test_a_batch_beside_busy_extraction_workers_runs_on_fewer_threads_same_vectors(minilm: TextEncoder):
+    """With other processes at work (the indexer sets ``busy`` to its extraction pool's count), a single
+    batch runs on the threads that leave them their cores (at least one) and gives the same vectors; the
+    caller's thread count is back after, also when the forward fails."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    try:
+        texts = TEXTS[:3]  # one batch
+        alone = minilm.embed_texts(texts)
+        for busy, threads in ((0, 2), (1, 1), (5, 1)):
+            seen.clear()
+            got = enc_mod.run_batches(lambda t: (seen.append(torch.get_num_threads()), t)[1], [1], 2, busy)
+            assert got == [1] and seen == [threads] and torch.get_num_threads() == 2
+        minilm.busy = lambda: 2
+        np.testing.assert_allclose(minilm.embed_texts(texts), alone, atol=1e-6)
+        assert torch.get_num_threads() == 2
+
+        def boom(_: object) -> None:
+            raise RuntimeError("forward failed")
+
+        with pytest.raises(RuntimeError):
+            enc_mod.run_batches(boom, [1], 2, busy=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        minilm.busy = None
+        torch.set_num_threads(saved)

@@ -291,3 +291,26 @@ def test_each_worker_takes_a_contiguous_part_and_its_own_pages_first() -> None:
     assert pick(tasks, [0, 2, 3, 4, 5], held, 1) == 0
     assert pick(tasks, [3, 4, 5], held, 2) == 3  # the next one after its last
     assert pick(tasks, [4, 5], held, 2) == 5  # the middle of what is left, by cost
+
+
+def test_pool_counts_the_workers_at_work(cfg: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """busy(): how many workers are extracting now (the indexer runs a batch on fewer threads beside them)."""
+    import threading
+
+    pdf = manual_pdf(tmp_path / "manual.pdf")
+    monkeypatch.setenv(FAULT_ENV, "slow:manual.pdf")  # each request sleeps 1.5 s first
+    c = copy.deepcopy(cfg)
+    c["ocr"]["enabled"] = False
+    pool = WorkerPool(c, tmp_path / "idx", n=2)
+    seen: list[int] = []
+    try:
+        assert pool.busy() == 0
+        t = threading.Thread(target=lambda: pool.extract_ranges(pdf, "manual.pdf", [(1, 2), (3, 4)]))
+        t.start()
+        while t.is_alive():
+            seen.append(pool.busy())
+            t.join(0.05)
+        assert pool.busy() == 0
+    finally:
+        pool.close()
+    assert max(seen) == 2 and set(seen) <= {0, 1, 2}, seen
