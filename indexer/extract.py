@@ -268,6 +268,8 @@ def _finish_pdf(
         if fig is not None:
             (doc.boilerplate if pf.boilerplate else doc.figures).append(fig)
     doc.figures.extend(fig for _, fig, _ in scans)
+    rects = {pg.number: pg.rect for pg in pages}
+    _drop_scan_furniture([(rects[n], blocks) for n, _, blocks in scans if blocks])
     scan_pages: set[int] = set()
     for number, _, blocks in scans:
         if blocks is not None:
@@ -907,6 +909,89 @@ def _ocr_blocks(
                 )
             )
     return out
+
+
+_FURNITURE_LINES = 3  # a running header/footer read by OCR spans at most this many lines ("Chapter 3:" /
+# "Getting Started" / "29"), in one block or several
+
+
+def _drop_scan_furniture(pages: list[tuple[fg.Box, list[TextBlock]]]) -> None:
+    """Running headers and footers of scanned pages (OCR text: no line positions or fonts to mark them as
+    ``_mark_furniture`` does for a text layer), taken out of the pages' text blocks in place.
+
+    A page's first lines (in blocks that start in the top tenth of the page) or last lines (in blocks that
+    end in the bottom tenth) are a running header/footer when their letters, digits and punctuation aside
+    ("Chapter 3: Getting Started 29" and "Chapter 3 / Getting Started / 28" read alike), recur on at least 3
+    scanned pages and 30% of them, as for a text layer. The lines go, with a page number right after them; a
+    block left empty goes too."""
+    if len(pages) < 3:
+        return
+    need = max(3, int(0.3 * len(pages)))
+
+    def key(lines: list[str]) -> str:
+        return re.sub(r"[^a-z]", "", " ".join(lines).lower())
+
+    for top in (True, False):
+        edges = [_edge_lines(rect, blocks, top) for rect, blocks in pages]
+        counts: Counter[str] = Counter()
+        for lines in edges:
+            counts.update({key([t for _, _, t in lines[:k]]) for k in range(1, len(lines) + 1)})
+        for (_, blocks), lines in zip(pages, edges, strict=True):
+            texts = [t for _, _, t in lines]
+            cut = max(
+                (
+                    k
+                    for k in range(1, len(lines) + 1)
+                    if len(key(texts[:k])) >= 4 and counts[key(texts[:k])] >= need
+                ),
+                default=0,
+            )
+            if not cut:
+                continue
+            drop = lines[:cut]
+            for line in [*lines[cut:], *_edge_lines_after(blocks, lines, top)]:
+                if not line[2].strip().isdigit():  # the page number after it goes too
+                    break
+                drop.append(line)
+            gone: dict[int, set[int]] = {}
+            for i, j, _ in drop:
+                gone.setdefault(i, set()).add(j)
+            for i in sorted(gone, reverse=True):
+                kept = [t for j, t in enumerate(blocks[i].text.split("\n")) if j not in gone[i]]
+                if any(t.strip() for t in kept):
+                    blocks[i].text = "\n".join(kept)
+                else:
+                    del blocks[i]
+
+
+def _edge_lines(rect: fg.Box, blocks: list[TextBlock], top: bool) -> list[tuple[int, int, str]]:
+    """(block, line, text) of a scanned page's first (``top``) or last lines, nearest the edge first, at
+    most ``_FURNITURE_LINES``, from blocks in the page's top (bottom) tenth."""
+    h = rect[3] - rect[1]
+    out: list[tuple[int, int, str]] = []
+    for i in range(len(blocks)) if top else range(len(blocks) - 1, -1, -1):
+        b = blocks[i]
+        if not (b.bbox[1] <= rect[1] + 0.1 * h if top else b.bbox[3] >= rect[3] - 0.1 * h):
+            break
+        lines = b.text.split("\n")
+        for j in range(len(lines)) if top else range(len(lines) - 1, -1, -1):
+            out.append((i, j, lines[j]))
+            if len(out) == _FURNITURE_LINES:
+                return out
+    return out
+
+
+def _edge_lines_after(
+    blocks: list[TextBlock], lines: list[tuple[int, int, str]], top: bool
+) -> list[tuple[int, int, str]]:
+    """The next two lines inward after ``lines`` (a page number may follow a running header)."""
+    if not lines:
+        return []
+    flat = [(i, j, t) for i, b in enumerate(blocks) for j, t in enumerate(b.text.split("\n"))]
+    if not top:
+        flat.reverse()
+    at = flat.index(lines[-1]) + 1
+    return flat[at : at + 2]
 
 
 # "3.9 Exporting a layout", "3.9.2 G-code (gcode)", "H.1.27 djopt": a dotted section number, a short title

@@ -260,7 +260,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 # and an index built by an older release gets the new records without a reset. 2: figures' OCR at the
 # finest image resolution, loose images' names as headings, photo OCR noise dropped, caption vectors.
 # 3: numbered section headings read by OCR on scanned pages split and title their passages.
-EXTRACTION_VERSION = 3
+# 4: running headers and footers of scanned pages (OCR) leave their passages, as a text layer's do.
+EXTRACTION_VERSION = 4
 
 
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:

@@ -180,6 +180,60 @@ def test_scanned_page_sections_get_their_numbered_headings(tmp_path: Path, cfg: 
     assert "180 bar" in by_heading["2.2 Pressure relief valve"]
 
 
+def _scan_page_png(header: list[str], body: list[str], footer: str) -> bytes:
+    """An A4 page rendered to pixels: running header lines at the top edge, body, a footer at the bottom."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=h.A4[0], height=h.A4[1])
+    for i, line in enumerate(header):
+        page.insert_text((72, 40 + 16 * i), line, fontsize=11, fontname="helv")
+    for i, line in enumerate(body):
+        page.insert_text((72, 200 + 22 * i), line, fontsize=14, fontname="helv")
+    page.insert_text((72, h.A4[1] - 30), footer, fontsize=11, fontname="helv")
+    png = page.get_pixmap(dpi=200, colorspace=pymupdf.csGRAY).tobytes("png")
+    doc.close()
+    return png
+
+
+@needs_tesseract
+def test_scanned_pages_running_headers_and_footers_leave_the_text(
+    tmp_path: Path, cfg: dict, ocr: OcrEngine
+) -> None:
+    """A scan's running header (on one line or two, with its page number) and footer recur on every page:
+    they leave the passages, as a text layer's do; a header seen once stays, and so does every body line."""
+    pages = [
+        (
+            ["Chapter 2: Hydraulics", "31"],
+            ["Check the oil level before every shift.", "Use hydraulic oil HLP 46."],
+        ),
+        (
+            ["Chapter 2", "Hydraulics", "32"],
+            ["Bleed the cylinder after a hose change.", "Open the bleed screw slowly."],
+        ),
+        (
+            ["Chapter 2: Hydraulics", "33"],
+            ["The relief valve opens at 180 bar.", "Never adjust it under load."],
+        ),
+        (
+            ["Chapter 3: Electrics", "34"],
+            ["Fuse F2 protects the pump motor.", "Replace it with a 16 A fuse only."],
+        ),
+    ]
+    doc = pymupdf.open()
+    for header, body in pages:
+        page = doc.new_page(width=h.A4[0], height=h.A4[1])
+        page.insert_image(page.rect, stream=_scan_page_png(header, body, "Service Manual TX-200"))
+    doc.save(tmp_path / "scan.pdf")
+    doc.close()
+    out = extract_file(tmp_path / "scan.pdf", "scan.pdf", cfg, ocr=ocr)
+    text = {n: " ".join(" ".join(b.text.split()) for b in out.blocks if b.page == n) for n in range(1, 5)}
+    for n, (_, body) in enumerate(pages, 1):
+        for line in body:
+            assert line.split()[1] in text[n], (n, text[n])  # every body line is still there
+        assert "Service Manual" not in text[n] and "Hydraulics" not in text[n], (n, text[n])
+        assert str(30 + n) not in text[n].split()[:1] + text[n].split()[-1:], (n, text[n])
+    assert "Chapter 3: Electrics" in text[4]  # a header seen on one page only is no running header
+
+
 @needs_tesseract
 def test_real_scan_page_is_split_at_its_section_headings(tmp_path: Path, cfg: dict, ocr: OcrEngine) -> None:
     """Page 4 of corpus2's scanned section (150 dpi JPEG): the G-code figure's text, then the Gerber,
