@@ -183,18 +183,26 @@ class Indexer:
             raise ManualragError("internal error: the CLIP model is used before it was loaded")
         return self._clip
 
-    def _load_models(self) -> None:
+    def _load_models(self, built_with: dict[str, Any] | None = None) -> None:
+        """Load the encoders this run embeds with. ``built_with``: the models the index was built with; a
+        model that cannot be loaded for an index built without it says how to go on without it."""
         from manualrag.encoder import ClipEncoder, TextEncoder
 
         c = self.cfg
-        if self._clip is None and c["model"]:
-            self._clip = ClipEncoder.load(
-                c["model"], device=c["device"], dtype=c["dtype"], batch_size=c["batch_size"]
-            )
-        if self._text is None and c["text_model"]:
-            self._text = TextEncoder.load(
-                c["text_model"], device=c["device"], dtype=c["dtype"], batch_size=c["batch_size"]
-            )
+        for role, flag, key in (("clip", "--model", "model"), ("text", "--text-model", "text_model")):
+            if getattr(self, f"_{role}") is not None or not c[key]:
+                continue
+            cls = ClipEncoder if role == "clip" else TextEncoder
+            try:
+                enc = cls.load(c[key], device=c["device"], dtype=c["dtype"], batch_size=c["batch_size"])
+            except ManualragError as exc:
+                if built_with is None or built_with.get(role):
+                    raise
+                raise ManualragError(
+                    f"this index was built without a {'CLIP' if role == 'clip' else 'text'} model: add {flag}"
+                    f" none (or {key}: null in the config) to update it the same way. {exc}"
+                ) from None
+            setattr(self, f"_{role}", enc)
 
     def _precision(self) -> dict[str, dict[str, str]]:
         """Each loaded model's dtype as it ended the run (a float32 fallback after NaN shows here)."""
@@ -371,7 +379,7 @@ class Indexer:
                     with _Timer(timings, "open_store"):
                         store = index.store  # chromadb's import overlaps the workers' start
                     with _Timer(timings, "load_models"):
-                        self._load_models()
+                        self._load_models(manifest.get_meta("models"))
                     for enc in (self._clip, self._text):
                         if enc is not None and pool is not None:
                             enc.busy = pool.busy  # a batch leaves the extraction workers their cores

@@ -221,3 +221,22 @@ def test_web_api_notes_on_a_keyword_only_index_name_no_cli_flags(tmp_path):
         assert state.retriever.search("coupling").channels_off == {"dense": "no_vectors"}
     finally:
         state.close()
+
+
+def test_updating_a_clipless_index_without_model_none_says_how(tmp_path):
+    """An index built with `--model none`, updated later without it: the default CLIP cannot be loaded offline,
+    and the error says that the index was built without one and how to go on (it gave only the load error)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "pump.md").write_text("# Pump\n\nBleed the pump before the first start.\n")
+    rc, _, err = _cli("index", "lib", "--index-dir", "idx", "--model", "none", "-q", cwd=tmp_path)
+    assert rc == 0, err
+    (lib / "valve.md").write_text("# Valve\n\nThe relief valve opens at 180 bar.\n")
+    rc, out, err = _cli("index", "lib", "--index-dir", "idx", cwd=tmp_path)
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(
+        "error: this index was built without a CLIP model: add --model none (or model: null in the config)"
+        " to update it the same way. cannot load model 'openai/clip-vit-base-patch32'"
+    ), err
+    rc, _, err = _cli("index", "lib", "--index-dir", "idx", "--model", "none", "-q", cwd=tmp_path)
+    assert rc == 0, err
