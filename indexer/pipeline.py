@@ -65,10 +65,38 @@ def figure_sem_text(fig: Figure) -> str:
     return "\n".join(p.strip() for p in parts if p and p.strip())
 
 
-def _stored_precision(precision: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+def _stored_precision(
+    precision: dict[str, dict[str, str]], before: dict[str, dict[str, str]] | None = None
+) -> dict[str, dict[str, str]]:
     """The index's ``precision`` meta: each model's id and dtype (the reasons carry timings: shown, not
-    stored)."""
-    return {role: {k: p[k] for k in ("model", "dtype")} for role, p in precision.items()}
+    stored). ``before``: the meta of vectors the index keeps beside this run's; a model's vectors in two
+    float dtypes are stored as both ("bfloat16 + float32"), so ``stats`` does not name only the last."""
+    out = {}
+    for role, p in precision.items():
+        dtypes = {p["dtype"]}
+        old = (before or {}).get(role)
+        if old and old.get("model") == p["model"] and old.get("dtype"):
+            dtypes |= set(str(old["dtype"]).split(" + "))
+        out[role] = {"model": p["model"], "dtype": " + ".join(sorted(dtypes))}
+    return out
+
+
+def _check_precision(precision: dict[str, dict[str, str]], before: dict[str, dict[str, str]] | None) -> None:
+    """An index keeps one precision per model where int8 is involved: an int8 vector depends on the texts
+    batched with it and drifts from float32 (all-MiniLM-L6-v2: cosine 0.81), so int8 vectors and float ones
+    would rank against each other unfairly. float32, bfloat16 and float16 vectors of one model may mix
+    (``auto`` keeps bfloat16 only where it stays within cosine 0.995 of float32)."""
+    for role, p in precision.items():
+        old = (before or {}).get(role)
+        if not old or old.get("model") != p["model"]:
+            continue
+        had = set(str(old.get("dtype", "")).split(" + ")) - {""}
+        if had and had != {p["dtype"]} and "int8" in had | {p["dtype"]}:
+            raise ManualragError(
+                f"this index's {role} vectors ({p['model']}) are {' + '.join(sorted(had))} and this run would"
+                f" embed in {p['dtype']}: int8 vectors do not mix with others; update it with"
+                f" --dtype {' + '.join(sorted(had))}, or build a new index (--index-dir) in {p['dtype']}"
+            )
 
 
 @dataclass
@@ -373,6 +401,7 @@ class Indexer:
         # overlaps the model load. Models are loaded only when there is something to embed, and before
         # anything in the index changes, so an unavailable model or an encoder mismatch fails fast and
         # leaves the index as it was (the crops of this run are pruned)
+        kept_precision: dict[str, dict[str, str]] | None = None  # of the vectors this run keeps
         with self._extraction(work, timings) as (pool, extracted):
             if self.dense and work:
                 try:
@@ -384,10 +413,14 @@ class Indexer:
                         if enc is not None and pool is not None:
                             enc.busy = pool.busy  # a batch leaves the extraction workers their cores
                     self._check_store_models(store)
+                    # vectors of documents this run does not redo stay beside the new ones
+                    kept = set(known) - {s.rel for s, _ in work}
+                    kept_precision = manifest.get_meta("precision") if kept else None
+                    _check_precision(self._precision(), kept_precision)
                     # recorded now, not at the end, so a reader can search a first run's documents by
                     # their vectors as they are committed
                     manifest.set_meta("models", {"clip": self._want_clip, "text": self._want_text})
-                    manifest.set_meta("precision", _stored_precision(self._precision()))
+                    manifest.set_meta("precision", _stored_precision(self._precision(), kept_precision))
                 except BaseException:
                     if pool is not None:
                         pool.close(kill=True)
@@ -460,7 +493,7 @@ class Indexer:
                 # the dtypes this run's vectors were embedded in, as they ended the run (a float32 fallback
                 # after NaN shows here); recorded at model load too, so a crash after a commit keeps it
                 if summary.precision and sum(summary.embedded.values()):
-                    manifest.set_meta("precision", _stored_precision(summary.precision))
+                    manifest.set_meta("precision", _stored_precision(summary.precision, kept_precision))
                 index.drop_precision_without_vectors()
             index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
 

@@ -4,6 +4,8 @@ where it is faithful, refused by the faithfulness check where it is not, and nev
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -101,3 +103,51 @@ def test_int8_vectors_depend_on_the_batch_so_auto_never_picks_it(minilm_dir, mon
     for has_bf16 in (True, False):  # as on a CPU with / without native bf16
         monkeypatch.setattr(encoder, "cpu_has_fast_bf16", lambda cpuinfo=None, v=has_bf16: v)
         assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if has_bf16 else torch.float32)
+
+
+def test_an_index_keeps_int8_vectors_apart_and_names_mixed_float_precisions(tmp_path, minilm_dir):
+    """A run whose precision differs from the vectors the index keeps: int8 beside float vectors is refused
+    (exit 2, one line, nothing written); float32 beside bfloat16 is allowed and `stats` names both. Before,
+    both mixed silently and `stats` named only the last run's dtype."""
+    from click.testing import CliRunner
+
+    from manualrag.cli import main
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+
+    def index(idx: str, dtype: str) -> tuple[int, str]:
+        res = CliRunner().invoke(
+            main,
+            [
+                "index",
+                str(lib),
+                "--index-dir",
+                str(tmp_path / idx),
+                "--model",
+                "none",
+                "--text-model",
+                str(minilm_dir),
+                "--dtype",
+                dtype,
+                "-q",
+            ],
+        )
+        return res.exit_code, res.output
+
+    def precision(idx: str) -> dict:
+        res = CliRunner().invoke(main, ["stats", "--index-dir", str(tmp_path / idx), "--json"])
+        return json.loads(res.stdout)["precision"]
+
+    (lib / "pump.md").write_text("# Pump\n\nBleed the pump before the first start.\n")
+    assert index("i8", "int8")[0] == 0
+    (lib / "valve.md").write_text("# Valve\n\nThe relief valve opens at 180 bar.\n")
+    rc, out = index("i8", "float32")
+    assert rc == 2 and "are int8 and this run would embed in float32: int8 vectors do not mix" in out, out
+    assert precision("i8") == {"text": "int8"}
+    assert index("i8", "int8")[0] == 0  # in the index's precision it goes on
+    (lib / "hose.md").write_text("# Hose\n\nChange the hose every two years.\n")
+    assert index("f", "float32")[0] == 0
+    (lib / "seal.md").write_text("# Seal\n\nGrease the seal.\n")
+    assert index("f", "bfloat16")[0] == 0
+    assert precision("f") == {"text": "bfloat16 + float32"}
