@@ -297,9 +297,16 @@ class Indexer:
         cfg, timings = self.cfg, summary.timings
         manifest = index.manifest
         with _Timer(timings, "discover"):
-            found, skipped = discover(library, cfg, exclude=[self.index_dir])
+            other_indexes: list[str] = []
+            found, skipped = discover(library, cfg, exclude=[self.index_dir], indexes=other_indexes)
             files = [f for f in found if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
+        if other_indexes:  # say once why a folder of PNGs inside the library was left out
+            summary.warnings.append(
+                f"skipped {len(other_indexes)} folder(s) in the library that hold a manualrag index "
+                f"({', '.join(other_indexes[:3])}{', ...' if len(other_indexes) > 3 else ''}): "
+                "their crops are not manuals"
+            )
         if not manifest.get_meta("library"):
             # a first run records its library now, not only at its end: one interrupted after some documents
             # leaves an index whose pages can be served and that `check --repair` can rebuild
