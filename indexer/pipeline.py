@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TMP_DIR = ".tmp"  # the run's private temporary files (workers' TMPDIR)
+# appended to the failure line of a document whose indexed version was removed because the file as it now
+# is cannot be read (else "0 removed, 1 failed" leaves the user thinking the old version is still searchable)
+PREVIOUS_REMOVED = "; its previous version was removed from the index"
 
 
 def in_shard(rel: str, shard: tuple[int, int]) -> bool:
@@ -351,12 +354,13 @@ class Indexer:
                 try:
                     digest = file_digest(src.path)
                 except OSError as exc:
+                    reason = f"cannot read: {exc.strerror or exc}"
                     summary.failed.append(
-                        FileError(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
+                        FileError(src.rel, reason + (PREVIOUS_REMOVED if row is not None else ""), "discover")
                     )
                     if row is not None or src.rel in manifest.paths_with_rows():
                         index.remove_document(src.rel)
-                    manifest.record_error(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
+                    manifest.record_error(src.rel, reason, "discover")
                     continue
                 if (
                     row is not None
@@ -430,9 +434,14 @@ class Indexer:
                             manifest.clear_error(src.rel)
                             summary.indexed.append(src.rel)
                     if isinstance(item, FileError):
-                        summary.failed.append(item)
                         # the file changed (or the config did) and the new version cannot be read: the records
-                        # of the old version would describe content that is no longer there
+                        # of the old version would describe content that is no longer there. The failure line
+                        # says so (the run's "removed" counts the files gone from the library)
+                        summary.failed.append(
+                            FileError(item.path, item.reason + PREVIOUS_REMOVED, item.stage)
+                            if item.path in known
+                            else item
+                        )
                         if item.path in known or item.path in manifest.paths_with_rows():
                             index.remove_document(item.path)
                         manifest.record_error(
