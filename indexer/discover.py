@@ -72,9 +72,10 @@ def discover(
     """Walk ``library`` recursively; return the supported files sorted by relative path, and skip counts.
 
     Skipped (counted by reason): hidden names (``.x``), unsupported suffixes, the ``exclude`` folders
-    (the index when it lies inside the library), any other manualrag index folder in the library (counted as
-    ``index``; their relative paths are appended to ``indexes`` when given), symlinks leading outside the library (unless
-    ``follow_symlinks``), broken links, directory loops, a file reached twice through links, and anything
+    (the index when it lies inside the library), any other manualrag index folder in the library (counted
+    as ``index_folder``; their relative paths are appended to ``indexes`` when given), symlinks leading
+    outside the library (unless ``follow_symlinks``), broken links, directory loops, a file reached twice
+    through links, and anything
     that is not a regular file or cannot be read.
     """
     root = Path(library)
@@ -128,7 +129,7 @@ def discover(
                 if Path(os.path.realpath(path)) in excluded:
                     skipped["excluded"] += 1
                 elif IndexLayout.holds_index(path):  # another index (say lib/data/index): crops, no manuals
-                    skipped["index"] += 1
+                    skipped["index_folder"] += 1
                     if indexes is not None:
                         indexes.append(_printable("/".join((*rel_parts, name))))
                 elif is_link and not via_link:

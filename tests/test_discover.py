@@ -139,7 +139,7 @@ def test_any_index_folder_in_the_library_is_skipped(library: Path, cfg: dict) ->
     rels = [f.rel for f in files]
     assert not any(r.startswith("data/") for r in rels), rels
     assert "notes/pump.md" in rels
-    assert skipped["index"] == 1 and skipped["excluded"] == 1
+    assert skipped["index_folder"] == 1 and skipped["excluded"] == 1
     assert found == ["data/index"]
 
 
@@ -161,5 +161,5 @@ def test_index_into_another_dir_leaves_the_librarys_own_index_out(tmp_path: Path
     rc, s, out = rh.cli(*rh.index_args(cfg, lib, tmp_path / "ix_l", dense=False))
     assert rc == 0, out
     assert sorted(s["indexed"]) == ["photo.png", "pump.md"]
-    assert s["skipped"].get("index") == 1
+    assert s["skipped"].get("index_folder") == 1
     assert any("data/index" in w and "manualrag index" in w for w in s["warnings"]), s["warnings"]
