@@ -75,8 +75,7 @@ def discover(
     (the index when it lies inside the library), any other manualrag index folder in the library (counted
     as ``index_folder``; their relative paths are appended to ``indexes`` when given), symlinks leading
     outside the library (unless ``follow_symlinks``), broken links, directory loops, a file reached twice
-    through links, and anything
-    that is not a regular file or cannot be read.
+    through links, and anything that is not a regular file or cannot be read.
     """
     root = Path(library)
     root_real = Path(os.path.realpath(root))
