@@ -91,7 +91,9 @@ class ManualragGroup(click.Group):
         except ManualragError as exc:
             obj = ctx.obj
             if obj is not None and getattr(obj, "debug", False):
-                raise
+                import traceback
+
+                traceback.print_exc()  # the traceback --debug asks for, and the same exit code as without
             _echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:

@@ -79,6 +79,10 @@ def _body(h: Hit) -> str:
     return body
 
 
+MIN_SOURCE_ROOM = 200  # characters a budget must leave after the preamble and question: a source's fence,
+# title and a first piece of its text
+
+
 def build_context(
     result: SearchResult,
     max_chars: int = 6000,
@@ -89,10 +93,10 @@ def build_context(
     """Numbered, fenced sources within ``max_chars`` (markdown), or the same as a JSON-able dict."""
     nonce = secrets.token_hex(4)
     header = f"{PREAMBLE}\nQuestion: {result.query}\n"
-    if max_chars < len(header):
+    if max_chars < len(header) + MIN_SOURCE_ROOM:  # else a block with no source at all, as if nothing matched
         raise ManualragError(
-            f"--max-chars {max_chars} is below the block's preamble and question ({len(header)} characters);"
-            f" give at least {len(header) + 200} to leave room for a source"
+            f"--max-chars {max_chars} leaves no room for a source after the block's preamble and question"
+            f" ({len(header)} characters); give at least {len(header) + MIN_SOURCE_ROOM}"
         )
     pieces: list[str] = [header]
     used = len(header)

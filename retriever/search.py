@@ -351,8 +351,12 @@ class Retriever:
         channels: list[str] | None = None,
         source: str | None = None,
     ) -> SearchResult:
+        if text is not None and not text.strip():
+            text = None  # only spaces: no text
         if not text and image is None:
-            raise ManualragError("give a query text, an --image, or both")
+            raise ManualragError("give a query text or an image (or both)")
+        if text and not re.search(r"[^\W_]", text):
+            raise ManualragError(f"the query {text[:60]!r} has no word to search for (letters or digits)")
         if image is not None:
             image = _read_image(image)  # before any model is loaded: a bad file fails fast
         if modality not in ("all", "text", "image"):
@@ -380,12 +384,16 @@ class Retriever:
         # query vector and runs the lexical channel (Chroma and SQLite release the GIL); joined before fusion
         vector_searches: list[tuple[str, Any]] = []
 
+        if image is not None and "dense" not in channels:
+            raise ManualragError(
+                "a query image is searched by the dense (CLIP) channels: add dense to the channels"
+            )
         if "dense" in channels:
             try:
-                # a query image alone has only the CLIP channels: without them there is nothing to search
-                clip = self._clip_encoder(required=explicit or not text)
+                # a query image has only the CLIP channels: without them it would be silently left out
+                clip = self._clip_encoder(required=explicit or image is not None)
             except ManualragError as exc:
-                self._channel_error(exc, "clip", image is not None and not text)
+                self._channel_error(exc, "clip", image is not None)
                 raise
             if clip is None:
                 notes.append("dense channels off: " + (self._clip_failed or "").splitlines()[0])
@@ -468,13 +476,13 @@ class Retriever:
             channels_off=off,
         )
 
-    def _channel_error(self, exc: ManualragError, which: str, image_only: bool) -> None:
+    def _channel_error(self, exc: ManualragError, which: str, for_image: bool) -> None:
         """For a channel asked for by name (or needed by a query image) that the index has no vectors for:
         raise a one-line error saying so and naming the channels it does have (else return, and the
         caller re-raises ``exc``)."""
         if self._off[which] != "no_vectors":
             return
-        if image_only:
+        if for_image:
             raise ManualragError(f"{exc}: a query image needs them") from None
         have = {
             "lexical",

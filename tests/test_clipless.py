@@ -137,6 +137,9 @@ def test_asking_for_clip_channels_of_a_text_only_index_is_a_usage_error(text_onl
     assert err.strip().splitlines()[-1] == (
         "error: the index has no CLIP vectors (it was built without a CLIP model): a query image needs them"
     )
+    # with a text as well: the image is not silently left out of a text search
+    rc, out, err = _cli("query", "wiring", "--image", str(crop), "--index-dir", str(idx), cwd=cwd)
+    assert rc == 2 and out == "" and err.strip().endswith(": a query image needs them"), err
     rc, out, err = _cli("query", "wiring", "--index-dir", str(idx), "--channels", "text,lexical", cwd=cwd)
     assert rc == 0 and "note:" not in err, err
 
@@ -210,6 +213,10 @@ def test_web_api_notes_on_a_keyword_only_index_name_no_cli_flags(tmp_path):
             buf = BytesIO()  # query by example: only the CLIP channels could search it
             Image.new("RGB", (64, 64), "white").save(buf, "PNG")
             r = client.post("/api/search", files={"image": ("q.png", buf.getvalue(), "image/png")})
+            assert r.status_code == 400 and r.json()["error"].endswith(": a query image needs them"), r.text
+            r = client.post(
+                "/api/search", data={"q": "coupling"}, files={"image": ("q.png", buf.getvalue(), "image/png")}
+            )
             assert r.status_code == 400 and r.json()["error"].endswith(": a query image needs them"), r.text
         assert state.retriever.search("coupling").channels_off == {"dense": "no_vectors"}
     finally:

@@ -154,6 +154,26 @@ def test_query_by_image_finds_that_figure(retriever, index):
     assert res.hits[0].id == hit.id
 
 
+def test_queries_without_words_and_images_without_their_channel_are_usage_errors(retriever, index):
+    """Spaces alone are no query; punctuation alone gave confident-looking junk from the dense channels; a
+    query image left out by --channels was silently ignored. Each is now a one-line error (CLI exit 2)."""
+    from manualrag.errors import ManualragError
+
+    with pytest.raises(ManualragError, match=r"^give a query text or an image \(or both\)$"):
+        retriever.search("   ")
+    with pytest.raises(ManualragError, match=r"has no word to search for"):
+        retriever.search("?!.,;:")
+    crop = _image_hits(retriever.search("Hydraulic circuit", k=5).hits, 6)[0].crop_path
+    with pytest.raises(ManualragError, match=r"query image is searched by the dense \(CLIP\) channels"):
+        retriever.search("pump", image=crop, channels=["lexical"])
+    assert retriever.search("   ", image=crop, k=3).hits  # spaces beside an image: the image alone
+    assert retriever.search("Ω", k=3) is not None  # a letter of any script is a word
+    idx, cfg_path = index
+    for text in ("   ", "?!"):
+        res = CliRunner().invoke(main, ["--config", str(cfg_path), "query", text, "--index-dir", str(idx)])
+        assert res.exit_code == 2 and res.output.startswith("error: ") and "Traceback" not in res.output
+
+
 def test_channels_ablation_reports_what_found_each_hit(retriever):
     res = retriever.search("PS-4", k=5, channels=["lexical"])
     assert res.channels_used == ["lexical"]
@@ -228,7 +248,10 @@ def test_query_model_none_turns_the_dense_channels_off_instead_of_loading_a_mode
 
 def test_missing_index_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(main, ["query", "anything", "--index-dir", str(tmp_path / "nope")])
-    assert res.exit_code == 2 and "manualrag index" in res.output
+    assert res.exit_code == 2 and "manualrag index" in res.output and "Traceback" not in res.output
+    # --debug adds the traceback, never changes the exit code (1 would read "some files failed")
+    res = CliRunner().invoke(main, ["--debug", "query", "anything", "--index-dir", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "Traceback" in res.output and "error: no index in" in res.output
 
 
 def test_paraphrased_question_finds_the_passage_through_the_text_channel(retriever):
