@@ -13,6 +13,7 @@ from typing import Any
 
 from manualrag.errors import ManualragError
 from manualrag.ids import printable_name
+from manualrag.index import IndexLayout
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,18 @@ def _printable(rel: str) -> str:
 
 
 def discover(
-    library: Path, cfg: dict[str, Any], exclude: list[Path] | None = None
+    library: Path,
+    cfg: dict[str, Any],
+    exclude: list[Path] | None = None,
+    indexes: list[str] | None = None,
 ) -> tuple[list[SourceFile], dict[str, int]]:
     """Walk ``library`` recursively; return the supported files sorted by relative path, and skip counts.
 
     Skipped (counted by reason): hidden names (``.x``), unsupported suffixes, the ``exclude`` folders
-    (the index when it lies inside the library), symlinks leading outside the library (unless
-    ``follow_symlinks``), broken links, directory loops, a file reached twice through links, and anything
-    that is not a regular file or cannot be read.
+    (the index when it lies inside the library), any other manualrag index folder in the library (counted
+    as ``index_folder``; their relative paths are appended to ``indexes`` when given), symlinks leading
+    outside the library (unless ``follow_symlinks``), broken links, directory loops, a file reached twice
+    through links, and anything that is not a regular file or cannot be read.
     """
     root = Path(library)
     root_real = Path(os.path.realpath(root))
@@ -122,6 +127,10 @@ def discover(
             if stat.S_ISDIR(st.st_mode):
                 if Path(os.path.realpath(path)) in excluded:
                     skipped["excluded"] += 1
+                elif IndexLayout.holds_index(path):  # another index (say lib/data/index): crops, no manuals
+                    skipped["index_folder"] += 1
+                    if indexes is not None:
+                        indexes.append(_printable("/".join((*rel_parts, name))))
                 elif is_link and not via_link:
                     linked_dirs.append((path, (*rel_parts, name)))  # after the real folders
                 else:

@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# a config.yaml in the cwd is not read: say where a password goes (the env form is a YAML list)
+PASSWORD_HINT = (
+    "encrypted PDF needs a password (add it to 'passwords' in a config file given with --config, "
+    "or set MANUALRAG_PASSWORDS='[\"...\"]')"
+)
+
 _FILLED = 16  # FZ_STEXT_FILLED
 _STROKED = 32  # FZ_STEXT_STROKED
 _CHAR_BOLD = 8  # FZ_STEXT_BOLD
@@ -131,9 +137,7 @@ def _open_pdf(data: bytes, rel: str, cfg: dict[str, Any], warnings_out: list[str
             n = len(cfg.get("passwords", []))
             raise ExtractionError(
                 rel,
-                "encrypted PDF: none of the configured passwords opens it"
-                if n
-                else "encrypted PDF needs a password (add it to 'passwords' in the config)",
+                "encrypted PDF: none of the configured passwords opens it" if n else PASSWORD_HINT,
             )
     if pdf.is_repaired:
         warnings_out.append(f"repaired: {messages or 'MuPDF rebuilt a broken cross-reference table'}")

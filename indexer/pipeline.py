@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TMP_DIR = ".tmp"  # the run's private temporary files (workers' TMPDIR)
+# appended to the failure line of a document whose indexed version was removed because the file as it now
+# is cannot be read (else "0 removed, 1 failed" leaves the user thinking the old version is still searchable)
+PREVIOUS_REMOVED = "; its previous version was removed from the index"
 
 
 def in_shard(rel: str, shard: tuple[int, int]) -> bool:
@@ -333,9 +336,16 @@ class Indexer:
         cfg, timings = self.cfg, summary.timings
         manifest = index.manifest
         with _Timer(timings, "discover"):
-            found, skipped = discover(library, cfg, exclude=[self.index_dir])
+            other_indexes: list[str] = []
+            found, skipped = discover(library, cfg, exclude=[self.index_dir], indexes=other_indexes)
             files = [f for f in found if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
+        if other_indexes:  # say once why a folder of PNGs inside the library was left out
+            summary.warnings.append(
+                f"skipped {len(other_indexes)} folder(s) in the library that hold a manualrag index "
+                f"({', '.join(other_indexes[:3])}{', ...' if len(other_indexes) > 3 else ''}): "
+                "their crops are not manuals"
+            )
         if not manifest.get_meta("library"):
             # a first run records its library now, not only at its end: one interrupted after some documents
             # leaves an index whose pages can be served and that `check --repair` can rebuild
@@ -380,12 +390,13 @@ class Indexer:
                 try:
                     digest = file_digest(src.path)
                 except OSError as exc:
+                    reason = f"cannot read: {exc.strerror or exc}"
                     summary.failed.append(
-                        FileError(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
+                        FileError(src.rel, reason + (PREVIOUS_REMOVED if row is not None else ""), "discover")
                     )
                     if row is not None or src.rel in manifest.paths_with_rows():
                         index.remove_document(src.rel)
-                    manifest.record_error(src.rel, f"cannot read: {exc.strerror or exc}", "discover")
+                    manifest.record_error(src.rel, reason, "discover")
                     continue
                 if (
                     row is not None
@@ -464,9 +475,14 @@ class Indexer:
                             manifest.clear_error(src.rel)
                             summary.indexed.append(src.rel)
                     if isinstance(item, FileError):
-                        summary.failed.append(item)
                         # the file changed (or the config did) and the new version cannot be read: the records
-                        # of the old version would describe content that is no longer there
+                        # of the old version would describe content that is no longer there. The failure line
+                        # says so (the run's "removed" counts the files gone from the library)
+                        summary.failed.append(
+                            FileError(item.path, item.reason + PREVIOUS_REMOVED, item.stage)
+                            if item.path in known
+                            else item
+                        )
                         if item.path in known or item.path in manifest.paths_with_rows():
                             index.remove_document(item.path)
                         manifest.record_error(

@@ -175,9 +175,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any], defaults: dict[str, Any],
             base[key] = _check(full, value, default)
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, raw in environ.items():
+def _env_overrides(environ: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """(variable name, its nested override) for each ``MANUALRAG_<KEY>`` variable that names a config key."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for name, raw in sorted(environ.items()):
         if not name.startswith("MANUALRAG_") or name in ("MANUALRAG_CONFIG",):
             continue
         path = name[len("MANUALRAG_") :].lower().split("__")
@@ -189,11 +190,28 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             raise ConfigError(
                 f"environment variable {name}: not a valid value ({_yaml_reason(exc)})"
             ) from None
-        node = out
+        override: dict[str, Any] = {}
+        node = override
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
+        out.append((name, override))
     return out
+
+
+def _merge_env(cfg: dict[str, Any], environ: dict[str, str]) -> None:
+    """Apply the environment variables; a bad one is named, with the form a list value takes there."""
+    for name, override in _env_overrides(environ):
+        try:
+            _merge(cfg, override, DEFAULTS)
+        except ConfigError as exc:
+            default: Any = DEFAULTS
+            for part in name[len("MANUALRAG_") :].lower().split("__"):
+                default = default.get(part) if isinstance(default, dict) else None
+            hint = (
+                f' (write a YAML list, e.g. {name}=\'["one", "two"]\')' if isinstance(default, list) else ""
+            )
+            raise ConfigError(f"environment variable {name}: {exc}{hint}") from None
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:
@@ -237,7 +255,7 @@ def load_config(
             _merge(cfg, data, DEFAULTS)
         except ConfigError as exc:  # the file may come from MANUALRAG_CONFIG: say which one
             raise ConfigError(f"config file {p}: {exc}") from None
-    _merge(cfg, _env_overrides(environ), DEFAULTS)
+    _merge_env(cfg, environ)
     if overrides:
         _merge(cfg, _drop_none(overrides), DEFAULTS)
     return cfg

@@ -73,6 +73,17 @@ class IndexLayout:
         return self.root / LOCK_NAME
 
     @staticmethod
+    def holds_index(folder: Path | str) -> bool:
+        """True when ``folder`` is an index folder: it holds a manifest (an SQLite file named as ours).
+
+        Discovery skips such folders wherever they lie in a library: their crops are not manuals."""
+        try:
+            with open(Path(folder) / DB_NAME, "rb") as f:
+                return f.read(16) == b"SQLite format 3\x00"
+        except OSError:
+            return False
+
+    @staticmethod
     def crop_rel(digest: str) -> str:
         """A crop's path relative to the index folder (what figure rows store)."""
         return f"{CROPS_DIR}/{digest}.png"

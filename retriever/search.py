@@ -638,7 +638,27 @@ def _copy(value: Any) -> Any:
 
 
 def _match(path: str, pattern: str) -> bool:
-    return fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(Path(path).name, pattern)
+    """``path`` (relative, POSIX) matches the glob ``pattern``, or its file name does. As in the usual glob
+    convention, ``**/`` also stands for no folder at all: ``**/*.pdf`` matches ``pump.pdf`` at the library
+    root as well as ``a/b/pump.pdf`` (fnmatch alone requires a ``/`` there)."""
+    name = Path(path).name
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(name, p) for p in _zero_folder_variants(pattern))
+
+
+@functools.lru_cache(maxsize=64)
+def _zero_folder_variants(pattern: str, limit: int = 64) -> tuple[str, ...]:
+    """``pattern`` and the patterns where any of its ``**/`` match no folder (each dropped or kept)."""
+    out, todo = [pattern], [pattern]
+    while todo and len(out) < limit:
+        p = todo.pop()
+        start = 0
+        while (i := p.find("**/", start)) >= 0:
+            q = p[:i] + p[i + 3 :]
+            if q not in out:
+                out.append(q)
+                todo.append(q)
+            start = i + 3
+    return tuple(out)
 
 
 def _read_image(image: str | Path | bytes | Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,24 @@ def test_bad_env_value_names_the_key():
         load_config(environ={"MANUALRAG_OCR__PSN": "6"})
     # variables that are not config keys (a proxy token, test settings) are left alone
     assert load_config(environ={"MANUALRAG_TOKEN": "abc"}) == load_config(environ={})
+
+
+def test_env_list_given_as_a_bare_string_names_the_variable_and_the_form(tmp_path):
+    """MANUALRAG_PASSWORDS=x is refused in one line that names the variable and shows a list that works."""
+    r = subprocess.run(
+        [sys.executable, "-m", "manualrag", "stats", "--index-dir", str(tmp_path / "i")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "MANUALRAG_PASSWORDS": "x"},
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    line = r.stderr.strip()
+    assert "\n" not in line and line.startswith("error: environment variable MANUALRAG_PASSWORDS:"), line
+    assert "list of strings" in line
+    example = re.search(r"MANUALRAG_PASSWORDS='(.*?)'", line)
+    assert example, line
+    assert load_config(environ={"MANUALRAG_PASSWORDS": example.group(1)})["passwords"] == ["one", "two"]
 
 
 def test_cli_bad_config_exits_2_without_traceback(tmp_path):

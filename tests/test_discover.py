@@ -118,3 +118,48 @@ def test_file_type_for() -> None:
 def test_missing_library_is_an_error(tmp_path: Path, cfg: dict) -> None:
     with pytest.raises(FileNotFoundError):
         discover(tmp_path / "nope", cfg)
+
+
+def _fake_index(folder: Path) -> None:
+    """An index folder as ``index`` leaves it: a SQLite manifest and digest-named crops."""
+    import sqlite3
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(folder / "index.sqlite") as db:
+        db.execute("CREATE TABLE meta (key TEXT)")
+    _touch(folder / "crops" / "0123abcd.png", b"crop")
+
+
+def test_any_index_folder_in_the_library_is_skipped(library: Path, cfg: dict) -> None:
+    _fake_index(library / "data" / "index")  # built by `index .` from inside the library
+    _touch(library / "notes" / "index.sqlite", b"not a database")  # a stray file of that name is no index
+    _touch(library / "notes" / "pump.md", b"# Pump")
+    found: list[str] = []
+    files, skipped = discover(library, cfg, exclude=[library / "index"], indexes=found)
+    rels = [f.rel for f in files]
+    assert not any(r.startswith("data/") for r in rels), rels
+    assert "notes/pump.md" in rels
+    assert skipped["index_folder"] == 1 and skipped["excluded"] == 1
+    assert found == ["data/index"]
+
+
+def test_index_into_another_dir_leaves_the_librarys_own_index_out(tmp_path: Path) -> None:
+    """A library once indexed from inside itself (lib/data/index), then indexed into another --index-dir:
+    the first index's crops are not manuals, and the run says why that folder was left out."""
+    from tests import helpers_pdf as h
+    from tests import rel_helpers as rh
+
+    lib = tmp_path / "lib8"
+    lib.mkdir()
+    (lib / "pump.md").write_bytes(rh.versioned_md("rev1"))
+    (lib / "photo.png").write_bytes(h.photo_png(160, 120))
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", ocr={"enabled": False})
+    rc, first, out = rh.cli(*rh.index_args(cfg, lib, lib / "data" / "index", dense=False))
+    assert rc == 0, out
+    assert sorted(first["indexed"]) == ["photo.png", "pump.md"]
+    assert list((lib / "data" / "index" / "crops").glob("*.png")), "the first run left crops to be skipped"
+    rc, s, out = rh.cli(*rh.index_args(cfg, lib, tmp_path / "ix_l", dense=False))
+    assert rc == 0, out
+    assert sorted(s["indexed"]) == ["photo.png", "pump.md"]
+    assert s["skipped"].get("index_folder") == 1
+    assert any("data/index" in w and "manualrag index" in w for w in s["warnings"]), s["warnings"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import struct
 import sys
@@ -355,6 +356,14 @@ def test_encrypted_pdf_without_password(tmp_path: Path, cfg: dict) -> None:
     with pytest.raises(ExtractionError) as e:
         extract_file(p, "locked.pdf", cfg)
     assert e.value.path == "locked.pdf" and "encrypted" in e.value.reason and "password" in e.value.reason
+    # the hint says where a password goes (a config.yaml in the cwd is not read), and its variable form works
+    reason = e.value.reason
+    assert "--config" in reason and "\n" not in reason
+    m = re.search(r"(MANUALRAG_\w+)='(.*?)'", reason)
+    assert m, reason
+    env_cfg = load_config(environ={m.group(1): m.group(2).replace("...", "s3cret")})
+    doc = extract_file(p, "locked.pdf", {**cfg, "passwords": env_cfg["passwords"]})
+    assert "Secret torque table" in " ".join(b.text for b in doc.blocks)
     with pytest.raises(ExtractionError) as e:
         extract_file(p, "locked.pdf", {**cfg, "passwords": ["wrong", "also-wrong"]})
     assert "none of the configured passwords" in e.value.reason

@@ -123,6 +123,25 @@ def test_modality_and_source_filters(retriever):
     assert md and all(h.path.endswith(".md") for h in md)
 
 
+def test_source_glob_double_star_matches_files_at_the_library_root(index):
+    """`--source '**/*.pdf'` finds the manual at the library root, as `*.pdf` does (the usual glob
+    convention: `**/` matches zero or more folders), and still filters the other files out."""
+    idx, cfg_path = index
+
+    def paths(source):
+        res = CliRunner().invoke(
+            main,
+            ["--config", str(cfg_path), "query", "pump", "--index-dir", str(idx), "--json", "-k", "20"]
+            + ["--source", source],
+        )
+        assert res.exit_code == 0, res.output
+        return {h["path"] for h in json.loads(res.stdout)}
+
+    assert paths("**/*.pdf") == paths("*.pdf") == {PUMP}
+    assert paths("**/*.md") == {"release-notes.md"}
+    assert paths("nowhere/**/*.pdf") == set()
+
+
 def test_text_hit_links_figures_on_its_page(retriever):
     hits = retriever.search("fuse kit PC-200-F3 fuses F1 F2", k=10, modality="text").hits
     on_p4 = [h for h in hits if h.page == 4]

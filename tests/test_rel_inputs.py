@@ -290,9 +290,10 @@ def test_file_that_changes_or_vanishes_during_the_run(tmp_path, monkeypatch):
     rc, s, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=False))
     assert rc == 1, out
     failed = {f["path"]: f["reason"] for f in s["failed"]}
+    gone = "; its previous version was removed from the index"  # both had been indexed
     assert failed == {
-        "vanishes-early.md": "cannot read: No such file or directory",
-        "vanishes-late.md": "cannot read the file: No such file or directory",
+        "vanishes-early.md": "cannot read: No such file or directory" + gone,
+        "vanishes-late.md": "cannot read the file: No such file or directory" + gone,
     }
     assert s["indexed"] == ["changes.md"]
     with rh.sqlite_ro(idx) as db:
@@ -311,3 +312,35 @@ def test_file_that_changes_or_vanishes_during_the_run(tmp_path, monkeypatch):
     fresh = tmp_path / "fresh"
     assert rh.cli(*rh.index_args(cfg, lib, fresh, dense=False))[0] == 0
     rh.assert_same_index(rh.index_snapshot(idx), rh.index_snapshot(fresh), "index after the changes")
+
+
+def test_indexed_file_that_turns_unreadable_says_its_old_version_left_the_index(tmp_path):
+    """A manual indexed once, then cut short: the next run removes its old records (they describe content
+    no longer there) and its failure line says so, since the run's "0 removed" counts vanished files only.
+    A later run repeats the failure without claiming a second removal."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "ok.md").write_bytes(rh.versioned_md("ok"))
+    (lib / "pump.pdf").write_bytes(rh.versioned_pdf("rev1", figure=False))
+    idx = tmp_path / "index"
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", ocr={"enabled": False})
+    rc, s, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=False))
+    assert rc == 0 and sorted(s["indexed"]) == ["ok.md", "pump.pdf"], out
+    (lib / "pump.pdf").write_bytes((lib / "pump.pdf").read_bytes()[:300])  # truncated in a copy
+
+    rc, s, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=False))
+    assert rc == 1, out
+    assert s["documents"] == {"indexed": 0, "unchanged": 1, "removed": 0, "failed": 1}
+    [f] = s["failed"]
+    assert f["path"] == "pump.pdf" and f["reason"].endswith(
+        "; its previous version was removed from the index"
+    )
+    assert "\n" not in f["reason"]
+    with rh.sqlite_ro(idx) as db:
+        assert db.execute("SELECT count(*) FROM passages WHERE doc_path = 'pump.pdf'").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM documents WHERE path = 'pump.pdf'").fetchone()[0] == 0
+
+    rc, s, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=False))
+    assert rc == 1, out
+    [f] = s["failed"]
+    assert "previous version" not in f["reason"] and "--retry-failed" in f["reason"], f["reason"]

@@ -102,6 +102,8 @@ def test_search_filters(client):
     assert {h["kind"] for h in _search(client, modality="image")["hits"]} == {"image"}
     assert {h["kind"] for h in _search(client, modality="text")["hits"]} == {"text"}
     assert {h["path"] for h in _search(client, q="quick start power", source="*.png")["hits"]} == {CARD}
+    # "**/" also matches no folder: the card lies at the library root
+    assert {h["path"] for h in _search(client, q="quick start power", source="**/*.png")["hits"]} == {CARD}
     hits = _search(client, q="GNYE BK/WH", channels="lexical")["hits"]
     assert hits and all(set(h["channels"]) == {"lexical"} for h in hits)
 
