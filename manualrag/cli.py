@@ -147,14 +147,20 @@ def _echo(message: Any = None, err: bool = False, multiline: bool = False, **kw:
 @click.pass_obj
 def inspect(obj: Ctx, file: str, as_json: bool, out: str | None, no_ocr: bool) -> None:
     """Show what extraction finds in one manual: pages, text blocks, figures (kind, bbox, caption, labels, OCR)."""
+    from manualrag.errors import ManualragError
+    from manualrag.indexer.discover import file_type_for
     from manualrag.indexer.extract import extract_file
     from manualrag.indexer.ocr import OcrEngine
 
     cfg = obj.config(ocr={"enabled": False} if no_ocr else None)
     path = Path(file)
+    if file_type_for(path) is None:  # a usage error (exit 2), as for a file `index` would skip
+        raise ManualragError(
+            f"{file}: unsupported file type '{path.suffix or path.name}' (PDFs, images, .txt and .md)"
+        )
     ocr = OcrEngine(cfg) if cfg["ocr"]["enabled"] else None
     try:
-        doc = extract_file(path, path.name, cfg, ocr=ocr)
+        doc = extract_file(path, file, cfg, ocr=ocr)  # errors name the path as given
     finally:
         if ocr is not None:
             ocr.close()
@@ -427,7 +433,7 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
     width = max(len(key) for key in out)
     for key, value in out.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items())
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
         if key == "size_bytes":
             key, value = "size on disk", f"{value / 1e6:.1f} MB"
         elif key in ("model", "text_model") and value is None:

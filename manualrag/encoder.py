@@ -490,6 +490,12 @@ class _Source:
             if self.flag == "--model"
             else "no text-model vectors"
         )
+        if self.folder is not None:  # a folder, not a hub name: there is nothing to download by this name
+            return (
+                f"Ways out: pass a folder that holds a Hugging Face model (config.json and its weights, as"
+                f" saved by save_pretrained or `hf download NAME --local-dir FOLDER`) or a model name with"
+                f" {self.flag}; run with {self.flag} none ({without}); or run with --no-dense (lexical search only)."
+            )
         return (
             f"Ways out: pass a local model folder ({self.flag} /path/to/folder); download it into the cache "
             f"on a connected machine (hf download {self.name}) and copy the cache over; run with "

@@ -257,6 +257,8 @@ def test_missing_folder_and_folder_without_config(tmp_path: Path):
     with pytest.raises(ModelUnavailableError, match="no config.json") as err:
         ClipEncoder.load(str(tmp_path))
     assert str(tmp_path) in str(err.value) and "--no-dense" in str(err.value)
+    assert "hf download " + str(tmp_path) not in str(err.value)  # a folder is no hub name to download
+    assert "holds a Hugging Face model (config.json and its weights" in str(err.value)
 
 
 def test_wrong_architecture(minilm_dir: Path, tiny_clip_dir: Path):

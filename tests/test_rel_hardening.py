@@ -409,6 +409,19 @@ def test_inspect_of_a_loose_image_shows_no_made_up_resolution(tmp_path):
     assert "dpi" not in line, line
 
 
+def test_inspect_names_the_path_given_and_refuses_an_unsupported_type(tmp_path):
+    """``inspect`` named a failing file by its bare name and exited 1 (\"some files failed\") for a type no
+    command reads: the path as given, and exit 2 for the unsupported type."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "zero.pdf").write_bytes(b"")
+    rc, _, out = rh.cli("inspect", str(tmp_path / "sub" / "zero.pdf"), "--no-ocr")
+    assert rc == 1 and f"error: {tmp_path / 'sub' / 'zero.pdf'}: " in out, out
+    (tmp_path / "notes.docx").write_bytes(b"PK\x03\x04")
+    rc, _, out = rh.cli("inspect", str(tmp_path / "notes.docx"))
+    assert rc == 2 and out.strip().endswith("unsupported file type '.docx' (PDFs, images, .txt and .md)"), out
+    assert "Traceback" not in out
+
+
 # ------------------------------------------------------------------------ row 9: non-UTF-8 file names
 def test_remove_accepts_a_non_utf8_name_as_the_shell_gives_it(tmp_path):
     """A file name that is not UTF-8 is indexed as ``caf\\xe9-manual.md``; ``remove`` with the real name
