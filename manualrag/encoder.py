@@ -732,8 +732,20 @@ class _TextSide:
         candidate = resolve_dtype(requested, self.device)
         if (requested or "auto").lower() != "auto":
             self._float_model = self.model if candidate == torch.qint8 else None
+            ref = self._probe(self.model) if candidate == torch.qint8 else None
             self.model = cast_model(self.model, candidate)
             self.dtype, self.dtype_reason = candidate, f"{_dtype_str(candidate)} (requested)"
+            if ref is not None:  # int8 is asked for, never chosen: say when it is not faithful here
+                self._probing = True
+                try:
+                    worst = float(np.min((ref * self._probe(self.model)).sum(axis=1)))
+                finally:
+                    self._probing = False
+                if not worst >= FAITHFUL_MIN_COSINE_INT8:
+                    self.dtype_reason = (
+                        f"int8 (requested; not faithful: min cosine {worst:.4f} to float32 on the probe, below"
+                        f" {FAITHFUL_MIN_COSINE_INT8}: its rankings may differ from float32's)"
+                    )
             return
         if candidate == torch.float32:
             self.dtype, self.dtype_reason = (

@@ -54,6 +54,10 @@ def test_int8_minilm_is_refused_by_auto_where_it_is_not_faithful(minilm_dir, cor
     f32 = TextEncoder.load(str(minilm_dir), device="cpu", dtype="float32")
     i8 = TextEncoder.load(str(minilm_dir), device="cpu", dtype="int8")
     assert i8.dtype_name == "int8"
+    # asked for, it is kept, and the reason `index` and `eval` show says whether it is faithful here
+    probe_worst = float(((f32._probe(f32.model)) * i8._probe(i8.model)).sum(axis=1).min())
+    assert ("not faithful" in i8.dtype_reason) == (probe_worst < FAITHFUL_MIN_COSINE_INT8), i8.dtype_reason
+    assert i8.dtype_reason.startswith("int8 (requested"), i8.dtype_reason
     texts = [f32.fit(t) for t in _passages(corpus_dir)]
     a, b = f32.embed_texts(texts), i8.embed_texts(texts)
     assert np.isfinite(b).all()
