@@ -268,7 +268,9 @@ class Indexer:
             try:
                 with self._private_tmp():
                     self._run_locked(library, index, summary)
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):  # Ctrl-C / SIGTERM: the CLI says what is kept
+                    exc.indexed = len(summary.indexed)  # type: ignore[attr-defined]
                 # a first run that fails before it records anything (a model that cannot load, a device
                 # that is not there) leaves nothing behind: no index skeleton
                 if fresh and not (summary.indexed or summary.failed or summary.removed):

@@ -98,7 +98,16 @@ class ManualragGroup(click.Group):
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
-            _echo("terminated" if terminated else "interrupted", err=True)
+            kept = getattr(exc, "indexed", None)  # an index run: each document is committed whole
+            _echo(
+                ("terminated" if terminated else "interrupted")
+                + (
+                    f": {kept} document(s) indexed by this run are kept; the same command goes on from there"
+                    if kept is not None
+                    else ""
+                ),
+                err=True,
+            )
             ctx.exit(143 if terminated else 130)
 
 

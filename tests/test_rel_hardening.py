@@ -567,6 +567,13 @@ def test_temporary_files_are_private_and_swept_and_sigterm_releases_the_lock(tmp
         if proc.poll() is None:
             rh.kill_hard(proc)
     assert proc.returncode == 143 and b"Traceback" not in err, err
+    assert (
+        err.decode()
+        .strip()
+        .endswith(
+            "terminated: 2 document(s) indexed by this run are kept; the same command goes on from there"
+        )
+    ), err
     assert not (idx / "lock").exists(), "SIGTERM released the lock"
     assert not (idx / ".tmp").exists(), "the run's temporary folder is removed at exit"
 
