@@ -68,6 +68,11 @@ def figure_sem_text(fig: Figure) -> str:
     return "\n".join(p.strip() for p in parts if p and p.strip())
 
 
+def _dtypes(meta: dict[str, str] | None) -> set[str]:
+    """The dtypes a stored precision entry names ("bfloat16 + float32" -> both)."""
+    return set(str((meta or {}).get("dtype") or "").split(" + ")) - {""}
+
+
 def _stored_precision(
     precision: dict[str, dict[str, str]], before: dict[str, dict[str, str]] | None = None
 ) -> dict[str, dict[str, str]]:
@@ -78,8 +83,8 @@ def _stored_precision(
     for role, p in precision.items():
         dtypes = {p["dtype"]}
         old = (before or {}).get(role)
-        if old and old.get("model") == p["model"] and old.get("dtype"):
-            dtypes |= set(str(old["dtype"]).split(" + "))
+        if old and old.get("model") == p["model"]:
+            dtypes |= _dtypes(old)
         out[role] = {"model": p["model"], "dtype": " + ".join(sorted(dtypes))}
     return out
 
@@ -93,7 +98,7 @@ def _check_precision(precision: dict[str, dict[str, str]], before: dict[str, dic
         old = (before or {}).get(role)
         if not old or old.get("model") != p["model"]:
             continue
-        had = set(str(old.get("dtype", "")).split(" + ")) - {""}
+        had = _dtypes(old)
         if had and had != {p["dtype"]} and "int8" in had | {p["dtype"]}:
             raise ManualragError(
                 f"this index's {role} vectors ({p['model']}) are {' + '.join(sorted(had))} and this run would"

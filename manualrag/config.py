@@ -175,9 +175,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any], defaults: dict[str, Any],
             base[key] = _check(full, value, default)
 
 
-def _env_overrides(environ: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
-    """(variable name, its nested override) for each ``MANUALRAG_<KEY>`` variable that names a config key."""
-    out: list[tuple[str, dict[str, Any]]] = []
+def _env_overrides(environ: dict[str, str]) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """(variable name, its config key path, its nested override) for each ``MANUALRAG_<KEY>`` variable."""
+    out: list[tuple[str, list[str], dict[str, Any]]] = []
     for name, raw in sorted(environ.items()):
         if not name.startswith("MANUALRAG_") or name in ("MANUALRAG_CONFIG",):
             continue
@@ -195,18 +195,18 @@ def _env_overrides(environ: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
-        out.append((name, override))
+        out.append((name, path, override))
     return out
 
 
 def _merge_env(cfg: dict[str, Any], environ: dict[str, str]) -> None:
     """Apply the environment variables; a bad one is named, with the form a list value takes there."""
-    for name, override in _env_overrides(environ):
+    for name, path, override in _env_overrides(environ):
         try:
             _merge(cfg, override, DEFAULTS)
         except ConfigError as exc:
             default: Any = DEFAULTS
-            for part in name[len("MANUALRAG_") :].lower().split("__"):
+            for part in path:
                 default = default.get(part) if isinstance(default, dict) else None
             hint = (
                 f' (write a YAML list, e.g. {name}=\'["one", "two"]\')' if isinstance(default, list) else ""

@@ -345,6 +345,12 @@ class _DtypeDecisions:
             tmp.unlink(missing_ok=True)
 
 
+def min_cosine(ref: np.ndarray, red: np.ndarray) -> float:
+    """The worst cosine between float32 probe vectors ``ref`` and a reduced model's ``red`` (NaN when any
+    reduced vector is not finite: never faithful)."""
+    return float(np.min((ref * red).sum(axis=1))) if np.isfinite(red).all() else float("nan")
+
+
 def choose_auto_dtype(model: Any, candidate: Any, probe: Any, what: str) -> tuple[Any, Any, str]:
     """``dtype: auto`` for one model: keep the hardware's reduced ``candidate`` only where it is faithful
     (every probe vector's cosine to float32 >= FAITHFUL_MIN_COSINE, all finite) and faster (probe time
@@ -371,8 +377,7 @@ def choose_auto_dtype(model: Any, candidate: Any, probe: Any, what: str) -> tupl
                 best[id(m)] = min(best[id(m)], time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - a kernel the reduced dtype lacks: float32 it is
         return model, torch.float32, f"float32 ({name} failed on the probe: {_one_line(exc)})"
-    cos = (ref * red).sum(axis=1)
-    worst = float(np.min(cos)) if np.isfinite(red).all() else float("nan")
+    worst = min_cosine(ref, red)
     speedup = best[id(model)] / max(best[id(reduced)], 1e-9)
     if not worst >= (FAITHFUL_MIN_COSINE_INT8 if candidate == torch.qint8 else FAITHFUL_MIN_COSINE):
         return model, torch.float32, f"float32 ({name} not faithful on {what}: min cosine {worst:.4f})"
@@ -738,7 +743,7 @@ class _TextSide:
             if ref is not None:  # int8 is asked for, never chosen: say when it is not faithful here
                 self._probing = True
                 try:
-                    worst = float(np.min((ref * self._probe(self.model)).sum(axis=1)))
+                    worst = min_cosine(ref, self._probe(self.model))
                 finally:
                     self._probing = False
                 if not worst >= FAITHFUL_MIN_COSINE_INT8:
