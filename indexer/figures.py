@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from manualrag.indexer.pdflib import pymupdf
+from manualrag.indexer.pdflib import load_layout_model, pymupdf
 
 log = logging.getLogger(__name__)
 
@@ -545,8 +545,7 @@ def page_layout_boxes(page: pymupdf.Page) -> list[tuple[str, Box]]:
         return cached
     out: list[tuple[str, Box]] = []
     try:
-        import pymupdf.layout  # noqa: F401  (activates the model)
-
+        load_layout_model()
         page.get_layout(return_raw=True)
         boxes: list[dict[str, Any]] = page.layout_information or []
         for b in boxes:

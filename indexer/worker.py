@@ -125,15 +125,15 @@ def worker_main() -> None:
     os.environ["OMP_THREAD_LIMIT"] = "1"
     _exit_with_parent()
     from manualrag.errors import ExtractionError, ManualragError
-    from manualrag.indexer import pagerange
+    from manualrag.indexer import pagerange, pdflib
     from manualrag.indexer.extract import TooManyPages, extract_file
-    from manualrag.indexer.pdflib import load as load_pymupdf
 
-    load_pymupdf()  # now, before the worker says it is ready (the parent of page ranges never loads it)
+    pdflib.load()  # now, before the worker says it is ready (the parent of page ranges never loads it)
 
     cfg: dict[str, Any] = json.loads(sys.stdin.readline())
     _LIMIT_MB[0] = cfg["isolation"]["memory_mb"]
     index_dir = Path(cfg.pop("__index_dir"))
+    pdflib.layout_threads = cfg.pop("__threads")  # this worker's share of the cores
     ocr = None
     try:
         if cfg["ocr"]["enabled"]:
@@ -233,6 +233,7 @@ class _Worker:
         index_dir: Path,
         tmp_dir: Path | None = None,
         on_spawn: Callable[[_Worker], None] | None = None,
+        threads: int = 0,
     ):
         env = dict(
             os.environ,
@@ -270,7 +271,7 @@ class _Worker:
         cache = cfg["ocr"]["cache"]
         ocr = {**cfg["ocr"], "cache": str(Path(cache).absolute()) if cache else None}
         try:
-            self.send({**cfg, "ocr": ocr, "__index_dir": str(index_dir.absolute())})
+            self.send({**cfg, "ocr": ocr, "__index_dir": str(index_dir.absolute()), "__threads": threads})
         except OSError:  # it died at once: _await_ready reads the end of its output and says why
             pass
         self.start_error = self._await_ready(cfg["isolation"]["memory_mb"])
@@ -483,7 +484,8 @@ class WorkerPool:
             if closed:  # the pool was closed (killed) while this worker was being started
                 w.kill()
 
-        return _Worker(self.cfg, self.index_dir, self.tmp_dir, on_spawn=spawned)
+        threads = max(1, (os.cpu_count() or 1) // self.n)  # each worker's share of the cores
+        return _Worker(self.cfg, self.index_dir, self.tmp_dir, on_spawn=spawned, threads=threads)
 
     def extract(self, path: Path, rel: str) -> Document | FileError:
         req: dict[str, Any] = {"path": str(Path(path).absolute()), "rel": rel}  # the worker's cwd is not ours

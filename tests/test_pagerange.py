@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -245,6 +246,32 @@ def test_pymupdf_comes_without_the_layout_model_until_it_is_needed() -> None:
         pytest.skip(f"corpus not found at {CORPUS}")
     out = subprocess.run([sys.executable, "-c", code, str(xfig)], capture_output=True, text=True, check=True)
     assert int(out.stdout.strip()) >= 1
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: onnxruntime's default is one thread")
+def test_layout_model_runs_on_the_workers_share_of_the_cores() -> None:
+    """Each extraction worker runs the layout model on its share of the cores (pool size N: cores / N
+    threads): onnxruntime's default (a thread per core in every worker, spinning while it waits) made N
+    workers compete for the cores. The boxes are the same with either thread count."""
+    code = (
+        "import os, sys; from manualrag.indexer import figures, pdflib; "
+        "pdflib.layout_threads = int(sys.argv[2]); doc = pdflib.pymupdf.open(sys.argv[1]); import onnxruntime; "
+        "before = len(os.listdir('/proc/self/task')); boxes = figures.page_layout_boxes(doc[13]); "
+        "print(len(os.listdir('/proc/self/task')) - before, sorted(boxes))"
+    )
+    xfig = CORPUS / "xfig-howto.pdf"
+    if not xfig.is_file():
+        pytest.skip(f"corpus not found at {CORPUS}")
+    out = {}
+    for threads in ("1", "0"):  # 1: one worker per core; 0: onnxruntime's default
+        run = subprocess.run(
+            [sys.executable, "-c", code, str(xfig), threads], capture_output=True, text=True, check=True
+        )
+        added, boxes = run.stdout.split(" ", 1)
+        out[threads] = int(added), boxes
+    assert out["1"][0] == 0  # no pool threads: each session runs on the calling thread
+    assert out["0"][0] > 0
+    assert out["1"][1] == out["0"][1]
 
 
 def test_pymupdf_without_pymupdf4llm_reads_the_same_line_boxes() -> None:
