@@ -194,9 +194,13 @@ class Indexer:
         progress: bool = False,
         shard: tuple[int, int] = (0, 1),
         retry_failed: bool = False,
+        replace_library: bool = False,
     ):
         self.cfg = cfg
         self.retry_failed = retry_failed
+        # one library per index: a run over another folder that lacks some of the index's documents is
+        # refused (they would be removed) unless this says to replace the library
+        self.replace_library = replace_library
         self.shard = shard
         self.index_dir = Path(index_dir)
         # dense: this run makes vectors. Which: the CLIP/SigLIP ones unless ``model`` is null (then the text
@@ -339,6 +343,22 @@ class Indexer:
             shutil.rmtree(root, ignore_errors=True)
             self._tmp_dir = None
 
+    def _check_same_library(self, manifest: Manifest, library: Path, present: set[str]) -> None:
+        """Refuse, before anything changes, a run over another folder than the index's library that lacks
+        some of its documents: they would be removed (a user "adding" a folder to the default index, or a
+        mistyped library path). A moved library (every document still there) goes on."""
+        before = manifest.get_meta("library")
+        if self.replace_library or not before or Path(before) == library.resolve():
+            return
+        held = {p for p in set(manifest.documents()) | manifest.paths_with_rows() if in_shard(p, self.shard)}
+        gone = sorted(held - present)
+        if gone:
+            raise ManualragError(
+                f"{self.index_dir} holds the library {before}; {library} lacks {len(gone)} of its "
+                f"{len(held)} document(s) (e.g. {gone[0]}), and indexing it there would remove them: index "
+                "it into its own folder (--index-dir DIR), or pass --replace-library to replace that library"
+            )
+
     def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
         manifest = index.manifest
@@ -353,6 +373,7 @@ class Indexer:
                 f"({', '.join(other_indexes[:3])}{', ...' if len(other_indexes) > 3 else ''}): "
                 "their crops are not manuals"
             )
+        self._check_same_library(manifest, library, {f.rel for f in files})
         if not manifest.get_meta("library"):
             # a first run records its library now, not only at its end: one interrupted after some documents
             # leaves an index whose pages can be served and that `check --repair` can rebuild
@@ -457,13 +478,10 @@ class Indexer:
                 index.remove_document(path)
                 summary.removed.append(path)
             before = manifest.get_meta("library")
-            if summary.removed and before and Path(before) != library.resolve():
-                # one library per index: a second folder replaces the first (a user adding a folder
-                # would otherwise learn it only from "N removed")
+            if summary.removed and before and Path(before) != library.resolve():  # --replace-library
                 summary.warnings.append(
                     f"this index was built from {before}; indexing {library} replaced that library: "
-                    f"{len(summary.removed)} document(s) not in it were removed "
-                    "(index each library into its own --index-dir to keep both)"
+                    f"{len(summary.removed)} document(s) not in it were removed"
                 )
             for path in sorted(set(manifest.errors()) - present):  # errors of files no longer in the library
                 if in_shard(path, self.shard):

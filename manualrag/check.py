@@ -213,7 +213,8 @@ def repair_index(
     dense = report.dense if dense is None else dense
     if dense and not report.clip:  # rebuilt as it was built: without CLIP vectors
         cfg = {**cfg, "model": None}
-    indexer = Indexer(cfg, idir, dense=dense, progress=progress)
+    # the library it was built from, or the one --library names: rebuilt from it as it is now
+    indexer = Indexer(cfg, idir, dense=dense, progress=progress, replace_library=True)
     if dense:
         indexer._load_models()  # an unavailable model fails here, before anything is moved or deleted
     if report.sqlite_problem:

@@ -313,6 +313,11 @@ _dtype_option = click.option(
     help="Try again the files that failed last time although neither they nor the settings changed.",
 )
 @click.option(
+    "--replace-library",
+    is_flag=True,
+    help="Let LIBRARY replace the other folder this index was built from (its documents that LIBRARY lacks are removed).",
+)
+@click.option(
     "--shard",
     default=None,
     metavar="I/N",
@@ -333,6 +338,7 @@ def index(
     batch_size: int | None,
     no_dense: bool,
     retry_failed: bool,
+    replace_library: bool,
     shard: str | None,
     store_url: str | None,
     as_json: bool,
@@ -364,6 +370,7 @@ def index(
         progress=_stderr_tty() and not quiet and not as_json,
         shard=_parse_shard(shard),
         retry_failed=retry_failed,
+        replace_library=replace_library,
     )
     summary = idx.run(Path(library))
     if as_json:

@@ -167,7 +167,9 @@ def test_sigkill_at_random_points_then_rerun_equals_uninterrupted_run(setup, cap
         before = _committed(db)
         targets = ref["targets"] - before
 
-        proc = rh.popen_cli(*rh.index_args(ref["cfg"], lib_b, idx, dense))
+        # library B stands for library A as it is later, in another folder: the run replaces the library
+        args = [*rh.index_args(ref["cfg"], lib_b, idx, dense), "--replace-library"]
+        proc = rh.popen_cli(*args)
         stratum = len([k for k in kills if k["trigger"] == "time"]) % 4
         t_lock = _wait_for_kill_point(
             proc, idx, trigger, targets, rng, (stratum + rng.random()) / 4 * ref["window"]
@@ -201,7 +203,7 @@ def test_sigkill_at_random_points_then_rerun_equals_uninterrupted_run(setup, cap
         )
         time.sleep(0.3)  # orphaned extraction workers notice their parent is gone (0.2 s watch)
 
-        rc, summary, out = rh.cli(*rh.index_args(ref["cfg"], lib_b, idx, dense))
+        rc, summary, out = rh.cli(*args)
         assert rc == 1, out
         assert [f["path"] for f in summary["failed"]] == ["bad.pdf"], summary["failed"]
         rh.assert_same_index(rh.index_snapshot(idx), ref["snapshot"], f"trial {i} ({kills[-1]})")

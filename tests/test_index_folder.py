@@ -78,23 +78,39 @@ def test_stats_lines_up_every_value(indexed):
     assert "None" not in out, out
 
 
-def test_indexing_another_library_into_the_index_says_it_replaced_the_first(indexed, tmp_path):
-    """One library per index: a user "adding" a second folder to the default index lost the first one's
-    documents with only "3 removed" to show for it. The summary now says which library was replaced and
-    how to keep both; a run over the same library (or a moved one, nothing removed) says nothing."""
+def test_indexing_another_library_into_the_index_is_refused_before_anything_is_removed(indexed, tmp_path):
+    """One library per index. A user "adding" a second folder to the default index (or mistyping the
+    library's path) lost the first library's documents, told only afterwards. Such a run is now refused
+    before anything changes (rc 2, one line with both ways out); --replace-library replaces the library and
+    says so; a moved library (every document still there) is indexed without a word."""
     lib, idx = indexed
     other = tmp_path / "other"
     other.mkdir()
     (other / "fan.md").write_text("# Fan\n\nThe fan runs at 1400 rpm.\n")
-    rc, out = _cli("index", str(other), "--index-dir", str(idx), "--no-dense")
+    for folder in (other, tmp_path / "empty"):
+        folder.mkdir(exist_ok=True)
+        rc, out = _cli("index", str(folder), "--index-dir", str(idx), "--no-dense")
+        assert rc == 2, out
+        assert out.strip().splitlines() == [
+            f"error: {idx} holds the library {lib.resolve()}; {folder} lacks 3 of its 3 document(s) "
+            "(e.g. pumps/p1.md), and indexing it there would remove them: index it into its own folder "
+            "(--index-dir DIR), or pass --replace-library to replace that library"
+        ], out
+        rc, out = _cli("query", "ceramic seal", "--index-dir", str(idx), "--json")
+        assert rc == 0 and '"pumps/p2.md"' in out, out  # nothing was removed
+    rc, out = _cli("index", str(other), "--index-dir", str(idx), "--no-dense", "--replace-library")
     assert rc == 0, out
     assert "3 removed" in out
     assert (
         f"warning: this index was built from {lib.resolve()}; indexing {other} replaced that library: "
-        "3 document(s) not in it were removed (index each library into its own --index-dir to keep both)"
+        "3 document(s) not in it were removed"
     ) in out, out
     rc, out = _cli("index", str(other), "--index-dir", str(idx), "--no-dense")
     assert rc == 0 and "warning" not in out, out
+    moved = tmp_path / "moved"
+    other.rename(moved)
+    rc, out = _cli("index", str(moved), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0 and "warning" not in out and "removed" not in out.replace("0 removed", ""), out
 
 
 def test_reset_deletes_the_index_and_nothing_else(indexed):
