@@ -690,7 +690,7 @@ def _print_hits(res: Any) -> None:
     for h in res.hits:
         pages = ",".join(map(str, h.pages))
         where = f"{h.path}:{pages}"
-        _echo(f"{h.rank:>3}  {h.kind:<5}  {h.score:>6.4f}  {where:<40}  {','.join(h.channels)}")
+        _echo(f"{h.rank:>3}  {h.kind:<5}  {h.score:>6.4f}  {_pad(where, 40)}  {','.join(h.channels)}")
         snippet = _clean(h.snippet)
         if sys.stdout.isatty():
             snippet = snippet.replace("**", "\x00")
@@ -848,6 +848,14 @@ def mcp_cmd(obj: Ctx, index_dir: str | None) -> None:
     except ImportError as exc:
         raise ManualragError(str(exc)) from None
     run_stdio(index_dir, obj.config_path)
+
+
+def _pad(text: str, width: int) -> str:
+    """``text`` padded to ``width`` terminal columns: wide characters (CJK) take two."""
+    import unicodedata
+
+    cols = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(0, width - cols)
 
 
 def _short(text: str, n: int = 160) -> str:

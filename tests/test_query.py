@@ -224,6 +224,29 @@ def test_query_table_shows_image_hit_with_caption_and_crop(index):
     )
 
 
+def test_query_table_columns_line_up_with_wide_file_names(tmp_path):
+    """File names in Chinese or Japanese take two terminal columns a character: the "found by" column of the
+    query table starts at the same place on every row (it was pushed right by their width)."""
+    import unicodedata
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "油泵手册.md").write_text("# Pump\n\nThe oil pump seal is ceramic.\n")
+    (lib / "valve.md").write_text("# Valve\n\nThe valve seal is rubber.\n")
+    idx = tmp_path / "idx"
+    assert CliRunner().invoke(main, ["index", str(lib), "--index-dir", str(idx), "--no-dense"]).exit_code == 0
+    res = CliRunner().invoke(main, ["query", "seal", "--index-dir", str(idx)])
+    assert res.exit_code == 0, res.output
+    rows = [ln for ln in res.stdout.splitlines() if ln.rstrip().endswith("lexical")]
+    assert {".md:1" in r for r in rows} == {True} and len(rows) == 2, res.stdout
+
+    def col(line: str) -> int:
+        head = line[: line.rindex("lexical")]
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in head)
+
+    assert col(rows[0]) == col(rows[1]), res.stdout
+
+
 def test_query_model_none_turns_the_dense_channels_off_instead_of_loading_a_model_named_none(index):
     """`--model none` on an index built with CLIP: the query runs without the dense channels (no attempt to
     load a checkpoint called 'none', whose error would advise --model none); asking for them anyway is a
