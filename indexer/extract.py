@@ -130,7 +130,7 @@ def _open_pdf(data: bytes, rel: str, cfg: dict[str, Any], warnings_out: list[str
         pdf = pymupdf.open(stream=data, filetype="pdf")
     except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
         raise ExtractionError(rel, f"corrupt PDF, MuPDF cannot open it ({_one_line(exc)})") from None
-    messages = _one_line(pymupdf.TOOLS.mupdf_warnings(reset=True))
+    messages = _mupdf_messages(pymupdf.TOOLS.mupdf_warnings(reset=True))
     if pdf.needs_pass:
         if not any(pdf.authenticate(pw) for pw in cfg.get("passwords", [])):
             pdf.close()
@@ -153,6 +153,12 @@ def _open_pdf(data: bytes, rel: str, cfg: dict[str, Any], warnings_out: list[str
             raise ExtractionError(rel, "PDF has no pages")
         raise ExtractionError(rel, "corrupt PDF: no readable pages" + (f" ({messages})" if messages else ""))
     return pdf
+
+
+def _mupdf_messages(raw: str) -> str:
+    """MuPDF's warnings (one per line, some repeated) as one line: "cannot find startxref; trying to repair
+    broken xref; ..." rather than the lines run together."""
+    return _one_line("; ".join(dict.fromkeys(m.strip() for m in raw.splitlines() if m.strip())))
 
 
 def _one_line(x: object, n: int = 160) -> str:
