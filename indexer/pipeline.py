@@ -315,7 +315,7 @@ class Indexer:
         """Delete what a first run created in the index folder (the caller holds the lock)."""
         layout = IndexLayout(self.index_dir)
         for p in layout.reset_files() + [self.index_dir / TMP_DIR]:
-            if p == layout.ocr_cache and self.cfg["ocr"]["cache"]:
+            if p in layout.ocr_cache_files() and self.cfg["ocr"]["cache"]:
                 continue
             if p == layout.chroma and self.cfg["store"]["url"]:
                 continue

@@ -506,9 +506,12 @@ def _confirm(question: str) -> bool:
 def reset(obj: Ctx, index_dir: str | None, store_url: str | None, yes: bool) -> None:
     """Delete the whole index (vectors, manifest, lexical index, crops)."""
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
-    from manualrag.index import Index
+    from manualrag.index import Index, IndexLayout
 
     idir = Path(cfg["index_dir"])
+    if not IndexLayout.holds_index(idir):  # no folder, or one that is not an index: nothing of it is ours
+        _echo(f"no index in {idir}")
+        return
     if not yes and not _confirm(f"Delete the index in {idir}?"):
         _echo(f"not deleted: the index in {idir} is kept (--yes skips the question)", err=True)
         sys.exit(EXIT_USAGE)

@@ -88,6 +88,11 @@ class IndexLayout:
         """A crop's path relative to the index folder (what figure rows store)."""
         return f"{CROPS_DIR}/{digest}.png"
 
+    def ocr_cache_files(self) -> list[Path]:
+        """The OCR cache database and its SQLite side files (WAL mode leaves ``-wal`` and ``-shm``)."""
+        cache = self.ocr_cache
+        return [cache, cache.with_name(cache.name + "-wal"), cache.with_name(cache.name + "-shm")]
+
     def reset_files(self) -> list[Path]:
         """Files and folders ``reset`` deletes (never the lock, never anything else in the folder)."""
         db = self.db
@@ -96,7 +101,7 @@ class IndexLayout:
             db.with_name(db.name + "-wal"),
             db.with_name(db.name + "-shm"),
             self.config,
-            self.ocr_cache,
+            *self.ocr_cache_files(),
             self.crops,
             self.chroma,
         ]
@@ -261,19 +266,29 @@ class Index:
     @staticmethod
     def reset(root: Path | str, cfg: dict[str, Any]) -> bool:
         """Delete the whole index (vectors, manifest, lexical index, crops, OCR cache) under the lock;
-        False when there was no folder."""
+        False, deleting nothing, when ``root`` holds no index (no such folder, or a folder without a
+        manifest: a user's folder named by mistake keeps its ``config.json`` and ``crops/``).
+
+        An OCR cache that ``ocr.cache`` names is the user's, kept even when it lies in the folder."""
         from manualrag.store import VectorStore
 
         layout = IndexLayout(Path(root))
-        if not layout.root.exists():
+        if not IndexLayout.holds_index(layout.root):
             return False
+        keep: set[Path] = set()
+        if cfg["ocr"]["cache"] and Path(cfg["ocr"]["cache"]).resolve() == layout.ocr_cache.resolve():
+            keep = set(layout.ocr_cache_files())
         with IndexLock(layout.root):
+            if not IndexLayout.holds_index(layout.root):  # deleted meanwhile by another reset
+                return False
             store = VectorStore.open(layout.root, cfg)
             try:
                 store.drop_all()
             finally:
                 store.close()
             for p in layout.reset_files():
+                if p in keep:
+                    continue
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
                 else:

@@ -120,3 +120,44 @@ def test_reset_deletes_the_index_and_nothing_else(indexed):
     assert rc == 0 and "deleted" in out
     assert {p.name for p in idx.iterdir()} <= {"notes.txt", "lock"}
     assert (idx / "notes.txt").read_text() == "mine"
+
+
+def test_reset_of_a_folder_that_is_not_an_index_deletes_nothing(tmp_path):
+    """``reset --index-dir DIR`` on a user's folder (a typo, the library itself) deleted its ``config.json``
+    and ``crops/`` and said "index in DIR deleted". A folder without a manifest now gets the answer a missing
+    folder gets, before any question, and keeps every file."""
+    folder = tmp_path / "scratch"
+    (folder / "crops").mkdir(parents=True)
+    (folder / "config.json").write_text('{"my": "settings"}')
+    (folder / "crops" / "photo.png").write_bytes(b"x")
+    (folder / "notes.txt").write_text("keep")
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    missing_rc, missing_out = _cli("reset", "--yes", "--index-dir", str(tmp_path / "none"))
+    assert missing_out.strip() == f"no index in {tmp_path / 'none'}", missing_out
+    for args in (["--yes"], []):  # without --yes: no question about an index that is not there
+        res = CliRunner().invoke(main, ["reset", *args, "--index-dir", str(folder)], input="y\n")
+        assert res.exit_code == missing_rc and res.output.strip() == f"no index in {folder}", res.output
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before
+    assert (folder / "config.json").read_text() == '{"my": "settings"}'
+
+
+def test_reset_deletes_the_ocr_cache_side_files_but_not_a_configured_cache(indexed, tmp_path, monkeypatch):
+    """The OCR cache's ``-wal`` and ``-shm`` were left behind without their database (the tests' own
+    ``ocr.cache`` lies elsewhere: those in the folder are the index's); a cache that ``ocr.cache`` names
+    (here: the file in the folder itself) is the user's and stays."""
+    _, idx = indexed
+    side = ("ocr_cache.sqlite", "ocr_cache.sqlite-wal", "ocr_cache.sqlite-shm")
+    for name in side:
+        (idx / name).write_bytes(b"")
+    rc, out = _cli("reset", "--yes", "--index-dir", str(idx))
+    assert rc == 0 and "deleted" in out, out
+    assert {p.name for p in idx.iterdir()} <= {"lock"}, sorted(p.name for p in idx.iterdir())
+    lib = tmp_path / "lib"
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0, out
+    for name in side:
+        (idx / name).write_bytes(b"")
+    monkeypatch.setenv("MANUALRAG_OCR__CACHE", str(idx / "ocr_cache.sqlite"))
+    rc, out = _cli("reset", "--yes", "--index-dir", str(idx))
+    assert rc == 0 and "deleted" in out, out
+    assert {p.name for p in idx.iterdir()} - {"lock"} == set(side), out
