@@ -202,12 +202,14 @@ def create_app(state: IndexState, token: str | None = None, loopback_only: bool 
         max_chars: Annotated[
             int | None, Query(description=f"{limits.MIN_CONTEXT_CHARS}-{limits.MAX_CONTEXT_CHARS}")
         ] = None,
-        k: Annotated[int | None, Query(description=f"hits considered, 1-{limits.MAX_K} (default 8)")] = None,
+        k: Annotated[
+            int | None, Query(description=f"hits considered, 1-{limits.MAX_K} (default {limits.CONTEXT_K})")
+        ] = None,
     ) -> dict[str, Any]:
         from manualrag.retriever.context import build_context
 
         text = limits.check_query(q)
-        res = state.search(text, k=limits.check_k(k or 8))
+        res = state.search(text, k=limits.check_k(k, default=limits.CONTEXT_K))
         return build_context(res, max_chars=limits.check_context_chars(max_chars), fmt="json")  # type: ignore[return-value]
 
     @app.get(

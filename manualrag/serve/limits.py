@@ -10,6 +10,7 @@ from manualrag.errors import ManualragError
 MAX_QUERY_CHARS = 1000
 MAX_K = 50
 DEFAULT_K = 10
+CONTEXT_K = 8  # hits a context block considers, as `manualrag context -k`
 MAX_SOURCE_CHARS = 300
 MIN_CONTEXT_CHARS, MAX_CONTEXT_CHARS, DEFAULT_CONTEXT_CHARS = 500, 50_000, 6000
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -41,9 +42,10 @@ def check_query(q: str | None, required: bool = True) -> str | None:
     return q
 
 
-def check_k(k: int | None) -> int:
+def check_k(k: int | None, default: int = DEFAULT_K) -> int:
+    """``k`` as given, or ``default`` when absent (``None`` only: ``k=0`` is out of range, not absent)."""
     if k is None:
-        return DEFAULT_K
+        return default
     if not 1 <= k <= MAX_K:
         raise RequestError(f"k: from 1 to {MAX_K} (got {k})")
     return k

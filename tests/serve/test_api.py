@@ -150,6 +150,15 @@ def test_context_block(client):
     _error(client.get("/api/context"), 400, "q:")
 
 
+@pytest.mark.parametrize("k", [0, -1, limits.MAX_K + 1])
+def test_context_k_out_of_range_is_refused_like_search(client, k):
+    """``/api/context?k=0`` answered 200 with the default k (``k or 8``) while ``/api/search?k=0`` and
+    ``/api/context?k=-1`` said 400 ``k: from 1 to 50``: the same value now gets the same answer."""
+    for route in ("/api/search", "/api/context"):
+        r = client.get(route, params={"q": "wiring", "k": k})
+        assert r.status_code == 400 and r.json()["error"] == f"k: from 1 to {limits.MAX_K} (got {k})", r.text
+
+
 def test_query_by_uploaded_image(client):
     hit = _wiring_hit(client)
     png = client.get(hit["urls"]["figure"]).content
