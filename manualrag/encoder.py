@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from manualrag.errors import ConfigError, ModelUnavailableError, NonFiniteVectorsError
+from manualrag.errors import INDEX_LEXICAL_ONLY, ConfigError, ModelUnavailableError, NonFiniteVectorsError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -460,9 +460,11 @@ class _Source:
             self.local_files_only = True
         elif _looks_like_path(name):
             raise ModelUnavailableError(
-                f"model folder '{name}' does not exist. Pass an existing folder ({flag} /path/to/folder) "
-                f"or a Hugging Face model name, or run with {flag} none (without that model's vectors) or "
-                f"--no-dense (lexical search only)."
+                f"model folder '{name}' does not exist",
+                lambda lexical_only: (
+                    f"Pass an existing folder ({flag} /path/to/folder) or a Hugging Face "
+                    f"model name, or run with {flag} none (without that model's vectors) or {lexical_only}."
+                ),
             )
         else:
             self.ref = name
@@ -489,7 +491,8 @@ class _Source:
             return f"folder {self.folder}"
         return f"the Hugging Face cache ({_hf_cache_dir()})"
 
-    def ways_out(self) -> str:
+    def ways_out(self, lexical_only: str = INDEX_LEXICAL_ONLY) -> str:
+        """What to do instead; ``lexical_only``: the command's option for going without vectors."""
         without = (
             "no CLIP vectors: the text model and keyword search still work"
             if self.flag == "--model"
@@ -499,17 +502,17 @@ class _Source:
             return (
                 f"Ways out: pass a folder that holds a Hugging Face model (config.json and its weights, as"
                 f" saved by save_pretrained or `hf download NAME --local-dir FOLDER`) or a model name with"
-                f" {self.flag}; run with {self.flag} none ({without}); or run with --no-dense (lexical search only)."
+                f" {self.flag}; run with {self.flag} none ({without}); or run with {lexical_only}."
             )
         return (
             f"Ways out: pass a local model folder ({self.flag} /path/to/folder); download it into the cache "
             f"on a connected machine (hf download {self.name}) and copy the cache over; run with "
-            f"{self.flag} none ({without}); or run with --no-dense (lexical search only)."
+            f"{self.flag} none ({without}); or run with {lexical_only}."
         )
 
     def unavailable(self, reason: str) -> ModelUnavailableError:
         return ModelUnavailableError(
-            f"cannot load model '{self.name}' from {self.where()}: {reason}. {self.ways_out()}"
+            f"cannot load model '{self.name}' from {self.where()}: {reason}", self.ways_out
         )
 
     def check_cached(self) -> None:

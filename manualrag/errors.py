@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class ManualragError(Exception):
     """Base class: a user-facing error with an actionable message (no traceback shown)."""
@@ -13,8 +15,30 @@ class ConfigError(ManualragError):
     """A bad config file, environment variable or flag; the message names the key."""
 
 
+# the last way out of a model that cannot be loaded: go without vectors, in the words of each command
+INDEX_LEXICAL_ONLY = "--no-dense (lexical search only)"
+QUERY_LEXICAL_ONLY = "--channels lexical (keyword search only)"
+
+
 class ModelUnavailableError(ManualragError):
-    """Encoder weights cannot be loaded (offline, wrong name, no cache)."""
+    """Encoder weights cannot be loaded (offline, wrong name, no cache).
+
+    ``what``: the failure alone; ``ways_out(lexical_only)``, when given, the advice after it, whose last way
+    (no vectors at all) is an option of the command: ``index``'s by default, :meth:`worded_for` another's."""
+
+    def __init__(self, what: str, ways_out: Callable[[str], str] | None = None, lexical_only: str = ""):
+        self.what = what
+        self.ways_out = ways_out
+        super().__init__(f"{what}. {ways_out(lexical_only or INDEX_LEXICAL_ONLY)}" if ways_out else what)
+
+    def __reduce__(self) -> tuple[type[ModelUnavailableError], tuple[str]]:
+        return ModelUnavailableError, (str(self),)  # to another process: the message as worded (no callable)
+
+    def worded_for(self, lexical_only: str) -> ModelUnavailableError:
+        """The same error with the ways out of a command whose lexical-only option is ``lexical_only``."""
+        if self.ways_out is None:
+            return self
+        return ModelUnavailableError(self.what, self.ways_out, lexical_only)
 
 
 class EncoderMismatchError(ManualragError):

@@ -262,11 +262,12 @@ class Retriever:
         """The query encoder of ``which`` ("clip" or "text"), loaded on first use; None (with the reason kept
         for notes) when the index has no such vectors or the model cannot be loaded, unless ``required``."""
         enc, failed = self._encoders[which], self._failed[which]
+        model = self.query_model(which)
         if enc is not None or failed:
-            if enc is None and required:
+            named = self._query_override[which] and not means_no_model(model or "")
+            if enc is None and (required or (named and self._off[which] == "unavailable")):
                 raise ManualragError(failed)
             return enc
-        model = self.query_model(which)
         if model and means_no_model(model):  # --model none: asked to go without
             self._off[which] = "unavailable"
             self._failed[which] = (
@@ -295,7 +296,7 @@ class Retriever:
                 raise ManualragError(failed)
             return None
         from manualrag.encoder import ClipEncoder, TextEncoder
-        from manualrag.errors import ModelUnavailableError
+        from manualrag.errors import QUERY_LEXICAL_ONLY, ModelUnavailableError
 
         cls = ClipEncoder if which == "clip" else TextEncoder
         try:
@@ -306,9 +307,10 @@ class Retriever:
             finally:
                 self._cold["load_models"] = self._cold.get("load_models", 0.0) + time.perf_counter() - t0
         except ModelUnavailableError as exc:
+            exc = exc.worded_for(QUERY_LEXICAL_ONLY)  # the ways out of a query, not of `index`
             self._off[which], self._failed[which] = "unavailable", str(exc)
-            if required:
-                raise
+            if required or self._query_override[which]:  # a model named for the queries: no silent fallback
+                raise exc from None
             log.warning("%s off: %s", _CHANNEL_NAME[which], str(exc).splitlines()[0])
         return self._encoders[which]
 

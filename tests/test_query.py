@@ -269,6 +269,36 @@ def test_query_model_none_turns_the_dense_channels_off_instead_of_loading_a_mode
     assert "Traceback" not in res.output
 
 
+def test_a_query_model_named_on_the_command_line_that_cannot_load_is_an_error(index, tmp_path):
+    """``query --text-model /nonexistent/model`` ran lexical only, rc 0, with a note advising ``--no-dense``,
+    an option of ``index`` that ``query`` lacks. A model the user names is now an error (rc 2, one line
+    naming it and why, with the ways out of a query); one the index names and that cannot be loaded stays
+    a note, worded for a query too."""
+    idx, cfg_path = index
+    base = ["--config", str(cfg_path), "query", "electric wiring layout", "--index-dir", str(idx)]
+    for flag in ("--text-model", "--model"):
+        missing = str(tmp_path / "nonexistent" / "model")
+        res = CliRunner().invoke(main, [*base, flag, missing])
+        assert res.exit_code == 2, res.output
+        assert res.output.splitlines() == [
+            f"error: model folder '{missing}' does not exist. Pass an existing folder ({flag} /path/to/folder) "
+            f"or a Hugging Face model name, or run with {flag} none (without that model's vectors) or "
+            "--channels lexical (keyword search only)."
+        ], res.output
+    # the index's own text model gone (a copy of the index that names a folder no longer there): a note
+    copy = tmp_path / "index"
+    shutil.copytree(idx, copy)
+    gone = str(tmp_path / "moved-away" / "minilm")
+    with sqlite3.connect(copy / "index.sqlite") as db:
+        models = json.loads(db.execute("SELECT value FROM meta WHERE key = 'models'").fetchone()[0])
+        db.execute("UPDATE meta SET value = ? WHERE key = 'models'", (json.dumps({**models, "text": gone}),))
+    db.close()
+    res = CliRunner().invoke(main, [*base[:-1], str(copy), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout), res.output
+    assert f"note: text channel off: model folder '{gone}' does not exist." in res.stderr, res.stderr
+    assert "--channels lexical (keyword search only)" in res.stderr and "--no-dense" not in res.output
+
+
 def test_missing_index_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(main, ["query", "anything", "--index-dir", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "manualrag index" in res.output and "Traceback" not in res.output
