@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 PDF_SUFFIXES = frozenset({".pdf"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif"})
 TEXT_SUFFIXES = frozenset({".txt", ".md"})
+SKIP_EXAMPLES = 3  # skipped paths named per reason (the rest are counted)
 
 
 class LibraryNotFoundError(ManualragError, FileNotFoundError):
@@ -68,6 +69,7 @@ def discover(
     cfg: dict[str, Any],
     exclude: list[Path] | None = None,
     indexes: list[str] | None = None,
+    examples: dict[str, list[str]] | None = None,
 ) -> tuple[list[SourceFile], dict[str, int]]:
     """Walk ``library`` recursively; return the supported files sorted by relative path, and skip counts.
 
@@ -75,7 +77,8 @@ def discover(
     (the index when it lies inside the library), any other manualrag index folder in the library (counted
     as ``index_folder``; their relative paths are appended to ``indexes`` when given), symlinks leading
     outside the library (unless ``follow_symlinks``), broken links, directory loops, a file reached twice
-    through links, and anything that is not a regular file or cannot be read.
+    through links, and anything that is not a regular file or cannot be read. ``examples``, when given,
+    gets the relative paths of the first few skipped under each reason (what the summary names).
     """
     root = Path(library)
     root_real = Path(os.path.realpath(root))
@@ -85,6 +88,11 @@ def discover(
     candidates: list[tuple[bool, str, Path, os.stat_result, str]] = []  # via_link, rel, path, stat, type
     seen_dirs: set[tuple[int, int]] = set()
     linked_dirs: list[tuple[Path, tuple[str, ...]]] = []  # followed after the real tree
+
+    def skip(reason: str, rel: str) -> None:
+        skipped[reason] += 1
+        if examples is not None and len(examples.setdefault(reason, [])) < SKIP_EXAMPLES:
+            examples[reason].append(printable_name(rel) or ".")
 
     try:
         st_root = root.stat()
@@ -102,33 +110,34 @@ def discover(
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
             log.warning("cannot list %s: %s", folder, exc.strerror or exc)
-            skipped["unreadable"] += 1
+            skip("unreadable", "/".join(rel_parts))
             return
         for entry in entries:
             name = entry.name
             if name.startswith("."):
-                skipped["hidden"] += 1
+                skip("hidden", "/".join((*rel_parts, name)))
                 continue
             path = Path(entry.path)
+            rel = "/".join((*rel_parts, name))
             is_link = entry.is_symlink()
             if is_link:
                 real = Path(os.path.realpath(path))
                 if not real.exists():
-                    skipped["broken_link"] += 1
+                    skip("broken_link", rel)
                     continue
                 if not inside_library(real) and not follow_outside:
-                    skipped["symlink"] += 1
+                    skip("symlink", rel)
                     continue
             try:
                 st = path.stat()  # follows links
             except OSError:
-                skipped["unreadable"] += 1
+                skip("unreadable", rel)
                 continue
             if stat.S_ISDIR(st.st_mode):
                 if Path(os.path.realpath(path)) in excluded:
-                    skipped["excluded"] += 1
+                    skip("excluded", rel)
                 elif IndexLayout.holds_index(path):  # another index (say lib/data/index): crops, no manuals
-                    skipped["index_folder"] += 1
+                    skip("index_folder", rel)
                     if indexes is not None:
                         indexes.append(_printable("/".join((*rel_parts, name))))
                 elif is_link and not via_link:
@@ -137,11 +146,11 @@ def discover(
                     visit_dir(path, (*rel_parts, name), st, via_link or is_link)
                 continue
             if not stat.S_ISREG(st.st_mode):
-                skipped["not_regular"] += 1
+                skip("not_regular", rel)
                 continue
             ftype = file_type_for(name)
             if ftype is None:
-                skipped["unsupported"] += 1
+                skip("unsupported", rel)
                 continue
             candidates.append(
                 (via_link or is_link, _printable("/".join((*rel_parts, name))), path, st, ftype)
@@ -150,7 +159,9 @@ def discover(
     def visit_dir(path: Path, rel_parts: tuple[str, ...], st: os.stat_result, via_link: bool) -> None:
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs:
-            skipped["loop"] += 1  # a folder reached a second time (link loop or second link to it)
+            skip(
+                "loop", "/".join(rel_parts)
+            )  # a folder reached a second time (link loop or second link to it)
             return
         seen_dirs.add(key)
         walk(path, rel_parts, via_link)
@@ -162,7 +173,7 @@ def discover(
             try:
                 visit_dir(path, rel_parts, path.stat(), True)
             except OSError:
-                skipped["unreadable"] += 1
+                skip("unreadable", "/".join(rel_parts))
 
     # one entry per file: prefer the path that does not go through a link, then the first by name
     found: list[SourceFile] = []
@@ -171,7 +182,7 @@ def discover(
     for _via_link, rel, path, st, ftype in sorted(candidates, key=lambda c: (c[0], c[1])):
         key = (st.st_dev, st.st_ino)
         if key in seen_files or rel in seen_rels:  # same file twice, or an escaped name equal to a real one
-            skipped["duplicate"] += 1
+            skip("duplicate", rel)
             continue
         seen_files.add(key)
         seen_rels.add(rel)

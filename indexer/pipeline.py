@@ -116,6 +116,7 @@ class Summary:
     removed: list[str] = field(default_factory=list)
     failed: list[FileError] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    skipped_examples: dict[str, list[str]] = field(default_factory=dict)  # the first few paths per reason
     records: Counter = field(default_factory=Counter)  # written this run, by kind
     embedded: Counter = field(default_factory=Counter)  # model inputs this run: texts, images, sem
     pages: int = 0
@@ -147,6 +148,7 @@ class Summary:
             "removed": self.removed,
             "failed": [{"path": f.path, "reason": f.reason, "stage": f.stage} for f in self.failed],
             "skipped": dict(self.skipped),
+            "skipped_examples": dict(self.skipped_examples),
             "pages": self.pages,
             "figures": self.figures,
             "records": dict(self.records),
@@ -364,7 +366,13 @@ class Indexer:
         manifest = index.manifest
         with _Timer(timings, "discover"):
             other_indexes: list[str] = []
-            found, skipped = discover(library, cfg, exclude=[self.index_dir], indexes=other_indexes)
+            found, skipped = discover(
+                library,
+                cfg,
+                exclude=[self.index_dir],
+                indexes=other_indexes,
+                examples=summary.skipped_examples,
+            )
             files = [f for f in found if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
         if other_indexes:  # say once why a folder of PNGs inside the library was left out

@@ -410,7 +410,12 @@ def _print_summary(s: Any) -> None:
         f"{docs['removed']} removed, {docs['failed']} failed"
     )
     if d["skipped"]:
-        _echo("  skipped files: " + ", ".join(f"{v} {k}" for k, v in sorted(d["skipped"].items())))
+        shown = []
+        for reason, n in sorted(d["skipped"].items()):
+            named = d.get("skipped_examples", {}).get(reason) or []
+            more = ", ..." if n > len(named) else ""
+            shown.append(f"{n} {reason}" + (f" ({', '.join(map(_clean, named))}{more})" if named else ""))
+        _echo("  skipped files: " + ", ".join(shown))
     _echo(f"  pages: {d['pages']}, figures: {d['figures']}")
     if d["records"]:
         _echo("  records written: " + ", ".join(f"{k} {v}" for k, v in sorted(d["records"].items())))

@@ -161,3 +161,27 @@ def test_reset_deletes_the_ocr_cache_side_files_but_not_a_configured_cache(index
     rc, out = _cli("reset", "--yes", "--index-dir", str(idx))
     assert rc == 0 and "deleted" in out, out
     assert {p.name for p in idx.iterdir()} - {"lock"} == set(side), out
+
+
+def test_the_summary_names_the_first_skipped_files_of_each_reason(tmp_path):
+    """ "skipped files: 1 excluded" left the user to guess which file; the line now names up to three per
+    reason, and ``--json`` adds them under ``skipped_examples`` beside the unchanged counts."""
+    import json
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "valve.txt").write_text("The relief valve opens at 6 bar.\n")
+    for name in ("b.docx", "c.xlsx", "d.zip", "e.exe"):
+        (lib / name).write_text("not a manual")
+    idx = lib / "data" / "index"
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0, out
+    assert "  skipped files: 1 excluded (data/index), 4 unsupported (b.docx, c.xlsx, d.zip, ...)" in out, out
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense", "--json")
+    assert rc == 0, out
+    summary = json.loads(out)
+    assert summary["skipped"] == {"excluded": 1, "unsupported": 4}
+    assert summary["skipped_examples"] == {
+        "excluded": ["data/index"],
+        "unsupported": ["b.docx", "c.xlsx", "d.zip"],
+    }
