@@ -318,7 +318,7 @@ class Retriever:
             self._off[which], self._failed[which] = "unavailable", str(exc)
             if required or self._query_override[which]:  # a model named for the queries: no silent fallback
                 raise exc from None
-            log.warning("%s off: %s", _CHANNEL_NAME[which], str(exc).splitlines()[0])
+            log.info("%s off: %s", _CHANNEL_NAME[which], str(exc).splitlines()[0])  # also in the notes
         return self._encoders[which]
 
     def _clip_encoder(self, required: bool) -> Any:
