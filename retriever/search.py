@@ -196,11 +196,12 @@ class Retriever:
         """Open an index read-only. ``clip_model`` / ``text_model``: encode queries with these models
         instead of the ones the index names (they must produce the same vectors)."""
         from manualrag.config import load_config
-        from manualrag.index import Index
+        from manualrag.index import Index, require_same_store
         from manualrag.store import LazyStore
 
         cfg = cfg or load_config()
         layout = Index.require(index_dir)
+        require_same_store(layout.root, cfg)
         manifest = Manifest(layout.db, readonly=True)
         # the vector store opens on first use (see LazyStore): a lexical-only query never imports chromadb
         cold: dict[str, float] = {}

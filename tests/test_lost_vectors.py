@@ -8,7 +8,9 @@ embedded store. Real components: the real MiniLM text model, the embedded Chroma
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +130,36 @@ def test_emptied_collection_is_repaired_by_check(text_index, tmp_path):
     with _sem(cfg, idx) as col:
         assert col.count() == n
 
+
+def test_server_index_opened_without_store_is_refused(text_index, tmp_path):
+    """An index whose config records a Chroma server, opened without --store: every command refuses in one
+    line naming the folder, the server and --store, rc 2, and no embedded store is created in the folder
+    (before: an empty chroma/ appeared, query answered lexical-only blaming the index, check said ok). A
+    published copy holding only index.sqlite is refused the same way (the manifest records the config)."""
+    cfg, lib, idx0 = text_index
+    url = "http://127.0.0.1:9/chroma"
+    idx = _copy(idx0, tmp_path / "team")
+    shutil.rmtree(idx / "chroma")  # a server index has no embedded store
+    saved = json.loads((idx / "config.json").read_text())
+    saved["store"] = {**saved["store"], "url": url, "headers": {"Authorization": "***"}}
+    (idx / "config.json").write_text(json.dumps(saved))
+    with sqlite3.connect(idx / "index.sqlite") as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(saved),))
+    db.close()
+    base = ["--config", str(cfg)]
+    for copy_kind in ("folder", "published"):
+        if copy_kind == "published":
+            (idx / "config.json").unlink()
+        for args in (
+            ["query", "main fuse relay"],
+            ["check"],
+            ["check", "--repair"],
+            ["stats"],
+            ["index", str(lib)],
+            ["remove", "notes.md"],
+        ):
+            rc, _, out = rh.cli(*base, *args, "--index-dir", str(idx))
+            lines = out.strip().splitlines()
+            assert rc == 2 and len(lines) == 1 and "Traceback" not in out, (copy_kind, args, out)
+            assert str(idx) in lines[0] and url in lines[0] and f"--store {url}" in lines[0], lines
+            assert not (idx / "chroma").exists(), (copy_kind, args)
