@@ -104,14 +104,17 @@ class IndexLayout:
         ]
 
 
-def recorded_store_url(root: Path | str) -> str | None:
-    """The Chroma server URL the index in ``root`` was last built against (its ``config.json``, else the
-    config its manifest records: a published copy may hold only ``index.sqlite``), or None (embedded)."""
+def recorded_store_url(root: Path | str) -> tuple[str, str] | None:
+    """The Chroma server URL the index in ``root`` was last built against and the file that says so (its
+    ``config.json``, else the config its manifest records: a published copy may hold only
+    ``index.sqlite``), or None (embedded)."""
     layout = IndexLayout(Path(root))
     saved: Any = None
+    source = CONFIG_NAME
     try:
         saved = json.loads(layout.config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        source = DB_NAME
         if layout.db.is_file():
             try:
                 conn = sqlite3.connect(f"{layout.db.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
@@ -124,7 +127,7 @@ def recorded_store_url(root: Path | str) -> str | None:
                 saved = None
     store = saved.get("store") if isinstance(saved, dict) else None
     url = store.get("url") if isinstance(store, dict) else None
-    return url if isinstance(url, str) and url.strip() else None
+    return (url, source) if isinstance(url, str) and url.strip() else None
 
 
 def require_same_store(root: Path | str, cfg: dict[str, Any]) -> None:
@@ -133,10 +136,11 @@ def require_same_store(root: Path | str, cfg: dict[str, Any]) -> None:
     query would quietly answer from keywords only, ``check`` would find nothing wrong)."""
     if cfg["store"].get("url"):
         return
-    url = recorded_store_url(root)
-    if url:
+    recorded = recorded_store_url(root)
+    if recorded:
+        url, source = recorded
         raise StoreError(
-            f"the vectors of the index in {root} live on the Chroma server {url} (its config.json says so): "
+            f"the vectors of the index in {root} live on the Chroma server {url} (its {source} says so): "
             f"pass --store {url} (or a --config whose store.url names it, with its store.headers)"
         )
 

@@ -162,4 +162,6 @@ def test_server_index_opened_without_store_is_refused(text_index, tmp_path):
             lines = out.strip().splitlines()
             assert rc == 2 and len(lines) == 1 and "Traceback" not in out, (copy_kind, args, out)
             assert str(idx) in lines[0] and url in lines[0] and f"--store {url}" in lines[0], lines
+            source = "config.json" if copy_kind == "folder" else "index.sqlite"
+            assert f"(its {source} says so)" in lines[0], lines
             assert not (idx / "chroma").exists(), (copy_kind, args)
