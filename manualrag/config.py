@@ -253,6 +253,10 @@ def load_config(
             )
         try:
             _merge(cfg, data, DEFAULTS)
+            if isinstance(data.get("store"), dict) and data["store"].get("url"):
+                from manualrag.store import parse_url
+
+                parse_url(cfg["store"]["url"])  # a bad URL is the file's error, as any other key's
         except ConfigError as exc:  # the file may come from MANUALRAG_CONFIG: say which one
             raise ConfigError(f"config file {p}: {exc}") from None
     _merge_env(cfg, environ)

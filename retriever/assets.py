@@ -191,15 +191,15 @@ class Assets:
         try:
             real = Path(os.path.realpath(lib.joinpath(*rel.parts), strict=True))
         except OSError:
-            raise NotFound(f"the file of document {row.doc_id} is gone from the library") from None
+            raise NotFound(f"the file {row.path!r} is gone from the library") from None
         if lib not in real.parents:
-            raise NotFound(f"the file of document {row.doc_id} lies outside the library")
+            raise NotFound(f"the file {row.path!r} lies outside the library")
         try:
             st = real.stat()
         except OSError:
-            raise NotFound(f"the file of document {row.doc_id} is gone from the library") from None
+            raise NotFound(f"the file {row.path!r} is gone from the library") from None
         if not stat.S_ISREG(st.st_mode):
-            raise NotFound(f"the file of document {row.doc_id} is not a regular file")
+            raise NotFound(f"the file {row.path!r} is not a regular file")
         return real
 
     # -------------------------------------------------------------------------------------- figures

@@ -19,7 +19,7 @@ from typing import Any
 
 from manualrag.errors import ManualragError
 from manualrag.index import CROPS_DIR
-from manualrag.retriever.search import Hit, SearchResult
+from manualrag.retriever.search import NO_QUERY_WORD, Hit, SearchResult
 
 PREAMBLE = (
     "The sources below are excerpts retrieved from a library of technical manuals for the user's question. "
@@ -93,6 +93,8 @@ def build_context(
     """Numbered, fenced sources within ``max_chars`` (markdown), or the same as a JSON-able dict."""
     nonce = secrets.token_hex(4)
     header = f"{PREAMBLE}\nQuestion: {result.query}\n"
+    if NO_QUERY_WORD in result.notes:  # the sources may say nothing about the question
+        header += f"Note: {NO_QUERY_WORD}.\n"
     if max_chars < len(header) + MIN_SOURCE_ROOM:  # else a block with no source at all, as if nothing matched
         raise ManualragError(
             f"--max-chars {max_chars} leaves no room for a source after the block's preamble and question"

@@ -104,6 +104,13 @@ class Hit:
         return asdict(self)
 
 
+# said with hits that only the vector channels found: an LLM (and a user) must not take them for an answer
+NO_QUERY_WORD = (
+    "no indexed text contains a word of the query: these hits are only the nearest by meaning, and the "
+    "manuals may not cover it"
+)
+
+
 @dataclass
 class SearchResult:
     query: str
@@ -492,6 +499,8 @@ class Retriever:
                 fused = page_support(fused, place_of)
             hits = self._hits(fused, text or "", k, modality, source, passages)
             timings["fusion"] += time.perf_counter() - t0
+        if hits and "lexical" in rankings and not rankings["lexical"]:
+            notes.append(NO_QUERY_WORD)
         cold = {key: v for key, v in self._cold.items() if v > 0}
         self._cold.clear()
         return SearchResult(

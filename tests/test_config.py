@@ -125,6 +125,22 @@ def test_cli_unreadable_config_file_is_one_line_naming_the_file(tmp_path, data, 
     assert says in r.stderr and "\\n" not in r.stderr, r.stderr
 
 
+def test_a_bad_store_url_in_a_config_file_names_the_file(tmp_path):
+    """store.url was checked only when the store opened: its error named the key but not the file, unlike
+    every other key of a config file."""
+    (tmp_path / "c.yaml").write_text("store:\n  url: ftp://nope\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "manualrag", "--config", "c.yaml", "stats", "--index-dir", "i"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (
+        "error: config file c.yaml: config key 'store.url' must start with http:// or https://, got 'ftp://nope'"
+    ), r.stderr
+
+
 def test_help_does_not_import_torch():
     code = (
         "import sys; from manualrag.cli import main; sys.argv=['manualrag','--help']\n"

@@ -239,6 +239,8 @@ def _conversation(index: Path) -> dict:
                     out["documents"] = await call("list_documents", {})
                     bad = {
                         "bad_figure": ("get_figure", {"figure_id": "no-such-figure"}),
+                        "empty_figure": ("get_figure", {"figure_id": " "}),
+                        "empty_path": ("get_page", {"path": "", "page": 1}),
                         "figure_traversal": ("get_figure", {"figure_id": "../secret.txt"}),
                         "page_traversal": ("get_page", {"path": "../secret.txt", "page": 1}),
                         "page_absolute": ("get_page", {"path": str(index.parent / "secret.txt"), "page": 1}),
@@ -344,6 +346,9 @@ def test_mcp_get_context_get_page_and_list_documents(mcp_talk):
     "key, says",
     [
         ("bad_figure", "no-such-figure"),
+        # figure ids are in search hits only: list_documents has none
+        ("empty_figure", "figure_id: give a value from search_manuals (an image hit's figure_id)"),
+        ("empty_path", "path: give a value from search_manuals or list_documents"),
         ("figure_traversal", "secret"),
         ("page_traversal", "no indexed document"),
         ("page_absolute", "no indexed document"),

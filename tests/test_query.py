@@ -247,6 +247,26 @@ def test_query_table_columns_line_up_with_wide_file_names(tmp_path):
     assert col(rows[0]) == col(rows[1]), res.stdout
 
 
+def test_hits_that_share_no_word_with_the_query_say_so(index, retriever):
+    """A query none of whose words occurs in the manuals ("zzqqxx", a language they are not written in) still
+    gets the nearest hits by meaning, with confident-looking scores: they come with a note saying that no
+    text holds a word of the query, in the table, in the results front ends show, and in the LLM's context
+    block. A query the manuals answer gets no such note."""
+    from manualrag.retriever.context import build_context
+    from manualrag.retriever.search import NO_QUERY_WORD
+
+    idx, cfg_path = index
+    for q in ("zzqqxx", "如何接线"):
+        res = retriever.search(q, k=3)
+        assert res.hits and NO_QUERY_WORD in res.notes, (q, res.notes)
+        assert f"Note: {NO_QUERY_WORD}." in build_context(res)
+        out = CliRunner().invoke(main, ["--config", str(cfg_path), "query", q, "--index-dir", str(idx)])
+        assert out.exit_code == 0 and f"note: {NO_QUERY_WORD}" in out.stderr, out.output
+    res = retriever.search("electric wiring layout", k=3)
+    assert res.hits and NO_QUERY_WORD not in res.notes
+    assert "Note:" not in build_context(res)
+
+
 def test_query_model_none_turns_the_dense_channels_off_instead_of_loading_a_model_named_none(index):
     """`--model none` on an index built with CLIP: the query runs without the dense channels (no attempt to
     load a checkpoint called 'none', whose error would advise --model none); asking for them anyway is a

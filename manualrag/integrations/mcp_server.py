@@ -385,9 +385,16 @@ def _range(lo: int, hi: int) -> dict[str, int]:
     return {"minimum": lo, "maximum": hi}
 
 
+# where a client finds each id: figure ids are in search hits only, document paths in both lists
+_ID_SOURCES = {
+    "figure_id": "search_manuals (an image hit's figure_id)",
+    "path": "search_manuals or list_documents",
+}
+
+
 def _check_id(value: str, name: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 500 or "\x00" in value:
-        raise ManualragError(f"{name}: give a value from search_manuals or list_documents")
+        raise ManualragError(f"{name}: give a value from {_ID_SOURCES[name]}")
     return value.strip()
 
 

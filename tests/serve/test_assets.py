@@ -147,8 +147,8 @@ def test_links_out_of_the_library_and_vanished_files(serve_index, tmp_path):
         with pytest.raises(NotFound, match="outside the library"):
             a.page_png(PUMP, 1)
         assert a.page_png(CARD, 1).startswith(b"\x89PNG")
-        with pytest.raises(NotFound, match="gone"):
-            a.source_file(NOTES)
+        with pytest.raises(NotFound, match=f"the file '{NOTES}' is gone from the library"):
+            a.source_file(NOTES)  # its path, not an id the user never saw
         fig = _wiring(a)
         crop = a.figure_crop(fig.figure_id)
         crop.unlink()
