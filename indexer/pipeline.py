@@ -402,12 +402,14 @@ class Indexer:
         failed_before = {} if self.retry_failed else manifest.failed_versions()
         errors_before = manifest.errors() if failed_before else {}
 
+        lost = self._lost_vectors(index, known, summary)
+
         # decide what to do with each file
         work: list[tuple[SourceFile, str]] = []
         with _Timer(timings, "fingerprint"):
             for src in files:
                 row = known.get(src.rel)
-                if row is not None and self._up_to_date(row, src, fp):
+                if row is not None and src.rel not in lost and self._up_to_date(row, src, fp):
                     summary.unchanged += 1
                     continue
                 failed = failed_before.get(src.rel)
@@ -436,6 +438,7 @@ class Indexer:
                     continue
                 if (
                     row is not None
+                    and src.rel not in lost
                     and row.digest == digest
                     and self._up_to_date(row, src, fp, check_stat=False)
                 ):
@@ -545,6 +548,42 @@ class Indexer:
                     manifest.set_meta("precision", _stored_precision(summary.precision, kept_precision))
                 index.drop_precision_without_vectors()
             index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
+
+    def _lost_vectors(self, index: Index, known: dict[str, DocRow], summary: Summary) -> set[str]:
+        """The documents whose vectors the store has lost (its folder deleted, a collection emptied, a
+        server reset) while the manifest says they were embedded with this run's models: they are embedded
+        again rather than counted "unchanged". A few vectors missing here and there is `check`'s job."""
+        if not self.dense:
+            return set()
+        roles = {"clip": ("text", "image"), "text": ("sem",)}
+        docs = {
+            role: {p for p, r in known.items() if want and getattr(r, f"{role}_model") == want}
+            for role, want in (("clip", self._want_clip), ("text", self._want_text))
+        }
+        if not (docs["clip"] or docs["text"]):
+            return set()
+        manifest = index.manifest
+        gone: dict[str, str] = {}  # kind -> why
+        chroma_db = index.layout.chroma / "chroma.sqlite3"
+        for role, kinds in roles.items():
+            for kind in kinds:
+                if not docs[role] or not manifest.needs_vectors(kind):
+                    continue
+                if not self.cfg["store"]["url"] and not chroma_db.is_file():
+                    gone[kind] = f"the store folder {index.layout.chroma} is gone"
+                elif index.store.count(kind) == 0:
+                    gone[kind] = f"collection {index.store.name(kind)} is absent or empty"
+        lost: set[str] = set()
+        for role, kinds in roles.items():
+            if any(k in gone for k in kinds):
+                lost |= docs[role]
+        if lost:
+            why = "; ".join(dict.fromkeys(gone.values()))
+            summary.warnings.append(
+                f"the vector store of {self.index_dir} has lost the {', '.join(sorted(gone))} vectors of "
+                f"{len(lost)} document(s) ({why}): embedding them again"
+            )
+        return lost
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:
         if check_stat and (row.size != src.size or abs(row.mtime - src.mtime) > 1e-6):

@@ -4,7 +4,9 @@ Checks, in order (a damaged SQLite file stops the rest: nothing it says can be t
   1. ``index.sqlite``: SQLite's ``PRAGMA integrity_check`` (pages, b-trees and indexes, the lexical
      index's shadow tables included);
   2. manifest <-> vector store: every vector a row needs exists (text windows, semantic windows, figure
-     pixels), and every vector in the store is named by a row (no orphans);
+     pixels, figure labels, figures' text-model vectors: as the models each document was embedded with
+     make them; an absent or empty collection counts as all of its vectors missing), and every vector in
+     the store is named by a row (no orphans);
   3. manifest <-> crops: every figure's crop file exists; no crop file is unused.
 
 Repair (under the index lock, then an ordinary incremental ``index`` run of the library):
@@ -23,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from manualrag import ids
 from manualrag.errors import ManualragError
 from manualrag.index import CROPS_DIR, DB_NAME, Index, IndexLayout
-from manualrag.manifest import Manifest, is_corruption
+from manualrag.manifest import Manifest, _figure_row, is_corruption
 
 KINDS = ("text", "image", "image_text", "sem")
 
@@ -40,6 +43,9 @@ class CheckReport:
     unused_crops: list[str] = field(default_factory=list)
     redo: list[str] = field(default_factory=list)  # documents that must be indexed again
     library: str | None = None
+    # kind -> collection name, for kinds whose vectors are all missing (absent or empty collection)
+    empty_collections: dict[str, str] = field(default_factory=dict)
+    store: str = ""  # "embedded store PATH" or "server URL"
     dense: bool = True  # the index has vectors (CLIP, text model or both)
     clip: bool = True  # ... CLIP/SigLIP ones among them (an index built with `model: null` has not)
 
@@ -57,12 +63,22 @@ class CheckReport:
         out = []
         if self.sqlite_problem:
             out.append(f"{DB_NAME} is damaged: {self.sqlite_problem}")
-        for kind, ids in sorted(self.orphan_vectors.items()):
-            if ids:
-                out.append(f"{len(ids)} {kind} vector(s) in the store that no row names (orphans)")
-        for kind, ids in sorted(self.missing_vectors.items()):
-            if ids:
-                out.append(f"{len(ids)} {kind} vector(s) missing from the store")
+        for kind, vids in sorted(self.orphan_vectors.items()):
+            if vids:
+                out.append(f"{len(vids)} {kind} vector(s) in the store that no row names (orphans)")
+        for kind, vids in sorted(self.missing_vectors.items()):
+            if not vids:
+                continue
+            refs = [ids.ref_of(kind, v)[0] for v in vids]
+            parts = [f"{refs.count(t)} of {t}s" for t in ("passage", "figure") if t in refs]
+            where = f" {self.store}" if self.store else " store"
+            if kind in self.empty_collections:
+                out.append(
+                    f"all {len(vids)} {kind} vector(s) missing ({', '.join(parts)}): collection "
+                    f"{self.empty_collections[kind]} is absent or empty in the{where}"
+                )
+            else:
+                out.append(f"{len(vids)} {kind} vector(s) missing from the{where} ({', '.join(parts)})")
         if self.missing_crops:
             out.append(f"{len(self.missing_crops)} figure crop file(s) missing")
         if self.unused_crops:
@@ -78,6 +94,7 @@ class CheckReport:
             "sqlite": self.sqlite_problem or "ok",
             "orphan_vectors": {k: len(v) for k, v in self.orphan_vectors.items()},
             "missing_vectors": {k: len(v) for k, v in self.missing_vectors.items()},
+            "empty_collections": sorted(self.empty_collections.values()),
             "missing_crops": len(self.missing_crops),
             "unused_crops": len(self.unused_crops),
             "redo": self.redo,
@@ -139,6 +156,8 @@ def check_index(index_dir: Path | str, cfg: dict[str, Any]) -> CheckReport:
         finally:
             store.close()
         return report
+    from manualrag.indexer.pipeline import figure_sem_text
+
     with Manifest(db, readonly=True) as m:
         report.library = m.get_meta("library")
         models = m.get_meta("models") or {}
@@ -147,36 +166,52 @@ def check_index(index_dir: Path | str, cfg: dict[str, Any]) -> CheckReport:
         need: dict[str, dict[str, str]] = {k: {} for k in KINDS}  # kind -> id -> document
         allowed = m.all_vector_ids()
         with m.read_snapshot():
+            # the models each document was embedded with (a document without a row: the index's models)
+            built = {
+                r["path"]: (r["clip_model"], r["text_model"])
+                for r in m._query("SELECT path, clip_model, text_model FROM documents")
+            }
             for r in m._query("SELECT id, doc_path, channel FROM windows"):
                 need["text" if r["channel"] == "clip" else "sem"][r["id"]] = r["doc_path"]
-            figures = m._query("SELECT id, doc_path, boilerplate, crop_path FROM figures")
-    for r in figures:
-        if not r["boilerplate"]:
-            need["image"][r["id"]] = r["doc_path"]
+            figures = [_figure_row(r) for r in m._query("SELECT * FROM figures")]
+    default = (models.get("clip"), models.get("text"))
+    for f in figures:  # the vectors the index run makes of a figure (indexer.pipeline: Indexer._embed)
+        if f.boilerplate:
+            continue
+        clip_model, text_model = built.get(f.doc_path, default)
+        if clip_model:
+            need["image"][f.figure_id] = f.doc_path
+            if f.label_text.strip():
+                need["image_text"][ids.figure_label_id(f.figure_id)] = f.doc_path
+        if text_model:
+            if figure_sem_text(f):
+                need["sem"][ids.figure_sem_id(f.figure_id)] = f.doc_path
+            if f.caption.strip():
+                need["sem"][ids.figure_caption_id(f.figure_id)] = f.doc_path
     store = VectorStore.open(idir, cfg)
     try:
         present = {kind: set(store.all_ids(kind)) for kind in KINDS}
-        has = {kind: store.get(kind) is not None for kind in KINDS}
+        report.store = store.where
+        names = {kind: store.name(kind) for kind in KINDS}
     finally:
         store.close()
     redo: set[str] = set()
     for kind in KINDS:
         report.orphan_vectors[kind] = sorted(present[kind] - allowed[kind])
-        if kind == "sem":
-            expected = has[kind]
-        else:  # CLIP kinds: only in an index built with a CLIP model (figure labels may be absent)
-            expected = report.clip and (has[kind] or kind != "image_text")
-        if expected:
-            missing = sorted(set(need[kind]) - present[kind])
-            report.missing_vectors[kind] = missing
-            redo.update(need[kind][i] for i in missing)
+        # every vector a row needs, whether or not its collection exists: a deleted store folder, an
+        # emptied collection or a reset server leaves all of them missing
+        missing = sorted(set(need[kind]) - present[kind])
+        report.missing_vectors[kind] = missing
+        if missing and not present[kind]:
+            report.empty_collections[kind] = names[kind]
+        redo.update(need[kind][i] for i in missing)
     used = set()
-    for r in figures:
-        if r["crop_path"]:
-            used.add(r["crop_path"])
-            if not (idir / r["crop_path"]).is_file():
-                report.missing_crops.append(r["crop_path"])
-                redo.add(r["doc_path"])
+    for f in figures:
+        if f.crop_path:
+            used.add(f.crop_path)
+            if not (idir / f.crop_path).is_file():
+                report.missing_crops.append(f.crop_path)
+                redo.add(f.doc_path)
     crops = IndexLayout(idir).crops
     if crops.is_dir():
         report.unused_crops = sorted(

@@ -21,12 +21,14 @@ Heavy modules (chromadb) are imported only when a store is opened, so the worker
 
 from __future__ import annotations
 
+import json
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from manualrag.errors import IndexNotFoundError
+from manualrag.errors import IndexNotFoundError, StoreError
 from manualrag.ids import printable_name
 from manualrag.lock import LOCK_NAME, IndexLock
 
@@ -107,6 +109,47 @@ class IndexLayout:
         ]
 
 
+def recorded_store_url(root: Path | str) -> tuple[str, str] | None:
+    """The Chroma server URL the index in ``root`` was last built against and the file that says so (its
+    ``config.json``, else the config its manifest records: a published copy may hold only
+    ``index.sqlite``), or None (embedded)."""
+    layout = IndexLayout(Path(root))
+    saved: Any = None
+    source = CONFIG_NAME
+    try:
+        saved = json.loads(layout.config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        source = DB_NAME
+        if layout.db.is_file():
+            try:
+                conn = sqlite3.connect(f"{layout.db.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+                try:
+                    row = conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+                finally:
+                    conn.close()
+                saved = json.loads(row[0]) if row else None
+            except (sqlite3.Error, ValueError, TypeError):
+                saved = None
+    store = saved.get("store") if isinstance(saved, dict) else None
+    url = store.get("url") if isinstance(store, dict) else None
+    return (url, source) if isinstance(url, str) and url.strip() else None
+
+
+def require_same_store(root: Path | str, cfg: dict[str, Any]) -> None:
+    """Refuse to open the index in ``root`` with the embedded store when it was built against a Chroma
+    server: its vectors are there, and an embedded store would be created empty inside the folder (a
+    query would quietly answer from keywords only, ``check`` would find nothing wrong)."""
+    if cfg["store"].get("url"):
+        return
+    recorded = recorded_store_url(root)
+    if recorded:
+        url, source = recorded
+        raise StoreError(
+            f"the vectors of the index in {root} live on the Chroma server {url} (its {source} says so): "
+            f"pass --store {url} (or a --config whose store.url names it, with its store.headers)"
+        )
+
+
 class Index:
     """An open index: its manifest and vector store, read-only or as the one writer.
 
@@ -158,6 +201,7 @@ class Index:
         from manualrag.store import LazyStore
 
         layout = IndexLayout(Path(root))
+        require_same_store(layout.root, cfg)
         lock: IndexLock | None = None
         if write:
             layout.root.mkdir(parents=True, exist_ok=True)

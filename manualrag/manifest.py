@@ -381,6 +381,33 @@ class Manifest:
         rows = self._query("SELECT EXISTS(SELECT 1 FROM windows) OR EXISTS(SELECT 1 FROM figures) AS any_")
         return bool(rows[0]["any_"])
 
+    def needs_vectors(self, kind: str) -> bool:
+        """Whether a committed document's rows need vectors of store ``kind`` (text, image, sem): the
+        document was embedded with the model that makes them, and has windows or figures they describe.
+        A store without them has lost them (deleted folder, emptied collection, server reset)."""
+        if kind == "text":
+            sql = (
+                "SELECT EXISTS(SELECT 1 FROM windows w JOIN documents d ON d.path = w.doc_path"
+                " WHERE w.channel = 'clip' AND d.state = 'ok' AND d.clip_model IS NOT NULL)"
+            )
+        elif kind == "image":
+            sql = (
+                "SELECT EXISTS(SELECT 1 FROM figures f JOIN documents d ON d.path = f.doc_path"
+                " WHERE f.boilerplate = 0 AND d.state = 'ok' AND d.clip_model IS NOT NULL)"
+            )
+        elif kind == "sem":
+            sql = (
+                "SELECT EXISTS(SELECT 1 FROM windows w JOIN documents d ON d.path = w.doc_path"
+                " WHERE w.channel = 'sem' AND d.state = 'ok' AND d.text_model IS NOT NULL)"
+                " OR EXISTS(SELECT 1 FROM figures f JOIN documents d ON d.path = f.doc_path"
+                " WHERE f.boilerplate = 0 AND d.state = 'ok' AND d.text_model IS NOT NULL AND"
+                " (f.caption != '' OR f.labels != '[]' OR f.ocr_text != '' OR f.heading != ''"
+                " OR f.nearby_text != ''))"
+            )
+        else:
+            raise ValueError(f"needs_vectors: kind must be text, image or sem, got {kind!r}")
+        return bool(self._query(sql)[0][0])
+
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else default

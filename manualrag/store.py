@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from manualrag.errors import ConfigError, EncoderMismatchError, StoreError
-from manualrag.index import IndexLayout
+from manualrag.index import IndexLayout, require_same_store
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ class VectorStore:
 
         url = scfg.get("url")
         if not url:
+            require_same_store(index_dir, cfg)  # never an empty embedded store beside a server's vectors
             path = IndexLayout(Path(index_dir)).chroma
             try:
                 path.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,8 @@ class SearchResult:
     timings_ms: dict[str, float]
     notes: list[str] = field(default_factory=list)  # what a front end shows as is (no CLI flags in them)
     # channels that could not search, and why: "no_vectors" (the index has none for it), "building" (none
-    # committed yet), "unavailable" (its model cannot be loaded); each front end words its own advice
+    # committed yet), "unavailable" (its model cannot be loaded), "vectors_lost" (the manifest says they were
+    # made, the store has none: its note names `manualrag check --repair`); each front end words its own advice
     channels_off: dict[str, str] = field(default_factory=dict)
 
 
@@ -202,11 +203,12 @@ class Retriever:
         """Open an index read-only. ``clip_model`` / ``text_model``: encode queries with these models
         instead of the ones the index names (they must produce the same vectors)."""
         from manualrag.config import load_config
-        from manualrag.index import Index
+        from manualrag.index import Index, require_same_store
         from manualrag.store import LazyStore
 
         cfg = cfg or load_config()
         layout = Index.require(index_dir)
+        require_same_store(layout.root, cfg)
         manifest = Manifest(layout.db, readonly=True)
         # the vector store opens on first use (see LazyStore): a lexical-only query never imports chromadb
         cold: dict[str, float] = {}
@@ -285,6 +287,12 @@ class Retriever:
             return None
         # the messages say what is off in words for every front end (web page, MCP, CLI); each adds its
         # own advice from the code in self._off
+        lost = self._lost(which) if model and self.models.get(which) else None
+        if lost:
+            self._off[which], self._failed[which] = "vectors_lost", lost
+            if required:
+                raise ManualragError(lost)
+            return None
         if not model or not self.models.get(which) or self.store.get(_VECTORS_OF[which]) is None:
             building = self.building() if which == "clip" else None
             if building:
@@ -320,6 +328,25 @@ class Retriever:
                 raise exc from None
             log.info("%s off: %s", _CHANNEL_NAME[which], str(exc).splitlines()[0])  # also in the notes
         return self._encoders[which]
+
+    def _lost(self, which: str) -> str | None:
+        """Why the index's vectors of ``which`` ("clip" or "text") are gone from the store although the
+        manifest says its documents were embedded (a deleted store folder, an emptied collection, a reset
+        server), or None. The manifest decides what should be there; an index still being built is not
+        judged."""
+        kinds = ("text", "image") if which == "clip" else ("sem",)
+        needed = [k for k in kinds if self.manifest.needs_vectors(k)]
+        if not needed or self.building() is not None:
+            return None
+        empty = [self.store.name(k) for k in needed if self.store.count(k) == 0]
+        if not empty:
+            return None
+        what = "CLIP" if which == "clip" else "text-model"
+        return (
+            f"the {what} vectors of the index in {self.index_dir} are missing from its {self.store.where} "
+            f"(collection {', '.join(empty)} absent or empty): run `manualrag check --repair --index-dir "
+            f"{self.index_dir}` to embed them again"
+        )
 
     def _clip_encoder(self, required: bool) -> Any:
         return self._encoder("clip", required)

@@ -1,0 +1,167 @@
+"""A lost or missing vector store is detected and said plainly (a new user's report): the store folder
+deleted, a collection emptied, a figure's text-model vectors deleted, a server index opened without its
+server. ``check`` counts every vector a row needs and ``--repair`` embeds them again; ``index`` embeds the
+documents whose vectors are gone instead of calling them "unchanged"; ``query`` says the vectors are missing
+and names ``check --repair``; an index whose vectors live on a Chroma server is never given an empty
+embedded store. Real components: the real MiniLM text model, the embedded Chroma store, the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import rel_helpers as rh
+
+
+@pytest.fixture(scope="module")
+def text_index(tmp_path_factory, minilm_dir):
+    """A manual with a captioned wiring diagram and a notes file, indexed with the text model alone
+    (``--model none``, as the report's index): (cfg, library, index)."""
+    root = tmp_path_factory.mktemp("lost")
+    lib = root / "lib"
+    lib.mkdir()
+    (lib / "figs.pdf").write_bytes(rh.versioned_pdf("lostrev", pages=1))
+    (lib / "notes.md").write_text("# Fuse\n\nThe main fuse F3 sits behind the relay panel; 10 A slow-blow.\n")
+    cfg = rh.write_cfg(root / "cfg.yaml", model=None, text_model=str(minilm_dir))
+    idx = root / "idx"
+    rc, s, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=True))
+    assert rc == 0 and sorted(s["indexed"]) == ["figs.pdf", "notes.md"], out
+    return cfg, lib, idx
+
+
+def _copy(idx: Path, dest: Path) -> Path:
+    shutil.copytree(idx, dest)
+    return dest
+
+
+@contextlib.contextmanager
+def _sem(cfg: Path, idx: Path) -> Iterator[Any]:
+    """The index's ``manualrag-sem`` collection (a Chroma collection handle), through the real store."""
+    from manualrag.config import load_config
+    from manualrag.store import VectorStore
+
+    with VectorStore.open(idx, load_config(cfg)) as store:
+        yield store.get("sem")
+
+
+def test_check_counts_and_repairs_figures_text_model_vectors(text_index, tmp_path):
+    """A figure's text-model vectors (``:s`` / ``:c``) deleted from the store: check names them as missing
+    figure vectors and the document to redo, --repair embeds them again (before: "ok", rc 0)."""
+    cfg, _, idx0 = text_index
+    idx = _copy(idx0, tmp_path / "idx")
+    with rh.sqlite_ro(idx) as db:
+        q = "SELECT id FROM figures WHERE doc_path = 'figs.pdf' AND boilerplate = 0"
+        fid = db.execute(q).fetchone()[0]
+    with _sem(cfg, idx) as col:
+        before = col.count()
+        col.delete(where={"ref": fid})
+        assert col.count() == before - 2, "the figure had its text and its caption vectors"
+    base = ["--config", str(cfg), "check", "--index-dir", str(idx)]
+    rc, rep, out = rh.cli(*base, "--json")
+    assert rc == 1 and not rep["ok"], out
+    assert rep["missing_vectors"]["sem"] == 2 and rep["redo"] == ["figs.pdf"], rep
+    assert any("2 sem vector(s) missing" in p and "2 of figures" in p for p in rep["problems"]), rep
+    rc, rep, out = rh.cli(*base, "--repair", "--json")
+    assert rc == 0 and rep["after_repair"]["ok"], out
+    with _sem(cfg, idx) as col:
+        assert col.count() == before
+
+
+def test_deleted_store_folder_is_detected_by_check_query_and_index(text_index, tmp_path):
+    """The report's steps: the chroma/ folder deleted. query says the text-model vectors are missing and
+    names check --repair (before: "the index has no text-model vectors" and a hint to re-index with a text
+    model); check reports every vector missing (before: "ok"); index embeds both documents again (before:
+    "0 indexed, 2 unchanged"), after which the text channel answers."""
+    cfg, lib, idx0 = text_index
+    idx = _copy(idx0, tmp_path / "idx")
+    shutil.rmtree(idx / "chroma")
+    base = ["--config", str(cfg)]
+
+    rc, _, out = rh.cli(*base, "query", "main fuse relay", "--index-dir", str(idx))
+    assert rc == 0 and "notes.md" in out, out  # the lexical channel still answers
+    notes = [line for line in out.splitlines() if line.startswith("note: text channel off:")]
+    assert len(notes) == 1, out  # (the dense channels are off too: the index was built without CLIP)
+    assert "text-model vectors of the index in" in notes[0] and str(idx) in notes[0], notes
+    assert "missing" in notes[0] and f"manualrag check --repair --index-dir {idx}" in notes[0], notes
+    assert "has no text-model vectors" not in out and "--text-model" not in out, out
+    rc, _, out = rh.cli(*base, "query", "main fuse relay", "--channels", "text", "--index-dir", str(idx))
+    assert rc == 2 and "check --repair" in out and "Traceback" not in out, out
+
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+    assert rc == 1 and not rep["ok"], out
+    assert rep["empty_collections"] == ["manualrag-sem"] and rep["missing_vectors"]["sem"] > 2, rep
+    assert rep["redo"] == ["figs.pdf", "notes.md"], rep
+    assert any(p.startswith("all ") and "manualrag-sem is absent or empty" in p for p in rep["problems"]), rep
+
+    rc, s, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=True))
+    assert (
+        rc == 0 and sorted(s["indexed"]) == ["figs.pdf", "notes.md"] and s["documents"]["unchanged"] == 0
+    ), out
+    assert any("has lost the sem vectors of 2 document(s)" in w for w in s["warnings"]), s["warnings"]
+    rc, rep, out = rh.cli(*base, "check", "--index-dir", str(idx), "--json")
+    assert rc == 0 and rep["ok"], out
+    rc, _, out = rh.cli(*base, "query", "main fuse relay", "--channels", "text", "--index-dir", str(idx))
+    assert rc == 0 and "notes.md" in out, out
+    # a second run finds nothing lost: unchanged again
+    rc, s, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=True))
+    assert rc == 0 and s["documents"]["unchanged"] == 2 and not s["warnings"], out
+
+
+def test_emptied_collection_is_repaired_by_check(text_index, tmp_path):
+    """The sem collection emptied (chroma/ kept): check --repair embeds every document again."""
+    cfg, _, idx0 = text_index
+    idx = _copy(idx0, tmp_path / "idx")
+    with _sem(cfg, idx) as col:
+        n = col.count()
+        col.delete(ids=col.get(include=[])["ids"])
+    base = ["--config", str(cfg), "check", "--index-dir", str(idx)]
+    rc, rep, out = rh.cli(*base, "--json")
+    assert rc == 1 and rep["missing_vectors"]["sem"] == n, rep
+    assert rep["empty_collections"] == ["manualrag-sem"], rep
+    rc, rep, out = rh.cli(*base, "--repair", "--json")
+    assert rc == 0 and rep["after_repair"]["ok"], out
+    with _sem(cfg, idx) as col:
+        assert col.count() == n
+
+
+def test_server_index_opened_without_store_is_refused(text_index, tmp_path):
+    """An index whose config records a Chroma server, opened without --store: every command refuses in one
+    line naming the folder, the server and --store, rc 2, and no embedded store is created in the folder
+    (before: an empty chroma/ appeared, query answered lexical-only blaming the index, check said ok). A
+    published copy holding only index.sqlite is refused the same way (the manifest records the config)."""
+    cfg, lib, idx0 = text_index
+    url = "http://127.0.0.1:9/chroma"
+    idx = _copy(idx0, tmp_path / "team")
+    shutil.rmtree(idx / "chroma")  # a server index has no embedded store
+    saved = json.loads((idx / "config.json").read_text())
+    saved["store"] = {**saved["store"], "url": url, "headers": {"Authorization": "***"}}
+    (idx / "config.json").write_text(json.dumps(saved))
+    with sqlite3.connect(idx / "index.sqlite") as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(saved),))
+    db.close()
+    base = ["--config", str(cfg)]
+    for copy_kind in ("folder", "published"):
+        if copy_kind == "published":
+            (idx / "config.json").unlink()
+        for args in (
+            ["query", "main fuse relay"],
+            ["check"],
+            ["check", "--repair"],
+            ["stats"],
+            ["index", str(lib)],
+            ["remove", "notes.md"],
+        ):
+            rc, _, out = rh.cli(*base, *args, "--index-dir", str(idx))
+            lines = out.strip().splitlines()
+            assert rc == 2 and len(lines) == 1 and "Traceback" not in out, (copy_kind, args, out)
+            assert str(idx) in lines[0] and url in lines[0] and f"--store {url}" in lines[0], lines
+            source = "config.json" if copy_kind == "folder" else "index.sqlite"
+            assert f"(its {source} says so)" in lines[0], lines
+            assert not (idx / "chroma").exists(), (copy_kind, args)
