@@ -43,7 +43,7 @@ from manualrag.indexer.discover import (
 from manualrag.lock import IndexLock
 from manualrag.manifest import DocRow, Manifest
 from manualrag.models import Document, Figure, FileError, Passage, Window
-from manualrag.store import VectorStore
+from manualrag.store import VectorStore, embedded_may_hold
 
 if TYPE_CHECKING:
     from manualrag.encoder import ClipEncoder, TextEncoder
@@ -564,15 +564,25 @@ class Indexer:
             return set()
         manifest = index.manifest
         gone: dict[str, str] = {}  # kind -> why
-        chroma_db = index.layout.chroma / "chroma.sqlite3"
-        for role, kinds in roles.items():
-            for kind in kinds:
-                if not docs[role] or not manifest.needs_vectors(kind):
-                    continue
-                if not self.cfg["store"]["url"] and not chroma_db.is_file():
-                    gone[kind] = f"the store folder {index.layout.chroma} is gone"
-                elif index.store.count(kind) == 0:
-                    gone[kind] = f"collection {index.store.name(kind)} is absent or empty"
+        needed = [k for role, ks in roles.items() if docs[role] for k in ks if manifest.needs_vectors(k)]
+        if not needed:
+            return set()
+        prefix = self.cfg["store"]["collection"]
+        # an embedded store is read as a SQLite file: opening it here (importing chromadb, ~1 s) would
+        # delay every run, one with nothing to do too; a server store is asked
+        held = (
+            None
+            if self.cfg["store"]["url"]
+            else embedded_may_hold(index.layout.chroma, [f"{prefix}-{k}" for k in needed])
+        )
+        for kind in needed:
+            if not self.cfg["store"]["url"] and not (index.layout.chroma / "chroma.sqlite3").is_file():
+                gone[kind] = f"the store folder {index.layout.chroma} is gone"
+            elif held is not None:
+                if not held[f"{prefix}-{kind}"]:
+                    gone[kind] = f"collection {prefix}-{kind} is absent or empty"
+            elif index.store.count(kind) == 0:
+                gone[kind] = f"collection {index.store.name(kind)} is absent or empty"
         lost: set[str] = set()
         for role, kinds in roles.items():
             if any(k in gone for k in kinds):

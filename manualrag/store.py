@@ -102,6 +102,40 @@ def parse_url(url: str) -> dict[str, Any]:
     return {"host": parts.hostname, "port": port, "ssl": ssl}
 
 
+def embedded_may_hold(folder: Path, names: list[str]) -> dict[str, bool] | None:
+    """Whether each named collection of the embedded store in ``folder`` may hold records, read from its
+    SQLite file without importing chromadb (~1 s): False only when the collection is absent, or has no
+    record and no write waiting in Chroma's queue. None when the file is not there or not readable that
+    way (another chromadb's schema): then ask the store itself."""
+    import sqlite3
+
+    db = folder / "chroma.sqlite3"
+    if not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            ids = dict(con.execute("SELECT name, id FROM collections"))
+            out: dict[str, bool] = {}
+            for name in names:
+                cid = ids.get(name)
+                out[name] = cid is not None and bool(
+                    con.execute(
+                        "SELECT 1 FROM embeddings e JOIN segments s ON e.segment_id = s.id"
+                        " WHERE s.collection = ? LIMIT 1",
+                        (cid,),
+                    ).fetchone()
+                    or con.execute(
+                        "SELECT 1 FROM embeddings_queue WHERE topic LIKE ? LIMIT 1", (f"%/{cid}",)
+                    ).fetchone()
+                )
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return out
+
+
 def _batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
