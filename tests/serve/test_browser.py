@@ -3,18 +3,20 @@ subprocess on 127.0.0.1 over the shared index of data/manuals. Screenshots go to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serve.conftest import HOSTILE_NAME, PUMP
+from tests.serve.conftest import HOSTILE_NAME, NOTES, PUMP, SAMPLE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -42,13 +44,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(serve_index, tmp_path_factory):
-    """`manualrag serve` as a user starts it, from another working directory."""
+@contextlib.contextmanager
+def _serve(config: Path, index_dir: Path, log: Path) -> Iterator[str]:
+    """`manualrag serve` as a user starts it, from another working directory; yields its URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    cmd = [sys.executable, "-m", "manualrag", "--config", str(serve_index.config), "serve"]
-    cmd += ["--index-dir", str(serve_index.index_dir), "--port", str(port)]
+    cmd = [sys.executable, "-m", "manualrag", "--config", str(config), "serve"]
+    cmd += ["--index-dir", str(index_dir), "--port", str(port)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             cmd,
@@ -80,6 +81,13 @@ def server(serve_index, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(serve_index, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    with _serve(serve_index.config, serve_index.index_dir, log) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +228,33 @@ def test_api_docs_page_offline(page, server):
     routes = " ".join(page.locator(".op h2").all_inner_texts())
     for route in ("/api/search", "/api/pages/{doc_id}/{page}.png", "/api/hits/{hit_id}", "/api/context"):
         assert route in routes
+
+
+def test_no_image_button_on_an_index_without_clip_vectors(browser, page, tmp_path, minilm_dir):
+    """Search by image needs the index's CLIP vectors: on an index built with --model none the page does not
+    offer the Image… button (it led to an error after the upload); on the shared index it does."""
+    import yaml
+    from click.testing import CliRunner
+
+    from manualrag.cli import main
+
+    assert page.locator("#upload").is_visible()
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(SAMPLE / NOTES, lib / NOTES)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"model": None, "text_model": str(minilm_dir)}))
+    idx = tmp_path / "index"
+    res = CliRunner().invoke(main, ["--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "-q"])
+    assert res.exit_code == 0, res.output
+    with _serve(cfg, idx, tmp_path / "serve.log") as url:
+        ctx = browser.new_context()
+        try:
+            pg = ctx.new_page()
+            pg.set_default_timeout(60_000)
+            pg.goto(url + "/?q=fuse")
+            pg.wait_for_selector("#results .card")
+            pg.wait_for_selector("#upload", state="hidden")
+            assert not pg.locator("#upload").is_visible()
+        finally:
+            ctx.close()

@@ -332,6 +332,10 @@ function init() {
       $("q").focus();
     }
   });
+  // search by image needs the index's CLIP vectors: without them the button would only lead to an error
+  apiJson("/api/health").then((h) => {
+    if (h && h.models && !h.models.clip) $("upload").hidden = true;
+  }).catch(() => { /* a token is asked for; the search says the rest */ });
   const url = new URLSearchParams(location.search);
   if (url.get("modality")) $("modality").value = url.get("modality");
   if (url.get("source")) $("source").value = url.get("source");
