@@ -560,6 +560,16 @@ def check(
     report = check_index(idir, cfg)
     out: dict[str, Any] = report.to_dict()
     code = EXIT_OK if report.ok else EXIT_PARTIAL
+    known: set[str] = set()  # the documents the index holds before a repair (to tell what it adds back)
+    if repair and not report.ok and not report.sqlite_problem:
+        import contextlib
+
+        from manualrag.errors import ManualragError
+        from manualrag.index import IndexLayout
+        from manualrag.manifest import Manifest
+
+        with contextlib.suppress(ManualragError), Manifest(IndexLayout(idir).db, readonly=True) as m:
+            known = set(m.documents())
     if repair and not report.ok:
         summary = repair_index(
             idir,
@@ -584,8 +594,16 @@ def check(
             _echo(f"  {p}")
         if "repair" in out:
             r = out["repair"]
+            # the repair is an index run: files of the library that were not in the index come in too
+            added = [p for p in r["indexed"] if known and p not in known]
+            also = (
+                f" (and {len(added)} file(s) of the library the index did not hold, e.g. {added[0]}: an index"
+                " run adds back what `manualrag remove` dropped)"
+                if added
+                else ""
+            )
             _echo(
-                f"repaired: {r['documents']['indexed']} document(s) indexed again, "
+                f"repaired: {r['documents']['indexed'] - len(added)} document(s) indexed again{also}, "
                 f"{r['documents']['failed']} failed; the index is now "
                 + ("sound" if out["after_repair"]["ok"] else "still inconsistent: ")
                 + "; ".join(out["after_repair"]["problems"])

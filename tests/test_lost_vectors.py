@@ -74,6 +74,28 @@ def test_check_counts_and_repairs_figures_text_model_vectors(text_index, tmp_pat
         assert col.count() == before
 
 
+def test_repair_says_which_documents_it_adds_back(text_index, tmp_path):
+    """The repair is an index run, so a file `manualrag remove` dropped comes back with it: the line said
+    "2 document(s) indexed again" after announcing one to redo. It now counts the redone ones and names
+    what it added back."""
+    cfg, _, idx0 = text_index
+    idx = _copy(idx0, tmp_path / "idx")
+    base = ["--config", str(cfg)]
+    assert rh.cli(*base, "remove", "notes.md", "--index-dir", str(idx))[0] == 0
+    with rh.sqlite_ro(idx) as db:
+        fid = db.execute("SELECT id FROM figures WHERE doc_path = 'figs.pdf' AND boilerplate = 0").fetchone()[
+            0
+        ]
+    with _sem(cfg, idx) as col:
+        col.delete(where={"ref": fid})
+    rc, _, out = rh.cli(*base, "check", "--repair", "--index-dir", str(idx))
+    assert rc == 0, out
+    assert (
+        "repaired: 1 document(s) indexed again (and 1 file(s) of the library the index did not hold, e.g. "
+        "notes.md: an index run adds back what `manualrag remove` dropped), 0 failed; the index is now sound"
+    ) in out, out
+
+
 def test_deleted_store_folder_is_detected_by_check_query_and_index(text_index, tmp_path):
     """The report's steps: the chroma/ folder deleted. query says the text-model vectors are missing and
     names check --repair (before: "the index has no text-model vectors" and a hint to re-index with a text
