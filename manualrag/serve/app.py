@@ -111,7 +111,8 @@ def create_app(state: IndexState, token: str | None = None, loopback_only: bool 
         )
 
     # ---------------------------------------------------------------------------------------- page
-    @app.get("/", include_in_schema=False)
+    # HEAD too: uptime checks and link checkers ask with HEAD (405 before)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
 

@@ -108,6 +108,13 @@ def test_search_filters(client):
     assert hits and all(set(h["channels"]) == {"lexical"} for h in hits)
 
 
+def test_the_page_answers_head_as_get(client):
+    """Uptime checks and link checkers ask with HEAD: the page answered 405."""
+    get, head = client.get("/"), client.head("/")
+    assert get.status_code == head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
 def test_figure_crop_and_security_headers(client, serve_index):
     hit = _wiring_hit(client)
     r = client.get(hit["urls"]["figure"])
