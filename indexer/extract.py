@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageSequence
+from PIL import Image, ImageOps, ImageSequence
 
 from manualrag.errors import ExtractionError
 from manualrag.images import IMAGE_FORMATS, check_pixels, decode_problem, open_image
@@ -1029,7 +1029,8 @@ def _decode_frames(data: bytes, rel: str, max_pixels: int) -> list[Image.Image]:
                 if i >= (_MAX_FRAMES if multi else 1):
                     break
                 check_pixels(frame, f"frame {i + 1}")
-                frames.append(_normalise(frame))
+                # a phone's photo is stored sideways with an EXIF orientation that viewers apply
+                frames.append(_normalise(ImageOps.exif_transpose(frame)))
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises TypeError, IndexError, zlib.error... on broken files

@@ -11,7 +11,7 @@ import io
 import re
 import warnings
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Pillow decoders for the image types we ingest (JPEG also opens camera multi-picture files)
 IMAGE_FORMATS = ["PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF"]
@@ -64,6 +64,7 @@ def decode_first_frame(data: bytes) -> Image.Image:
             img = open_image(data)
             check_pixels(img)
             img.load()
+            img = ImageOps.exif_transpose(img)  # a phone's photo is stored sideways, with an EXIF turn
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises TypeError, IndexError, zlib.error... on broken files

@@ -425,6 +425,27 @@ def test_image_without_ocr_engine_is_still_a_figure(tmp_path: Path, cfg: dict) -
     assert doc.figures[0].width == 400 and doc.pages[0].width == 400
 
 
+@needs_tesseract
+def test_a_photo_stored_sideways_with_an_exif_turn_is_read_upright(tmp_path: Path, cfg: dict, ocr) -> None:
+    """Phones store a photo as the sensor saw it plus an EXIF orientation that every viewer applies: such a
+    label was indexed sideways, its crop turned and its words not read. It is now turned as a viewer shows
+    it (a picture without the tag is unchanged)."""
+    import io
+
+    upright = Image.open(
+        io.BytesIO(h.rendered_text_png(["PRESSURE RELIEF VALVE", "OPEN AT 6 BAR"], fontsize=22))
+    )
+    upright = upright.convert("RGB").crop((40, 40, 1300, 260))
+    p = tmp_path / "label.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": the stored pixels are turned 90 degrees counter-clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(p, format="JPEG", quality=95, exif=exif)
+    doc = extract_file(p, "label.jpg", cfg, ocr=ocr)
+    fig = doc.figures[0]
+    assert (fig.width, fig.height) == upright.size  # as a viewer shows it
+    assert "PRESSURE RELIEF" in fig.ocr_text.upper(), fig.ocr_text
+
+
 # ------------------------------------------------------------------------------------------ text files
 def test_markdown_blocks_and_heading_paths(tmp_path: Path, cfg: dict) -> None:
     p = tmp_path / "guide.md"
