@@ -262,7 +262,16 @@ class Indexer:
         t_start = time.perf_counter()
         existed = self.index_dir.exists()
         fresh = not (self.index_dir / "index.sqlite").exists()
-        self.index_dir.mkdir(parents=True, exist_ok=True)
+        if existed and not self.index_dir.is_dir():
+            raise ManualragError(
+                f"the index folder {self.index_dir} is a file: give a folder with --index-dir"
+            )
+        try:
+            self.index_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ManualragError(
+                f"cannot create the index folder {self.index_dir}: {exc.strerror or exc}"
+            ) from None
         summary = Summary(library=str(library), index_dir=str(self.index_dir), dense=self.dense)
         skeleton_removed = False
         try:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from manualrag.errors import IndexLockedError
+from manualrag.errors import IndexLockedError, ManualragError
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,16 @@ class IndexLock:
 
     # ---------------------------------------------------------------------------------------- acquire
     def acquire(self) -> IndexLock:
-        self.index_dir.mkdir(parents=True, exist_ok=True)
+        if self.index_dir.exists() and not self.index_dir.is_dir():
+            raise ManualragError(
+                f"the index folder {self.index_dir} is a file: give a folder with --index-dir"
+            )
+        try:
+            self.index_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ManualragError(
+                f"cannot create the index folder {self.index_dir}: {exc.strerror or exc}"
+            ) from None
         host = socket.gethostname()
         while True:
             info = {
@@ -160,6 +169,10 @@ class IndexLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        except OSError as exc:  # a read-only or immutable folder, a full disk
+            raise ManualragError(
+                f"cannot write in the index folder {self.index_dir}: {exc.strerror or exc}"
+            ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(info))
             f.flush()

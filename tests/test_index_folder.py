@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,34 @@ def test_indexing_another_library_into_the_index_is_refused_before_anything_is_r
     other.rename(moved)
     rc, out = _cli("index", str(moved), "--index-dir", str(idx), "--no-dense")
     assert rc == 0 and "warning" not in out and "removed" not in out.replace("0 removed", ""), out
+
+
+def test_an_index_folder_that_is_a_file_or_cannot_be_written_is_one_line(indexed, tmp_path):
+    """MANUALRAG_INDEX_DIR (or --index-dir) naming a file, and an index folder that cannot be written
+    (read-only media, an immutable copy): index, remove and reset gave a traceback and rc 1 ("some files
+    failed"). Each is now one line, rc 2."""
+    import shutil
+    import subprocess
+
+    lib, idx = indexed
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    res = CliRunner().invoke(main, ["index", str(lib), "--no-dense"], env={"MANUALRAG_INDEX_DIR": str(afile)})
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == f"error: the index folder {afile} is a file: give a folder with --index-dir"
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("an unwritable folder for root needs chattr +i")
+    frozen = tmp_path / "frozen"
+    shutil.copytree(idx, frozen)
+    if subprocess.run(["chattr", "-R", "+i", str(frozen)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable flag")
+    try:
+        for args in (["index", str(lib), "--no-dense"], ["remove", "valve.txt"], ["reset", "--yes"]):
+            rc, out = _cli(*args, "--index-dir", str(frozen))
+            assert rc == 2, out
+            assert out.strip().startswith(f"error: cannot write in the index folder {frozen}: "), out
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(frozen)], check=True)
 
 
 def test_reset_deletes_the_index_and_nothing_else(indexed):
