@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,15 @@ _CHOICES = {
     "dtype": {"auto", "float32", "bfloat16", "float16", "int8"},
     "retrieve.fusion": {"zscore", "rrf"},
     "ocr.binarize": {"auto", "otsu", "sauvola"},
+    # tesseract's page segmentation modes that read text (0 only detects orientation; 2 is not implemented)
+    "ocr.psm": {1, *range(3, 14)},
+}
+# string keys with a form to keep (a wrong one failed later, silently or as a broken install hint)
+_FORMS = {
+    "ocr.languages": (
+        re.compile(r"[A-Za-z0-9_]+(/[A-Za-z0-9_]+)?(\+[A-Za-z0-9_]+(/[A-Za-z0-9_]+)?)*"),
+        "tesseract language codes joined by '+', e.g. eng or eng+deu",
+    ),
 }
 _POSITIVE = {
     "batch_size",
@@ -147,6 +157,8 @@ def _check(key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"config key '{key}' must be a list of strings, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ConfigError(f"config key '{key}' must be one of {sorted(_CHOICES[key])}, got {value!r}")
+    if key in _FORMS and not _FORMS[key][0].fullmatch(value):
+        raise ConfigError(f"config key '{key}' must be {_FORMS[key][1]}, got {value!r}")
     if key in _MINIMUM and value < _MINIMUM[key][0]:
         low, why = _MINIMUM[key]
         raise ConfigError(f"config key '{key}' must be at least {low} ({why}), got {value!r}")

@@ -141,6 +141,29 @@ def test_a_bad_store_url_in_a_config_file_names_the_file(tmp_path):
     ), r.stderr
 
 
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        (
+            {"MANUALRAG_OCR__PSM": "99"},
+            "config key 'ocr.psm' must be one of [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]",
+        ),
+        ({"MANUALRAG_OCR__PSM": "0"}, "config key 'ocr.psm' must be one of"),  # orientation only: no text
+        (
+            {"MANUALRAG_OCR__LANGUAGES": "eng;rm"},
+            "config key 'ocr.languages' must be tesseract language codes joined by '+', e.g. eng or eng+deu",
+        ),
+    ],
+)
+def test_ocr_settings_tesseract_cannot_use_are_config_errors(env, says):
+    """A page segmentation mode tesseract does not read text with (psm 99 gave empty OCR text, rc 0) and a
+    language list that is not codes joined by '+' (its install hint became two shell commands) are refused
+    with the key named; real language lists still load."""
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config(environ=env)
+    assert load_config(environ={"MANUALRAG_OCR__LANGUAGES": "eng+chi_sim+script/Latin"})["ocr"]["languages"]
+
+
 def test_help_does_not_import_torch():
     code = (
         "import sys; from manualrag.cli import main; sys.argv=['manualrag','--help']\n"
