@@ -19,6 +19,7 @@ log = logging.getLogger("manualrag")
 _T_START = time.perf_counter()  # `query --timings` reports its total from here (the CLI's own import)
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program killed by a closed pipe
 
 # set by the commands that only read an index (query, context, eval, stats): run() may then skip the
 # interpreter's teardown, which takes about 1.2 s once torch and chromadb are loaded and writes nothing
@@ -96,6 +97,12 @@ class ManualragGroup(click.Group):
                 traceback.print_exc()  # the traceback --debug asks for, and the same exit code as without
             _echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except (
+            BrokenPipeError
+        ):  # `| head`: the reader left; click said 1 ("some files failed") for some commands
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the exit's flush has nowhere to fail
+            ctx.exit(EXIT_BROKEN_PIPE)
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
             kept = getattr(exc, "indexed", None)  # an index run: each document is committed whole

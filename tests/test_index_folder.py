@@ -142,6 +142,28 @@ def test_an_index_folder_that_is_a_file_or_cannot_be_written_is_one_line(indexed
         subprocess.run(["chattr", "-R", "-i", str(frozen)], check=True)
 
 
+def test_a_closed_output_pipe_exits_141_without_a_word(indexed):
+    """`manualrag query ... | head -1`: the reader leaves early. query and stats exited 1 ("some files
+    failed") without a word; every command now exits 141 (128 + SIGPIPE, what a shell reports for such a
+    program), with nothing on stderr."""
+    import subprocess
+    import sys
+
+    lib, idx = indexed
+    for args in (["stats"], ["query", "relief valve"], ["index", str(lib), "--no-dense"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "manualrag", *args, "--index-dir", str(idx)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        assert proc.stdout is not None
+        proc.stdout.close()  # the reader is gone before the first line
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 141, (args, proc.returncode, err)
+        assert b"Traceback" not in err and b"error" not in err, err
+
+
 def test_reset_deletes_the_index_and_nothing_else(indexed):
     _, idx = indexed
     (idx / "notes.txt").write_text("mine")
