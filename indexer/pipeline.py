@@ -291,6 +291,10 @@ class Indexer:
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):  # Ctrl-C / SIGTERM: the CLI says what is kept
                     exc.indexed = len(summary.indexed)  # type: ignore[attr-defined]
+                    # crops the workers wrote for documents not committed (the pool is closed by now):
+                    # else `check` calls the index inconsistent until the next run
+                    with contextlib.suppress(Exception):
+                        index.prune_crops()
                 # a first run that fails before it records anything (a model that cannot load, a device
                 # that is not there) leaves nothing behind: no index skeleton
                 if fresh and not (summary.indexed or summary.failed or summary.removed):

@@ -560,6 +560,10 @@ def test_temporary_files_are_private_and_swept_and_sigterm_releases_the_lock(tmp
         return proc, run_tmp
 
     proc, run_tmp = hung_run()
+    # a crop a worker wrote for a document the run did not commit (a PDF's figures are written before it is)
+    orphan = idx / "crops" / ("ab" * 32 + ".png")
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"\x89PNG\r\n\x1a\n")
     proc.send_signal(signal.SIGTERM)
     try:
         _, err = proc.communicate(timeout=60)
@@ -576,6 +580,10 @@ def test_temporary_files_are_private_and_swept_and_sigterm_releases_the_lock(tmp
     ), err
     assert not (idx / "lock").exists(), "SIGTERM released the lock"
     assert not (idx / ".tmp").exists(), "the run's temporary folder is removed at exit"
+    # no crop is left that no figure uses: `check` found the interrupted index inconsistent until a rerun
+    assert not orphan.exists()
+    rc, rep, out = rh.cli("--config", str(cfg), "check", "--index-dir", str(idx), "--json")
+    assert rc == 0 and rep["ok"], out
 
     proc, run_tmp = hung_run()
     (run_tmp / "tess_abc_input.PNG").write_bytes(b"a render of a page")  # what tesseract leaves on SIGKILL
