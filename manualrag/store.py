@@ -228,7 +228,13 @@ class VectorStore:
                     database=scfg.get("database", "default_database"),
                 )
             except Exception as exc:  # noqa: BLE001 - any failure here means the folder is unusable
-                raise StoreError(f"cannot open the Chroma store in {path}: {_one_line(exc)}") from exc
+                why = _one_line(exc)
+                if "readonly database" in why or "read-only" in why:  # read-only media, an immutable copy
+                    why += (
+                        " (Chroma writes in its folder even to search: copy the index folder to a writable"
+                        " place, or serve its vectors from a Chroma server and query with --store URL)"
+                    )
+                raise StoreError(f"cannot open the Chroma store in {path}: {why}") from exc
             return cls(client, prefix, f"embedded store {path}")
 
         args = parse_url(url)

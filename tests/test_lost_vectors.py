@@ -187,3 +187,24 @@ def test_server_index_opened_without_store_is_refused(text_index, tmp_path):
             source = "config.json" if copy_kind == "folder" else "index.sqlite"
             assert f"(its {source} says so)" in lines[0], lines
             assert not (idx / "chroma").exists(), (copy_kind, args)
+
+
+def test_a_read_only_store_says_why_and_what_to_do(text_index, tmp_path):
+    """An index on read-only media (here an immutable copy): Chroma writes in its folder even to search, so
+    queries fail; the error now says so and gives the ways out instead of only SQLite's 'attempt to write a
+    readonly database'."""
+    import os
+    import subprocess
+
+    cfg, _, idx0 = text_index
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("a read-only folder for root needs chattr +i")
+    idx = _copy(idx0, tmp_path / "idx")
+    if subprocess.run(["chattr", "-R", "+i", str(idx)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable flag")
+    try:
+        rc, _, out = rh.cli("--config", str(cfg), "query", "main fuse", "--index-dir", str(idx))
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(idx)], check=True)
+    assert rc == 2 and "Traceback" not in out, out
+    assert "Chroma writes in its folder even to search: copy the index folder to a writable place" in out, out
