@@ -40,7 +40,7 @@ from manualrag.indexer.discover import (
     discover,
     file_digest,
 )
-from manualrag.lock import IndexLock
+from manualrag.lock import IndexLock, make_index_folder
 from manualrag.manifest import DocRow, Manifest
 from manualrag.models import Document, Figure, FileError, Passage, Window
 from manualrag.store import VectorStore, embedded_may_hold
@@ -262,16 +262,7 @@ class Indexer:
         t_start = time.perf_counter()
         existed = self.index_dir.exists()
         fresh = not (self.index_dir / "index.sqlite").exists()
-        if existed and not self.index_dir.is_dir():
-            raise ManualragError(
-                f"the index folder {self.index_dir} is a file: give a folder with --index-dir"
-            )
-        try:
-            self.index_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ManualragError(
-                f"cannot create the index folder {self.index_dir}: {exc.strerror or exc}"
-            ) from None
+        make_index_folder(self.index_dir)
         summary = Summary(library=str(library), index_dir=str(self.index_dir), dense=self.dense)
         skeleton_removed = False
         try:

@@ -112,6 +112,17 @@ def live_holder(index_dir: Path | str) -> dict[str, Any] | None:
     return info
 
 
+def make_index_folder(path: Path) -> None:
+    """Create the index folder (and its parents) if needed; a file in its place or a folder that cannot be
+    created is a one-line error."""
+    if path.exists() and not path.is_dir():
+        raise ManualragError(f"the index folder {path} is a file: give a folder with --index-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ManualragError(f"cannot create the index folder {path}: {exc.strerror or exc}") from None
+
+
 class IndexLock:
     """``with IndexLock(index_dir): ...`` — one writer at a time; released on exit, also on an exception."""
 
@@ -122,16 +133,7 @@ class IndexLock:
 
     # ---------------------------------------------------------------------------------------- acquire
     def acquire(self) -> IndexLock:
-        if self.index_dir.exists() and not self.index_dir.is_dir():
-            raise ManualragError(
-                f"the index folder {self.index_dir} is a file: give a folder with --index-dir"
-            )
-        try:
-            self.index_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ManualragError(
-                f"cannot create the index folder {self.index_dir}: {exc.strerror or exc}"
-            ) from None
+        make_index_folder(self.index_dir)
         host = socket.gethostname()
         while True:
             info = {
