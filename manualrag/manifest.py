@@ -189,6 +189,8 @@ def _corruption_is_an_index_error(cls: type) -> type:
                 if is_corruption(exc):
                     raise corrupt_error(Path(self.path), exc) from exc
                 raise
+            except UnicodeDecodeError as exc:  # a damaged page read as text (every text we store is UTF-8)
+                raise corrupt_error(Path(self.path), ValueError("text that is not UTF-8")) from exc
 
         return method
 

@@ -523,3 +523,21 @@ def test_figure_places_are_the_document_and_first_page_of_each_figure(manifest):
     places = manifest.figure_places(ids + ["missing:f:0000000000000000"] + [f"x{i}" for i in range(450)])
     assert places == {r.id: (r.doc_path, r.page) for r in rows}
     assert places[f"{DOC_ID}:f:{'a' * 16}"] == (DOC, 2)  # f1 spans pages 2 and 7
+
+
+def test_a_damaged_page_that_reads_as_broken_text_is_a_corrupt_index(tmp_path):
+    """Damage that leaves SQLite a readable page but puts a byte that is not UTF-8 into text (here the
+    schema's own SQL): reading it raised a raw UnicodeDecodeError out of the manifest (found by the fuzzer);
+    it is the damaged-index error with its ways out, as SQLite's own corruption errors are."""
+    from manualrag.errors import IndexCorruptError
+
+    db = tmp_path / "idx" / DB_NAME
+    with Manifest(db):
+        pass
+    data = bytearray(db.read_bytes())
+    at = data.index(b"CREATE TABLE meta")
+    data[at + 7] = 0x95  # "CREATE \x95ABLE meta": same length, not UTF-8
+    db.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match="is damaged .*manualrag check --repair"):
+        with Manifest(db, readonly=True) as m:
+            m.documents()
