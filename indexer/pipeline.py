@@ -572,15 +572,17 @@ class Indexer:
         if not needed:
             return set()
         prefix = self.cfg["store"]["collection"]
+        embedded = not self.cfg["store"]["url"]
+        folder_gone = embedded and not (index.layout.chroma / "chroma.sqlite3").is_file()
         # an embedded store is read as a SQLite file: opening it here (importing chromadb, ~1 s) would
         # delay every run, one with nothing to do too; a server store is asked
         held = (
-            None
-            if self.cfg["store"]["url"]
-            else embedded_may_hold(index.layout.chroma, [f"{prefix}-{k}" for k in needed])
+            embedded_may_hold(index.layout.chroma, [f"{prefix}-{k}" for k in needed])
+            if embedded and not folder_gone
+            else None
         )
         for kind in needed:
-            if not self.cfg["store"]["url"] and not (index.layout.chroma / "chroma.sqlite3").is_file():
+            if folder_gone:
                 gone[kind] = f"the store folder {index.layout.chroma} is gone"
             elif held is not None:
                 if not held[f"{prefix}-{kind}"]:
