@@ -395,6 +395,11 @@ def _accept_reply(resp: dict[str, Any]) -> dict[str, Any]:
     return resp
 
 
+# page ranges: a worker's next request is queued behind the one it works on (hiding the round trip, a few
+# ms) only while at least this many requests per worker are left in the round. A request queued behind a
+# slow one (a part whose pages need the layout model: ~1 s) cannot be taken by a worker that falls idle;
+# with 1 a second worker idled ~1 s at the end of round 2 in 3 of 4 runs of range_bench, with 4 ~0.1 s
+AHEAD_UNTIL = 4
 PRESTART_BYTES_PER_PAGE = 4096  # a PDF this size per page of split_pages or more is probably split
 
 
@@ -717,9 +722,9 @@ class WorkerPool:
 
             def ahead() -> bool:
                 """Queue a worker's next request while it works: not for the last tasks of the round, which
-                go to whichever worker is free first."""
+                go to whichever worker is free first (see AHEAD_UNTIL)."""
                 with lock:
-                    return not failed and len(pending) >= n_threads
+                    return not failed and len(pending) >= AHEAD_UNTIL * n_threads
 
             def loop() -> None:
                 try:
