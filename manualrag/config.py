@@ -265,6 +265,7 @@ def load_config(
             )
         try:
             _merge(cfg, data, DEFAULTS)
+            _paths_from(cfg, data, p.absolute().parent)
             if isinstance(data.get("store"), dict) and data["store"].get("url"):
                 from manualrag.store import parse_url
 
@@ -275,6 +276,29 @@ def load_config(
     if overrides:
         _merge(cfg, _drop_none(overrides), DEFAULTS)
     return cfg
+
+
+def _paths_from(cfg: dict[str, Any], data: dict[str, Any], base: Path) -> None:
+    """Relative paths written in a config file are relative to that file's folder (as in config.yaml next to
+    its data/ folder), not to wherever the command runs: ``index_dir`` and ``ocr.cache`` always; ``model``
+    and ``text_model`` when such a folder exists there (otherwise they are model names, as
+    ``openai/clip-vit-base-patch32``). Paths from MANUALRAG_* variables and flags stay relative to the
+    working directory."""
+
+    def rebased(value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            return value
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base / path)
+
+    if "index_dir" in data:
+        cfg["index_dir"] = rebased(cfg["index_dir"])
+    if isinstance(data.get("ocr"), dict) and "cache" in data["ocr"]:
+        cfg["ocr"]["cache"] = rebased(cfg["ocr"]["cache"])
+    for key in ("model", "text_model"):
+        value = cfg.get(key)
+        if key in data and isinstance(value, str) and (base / value).is_dir():
+            cfg[key] = rebased(value)
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -159,3 +159,47 @@ def test_help_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "index" in r.stdout and "query" in r.stdout
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_its_folder(tmp_path):
+    """A project's config.yaml says ``index_dir: data/index``: a command run from another folder with
+    ``--config`` uses the project's index, not a new one under the working directory (it did)."""
+    proj = tmp_path / "proj"
+    (proj / "models" / "clip").mkdir(parents=True)
+    f = proj / "manualrag.yaml"
+    f.write_text(
+        "index_dir: data/index\nocr:\n  cache: cache/ocr.sqlite\nmodel: models/clip\n"
+        "text_model: sentence-transformers/all-MiniLM-L6-v2\n"
+    )
+    cfg = load_config(f, environ={})
+    assert cfg["index_dir"] == str(proj / "data" / "index")
+    assert cfg["ocr"]["cache"] == str(proj / "cache" / "ocr.sqlite")
+    assert cfg["model"] == str(proj / "models" / "clip")  # a folder there: that folder
+    assert cfg["text_model"] == "sentence-transformers/all-MiniLM-L6-v2"  # no such folder: a model name
+    # from variables and flags, paths stay relative to the working directory; absolute ones stay as they are
+    cfg = load_config(f, environ={"MANUALRAG_INDEX_DIR": "here"}, overrides={"ocr": {"cache": "c.sqlite"}})
+    assert cfg["index_dir"] == "here" and cfg["ocr"]["cache"] == "c.sqlite"
+    f.write_text(f"index_dir: {tmp_path / 'abs'}\n")
+    assert load_config(f, environ={})["index_dir"] == str(tmp_path / "abs")
+    # the defaults (no file) are relative to the working directory, as the README says
+    assert load_config(None, environ={})["index_dir"] == "data/index"
+
+    # end to end: index and query from another folder with a relative --config
+    lib = proj / "manuals"
+    lib.mkdir()
+    (lib / "pump.md").write_text("# Pump\n\nBleed the hydraulic pump before the first start.\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("MANUALRAG_INDEX_DIR", None)
+    base = [sys.executable, "-m", "manualrag", "--config", "../proj/manualrag.yaml"]
+    (proj / "manualrag.yaml").write_text("index_dir: data/index\nmodel: none\ntext_model: none\n")
+    r = subprocess.run(
+        [*base, "index", "../proj/manuals"], capture_output=True, text=True, cwd=elsewhere, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert (proj / "data" / "index" / "index.sqlite").is_file()
+    assert not (elsewhere / "data").exists()
+    r = subprocess.run([*base, "query", "bleed pump"], capture_output=True, text=True, cwd=elsewhere, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "pump.md" in r.stdout
