@@ -12,7 +12,7 @@ import pytest
 
 from manualrag.config import DEFAULTS
 from manualrag.errors import ConfigError, EncoderMismatchError, StoreError
-from manualrag.store import KINDS, VectorStore, expand_headers, parse_url
+from manualrag.store import HNSW, KINDS, SCHEMA_VERSION, VectorStore, expand_headers, parse_url
 from tests.chroma_server import free_port, unique_prefix
 
 
@@ -84,7 +84,74 @@ def test_collections_use_cosine_space(open_store):
     st = open_store()
     col = st.ensure("image", "m", 8)
     assert col.configuration_json["hnsw"]["space"] == "cosine"
+    assert col.configuration_json["hnsw"]["sync_threshold"] == HNSW["sync_threshold"]
     assert col.name == f"{st.prefix}-image"
+
+
+_QUERY_IN_A_NEW_PROCESS = """
+import hashlib, json, sys
+import numpy as np
+from manualrag.config import DEFAULTS
+from manualrag.store import VectorStore
+cfg = json.loads(sys.argv[2])
+st = VectorStore.open(__import__("pathlib").Path(sys.argv[1]), cfg)
+q = np.random.default_rng(1).standard_normal((30, 384)).astype(np.float32)
+print(hashlib.sha256(json.dumps(st.query("sem", q, 50)).encode()).hexdigest())
+"""
+
+
+def test_every_process_searches_the_same_graph(tmp_path, request):
+    """Chroma replays the records written after its last save of the HNSW graph into the graph, on several
+    threads, whenever a process opens the store: with its default (a save every 1000 records) the same query
+    got other 45th-50th neighbours from one process to the next, which moved fused scores and flipped
+    near-ties between runs of the same query. With a save every batch, every process gets the same answer."""
+    import json
+    import subprocess
+    import sys
+
+    cfg = make_cfg("embedded", request)
+    st = VectorStore.open(tmp_path / "idx", cfg)
+    st.ensure("sem", "m", 384)
+    vecs = np.random.default_rng(0).standard_normal((2750, 384)).astype(np.float32)
+    for i in range(0, len(vecs), 250):
+        ids = [f"p{j}" for j in range(i, min(i + 250, len(vecs)))]
+        st.upsert("sem", ids, vecs[i : i + 250], [{"ref": x} for x in ids])
+    st.close()
+    answers = {
+        subprocess.run(
+            [sys.executable, "-c", _QUERY_IN_A_NEW_PROCESS, str(tmp_path / "idx"), json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for _ in range(3)
+    }
+    assert len(answers) == 1, answers
+
+
+def test_a_collection_made_before_gets_a_save_every_batch(tmp_path, request):
+    import subprocess
+    import sys
+
+    cfg = make_cfg("embedded", request)
+    name = f"{cfg['store']['collection']}-image"
+    made_before = (  # by an older manualrag: Chroma's HNSW defaults, in a process of its own
+        "import chromadb, sys; c = chromadb.PersistentClient(sys.argv[1]); "
+        "c.create_collection(sys.argv[2], configuration={'hnsw': {'space': 'cosine'}}, "
+        f"metadata={{'model': 'm', 'dim': 8, 'schema': {SCHEMA_VERSION}}}, embedding_function=None); "
+        "print(c.get_collection(sys.argv[2]).configuration_json['hnsw']['sync_threshold'])"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", made_before, str(tmp_path / "idx" / "chroma"), name],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert r.stdout.strip() == "1000"  # Chroma's default
+    st = VectorStore.open(tmp_path / "idx", cfg)
+    col = st.ensure("image", "m", 8)
+    assert col.configuration_json["hnsw"]["sync_threshold"] == HNSW["sync_threshold"]
+    st.close()
 
 
 def test_bad_prefix_is_a_config_error(tmp_path):
