@@ -370,6 +370,7 @@ def index(
     )
     if text_model is not None:
         cfg["text_model"] = None if means_no_model(text_model) else text_model
+    _keep_the_index_models(cfg, model_given=model is not None, text_model_given=text_model is not None)
     idx = Indexer(
         cfg,
         cfg["index_dir"],
@@ -388,6 +389,23 @@ def index(
         for f in summary.failed:
             _echo(f"failed: {f.path}: {f.reason}", err=True)
     sys.exit(summary.exit_code)
+
+
+def _keep_the_index_models(cfg: dict[str, Any], model_given: bool, text_model_given: bool) -> None:
+    """An index is updated with the models it was built with, as ``query`` searches with them, unless this
+    run names others (a flag, a MANUALRAG_* variable or the config file changing a built-in default): an
+    index built with ``--model FOLDER`` or ``--model none`` is updated by a plain ``manualrag index LIBRARY``
+    instead of failing to load the default model (or re-embedding everything with it)."""
+    from manualrag.config import DEFAULTS
+    from manualrag.index import recorded_models
+
+    built = recorded_models(cfg["index_dir"])
+    if built is None:
+        return
+    for role, key, given in (("clip", "model", model_given), ("text", "text_model", text_model_given)):
+        if not given and cfg[key] == DEFAULTS[key] and built.get(role) != cfg[key]:
+            log.info("%s: this index's %s", key, built.get(role) or "none")
+            cfg[key] = built.get(role)
 
 
 def _parse_shard(value: str | None) -> tuple[int, int]:

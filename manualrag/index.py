@@ -109,6 +109,34 @@ class IndexLayout:
         ]
 
 
+def _read_meta(db: Path, key: str) -> Any:
+    """One value of the manifest's meta table, read without opening the manifest (None if not there)."""
+    if not db.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        finally:
+            conn.close()
+        return json.loads(row[0]) if row else None
+    except (sqlite3.Error, ValueError, TypeError):
+        return None
+
+
+def recorded_models(root: Path | str) -> dict[str, str | None] | None:
+    """The models the index in ``root`` was built with, ``{"clip": id or None, "text": id or None}`` (None:
+    built without that model), or None when there is no such index (yet)."""
+    models = _read_meta(IndexLayout(Path(root)).db, "models")
+    if not isinstance(models, dict):
+        return None
+    return {
+        role: (v if isinstance(v, str) and v else None)
+        for role, v in models.items()
+        if role in ("clip", "text")
+    }
+
+
 def recorded_store_url(root: Path | str) -> tuple[str, str] | None:
     """The Chroma server URL the index in ``root`` was last built against and the file that says so (its
     ``config.json``, else the config its manifest records: a published copy may hold only
@@ -120,16 +148,7 @@ def recorded_store_url(root: Path | str) -> tuple[str, str] | None:
         saved = json.loads(layout.config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         source = DB_NAME
-        if layout.db.is_file():
-            try:
-                conn = sqlite3.connect(f"{layout.db.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
-                try:
-                    row = conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
-                finally:
-                    conn.close()
-                saved = json.loads(row[0]) if row else None
-            except (sqlite3.Error, ValueError, TypeError):
-                saved = None
+        saved = _read_meta(layout.db, "config")
     store = saved.get("store") if isinstance(saved, dict) else None
     url = store.get("url") if isinstance(store, dict) else None
     return (url, source) if isinstance(url, str) and url.strip() else None

@@ -223,20 +223,39 @@ def test_web_api_notes_on_a_keyword_only_index_name_no_cli_flags(tmp_path):
         state.close()
 
 
-def test_updating_a_clipless_index_without_model_none_says_how(tmp_path):
-    """An index built with `--model none`, updated later without it: the default CLIP cannot be loaded offline,
-    and the error says that the index was built without one and how to go on (it gave only the load error)."""
+def test_an_index_is_updated_with_the_models_it_was_built_with(tmp_path, tiny_clip_dir):
+    """`manualrag index LIB` on an index built with `--model none` (or a model folder) updates it with those
+    models, as `query` searches with them. Before, it loaded the default CLIP, which failed offline (rc 2), and
+    an index built from a folder needed `--model FOLDER` on every update."""
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "pump.md").write_text("# Pump\n\nBleed the pump before the first start.\n")
     rc, _, err = _cli("index", "lib", "--index-dir", "idx", "--model", "none", "-q", cwd=tmp_path)
     assert rc == 0, err
     (lib / "valve.md").write_text("# Valve\n\nThe relief valve opens at 180 bar.\n")
-    rc, out, err = _cli("index", "lib", "--index-dir", "idx", cwd=tmp_path)
+    rc, out, err = _cli("index", "lib", "--index-dir", "idx", "--json", cwd=tmp_path)
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["indexed"] == ["valve.md"] and summary["model"] is None, summary
+    # a model named on purpose is still that model: it cannot be loaded offline, and the error says how
+    # this index was built
+    (lib / "seal.md").write_text("# Seal\n\nReplace the shaft seal every 2000 hours.\n")
+    rc, _, err = _cli(
+        "index", "lib", "--index-dir", "idx", "--model", "openai/clip-vit-base-patch32", cwd=tmp_path
+    )
     assert rc == 2 and "Traceback" not in err
     assert err.startswith(
         "error: this index was built without a CLIP model: add --model none (or model: null in the config)"
         " to update it the same way. cannot load model 'openai/clip-vit-base-patch32'"
     ), err
-    rc, _, err = _cli("index", "lib", "--index-dir", "idx", "--model", "none", "-q", cwd=tmp_path)
+
+    # an index built with a model folder: a plain update embeds with that folder again
+    rc, _, err = _cli(
+        "index", "lib", "--index-dir", "idx2", "--model", str(tiny_clip_dir), "-q", cwd=tmp_path
+    )
     assert rc == 0, err
+    (lib / "valve.md").write_text("# Valve\n\nThe relief valve opens at 190 bar.\n")
+    rc, out, err = _cli("index", "lib", "--index-dir", "idx2", "--json", cwd=tmp_path)
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["indexed"] == ["valve.md"] and summary["model"] == str(tiny_clip_dir.resolve()), summary
