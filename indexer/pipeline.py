@@ -261,7 +261,7 @@ class Indexer:
             raise ManualragError(f"library folder not found: {library}")
         t_start = time.perf_counter()
         existed = self.index_dir.exists()
-        fresh = not (self.index_dir / "index.sqlite").exists()
+        fresh = not IndexLayout(self.index_dir).db.exists()
         make_index_folder(self.index_dir)
         summary = Summary(library=str(library), index_dir=str(self.index_dir), dense=self.dense)
         skeleton_removed = False

@@ -21,6 +21,7 @@ Heavy modules (chromadb) are imported only when a store is opened, so the worker
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
@@ -356,6 +357,8 @@ class Index:
                     shutil.rmtree(p, ignore_errors=True)
                 else:
                     p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # left empty: it goes too (a user's own files in it keep it)
+            layout.root.rmdir()
         return True
 
 

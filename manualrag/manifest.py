@@ -685,8 +685,8 @@ class Manifest:
         """BM25 over captions/headings, figure labels + OCR, and body text, for an FTS5 MATCH expression.
 
         Returns ``(ref_type, ref_id, score)`` best first; ref_type is "passage" or "figure"; score is
-        ``-bm25`` (positive, larger is better). User text becomes a safe expression in
-        :mod:`manualrag.retriever.lexical`; nothing else should call this.
+        ``-bm25`` (positive, larger is better). Scores every row a term matches: searches go through
+        :meth:`match_lexical_phrases` (the same hits, bounded top-k); this is its reference (fuzzer).
         """
         if not match or limit <= 0:
             return []

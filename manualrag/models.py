@@ -33,7 +33,7 @@ class TextBlock:
 class Figure:
     """A figure: an embedded image, a vector drawing, a symbol or a scanned page."""
 
-    digest: str  # sha256 of the PNG crop (content identity, names the crop file)
+    digest: str  # content identity, names the crop file: sha256 of the PNG crop, or MuPDF's MD5 of an embedded image
     kind: str  # raster | vector | scan | symbol
     pages: list[int]  # every page that shows it (1-based, sorted)
     bbox: BBox  # on the first page

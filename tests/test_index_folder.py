@@ -171,6 +171,13 @@ def test_reset_deletes_the_index_and_nothing_else(indexed):
     assert rc == 0 and "deleted" in out
     assert {p.name for p in idx.iterdir()} <= {"notes.txt", "lock"}
     assert (idx / "notes.txt").read_text() == "mine"
+    (idx / "notes.txt").unlink()
+    lib, _ = indexed
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0, out
+    rc, out = _cli("reset", "--yes", "--index-dir", str(idx))
+    assert rc == 0 and "deleted" in out
+    assert not idx.exists()  # nothing of the user's in it: the folder goes too (it stayed, empty)
 
 
 def test_reset_of_a_folder_that_is_not_an_index_deletes_nothing(tmp_path):
@@ -202,7 +209,7 @@ def test_reset_deletes_the_ocr_cache_side_files_but_not_a_configured_cache(index
         (idx / name).write_bytes(b"")
     rc, out = _cli("reset", "--yes", "--index-dir", str(idx))
     assert rc == 0 and "deleted" in out, out
-    assert {p.name for p in idx.iterdir()} <= {"lock"}, sorted(p.name for p in idx.iterdir())
+    assert not idx.exists(), sorted(p.name for p in idx.iterdir())  # nothing left: the folder went too
     lib = tmp_path / "lib"
     rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
     assert rc == 0, out
