@@ -452,11 +452,18 @@ def _same_as_background(page: pymupdf.Page, bbox: fg.Box, color: int) -> bool:
     return share >= 0.75 and all(abs(int(a) - b) <= 40 for a, b in zip(top[:3], rgb, strict=True))
 
 
+# MuPDF's text flags: whitespace as it is, no mediabox clip (the INFINITE_RECT clip), and NOT
+# TEXT_PRESERVE_LIGATURES (1): ligature glyphs come as their letters ("ﬁ" -> "fi"). LaTeX manuals set fi, fl,
+# ff, ffi on most pages, and neither the lexical index (its tokenizer kept "ﬂight" as a word of its own, which
+# a query for "flight" never matched) nor the text model's vocabulary knew them. A number, not
+# pymupdf.TEXT_PRESERVE_WHITESPACE: importing this module does not load pymupdf.
+TEXT_FLAGS = 2
+
+
 def _page_lines(page: pymupdf.Page) -> list[fg.TextLine]:
     """Text lines (split where the suspect status changes within a line), MuPDF reading order."""
     prect = fg.as_box(page.rect)
-    flags = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_PRESERVE_LIGATURES  # no mediabox clip
-    d = page.get_text("dict", flags=flags, clip=pymupdf.INFINITE_RECT())
+    d = page.get_text("dict", flags=TEXT_FLAGS, clip=pymupdf.INFINITE_RECT())
     out: list[fg.TextLine] = []
     for bi, block in enumerate(d["blocks"]):
         if block.get("type") != 0:
@@ -805,7 +812,10 @@ def _render_figure(
     digest = key[4:] if key.startswith("img:") else hashlib.sha256(png).hexdigest()
     # words drawn invisibly (hidden, white-on-white, off-page, tiny) never become a figure's labels
     hidden = [ln.bbox for ln in lines if ln.suspect]
-    labels = fg.words_inside(page.get_text("words", clip=pymupdf.INFINITE_RECT()), r.bbox, hidden)
+    # ligatures as letters, as in _page_lines
+    flags = pymupdf.TEXTFLAGS_WORDS & ~pymupdf.TEXT_PRESERVE_LIGATURES
+    words = page.get_text("words", flags=flags, clip=pymupdf.INFINITE_RECT())
+    labels = fg.words_inside(words, r.bbox, hidden)
     rotation = fg.text_rotation(lines, r.bbox)  # a drawing printed sideways: its labels run vertically
     quality = "ok"
     if r.native_dpi is not None and r.native_dpi < ex["low_res_dpi"] and pf.kind in ("raster", "symbol"):

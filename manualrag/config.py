@@ -319,7 +319,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 # finest image resolution, loose images' names as headings, photo OCR noise dropped, caption vectors.
 # 3: numbered section headings read by OCR on scanned pages split and title their passages.
 # 4: running headers and footers of scanned pages (OCR) leave their passages, as a text layer's do.
-EXTRACTION_VERSION = 4
+# 5: ligature glyphs of a PDF's text layer read as their letters ("ﬂight" -> "flight").
+EXTRACTION_VERSION = 5
 
 
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:

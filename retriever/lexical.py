@@ -23,6 +23,19 @@ STOPWORDS = frozenset(
 
 # unicode letters and digits: what FTS5's unicode61 tokenizer keeps as token characters
 _RUN_RE = re.compile(r"[^\W_]+")
+# ligature glyphs as their letters, as extraction reads a PDF's text (a query pasted from a PDF viewer may
+# hold them): U+FB00-FB06
+LIGATURES = str.maketrans(
+    {
+        "\ufb00": "ff",
+        "\ufb01": "fi",
+        "\ufb02": "fl",
+        "\ufb03": "ffi",
+        "\ufb04": "ffl",
+        "\ufb05": "st",
+        "\ufb06": "st",
+    }
+)
 
 
 def query_terms(text: str) -> list[str]:
@@ -36,7 +49,7 @@ def query_terms(text: str) -> list[str]:
     """
     terms: list[str] = []
     stop: list[str] = []
-    for chunk in text.split():
+    for chunk in text.translate(LIGATURES).split():
         runs = [r.lower() for r in _RUN_RE.findall(chunk)]
         if not runs:
             continue
@@ -83,7 +96,7 @@ def compound_phrases(text: str, manifest: Manifest) -> list[str]:
     joined word. Each candidate is one ``LIMIT 1`` probe of the FTS5 index (~0.1 ms at a million records;
     reading document frequencies from the vocabulary instead walked every common part's row list, ~3 ms)."""
     seq: list[str | None] = []  # the query's plain words in order; None where adjacency breaks
-    for chunk in text.split():
+    for chunk in text.translate(LIGATURES).split():
         runs = _RUN_RE.findall(chunk)
         seq.append(runs[0].lower() if len(runs) == 1 and _WORD_RE.fullmatch(runs[0]) else None)
     n = COMPOUND_PART_MIN

@@ -146,3 +146,19 @@ def test_layout_model_sees_the_schematic_as_a_picture() -> None:
     assert pictures, boxes
     x0, y0, x1, y1 = pictures[0]
     assert x1 - x0 > 300 and y1 - y0 > 200
+
+
+LIGATURE_GLYPHS = re.compile("[\ufb00-\ufb06]")
+
+
+def test_ligatures_are_read_as_their_letters(docs: dict[str, Document]) -> None:
+    """LaTeX manuals set fi, fl, ff as one glyph. Read as U+FB01 etc., "ﬁle" was a word of its own in the
+    lexical index, which a query for "file" never matched (and the text model did not know it)."""
+    for name in ("netgen-manual.pdf", "xfig-howto.pdf"):
+        doc = docs[name]
+        texts = [t for b in doc.blocks for t in (b.text, b.heading)]
+        texts += [t for f in doc.figures for t in (f.caption, f.nearby_text, f.heading, *f.labels)]
+        assert not [t for t in texts if LIGATURE_GLYPHS.search(t)], name
+    netgen = " ".join(b.text for b in docs["netgen-manual.pdf"].blocks if b.page == 3)
+    assert "IGES/STEP file support" in netgen
+    assert any("Configuring Xfig" in b.heading for b in docs["xfig-howto.pdf"].blocks)

@@ -379,6 +379,12 @@ def test_phrases_for_joined_tokens(manifest):
     assert lexical_search(manifest, "0.2", 5)[0][1] == ps[1].passage_id
     assert query_terms("X3/X4") == ["x3 x4", "x3", "x4"]
     assert query_terms("74HC125 self-test") == ["74hc125", "self test", "self", "test"]
+    # a query pasted from a PDF viewer keeps the ligature glyphs that extraction reads as letters
+    assert query_terms("time of \ufb02ight, e\ufb00ect") == ["time", "flight", "effect"]
+    assert (
+        lexical_search(manifest, "hot sur\ufb00ace", 5)[0][:2]
+        == lexical_search(manifest, "hot surface", 5)[0][:2]
+    )
 
 
 @pytest.mark.parametrize(
