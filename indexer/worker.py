@@ -118,6 +118,18 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def use_share(cfg: dict[str, Any], share: int) -> None:
+    """A worker's share of the cores (``cores // pool size``): the layout model's threads and, unless
+    ``ocr.workers`` says otherwise, its parallel tesseract processes. "One tesseract per core" counts all
+    workers' together: n workers each running one per core started up to cores x cores tesseract processes
+    (256 on 16 cores, ~50 MB each)."""
+    from manualrag.indexer import pdflib
+
+    pdflib.layout_threads = share
+    if not cfg["ocr"]["workers"]:
+        cfg["ocr"]["workers"] = share
+
+
 def worker_main() -> None:
     # keep the protocol channel private: anything a library prints to stdout goes to stderr instead
     proto = os.fdopen(os.dup(1), "wb")
@@ -133,7 +145,7 @@ def worker_main() -> None:
     cfg: dict[str, Any] = json.loads(sys.stdin.readline())
     _LIMIT_MB[0] = cfg["isolation"]["memory_mb"]
     index_dir = Path(cfg.pop("__index_dir"))
-    pdflib.layout_threads = cfg.pop("__threads")  # this worker's share of the cores
+    use_share(cfg, cfg.pop("__threads"))
     ocr = None
     try:
         if cfg["ocr"]["enabled"]:

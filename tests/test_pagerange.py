@@ -274,6 +274,22 @@ def test_layout_model_runs_on_the_workers_share_of_the_cores() -> None:
     assert out["1"][1] == out["0"][1]
 
 
+def test_each_worker_runs_its_share_of_the_tesseract_processes(tmp_path) -> None:
+    """ocr.workers 0 means one tesseract per core over ALL workers: a worker of a pool of N runs cores / N at
+    once (each ran one per core: cores x cores processes on a big machine); a number set by the user stays."""
+    from manualrag.indexer.ocr import OcrEngine
+    from manualrag.indexer.worker import use_share
+
+    cfg = load_config(environ={})
+    use_share(cfg, 1)
+    with OcrEngine(cfg, cache_path=tmp_path / "ocr.sqlite") as ocr:
+        assert ocr.workers == 1
+    cfg = load_config(environ={"MANUALRAG_OCR__WORKERS": "3"})
+    use_share(cfg, 1)
+    with OcrEngine(cfg, cache_path=tmp_path / "ocr.sqlite") as ocr:
+        assert ocr.workers == 3
+
+
 def test_pymupdf_without_pymupdf4llm_reads_the_same_line_boxes() -> None:
     """pdflib leaves pymupdf4llm out of pymupdf's import (~0.2 s of CPU in every worker's start-up) but keeps
     the process-wide MuPDF setting that importing it made (no quad corrections): every line box of a manual
