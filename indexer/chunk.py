@@ -132,13 +132,61 @@ def _union(boxes: Sequence[BBox]) -> BBox:
     )
 
 
+# ----------------------------------------------------------------------------------------------------
+# words cut at a line end
+# ----------------------------------------------------------------------------------------------------
+
+# a word cut by a hyphen at a line end and the line that goes on with it: "Compu-\ntational", "read-\nonly"
+_CUT = re.compile(r"([^\W\d_]+)([-\u2010\u00ad])\n([^\W\d_]+)")  # hyphen, Unicode hyphen, soft hyphen
+_LETTERS = re.compile(r"[^\W\d_]+")
+_COMPOUND = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)+")
+
+
+class Vocabulary(NamedTuple):
+    """The words a document writes whole, and its hyphenated compounds (lower case), its cut words aside."""
+
+    words: frozenset[str]
+    compounds: frozenset[str]
+
+    @classmethod
+    def of(cls, texts: Sequence[str]) -> Vocabulary:
+        whole = [_CUT.sub(" ", t) for t in texts]
+        words = {w.lower() for t in whole for w in _LETTERS.findall(t)}
+        compounds = {c.lower() for t in whole for c in _COMPOUND.findall(t)}
+        return cls(frozenset(words), frozenset(compounds))
+
+
+def join_cut_words(text: str, vocab: Vocabulary) -> str:
+    """``text`` with the words hyphenated at a line end written whole, as the document writes them: without
+    the hyphen when it has the whole word elsewhere ("Compu-/tational" -> "Computational"), with it when it
+    has the compound ("read-/only" -> "read-only") or both halves as words of their own ("data-/driven");
+    else without (a cut word: "trian-/gulated"). A next line that starts with a capital is left alone (a
+    name: "IIT-/KANPUR"). Both halves were words of their own to the lexical index and the text model."""
+
+    def whole(m: re.Match[str]) -> str:
+        a, hyphen, b = m.groups()
+        if hyphen == "\u00ad":  # a soft hyphen marks where a word was cut
+            return a + b
+        if not b[0].islower():
+            return m.group(0)
+        if (a + b).lower() in vocab.words:
+            return a + b
+        if f"{a}-{b}".lower() in vocab.compounds or (a.lower() in vocab.words and b.lower() in vocab.words):
+            return f"{a}-{b}"
+        return a + b
+
+    return _CUT.sub(whole, text)
+
+
 def make_passages(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> list[Passage]:
     """Parent passages of a document, in reading order.
 
     Consecutive blocks on the same page under the same heading are merged (joined by a line break) up to
     ~``max_chars``; never across pages, headings, OCR/non-OCR or different suspect reasons. A block longer
-    than ``max_chars`` is cut at sentence ends. Ids: :func:`manualrag.ids.passage_id`.
+    than ``max_chars`` is cut at sentence ends. Words hyphenated at a line end are written whole
+    (:func:`join_cut_words`). Ids: :func:`manualrag.ids.passage_id`.
     """
+    vocab = Vocabulary.of([b.text for b in doc.blocks])
     doc_id = ids.doc_id(doc.path)
     out: list[Passage] = []
     per_page: dict[int, int] = {}
@@ -167,7 +215,7 @@ def make_passages(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> list[Pas
         group, group_len = [], 0
 
     for block in doc.blocks:
-        text = block.text.strip()
+        text = join_cut_words(block.text.strip(), vocab)
         if not text:
             continue
         same = group_block is not None and (

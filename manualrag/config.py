@@ -320,7 +320,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 # 3: numbered section headings read by OCR on scanned pages split and title their passages.
 # 4: running headers and footers of scanned pages (OCR) leave their passages, as a text layer's do.
 # 5: ligature glyphs of a PDF's text layer read as their letters ("ﬂight" -> "flight").
-EXTRACTION_VERSION = 5
+# 6: words hyphenated at a line end written whole in passages ("Compu-/tational" -> "Computational").
+EXTRACTION_VERSION = 6
 
 
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:

@@ -109,6 +109,35 @@ def test_passages_merge_and_split_rules():
     assert make_passages(doc) == ps  # deterministic
 
 
+def test_words_cut_at_a_line_end_are_written_whole():
+    """A word hyphenated at a line end was two words to the lexical index ("compu", "tational") and to the
+    text model. Written whole as the document writes it elsewhere, else as a compound when both halves
+    are words of their own, else joined; a capital after the cut (a name) and a soft hyphen are handled."""
+    blocks = [
+        TextBlock(
+            "Netgen is a mesh generator of the Institute for Compu-\ntational Mathematics.", 1, (0, 0, 9, 9)
+        ),
+        TextBlock("Computational geometry. Mount it read-only first.", 1, (0, 10, 9, 19)),
+        TextBlock(
+            "Disks are mounted read-\nonly; the data-\ndriven check runs; the mesh is trian-\ngulated.",
+            2,
+            (0, 0, 9, 9),
+        ),
+        TextBlock(
+            "The data and what is driven. Made at IIT-\nKANPUR; the soft\u00ad\nware is free.",
+            3,
+            (0, 0, 9, 9),
+        ),
+    ]
+    text = "\n".join(p.text for p in make_passages(_doc(blocks)))
+    assert "Institute for Computational Mathematics" in text  # the whole word is in the document
+    assert "mounted read-only;" in text  # the compound is
+    assert "the data-driven check" in text  # both halves are words of their own
+    assert "is triangulated." in text  # neither: a cut word
+    assert "IIT-\nKANPUR" in text and "the software is" in text
+    assert "-\n" not in text.replace("IIT-\nKANPUR", "")
+
+
 def test_passages_respect_the_size_limit():
     rng = random.Random(1)
     sentences = [

@@ -162,3 +162,12 @@ def test_ligatures_are_read_as_their_letters(docs: dict[str, Document]) -> None:
     netgen = " ".join(b.text for b in docs["netgen-manual.pdf"].blocks if b.page == 3)
     assert "IGES/STEP file support" in netgen
     assert any("Configuring Xfig" in b.heading for b in docs["xfig-howto.pdf"].blocks)
+
+
+def test_words_hyphenated_at_line_ends_are_whole_in_the_passages(docs: dict[str, Document]) -> None:
+    """netgen's LaTeX hyphenates at line ends ("Compu-/tational", "neces-/sary"): its passages hold the words."""
+    from manualrag.indexer.chunk import make_passages
+
+    text = "\n".join(p.text for p in make_passages(docs["netgen-manual.pdf"]))
+    assert "Computational" in text and "necessary" in text
+    assert not re.search(r"[a-z]-\n[a-z]", text), re.findall(r"\w+-\n\w+", text)[:5]

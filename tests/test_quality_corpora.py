@@ -79,11 +79,11 @@ def summary(r: dict) -> dict[str, float]:
 
 
 # what each corpus's lexical,text reaches now (measured 2026-12-01 with page support, OCR headings on scans,
-# joined/split words and ligatures read as letters; corpus2 is below the issue's targets). Reading "ﬁtted" as
-# "fitted" moved one corpus2 near-tie (c2-015, fused 5.42 vs 5.41) from rank 1 to 2: R@1 0.833 -> 0.817
+# joined/split words, ligatures read as letters and words cut at line ends written whole; corpus2 is below
+# the issue's targets)
 FLOOR = {
     "corpus": {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0, "mrr": 1.0, "image@10": 1.0},
-    "corpus2": {"recall@1": 0.81, "recall@5": 0.96, "recall@10": 0.96, "mrr": 0.87, "image@10": 0.95},
+    "corpus2": {"recall@1": 0.83, "recall@5": 0.96, "recall@10": 0.96, "mrr": 0.875, "image@10": 0.95},
 }
 TARGET = {"recall@1": 0.85, "recall@5": 0.95, "recall@10": 0.98, "mrr": 0.90, "image@10": 0.90}
 
@@ -117,7 +117,7 @@ def test_lexical_text_meets_the_issue_targets(corpus_index, request):
     known_gap_on_corpus2(
         corpus_index,
         request,
-        "gap on corpus2 (lexical,text): R@1 0.817 / R@10 0.967 / MRR 0.871 against 0.85 / 0.98 / 0.90 "
+        "gap on corpus2 (lexical,text): R@1 0.833 / R@10 0.967 / MRR 0.880 against 0.85 / 0.98 / 0.90 "
         "(R@5 0.967 and image-hit R@10 0.950 meet theirs)",
     )
     got = summary(run_eval(corpus_index, "lexical,text"))
