@@ -786,7 +786,9 @@ def _print_hits(res: Any) -> None:
 @click.option("--with-images", is_flag=True, help="JSON only: include each figure crop as base64.")
 @click.option("--include-suspect", is_flag=True, help="Include text that is invisible on the page (marked).")
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical.")
+@click.option("--model", default=None, help="CLIP/SigLIP to encode the query (default: the index's).")
 @click.option("--text-model", default=None, help="Text model to encode the query (default: the index's).")
+@_dtype_option
 @_index_dir_option
 @_store_option
 @click.pass_obj
@@ -799,7 +801,9 @@ def context(
     with_images: bool,
     include_suspect: bool,
     channels: str | None,
+    model: str | None,
     text_model: str | None,
+    dtype: str | None,
     index_dir: str | None,
     store_url: str | None,
 ) -> None:
@@ -810,7 +814,7 @@ def context(
     if with_images and fmt != "json":
         raise click.UsageError("--with-images needs --format json (a markdown block carries no image data)")
 
-    with _open_retriever(obj, index_dir, store_url, text_model=text_model) as r:
+    with _open_retriever(obj, index_dir, store_url, model, text_model, dtype) as r:
         res = r.search(text, k=k, channels=_channels(channels))
     out = build_context(
         res, max_chars=max_chars, fmt=fmt, with_images=with_images, include_suspect=include_suspect
@@ -888,11 +892,15 @@ def serve(
 # ---------------------------------------------------------------------------------------------------- mcp
 @main.command(name="mcp")
 @_index_dir_option
+@_store_option
 @click.pass_obj
-def mcp_cmd(obj: Ctx, index_dir: str | None) -> None:
+def mcp_cmd(obj: Ctx, index_dir: str | None, store_url: str | None) -> None:
     """Serve the index to LLM apps over MCP on stdin/stdout: search, context, figure and page images."""
     _read_only()
     from manualrag.errors import ManualragError
+
+    if store_url:  # as for every command; the server reads its settings as a library user's code would
+        os.environ["MANUALRAG_STORE__URL"] = store_url
 
     try:
         from manualrag.integrations.mcp_server import run_stdio

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -425,3 +426,31 @@ def test_mcp_over_streamable_http_in_manualrag_serve_behind_its_token(index):
 def test_mcp_command_without_an_index_is_a_one_line_error(tmp_path):
     res = CliRunner().invoke(main, ["mcp", "--index-dir", str(tmp_path / "nope")])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "manualrag index" in res.output
+
+
+def test_mcp_command_takes_store_as_every_command_does(tmp_path):
+    """An index whose vectors live on a Chroma server is refused without the server's URL (an empty embedded
+    store would answer from keywords only); `manualrag mcp` had no --store to give it (only a config file)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "pump.md").write_text("# Pump\n\nBleed the pump before the first start.\n")
+    idx = tmp_path / "idx"
+    res = CliRunner().invoke(main, ["index", str(lib), "--index-dir", str(idx), "--no-dense", "-q"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((idx / "config.json").read_text())
+    saved["store"]["url"] = "http://127.0.0.1:9"  # as written by `index --store http://127.0.0.1:9`
+    (idx / "config.json").write_text(json.dumps(saved))
+    res = CliRunner().invoke(main, ["mcp", "--index-dir", str(idx)])
+    assert res.exit_code == 2 and "http://127.0.0.1:9" in res.output and "--store" in res.output, res.output
+    # with the URL the index opens (the store connects on the first vector search) and the server starts
+    # serving stdin, which is empty here: it ends at once
+    env = {**_env(), "PATH": os.environ["PATH"]}
+    run = subprocess.run(
+        [sys.executable, "-m", "manualrag", "mcp", "--index-dir", str(idx), "--store", "http://127.0.0.1:9"],
+        input="",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 0 and "error" not in run.stderr, run.stderr

@@ -296,15 +296,16 @@ def test_a_query_model_named_on_the_command_line_that_cannot_load_is_an_error(in
     a note, worded for a query too."""
     idx, cfg_path = index
     base = ["--config", str(cfg_path), "query", "electric wiring layout", "--index-dir", str(idx)]
-    for flag in ("--text-model", "--model"):
-        missing = str(tmp_path / "nonexistent" / "model")
-        res = CliRunner().invoke(main, [*base, flag, missing])
-        assert res.exit_code == 2, res.output
-        assert res.output.splitlines() == [
-            f"error: model folder '{missing}' does not exist. Pass an existing folder ({flag} /path/to/folder) "
-            f"or a Hugging Face model name, or run with {flag} none (without that model's vectors) or "
-            "--channels lexical (keyword search only)."
-        ], res.output
+    for command in ("query", "context"):  # context had --text-model only
+        for flag in ("--text-model", "--model"):
+            missing = str(tmp_path / "nonexistent" / "model")
+            res = CliRunner().invoke(main, [*base[:2], command, *base[3:], flag, missing])
+            assert res.exit_code == 2, (command, res.output)
+            assert res.output.splitlines() == [
+                f"error: model folder '{missing}' does not exist. Pass an existing folder ({flag} /path/to/folder) "
+                f"or a Hugging Face model name, or run with {flag} none (without that model's vectors) or "
+                "--channels lexical (keyword search only)."
+            ], (command, res.output)
     # the index's own text model gone (a copy of the index that names a folder no longer there): a note
     copy = tmp_path / "index"
     shutil.copytree(idx, copy)
