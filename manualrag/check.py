@@ -150,7 +150,7 @@ def check_index(index_dir: Path | str, cfg: dict[str, Any]) -> CheckReport:
             report.clip = bool(models.get("clip"))
             report.dense = report.clip or bool(models.get("text"))
             return report
-        store = VectorStore.open(idir, cfg)
+        store = VectorStore.open(idir, cfg, create=False)
         try:  # the store still tells whether the index had CLIP vectors
             report.dense = report.clip = store.get("text") is not None
         finally:
@@ -188,7 +188,7 @@ def check_index(index_dir: Path | str, cfg: dict[str, Any]) -> CheckReport:
                 need["sem"][ids.figure_sem_id(f.figure_id)] = f.doc_path
             if f.caption.strip():
                 need["sem"][ids.figure_caption_id(f.figure_id)] = f.doc_path
-    store = VectorStore.open(idir, cfg)
+    store = VectorStore.open(idir, cfg, create=False)
     try:
         present = {kind: set(store.all_ids(kind)) for kind in KINDS}
         report.store = store.where

@@ -229,7 +229,7 @@ class Index:
         else:
             cls.require(layout.root)
         manifest: Manifest | None = None
-        store = LazyStore(layout.root, cfg)
+        store = LazyStore(layout.root, cfg, create=write)
         try:
             manifest = Manifest(layout.db, readonly=not write)
             if open_store:

@@ -174,15 +174,18 @@ class LazyStore:
     plain :class:`VectorStore`); :meth:`close` closes it only if it was opened. ``cold``: where the seconds
     of opening it are added up (``cold["open_store"]``, reported by the next search's timings)."""
 
-    def __init__(self, root: Path, cfg: dict[str, Any], cold: dict[str, float] | None = None):
+    def __init__(
+        self, root: Path, cfg: dict[str, Any], cold: dict[str, float] | None = None, create: bool = True
+    ):
         self._args = (root, cfg)
+        self._create = create
         self._store: VectorStore | None = None
         self._cold = cold
 
     def open(self) -> VectorStore:
         if self._store is None:
             t0 = time.perf_counter()
-            self._store = VectorStore.open(*self._args)
+            self._store = VectorStore.open(*self._args, create=self._create)
             if self._cold is not None:
                 self._cold["open_store"] = self._cold.get("open_store", 0.0) + time.perf_counter() - t0
         return self._store
@@ -212,8 +215,11 @@ class VectorStore:
 
     # ------------------------------------------------------------------------------------------- opening
     @classmethod
-    def open(cls, index_dir: Path, cfg: dict[str, Any]) -> VectorStore:
-        """Open the embedded store (``cfg['store']['url']`` null) or connect to a Chroma server."""
+    def open(cls, index_dir: Path, cfg: dict[str, Any], create: bool = True) -> VectorStore:
+        """Open the embedded store (``cfg['store']['url']`` null) or connect to a Chroma server.
+        ``create=False`` (readers): an embedded store folder that is not there is not made; the store is then
+        an empty one in memory (a copy of an index without its vectors: stats, query and check read it
+        as having no vectors and write nothing into the folder)."""
         scfg = cfg["store"]
         prefix = scfg["collection"]
         if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix) or not prefix[-1].isalnum():
@@ -228,11 +234,14 @@ class VectorStore:
         if not url:
             require_same_store(index_dir, cfg)  # never an empty embedded store beside a server's vectors
             path = IndexLayout(Path(index_dir)).chroma
+            settings = Settings(anonymized_telemetry=False, allow_reset=True)
+            if not create and not path.is_dir():
+                return cls(chromadb.EphemeralClient(settings=settings), prefix, f"embedded store {path}")
             try:
                 path.mkdir(parents=True, exist_ok=True)
                 client = chromadb.PersistentClient(
                     path=str(path),
-                    settings=Settings(anonymized_telemetry=False, allow_reset=True),
+                    settings=settings,
                     tenant=scfg.get("tenant", "default_tenant"),
                     database=scfg.get("database", "default_database"),
                 )

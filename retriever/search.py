@@ -212,7 +212,7 @@ class Retriever:
         manifest = Manifest(layout.db, readonly=True)
         # the vector store opens on first use (see LazyStore): a lexical-only query never imports chromadb
         cold: dict[str, float] = {}
-        store = LazyStore(layout.root, cfg, cold)
+        store = LazyStore(layout.root, cfg, cold, create=False)
         models = manifest.get_meta("models") or {}
         r = cls(layout.root, cfg, manifest, store, models, clip_model, text_model)
         r._cold = cold

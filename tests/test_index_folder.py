@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,25 @@ def test_a_closed_output_pipe_exits_141_without_a_word(indexed):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 141, (args, proc.returncode, err)
         assert b"Traceback" not in err and b"error" not in err, err
+
+
+def test_reading_a_copy_without_its_vectors_writes_nothing_into_it(indexed, tmp_path):
+    """A copy of index.sqlite alone (a published copy whose vectors live elsewhere, a backup): stats, query
+    and check read it as having no vectors. They created an empty chroma/ store in it (and check then counted
+    the vectors missing from that), writing into a folder a reader should leave alone."""
+    _, idx = indexed
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy2(idx / "index.sqlite", copy / "index.sqlite")
+    before = sorted(p.name for p in copy.iterdir())
+    rc, out = _cli("stats", "--index-dir", str(copy))
+    assert rc == 0, out
+    rc, out = _cli("query", "relief valve", "--index-dir", str(copy))
+    assert rc == 0 and "valve" in out.lower(), out
+    rc, out = _cli("check", "--index-dir", str(copy))
+    assert rc == 0, out  # an index built without vectors: none are missing
+    sqlite_own = {"index.sqlite-wal", "index.sqlite-shm"}  # SQLite's readers of a WAL database make these
+    assert sorted(p.name for p in copy.iterdir() if p.name not in sqlite_own) == before
 
 
 def test_reset_deletes_the_index_and_nothing_else(indexed):

@@ -68,7 +68,7 @@ class IndexState:
         r = self.retriever
         old = r.store
         old.close()
-        r.store = VectorStore.open(self.index_dir, self.cfg)
+        r.store = VectorStore.open(self.index_dir, self.cfg, create=False)
         self._version = version
         self.reopened += 1
         r.reset_models(r.manifest.get_meta("models") or {})  # other models: loaded on the next query
