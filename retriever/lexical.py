@@ -82,6 +82,9 @@ def fts_query(text: str) -> str:
 
 # a word this long may be two words written as one ("filesystem" / "file system"), each part this long
 COMPOUND_PART_MIN = 4
+# ... and no longer than this (real compounds are; a pasted hash or a key held down is not, and trying every
+# split of a 100,000-letter "word" took minutes and, in the snippet's regex, all the memory)
+COMPOUND_WORD_MAX = 40
 MAX_COMPOUND_PHRASES = 8
 _WORD_RE = re.compile(r"[^\W\d_]+")
 
@@ -101,7 +104,7 @@ def compound_phrases(text: str, manifest: Manifest) -> list[str]:
         seq.append(runs[0].lower() if len(runs) == 1 and _WORD_RE.fullmatch(runs[0]) else None)
     n = COMPOUND_PART_MIN
     out: list[str] = []
-    for w in sorted({w for w in seq if w and w not in STOPWORDS and len(w) >= 2 * n}):
+    for w in sorted({w for w in seq if w and w not in STOPWORDS and 2 * n <= len(w) <= COMPOUND_WORD_MAX}):
         splits = [(w[:i], w[i:]) for i in range(n, len(w) - n + 1) if not {w[:i], w[i:]} & STOPWORDS]
         for a, b in sorted(splits, key=lambda ab: (abs(len(ab[0]) - len(ab[1])), ab)):
             if manifest.lexical_holds(f'"{a} {b}"'):

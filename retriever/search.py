@@ -24,7 +24,7 @@ from manualrag.config import means_no_model
 from manualrag.errors import ManualragError
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, fuse, page_support
-from manualrag.retriever.lexical import COMPOUND_PART_MIN, lexical_search
+from manualrag.retriever.lexical import COMPOUND_PART_MIN, COMPOUND_WORD_MAX, MAX_QUERY_TERMS, lexical_search
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +141,17 @@ def _term_pattern(term: str) -> str:
     (:func:`~manualrag.retriever.lexical.compound_phrases`): "filesystem" also marks "file system",
     "file-system" and a word hyphenated at a line end ("ther- mometer")."""
     n = COMPOUND_PART_MIN
-    if len(term) < 2 * n or not term.isalpha():
+    if not 2 * n <= len(term) <= COMPOUND_WORD_MAX or not term.isalpha():
         return re.escape(term)
     apart = [rf"{re.escape(term[:i])}(?:-\s?|\s){re.escape(term[i:])}" for i in range(n, len(term) - n + 1)]
     return "|".join([re.escape(term), *apart])
 
 
 def make_snippet(text: str, query: str, width: int = 240) -> str:
-    """A window of the passage around the densest query-term area, terms marked with **."""
-    terms = tuple(sorted({t for t in _terms(query) if len(t) > 2}, key=lambda t: (-len(t), t)))
+    """A window of the passage around the densest query-term area, terms marked with ** (the query's first
+    MAX_QUERY_TERMS distinct terms, as the lexical channel searches)."""
+    distinct = list(dict.fromkeys(t for t in _terms(query) if len(t) > 2))[:MAX_QUERY_TERMS]
+    terms = tuple(sorted(distinct, key=lambda t: (-len(t), t)))
     flat = " ".join(text.split())
     if not terms:
         return flat[:width]

@@ -380,3 +380,23 @@ def test_figure_rows_read_in_batches_give_the_same_hits(retriever, monkeypatch, 
 
     every_row_first = hits(10**9)
     assert every_row_first and hits(1) == every_row_first
+
+
+def test_a_query_of_one_endless_word_answers_at_once(retriever):
+    """A 100,000-letter "word" (a key held down, a pasted blob) tried every split point as a word written
+    apart: the snippet's regex grew with the square of its length (4,000 letters: 41 s and 2.3 GB; 100,000:
+    killed at 23.6 GB) and one such request stalled every search of `manualrag serve`. Words longer than any
+    real compound are no longer split. Run in a thread with a deadline: without the bound it never returns."""
+    import threading
+
+    out: dict = {}
+
+    def run() -> None:
+        out["hits"] = retriever.search("a" * 100_000, k=3, channels=["lexical", "text"]).hits
+        out["many"] = retriever.search(" ".join(f"word{i}" for i in range(20_000)), k=3).hits
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive(), "a search of one endless word did not return"
+    assert "hits" in out and "many" in out
