@@ -83,6 +83,18 @@ MIN_SOURCE_ROOM = 200  # characters a budget must leave after the preamble and q
 # title and a first piece of its text
 
 
+MIN_SOURCE_TEXT = 80  # characters of a source's text below which it is left out (the block ends)
+
+
+def _no_room(max_chars: int, header: int, need: int) -> ManualragError:
+    """The one-line error for a budget that leaves no room for the first source (every front end words its
+    own parameter: --max-chars, max_chars)."""
+    return ManualragError(
+        f"a context block of {max_chars} characters leaves no room for a source after its preamble and"
+        f" question ({header} characters); give at least {need}"
+    )
+
+
 def build_context(
     result: SearchResult,
     max_chars: int = 6000,
@@ -95,30 +107,33 @@ def build_context(
     header = f"{PREAMBLE}\nQuestion: {result.query}\n"
     if NO_QUERY_WORD in result.notes:  # the sources may say nothing about the question
         header += f"Note: {NO_QUERY_WORD}.\n"
-    if max_chars < len(header) + MIN_SOURCE_ROOM:  # else a block with no source at all, as if nothing matched
-        raise ManualragError(
-            f"--max-chars {max_chars} leaves no room for a source after the block's preamble and question"
-            f" ({len(header)} characters); give at least {len(header) + MIN_SOURCE_ROOM}"
-        )
-    pieces: list[str] = [header]
-    used = len(header)
-    sources: list[dict[str, Any]] = []
-    skipped_suspect = 0
-    for h in result.hits:
-        if h.suspect and not include_suspect:
-            skipped_suspect += 1
-            continue
-        n = len(sources) + 1
+
+    def fence(n: int, h: Hit) -> tuple[str, str]:
         # the title holds a file name and a heading, both taken from the library: it goes inside the fence,
         # on one line, like any other document text
         title = " ".join(_clean(_source_title(n, h), nonce).split())
-        begin, end = f"BEGIN SOURCE [{n}] {nonce}", f"END SOURCE [{n}] {nonce}"
+        return f"\nBEGIN SOURCE [{n}] {nonce}\n{title}\n", f"\nEND SOURCE [{n}] {nonce}\n"
+
+    # a budget must hold the first source's fence and title and some of its text: else the block would have
+    # no source at all, as if nothing matched
+    shown = [h for h in result.hits if include_suspect or not h.suspect]
+    need = len(header) + MIN_SOURCE_ROOM
+    if shown:
+        need = len(header) + sum(map(len, fence(1, shown[0]))) + MIN_SOURCE_TEXT
+    if max_chars < need:
+        raise _no_room(max_chars, len(header), need)
+    pieces: list[str] = [header]
+    used = len(header)
+    sources: list[dict[str, Any]] = []
+    skipped_suspect = len(result.hits) - len(shown)
+    for h in shown:
+        n = len(sources) + 1
+        prefix, suffix = fence(n, h)
         body = _clean(_body(h), nonce)
         if h.suspect:
             body = f"(warning: this text is not visible on the page: {h.suspect})\n{body}"
-        prefix, suffix = f"\n{begin}\n{title}\n", f"\n{end}\n"
         room = max_chars - used - len(prefix) - len(suffix)
-        if room < 80:
+        if room < MIN_SOURCE_TEXT:
             break
         if len(body) > room:
             body = body[: room - 1].rstrip() + "…"

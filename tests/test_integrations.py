@@ -235,6 +235,10 @@ def _conversation(index: Path) -> dict:
                     fig = next(h["figure_id"] for h in hits if h["kind"] == "image")
                     out["figure"] = await call("get_figure", {"figure_id": fig})
                     out["context"] = await call("get_context", {"query": WIRING_QUERY, "max_chars": 2000})
+                    for size in (550, 600, 650, 700, 800, 1000, 1500):  # small, inside the documented range
+                        out[f"context_{size}"] = await call(
+                            "get_context", {"query": WIRING_QUERY, "max_chars": size}
+                        )
                     out["page"] = await call("get_page", {"path": PUMP, "page": 4})
                     out["page_text_doc"] = await call("get_page", {"path": "release-notes.md", "page": 1})
                     out["documents"] = await call("list_documents", {})
@@ -317,6 +321,23 @@ def test_mcp_get_figure_returns_the_diagram_as_a_png_with_its_citation(mcp_talk)
     text = _texts(res)
     assert PUMP in text and "page 4" in text and "Caption: Figure 2: Electric wiring layout" in text
     assert res.structured_content["path"] == PUMP and res.structured_content["pages"] == [4]
+
+
+@pytest.mark.slow
+def test_mcp_get_context_fits_small_sizes_or_says_the_size_it_was_given(mcp_talk):
+    """get_context took its figure list out of max_chars and raised what was left to 500: max_chars 1500
+    failed with "--max-chars 500 leaves no room ... give at least 573", a flag and a size the model never
+    sent. Each size now gives a block with a source within it, or an error naming the size asked for."""
+    for size in (550, 600, 650, 700, 800, 1000, 1500):
+        res = mcp_talk[f"context_{size}"]
+        text = _texts(res)
+        if res.is_error:
+            assert (
+                f"a context block of {size} characters leaves no room" in text and "--max-chars" not in text
+            )
+        else:
+            assert len(text) <= size and "BEGIN SOURCE [1]" in text, (size, text)
+    assert not mcp_talk["context_1500"].is_error
 
 
 @pytest.mark.slow

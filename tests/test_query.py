@@ -400,3 +400,23 @@ def test_a_query_of_one_endless_word_answers_at_once(retriever):
     t.join(timeout=120)
     assert not t.is_alive(), "a search of one endless word did not return"
     assert "hits" in out and "many" in out
+
+
+def test_a_context_block_has_a_source_or_says_the_budget_is_too_small(retriever):
+    """A budget just above the preamble and question (the error's own advice: "give at least 595") gave a
+    block with no source at all and rc 0, as if nothing matched: the first source's fence and title did not
+    fit. Every size now gives a source, or the one-line error naming a size that does."""
+    from manualrag.errors import ManualragError
+
+    res = retriever.search("electric wiring layout", k=8)
+    needs: set[int] = set()
+    for size in range(300, 1200, 7):
+        try:
+            out = build_context(res, max_chars=size, fmt="json")
+        except ManualragError as exc:
+            assert f"a context block of {size} characters leaves no room" in str(exc)
+            needs.add(int(str(exc).rsplit(" ", 1)[1]))
+            continue
+        assert out["sources"] and len(out["context"]) <= size, size
+    for need in needs:  # the size the error names is enough
+        assert build_context(res, max_chars=need, fmt="json")["sources"]

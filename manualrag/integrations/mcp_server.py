@@ -289,8 +289,10 @@ class _Tools:
                 )
             res = self.shared.search(query, k=8)
             figures = _figure_index(res.hits)
-            block = build_context(_without_paths(res), max_chars=max(lo, max_chars - len(figures)))
-            return str(block) + figures
+            try:  # the figure list (ids for get_figure) comes out of the same budget
+                return str(build_context(_without_paths(res), max_chars=max_chars - len(figures))) + figures
+            except ManualragError:  # too small for both: the block alone (search_manuals lists the ids too)
+                return str(build_context(_without_paths(res), max_chars=max_chars))
 
         return await _call(work)
 
