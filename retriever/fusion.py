@@ -62,14 +62,17 @@ def best_per_thing(results: Scored) -> Scored:
     return list(seen.items())
 
 
-def _zscores(results: Scored) -> list[float]:
+def _zscores(results: Scored, pool: int | None = None) -> list[float]:
+    """Each score standardised against the channel's first ``pool`` candidates (all when None): a query
+    asking for more hits fetches more candidates, and they must not move the scale of the first ones."""
     scores = [s for _, s in results]
-    if len(scores) < 3:
+    base = scores[:pool] if pool else scores
+    if len(base) < 3:
         return [1.0] * len(scores)
-    sd = statistics.pstdev(scores)
+    sd = statistics.pstdev(base)
     if sd < 1e-9:
         return [1.0] * len(scores)
-    med = statistics.median(scores)
+    med = statistics.median(base)
     return [max(0.0, (s - med) / sd) for s in scores]
 
 
@@ -78,8 +81,10 @@ def fuse(
     weights: dict[str, float] | None = None,
     method: str = "zscore",
     rrf_k: int = 60,
+    pool: int | None = None,
 ) -> list[Fused]:
-    """Fuse channel results (each best-first; duplicates allowed) into one list, best first."""
+    """Fuse channel results (each best-first; duplicates allowed) into one list, best first. ``pool``: how
+    many of each channel's first candidates set its z-score scale (``retrieve.candidates``)."""
     if method not in METHODS:
         raise ValueError(f"fusion method must be one of {METHODS}, not {method!r}")
     weights = weights or {}
@@ -88,7 +93,7 @@ def fuse(
         results = best_per_thing(results)
         w = weights.get(channel, 1.0)
         contrib = (
-            _zscores(results)
+            _zscores(results, pool)
             if method == "zscore"
             else [1.0 / (rrf_k + r) for r in range(1, len(results) + 1)]
         )

@@ -493,7 +493,7 @@ class Retriever:
             # a query image alone has only its two CLIP channels, whose cosine spreads are too narrow to
             # standardise reliably; they are fused by rank, image->image first (query by example)
             method = rc["fusion"] if text else "rrf"
-            fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"])
+            fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"], pool=rc["candidates"])
             if method == "zscore":
                 place_of = {("passage", i): (p.doc_path, p.page) for i, p in passages.items()}
                 figure_ids = [f.key[1] for f in fused if f.key[0] == "figure"]
