@@ -154,6 +154,22 @@ def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict, str]:
     return res.exit_code, data, res.output
 
 
+def keyword_index(tmp_path: Path, files: dict[str, str]) -> tuple[Path, Path]:
+    """A library of text ``files`` (name -> content) under ``tmp_path/lib``, indexed ``--no-dense`` into
+    ``tmp_path/idx`` (in-process): (library, index folder)."""
+    from click.testing import CliRunner
+
+    from manualrag.cli import main
+
+    lib, idx = tmp_path / "lib", tmp_path / "idx"
+    lib.mkdir()
+    for name, text in files.items():
+        (lib / name).write_text(text)
+    res = CliRunner().invoke(main, ["index", str(lib), "--index-dir", str(idx), "--no-dense", "-q"])
+    assert res.exit_code == 0, res.output
+    return lib, idx
+
+
 def index_args(cfg: Path, lib: Path, idx: Path, dense: bool) -> list[str]:
     return ["--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--json", "--quiet"] + (
         [] if dense else ["--no-dense"]

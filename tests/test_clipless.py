@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from manualrag.cli import main
 from manualrag.config import load_config
 from manualrag.serve.app import create_app
 from manualrag.serve.state import IndexState
+from tests.rel_helpers import keyword_index
 
 ROOT = Path(__file__).resolve().parents[1]
 MANUALS = ROOT / "data" / "manuals"
@@ -190,12 +189,9 @@ def test_a_later_run_with_a_clip_model_adds_the_clip_vectors(text_only, tiny_cli
 def test_web_api_notes_on_a_keyword_only_index_name_no_cli_flags(tmp_path):
     """The retriever's notes and errors are read on the web page and by MCP clients as they are: they say
     what is off, not which command-line flag to use (the CLI adds its own hint from channels_off)."""
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    (lib / "torque.md").write_text("# Coupling\n\nTighten the coupling bolts to 40 Nm torque.\n")
-    idx = tmp_path / "idx"
-    res = CliRunner().invoke(main, ["index", str(lib), "--index-dir", str(idx), "--no-dense", "-q"])
-    assert res.exit_code == 0, res.output
+    _, idx = keyword_index(
+        tmp_path, {"torque.md": "# Coupling\n\nTighten the coupling bolts to 40 Nm torque.\n"}
+    )
     state = IndexState(idx, load_config(None, overrides={"index_dir": str(idx)}), refresh_s=0.0)
     try:
         with TestClient(create_app(state), base_url="http://127.0.0.1") as client:

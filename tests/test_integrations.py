@@ -24,6 +24,7 @@ import yaml
 from click.testing import CliRunner
 
 from manualrag.cli import main
+from tests.rel_helpers import keyword_index
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "manuals"
@@ -452,12 +453,7 @@ def test_mcp_command_without_an_index_is_a_one_line_error(tmp_path):
 def test_mcp_command_takes_store_as_every_command_does(tmp_path):
     """An index whose vectors live on a Chroma server is refused without the server's URL (an empty embedded
     store would answer from keywords only); `manualrag mcp` had no --store to give it (only a config file)."""
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    (lib / "pump.md").write_text("# Pump\n\nBleed the pump before the first start.\n")
-    idx = tmp_path / "idx"
-    res = CliRunner().invoke(main, ["index", str(lib), "--index-dir", str(idx), "--no-dense", "-q"])
-    assert res.exit_code == 0, res.output
+    _, idx = keyword_index(tmp_path, {"pump.md": "# Pump\n\nBleed the pump before the first start.\n"})
     saved = json.loads((idx / "config.json").read_text())
     saved["store"]["url"] = "http://127.0.0.1:9"  # as written by `index --store http://127.0.0.1:9`
     (idx / "config.json").write_text(json.dumps(saved))
