@@ -809,10 +809,13 @@ def context(
 ) -> None:
     """A prompt-ready context block for an LLM: numbered, fenced sources with pages and figures."""
     _read_only()
+    from manualrag.errors import ManualragError
     from manualrag.retriever.context import build_context
 
     if with_images and fmt != "json":
         raise click.UsageError("--with-images needs --format json (a markdown block carries no image data)")
+    if not text.strip():
+        raise ManualragError("give a question to gather sources for (the query text is empty)")
 
     with _open_retriever(obj, index_dir, store_url, model, text_model, dtype) as r:
         res = r.search(text, k=k, channels=_channels(channels))

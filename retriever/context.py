@@ -103,6 +103,8 @@ def build_context(
     include_suspect: bool = False,
 ) -> str | dict[str, Any]:
     """Numbered, fenced sources within ``max_chars`` (markdown), or the same as a JSON-able dict."""
+    if fmt not in ("markdown", "json"):
+        raise ManualragError(f"format must be markdown or json, not {fmt!r}")
     nonce = secrets.token_hex(4)
     header = f"{PREAMBLE}\nQuestion: {result.query}\n"
     if NO_QUERY_WORD in result.notes:  # the sources may say nothing about the question

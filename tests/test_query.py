@@ -420,3 +420,5 @@ def test_a_context_block_has_a_source_or_says_the_budget_is_too_small(retriever)
         assert out["sources"] and len(out["context"]) <= size, size
     for need in needs:  # the size the error names is enough
         assert build_context(res, max_chars=need, fmt="json")["sources"]
+    with pytest.raises(ManualragError, match="format must be markdown or json"):
+        build_context(res, fmt="xml")  # it returned markdown

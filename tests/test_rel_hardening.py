@@ -116,6 +116,7 @@ def small_index(tmp_path_factory, tiny_clip_dir):
         (["context", "torque", "--max-chars", "-5"], "--max-chars"),
         (["context", "torque", "--max-chars", "100"], "preamble"),
         (["context", "torque", "--max-chars", "300"], "no room for a source"),  # was an empty block, rc 0
+        (["context", "   "], "give a question"),  # it said "give a query text or an image"
         (["context", "torque", "-k", "0"], "-k"),
         (["context", "torque", "--with-images"], "--format json"),
         (["eval", "QUERIES", "--k", "0"], "--k"),
