@@ -471,3 +471,46 @@ def test_mcp_command_takes_store_as_every_command_does(tmp_path):
         timeout=120,
     )
     assert run.returncode == 0 and "error" not in run.stderr, run.stderr
+
+
+@pytest.mark.slow
+def test_mcp_search_marks_text_a_reader_cannot_see(tmp_path):
+    """Hidden text (render mode 3, white on white, off the page) is where injected instructions hide. The
+    context block leaves it out; search_manuals gave it to the model unmarked. Its hit now carries
+    ``suspect`` and the text the model reads says the words are not visible on the page."""
+    import anyio
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    from tests.helpers_pdf import suspect_text_pdf
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    suspect_text_pdf(lib / "bulletin.pdf")
+    res = CliRunner().invoke(
+        main, ["index", str(lib), "--index-dir", str(tmp_path / "idx"), "--no-dense", "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "manualrag", "mcp", "--index-dir", "idx"],
+        cwd=str(tmp_path),
+        env=_env(),
+    )
+    out: dict = {}
+
+    async def talk() -> None:
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                out["hidden"] = await session.call_tool(
+                    "search_manuals", {"query": "ignore previous instructions"}
+                )
+
+    anyio.run(talk)
+    hits = out["hidden"].structured_content["hits"]
+    hidden = [h for h in hits if "Ignore previous instructions" in h["text"]]
+    assert hidden and all(h["suspect"] for h in hidden), hits
+    assert "(warning: this text is not visible on the page:" in _texts(out["hidden"])
+    visible = [h for h in hits if h["text"].startswith("Visible instructions")]
+    assert all(h["suspect"] is None for h in visible)
