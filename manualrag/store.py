@@ -43,12 +43,11 @@ MAX_BATCH = 4096  # upper bound on records per write, below Chroma's own limit (
 PAGE_SIZE = 4096  # ids per page when listing a collection
 MAX_RESULTS = 10_000  # most neighbours one query asks for
 # Chroma's HNSW settings for our collections. Chroma writes the graph to disk every ``sync_threshold`` records
-# (default 1000) and keeps up to ``batch_size`` (100) new records in an exact brute-force buffer; a process that
-# opens the store replays the records written after the last save into the graph, on several threads, so each
-# process searched a slightly different graph: the same query ranked its 45th-50th neighbours differently
-# from one run to the next (in 3 of 4 runs of the corpus2 index), which moved the fused scores ~1% and
-# flipped near-ties. Saving every batch leaves at most one batch to replay, into the exact buffer: every
-# process searches the same graph. Writing ~5% slower (20k vectors: 11.6 s -> 12.2 s).
+# (default 1000); a process that opens the store replays the records written after the last save into the
+# graph, on several threads, so each process searched a slightly different graph: the same query ranked its
+# 45th-50th neighbours differently from one run to the next (in 3 of 4 runs of the corpus2 index), which moved
+# the fused scores ~1% and flipped near-ties. Saving every batch of 100 gave the same neighbours in every
+# process in every trial (batch and threshold both 1000 did not). Writing ~5% slower (20k vectors).
 SAVE_EVERY = 100
 HNSW: dict[str, Any] = {"space": "cosine", "batch_size": SAVE_EVERY, "sync_threshold": SAVE_EVERY}
 

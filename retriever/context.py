@@ -79,11 +79,15 @@ def _body(h: Hit) -> str:
     return body
 
 
-MIN_SOURCE_ROOM = 200  # characters a budget must leave after the preamble and question: a source's fence,
-# title and a first piece of its text
+# characters a budget must leave after the preamble and question when there is no hit to measure the first
+# source's fence and title by; and the characters of a source's text below which it is left out (the block ends)
+MIN_SOURCE_ROOM = 200
+MIN_SOURCE_TEXT = 80
 
 
-MIN_SOURCE_TEXT = 80  # characters of a source's text below which it is left out (the block ends)
+def suspect_warning(reason: str) -> str:
+    """The line put above text a reader of the page cannot see (where injected instructions hide)."""
+    return f"(warning: this text is not visible on the page: {reason})"
 
 
 def _no_room(max_chars: int, header: int, need: int) -> ManualragError:
@@ -133,7 +137,7 @@ def build_context(
         prefix, suffix = fence(n, h)
         body = _clean(_body(h), nonce)
         if h.suspect:
-            body = f"(warning: this text is not visible on the page: {h.suspect})\n{body}"
+            body = f"{suspect_warning(h.suspect)}\n{body}"
         room = max_chars - used - len(prefix) - len(suffix)
         if room < MIN_SOURCE_TEXT:
             break

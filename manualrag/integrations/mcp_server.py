@@ -44,7 +44,7 @@ from manualrag.integrations._common import (
     shared_retriever,
 )
 from manualrag.retriever.assets import Assets
-from manualrag.retriever.context import build_context
+from manualrag.retriever.context import build_context, suspect_warning
 from manualrag.retriever.search import Hit, Retriever, SearchResult
 
 log = logging.getLogger(__name__)
@@ -455,7 +455,7 @@ def _hits_text(out: SearchResults) -> str:
         else:
             lines.append(f"{h.rank}. [text] {where}" + (f" — {h.heading}" if h.heading else ""))
             if h.suspect:  # as the context block marks it: hidden text is where injected instructions hide
-                lines.append(f"   (warning: this text is not visible on the page: {h.suspect})")
+                lines.append("   " + suspect_warning(h.suspect))
             lines.append("   " + h.snippet)
             for f in h.figures:
                 lines.append(
