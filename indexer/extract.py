@@ -53,6 +53,7 @@ _HEADING_SIZE_RATIO = 1.15  # a line this much larger than the body font is a he
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _MD_FENCE = re.compile(r"^\s*(```|~~~)")
 _WS = re.compile(r"\s+")
+_WORD = re.compile(r"[^\W_]+")
 
 
 # ================================================================================================ entry
@@ -553,7 +554,9 @@ def _body_size(pages: list[_Page]) -> float:
 
 
 def _norm(s: str) -> str:
-    return _WS.sub(" ", s).strip().lower()
+    """A title or line as its words, lower-cased: an outline writes ``stubsnets'' where the page prints
+    “stubsnets”, and drops or adds a final period."""
+    return " ".join(_WORD.findall(s.lower()))
 
 
 @dataclass
@@ -566,28 +569,78 @@ class _TocEntry:
 
 def _toc_entries(raw_toc: list[tuple[int, str, int]], pages: list[_Page], body: float) -> list[_TocEntry]:
     """Outline entries placed on their page by finding the heading text there (destinations are
-    unreliable: some producers give top-down, others bottom-up coordinates)."""
+    unreliable: some producers give top-down, others bottom-up coordinates).
+
+    The title is looked for whole in one line, then whole across a line and the next (a title that wraps:
+    "4.3 What is the minimum signal power level that can be detected by" / "HackRF?"), then as a line that
+    is part of it; a line set like a heading (larger or bold) wins over a mention of the title in prose."""
     out: list[_TocEntry] = []
-    candidates: dict[int, list[tuple[fg.TextLine, str]]] = {}  # per page: usable lines, normalised once
+    candidates: dict[int, list[tuple[fg.TextLine, str, tuple[str, ...]]]] = {}  # per page, see _title_lines
     for level, title, pno in raw_toc:
         title = _WS.sub(" ", str(title)).strip()
         if not title or not 1 <= pno <= len(pages):
             continue
-        pg = pages[pno - 1]
-        y = -1.0  # not found: the heading counts from the top of its page
+        y = _UNPLACED
         nt = _norm(title)
         if pno not in candidates:
-            normed = ((ln, _norm(ln.text)) for ln in pg.lines if not ln.suspect and not ln.furniture)
-            candidates[pno] = [(ln, n) for ln, n in normed if len(n) >= 3]
-        matches = [ln for ln, n in candidates[pno] if nt in n or (n in nt and len(n) >= min(len(nt), 8))]
-        # prefer a line set like a heading (larger or bold) over a mention of the title in prose
-        styled = [ln for ln in matches if ln.size >= 1.05 * body or ln.bold]
-        if styled or matches:
-            hit = (styled or matches)[0]
+            candidates[pno] = _title_lines(pages[pno - 1])
+        lines = candidates[pno]
+        tiers = (
+            [ln for ln, n, _ in lines if nt in n],
+            [ln for ln, _, joined in lines if any(nt in j for j in joined)],
+            [ln for ln, n, _ in lines if n in nt and len(n) >= min(len(nt), 8)],
+        )
+        styled = [ln for tier in tiers for ln in tier if ln.size >= 1.05 * body or ln.bold]
+        hit = next(iter(styled or [ln for tier in tiers for ln in tier]), None)
+        if hit is not None:
             y = hit.bbox[1]
             hit.heading = True
         out.append(_TocEntry(level, title, pno, y))
+    return _place_unfound(out)
+
+
+def _title_lines(pg: _Page) -> list[tuple[fg.TextLine, str, tuple[str, ...]]]:
+    """The page's lines that may hold an outline title: (line, its words (see _norm), its words joined with
+    the line that continues it). A line continues the one before in the same block, or set in the same size
+    right below it (some producers make each line a block); after a hyphen both joins are kept ("full-" /
+    "duplex" is "full-duplex", "FP-" / "GAs" is "FPGAs")."""
+    usable = [(ln, ln.text.strip()) for ln in pg.lines if not ln.suspect and not ln.furniture]
+    out = []
+    for i, (ln, text) in enumerate(usable):
+        joined: tuple[str, ...] = ()
+        nxt = usable[i + 1] if i + 1 < len(usable) else None
+        if nxt is not None and (
+            nxt[0].block == ln.block
+            or (
+                abs(nxt[0].size - ln.size) < 0.5
+                and 0 <= nxt[0].bbox[1] - ln.bbox[1] <= 2 * (ln.bbox[3] - ln.bbox[1])
+            )
+        ):
+            joined = (_norm(text + " " + nxt[1]),)
+            if text.endswith("-"):
+                joined += (_norm(text[:-1] + nxt[1]),)
+        n = _norm(text)
+        if len(n) >= 3:
+            out.append((ln, n, joined))
     return out
+
+
+_UNPLACED = float("-inf")  # an outline entry whose title was not found on its page
+
+
+def _place_unfound(entries: list[_TocEntry]) -> list[_TocEntry]:
+    """Outline entries whose title was not found on their page keep the outline's (reading) order there:
+    just above the next entry found on that page, else just below the previous one, else at the top of the
+    page. (All at the top, an entry listed after others on its page took the whole page from them: every
+    block of it was named by that last heading.)"""
+    for i, e in enumerate(entries):
+        if e.y != _UNPLACED:
+            continue
+        found = [(j, f.y) for j, f in enumerate(entries) if f.page == e.page and f.y != _UNPLACED]
+        after = [y for j, y in found if j > i]
+        before = [y for j, y in found if j < i]
+        e.y = after[0] - 0.5 if after else before[-1] + 0.5 if before else -1.0
+    return entries
 
 
 def _mark_font_headings(pages: list[_Page], body: float) -> None:

@@ -321,7 +321,9 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 # 4: running headers and footers of scanned pages (OCR) leave their passages, as a text layer's do.
 # 5: ligature glyphs of a PDF's text layer read as their letters ("ﬂight" -> "flight").
 # 6: words hyphenated at a line end written whole in passages ("Compu-/tational" -> "Computational").
-EXTRACTION_VERSION = 6
+# 7: outline titles that wrap onto a second line are found on their page; one not found keeps its place in
+#    the outline's order (it no longer names every block of its page).
+EXTRACTION_VERSION = 7
 
 
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:

@@ -118,6 +118,54 @@ def test_text_blocks_have_headings_and_reading_order(manual: Document) -> None:
     assert not any(b.suspect for b in manual.blocks)
 
 
+def test_outline_titles_that_wrap_or_are_missing_keep_their_sections(tmp_path: Path, cfg: dict) -> None:
+    """An outline title that wraps onto a second line, or has other quotes than the page, is found there; one
+    whose title is not on the page keeps its outline place (before: both counted from the top of the page, and the last one listed named
+    every block of the page, so three FAQ answers shared the fourth question's heading)."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=h.A4[0], height=h.A4[1])
+    y = 80.0
+
+    def write(text: str, size: float = 10, bold: bool = False) -> None:
+        nonlocal y
+        page.insert_text((72, y), text, fontsize=size, fontname="hebo" if bold else "helv")
+        y += size * 1.6
+
+    write("4.3 What is the smallest signal level that can be detected by the", 14, True)
+    write("receiver?", 14, True)
+    write("That depends on the modulation, the software and the error rate accepted by the application.")
+    y += 40
+    write("4.4 Is it full-duplex?", 14, True)
+    write("No. It is a half-duplex transceiver: it can transmit or receive but not both at the same time.")
+    y += 40
+    write("4.5 How could the design be changed to make it full-", 14, True)
+    write("duplex?", 14, True)
+    write("Duplicate the RF section on an add-on board with its own power input.")
+    y += 40
+    write("4.6 The \u201cstubs\u201d example", 14, True)
+    write("Quotes printed as typographic quotes, written as TeX quotes in the outline.")
+    doc.set_toc(
+        [
+            [1, "FAQ", 1],
+            [2, "What is the smallest signal level that can be detected by the receiver?", 1],
+            [2, "Is it full-duplex?", 1],
+            [2, "A title printed nowhere on the page", 1],
+            [2, "How could the design be changed to make it full-duplex?", 1],
+            [2, "The ``stubs'' example.", 1],
+        ]
+    )
+    path = tmp_path / "faq.pdf"
+    doc.save(path)
+    blocks = extract_file(path, "faq.pdf", cfg).blocks
+    heading_of = {b.text.split()[0]: b.heading for b in blocks}
+    assert (
+        heading_of["That"] == "FAQ > What is the smallest signal level that can be detected by the receiver?"
+    )
+    assert heading_of["No."] == "FAQ > Is it full-duplex?"
+    assert heading_of["Duplicate"] == "FAQ > How could the design be changed to make it full-duplex?"
+    assert heading_of["Quotes"] == "FAQ > The ``stubs'' example."
+
+
 # ------------------------------------------------------------------------------------------ suspect text
 def test_hidden_text_is_flagged_not_dropped(tmp_path: Path, cfg: dict) -> None:
     doc = extract_file(h.suspect_text_pdf(tmp_path / "s.pdf"), "s.pdf", cfg)
