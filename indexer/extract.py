@@ -281,6 +281,7 @@ def _finish_pdf(
     doc.figures.extend(fig for _, fig, _ in scans)
     rects = {pg.number: pg.rect for pg in pages}
     _drop_scan_furniture([(rects[n], blocks) for n, _, blocks in scans if blocks])
+    _nest_scan_headings(scans)
     scan_pages: set[int] = set()
     for number, _, blocks in scans:
         if blocks is not None:
@@ -950,38 +951,59 @@ def _merge_duplicate_figures(doc: Document) -> None:
 def _ocr_blocks(
     res: OcrResult, page: int, heading: str, res_scale: float, find_headings: bool = False
 ) -> list[TextBlock]:
-    """OCR paragraphs -> TextBlocks; boxes scaled from image pixels to page units.
+    """OCR paragraphs -> TextBlocks under ``heading``; boxes scaled from image pixels to page units.
 
     ``find_headings`` (a scanned page): a line that reads as a numbered section heading ("3.9.2 G-code
-    (gcode)", "H.1.27 djopt") starts a new block, and it and the blocks after it on the page get it under
-    ``heading`` (nested by the depth of its number). A scan has no fonts or outline to give headings, so
-    without this a page's sections ran together into one passage with no heading path."""
+    (gcode)", "H.1.27 djopt") starts a new block, which :func:`_nest_scan_headings` later puts under it."""
     out = []
-    stack: list[tuple[int, str]] = []  # (depth of the section number, heading line), this page only
     for text, box in res.blocks:
         if not text.strip():
             continue
-        parts: list[tuple[str, list[str]]] = []
+        parts: list[list[str]] = []
         for line in text.split("\n"):
-            depth = _ocr_heading_depth(line) if find_headings else 0
-            if depth:
-                stack = [(d, t) for d, t in stack if d < depth] + [(depth, line.strip())]
-            if depth or not parts:
-                path = " > ".join([heading] * bool(heading) + [t for _, t in stack])
-                parts.append((path, [line]))
+            if not parts or (find_headings and _ocr_heading_depth(line)):
+                parts.append([line])
             else:
-                parts[-1][1].append(line)
-        for path, lines in parts:
+                parts[-1].append(line)
+        for lines in parts:
             out.append(
                 TextBlock(
                     text="\n".join(lines),
                     page=page,
                     bbox=tuple(round(v * res_scale, 2) for v in box),  # type: ignore[arg-type]
-                    heading=path,
+                    heading=heading,
                     ocr=True,
                 )
             )
     return out
+
+
+def _nest_scan_headings(scans: list[tuple[int, Figure, list[TextBlock] | None]]) -> None:
+    """Scanned pages' text under the numbered section headings that OCR read on them (a scan has no fonts
+    or outline to give headings): a block that starts with one ("3.9.2 G-code (gcode)") and the blocks
+    after it get it, nested by the depth of its number ("3.9 Exporting a layout > 3.9.2 G-code (gcode)"),
+    below the heading the page has from the document (``TextBlock.heading`` as ``_ocr_blocks`` set it).
+    Sections run on over consecutive scanned pages, and so does the scanned page's figure's heading (the
+    section in force at the top of the page). Without this a page's sections ran together into one
+    passage, and a page that continues a section had no heading at all."""
+    stack: list[tuple[int, str]] = []  # (depth of the section number, heading line)
+    last: tuple[int, str] | None = None  # (page, its heading from the document) of the previous scan
+    for number, fig, blocks in sorted(scans, key=lambda s: s[0]):
+        base = fig.heading
+        if last is None or last != (number - 1, base):
+            stack = []
+        last = (number, base)
+        fig.heading = _path(base, stack)
+        for b in blocks or []:
+            first = b.text.split("\n", 1)[0]
+            depth = _ocr_heading_depth(first)
+            if depth:
+                stack = [(d, t) for d, t in stack if d < depth] + [(depth, first.strip())]
+            b.heading = _path(base, stack)
+
+
+def _path(base: str, stack: list[tuple[int, str]]) -> str:
+    return " > ".join([base] * bool(base) + [t for _, t in stack])
 
 
 _FURNITURE_LINES = 3  # a running header/footer read by OCR spans at most this many lines ("Chapter 3:" /

@@ -323,7 +323,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 # 6: words hyphenated at a line end written whole in passages ("Compu-/tational" -> "Computational").
 # 7: outline titles that wrap onto a second line are found on their page; one not found keeps its place in
 #    the outline's order (it no longer names every block of its page).
-EXTRACTION_VERSION = 7
+# 8: numbered section headings read by OCR run on over consecutive scanned pages (and title their scans).
+EXTRACTION_VERSION = 8
 
 
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:

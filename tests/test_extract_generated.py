@@ -229,6 +229,37 @@ def test_scanned_page_sections_get_their_numbered_headings(tmp_path: Path, cfg: 
     assert "180 bar" in by_heading["2.2 Pressure relief valve"]
 
 
+@needs_tesseract
+def test_scanned_sections_run_on_over_the_next_scanned_page(
+    tmp_path: Path, cfg: dict, ocr: OcrEngine
+) -> None:
+    """A section read on one scanned page continues on the next: that page's text before its own first
+    heading, and its scan figure, are under it, and its numbered headings nest under the section above
+    (before: headings were found per page, so such text had no heading and "3.9.3" lost its "3.9")."""
+    pages = [
+        ["3.9 Exporting a layout", "Choose Export from the File menu.", "3.9.2 G-code export",
+         "The exporter writes files for a CNC mill."],
+        ["The final tool path follows the outline of all elements.", "3.9.3 Gerber export",
+         "Produces photoplotter files."],
+    ]  # fmt: skip
+    doc = pymupdf.open()
+    for lines in pages:
+        page = doc.new_page(width=h.A4[0], height=h.A4[1])
+        page.insert_image(page.rect, stream=h.rendered_text_png(lines))
+    doc.save(tmp_path / "scan.pdf")
+    doc.close()
+    out = extract_file(tmp_path / "scan.pdf", "scan.pdf", cfg, ocr=ocr)
+
+    def heading_of(words: str) -> str:
+        return next(b.heading for b in out.blocks if words in " ".join(b.text.split()))
+
+    assert heading_of("exporter writes") == "3.9 Exporting a layout > 3.9.2 G-code export"
+    assert heading_of("final tool path") == "3.9 Exporting a layout > 3.9.2 G-code export"
+    assert heading_of("photoplotter") == "3.9 Exporting a layout > 3.9.3 Gerber export"
+    scan2 = next(f for f in out.figures if f.kind == "scan" and f.pages == [2])
+    assert scan2.heading == "3.9 Exporting a layout > 3.9.2 G-code export"
+
+
 def _scan_page_png(header: list[str], body: list[str], footer: str) -> bytes:
     """An A4 page rendered to pixels: running header lines at the top edge, body, a footer at the bottom."""
     doc = pymupdf.open()
