@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from manualrag import ids
-from manualrag.config import extraction_fingerprint, public_config
+from manualrag.config import extraction_fingerprint, public_config, settings_changes
 from manualrag.errors import ManualragError, NonFiniteVectorsError
 from manualrag.index import Index, IndexLayout
 from manualrag.indexer import budget
@@ -400,9 +400,11 @@ class Indexer:
         manifest.set_meta("run", {"pid": os.getpid(), "total": len(files), "started": time.time()})
         known = manifest.documents()
         fp = extraction_fingerprint(cfg)
-        # a failure is worth retrying when the file, the extraction settings or the worker's limits change
+        # a failure is worth retrying when the file, the extraction settings, the worker's limits or the
+        # passwords (an encrypted file) change
         limits = {k: cfg["isolation"][k] for k in ("timeout_s", "memory_mb")}
-        fail_fp = hashlib.sha256(f"{fp}:{json.dumps(limits, sort_keys=True)}".encode()).hexdigest()[:16]
+        retry_when = json.dumps([limits, cfg["passwords"]], sort_keys=True)
+        fail_fp = hashlib.sha256(f"{fp}:{retry_when}".encode()).hexdigest()[:16]
         failed_before = {} if self.retry_failed else manifest.failed_versions()
         errors_before = manifest.errors() if failed_before else {}
 
@@ -450,6 +452,11 @@ class Indexer:
                     summary.unchanged += 1
                     continue
                 work.append((src, digest))
+        self._say_why_redone(
+            [src.rel for src, _ in work if src.rel in known and known[src.rel].config_fp != fp],
+            manifest.get_meta("config"),
+            summary,
+        )
 
         # extraction starts first, in worker processes that write nothing but digest-named crops, so it
         # overlaps the model load. Models are loaded only when there is something to embed, and before
@@ -600,6 +607,23 @@ class Indexer:
                 f"{len(lost)} document(s) ({why}): embedding them again"
             )
         return lost
+
+    def _say_why_redone(self, paths: list[str], last: Any, summary: Summary) -> None:
+        """A warning when documents are extracted again because the extraction settings (or this release's
+        extraction) differ from those they were indexed with: else a run that redoes the whole library
+        looks like any other ("23 indexed")."""
+        if not paths:
+            return
+        changes = settings_changes(last, self.cfg) if isinstance(last, dict) else []
+        why = (
+            f"the extraction settings differ from the last run's ({'; '.join(changes)})"
+            if changes
+            else "this release of manualrag extracts them differently"
+        )
+        summary.warnings.append(
+            f"{len(paths)} document(s) extracted again: {why}"
+            + ("; pass the --config they were indexed with to keep them" if changes else "")
+        )
 
     def _up_to_date(self, row: DocRow, src: SourceFile, fp: str, check_stat: bool = True) -> bool:
         if check_stat and (row.size != src.size or abs(row.mtime - src.mtime) > 1e-6):

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from manualrag import ids
+from manualrag.config import with_extraction_settings
 from manualrag.errors import ManualragError
-from manualrag.index import CROPS_DIR, DB_NAME, Index, IndexLayout
+from manualrag.index import CROPS_DIR, DB_NAME, Index, IndexLayout, recorded_config
 from manualrag.manifest import Manifest, _figure_row, is_corruption
 
 KINDS = ("text", "image", "image_text", "sem")
@@ -248,6 +249,11 @@ def repair_index(
     dense = report.dense if dense is None else dense
     if dense and not report.clip:  # rebuilt as it was built: without CLIP vectors
         cfg = {**cfg, "model": None}
+    recorded, _ = recorded_config(idir)
+    if (
+        recorded is not None
+    ):  # ...and with the extraction settings it was built with: only the broken is redone
+        cfg = with_extraction_settings(cfg, recorded)
     # the library it was built from, or the one --library names: rebuilt from it as it is now
     indexer = Indexer(cfg, idir, dense=dense, progress=progress, replace_library=True)
     if dense:

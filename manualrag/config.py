@@ -123,8 +123,11 @@ _NULLABLE = {"model", "text_model", "store.url", "ocr.cache"}
 # model keys where the word "none" (a flag or environment value: --model none, MANUALRAG_MODEL=none) means
 # null: no CLIP/SigLIP vectors (model) or no semantic text vectors (text_model)
 _NONE_WORDS = {"model", "text_model"}
-# keys whose change alters what extraction/chunking produces (re-index the document when they change)
-EXTRACTION_KEYS = ("extract", "ocr", "passwords")
+# sections whose change alters what extraction/chunking produces (re-index the document when they change)...
+EXTRACTION_KEYS = ("extract", "ocr")
+# ...except these keys, which say how a run goes, not what it produces: changing them redoes nothing.
+# (passwords only open encrypted files: a change retries the files that failed, see indexer.pipeline)
+RUN_ONLY_KEYS = {"ocr": ("workers", "cache", "timeout_s")}
 
 
 def means_no_model(value: Any) -> bool:
@@ -328,14 +331,45 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 EXTRACTION_VERSION = 9
 
 
+def extraction_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape what extraction/chunking produces (see EXTRACTION_KEYS). ``cfg`` may be a
+    config saved by an older release: a missing section counts as its defaults."""
+    out: dict[str, Any] = {}
+    for section in EXTRACTION_KEYS:
+        values = cfg.get(section) or DEFAULTS[section]
+        out[section] = {k: v for k, v in values.items() if k not in RUN_ONLY_KEYS.get(section, ())}
+    if cfg.get("limits", DEFAULTS["limits"]) != DEFAULTS["limits"]:  # (absent at the defaults: indexes made
+        out["limits"] = cfg["limits"]  # before the budgets existed stay up to date)
+    return out
+
+
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:
     """A short hash of the settings that shape extraction/chunking of a document, and of the extraction
     code's version."""
-    relevant: dict[str, Any] = {k: cfg[k] for k in EXTRACTION_KEYS}
-    relevant["extraction_version"] = EXTRACTION_VERSION
-    if cfg.get("limits", DEFAULTS["limits"]) != DEFAULTS["limits"]:  # (absent at the defaults: indexes made
-        relevant["limits"] = cfg["limits"]  # before the budgets existed stay up to date)
+    relevant = {**extraction_settings(cfg), "extraction_version": EXTRACTION_VERSION}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def settings_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Each extraction setting that differs from ``before`` to ``after``: "ocr.max_side 20000 -> 2500"."""
+    old, new = extraction_settings(before), extraction_settings(after)
+    out = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(f"{section}.{key} {json.dumps(a.get(key))} -> {json.dumps(b.get(key))}")
+    return out
+
+
+def with_extraction_settings(cfg: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with the extraction settings of ``recorded`` (a config an index saved): what a repair uses,
+    so that it redoes only what is broken. Run-only keys and the passwords stay ``cfg``'s."""
+    out = copy.deepcopy(cfg)
+    for section, values in extraction_settings(recorded).items():
+        out[section] = {**out.get(section, {}), **copy.deepcopy(values)}
+    out["limits"] = copy.deepcopy(recorded.get("limits") or DEFAULTS["limits"])
+    return out
 
 
 def public_config(cfg: dict[str, Any]) -> dict[str, Any]:

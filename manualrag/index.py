@@ -138,18 +138,23 @@ def recorded_models(root: Path | str) -> dict[str, str | None] | None:
     }
 
 
-def recorded_store_url(root: Path | str) -> tuple[str, str] | None:
-    """The Chroma server URL the index in ``root`` was last built against and the file that says so (its
-    ``config.json``, else the config its manifest records: a published copy may hold only
-    ``index.sqlite``), or None (embedded)."""
+def recorded_config(root: Path | str) -> tuple[dict[str, Any] | None, str]:
+    """The config the last index run in ``root`` saved (secrets masked) and the file that holds it: its
+    ``config.json``, else the config its manifest records (a published copy may hold only
+    ``index.sqlite``); None when neither has one."""
     layout = IndexLayout(Path(root))
-    saved: Any = None
-    source = CONFIG_NAME
     try:
         saved = json.loads(layout.config.read_text(encoding="utf-8"))
+        source = CONFIG_NAME
     except (OSError, ValueError):
-        source = DB_NAME
-        saved = _read_meta(layout.db, "config")
+        saved, source = _read_meta(layout.db, "config"), DB_NAME
+    return (saved if isinstance(saved, dict) else None), source
+
+
+def recorded_store_url(root: Path | str) -> tuple[str, str] | None:
+    """The Chroma server URL the index in ``root`` was last built against and the file that says so (see
+    ``recorded_config``), or None (embedded)."""
+    saved, source = recorded_config(root)
     store = saved.get("store") if isinstance(saved, dict) else None
     url = store.get("url") if isinstance(store, dict) else None
     return (url, source) if isinstance(url, str) and url.strip() else None

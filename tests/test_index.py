@@ -161,6 +161,57 @@ def test_an_index_of_an_older_extraction_is_redone_by_the_next_run(tmp_path, lib
     assert run_index(cfg_path, library, idx)[1]["documents"]["unchanged"] == 3
 
 
+def test_run_only_settings_redo_nothing_and_a_changed_setting_is_named(tmp_path, library):
+    """OCR processes, its timeout and its cache file say how a run goes, not what it extracts: changing
+    them redoes nothing (before: every document). A setting that changes extraction redoes every document,
+    and the summary names it (before: "3 indexed", nothing more)."""
+    idx = tmp_path / "index"
+    assert run_index(write_cfg(tmp_path, model=None, ocr={"enabled": False}), library, idx)[0] == 0
+    run_only = {"enabled": False, "workers": 1, "timeout_s": 30, "cache": str(tmp_path / "ocr.sqlite")}
+    rc, s, err = run_index(write_cfg(tmp_path, model=None, ocr=run_only), library, idx)
+    assert rc == 0 and s["documents"]["unchanged"] == 3, (s, err)
+    assert not any("extracted again" in w for w in s["warnings"]), s["warnings"]
+    changed = write_cfg(tmp_path, model=None, ocr={"enabled": False}, extract={"min_text_chars": 40})
+    rc, s, err = run_index(changed, library, idx)
+    assert rc == 0 and s["documents"]["indexed"] == 3, (s, err)
+    assert any(
+        w.startswith("3 document(s) extracted again") and "extract.min_text_chars 30 -> 40" in w
+        for w in s["warnings"]
+    ), s["warnings"]
+
+
+def test_passwords_retry_the_encrypted_file_alone_and_keep_it(tmp_path, library):
+    """Passwords open encrypted files and change nothing else: adding one indexes the file that needed it
+    and redoes no other document; dropping it again keeps that file (before: both runs redid every
+    document, and the second removed the file it had opened)."""
+    from tests import helpers_pdf as h
+
+    h.encrypted_pdf(library / "locked.pdf", "s3cret")
+    idx = tmp_path / "index"
+    rc, s, err = run_index(write_cfg(tmp_path, model=None, ocr={"enabled": False}), library, idx)
+    assert rc == 1 and [f["path"] for f in s["failed"]] == ["locked.pdf"], (s, err)
+    opened = write_cfg(tmp_path, model=None, ocr={"enabled": False}, passwords=["s3cret"])
+    rc, s, err = run_index(opened, library, idx)
+    assert rc == 0 and s["indexed"] == ["locked.pdf"] and s["documents"]["unchanged"] == 3, (s, err)
+    rc, s, err = run_index(write_cfg(tmp_path, model=None, ocr={"enabled": False}), library, idx)
+    assert rc == 0 and s["documents"] == {"indexed": 0, "unchanged": 4, "removed": 0, "failed": 0}, (s, err)
+
+
+def test_check_repair_redoes_only_the_broken_document_with_the_index_settings(tmp_path, library):
+    """`check --repair` without the --config the index was built with repairs with the settings the
+    index recorded: the broken document alone (before: every document, extracted with other settings)."""
+    idx = tmp_path / "index"
+    cfg = write_cfg(tmp_path, model=None, ocr={"enabled": False}, extract={"min_text_chars": 40})
+    assert run_index(cfg, library, idx)[0] == 0
+    with Manifest(idx / "index.sqlite", readonly=True) as m:
+        crop = next(f.crop_path for f in m.figures_of_doc("quick-start-card.png") if f.crop_path)
+    (idx / crop).unlink()
+    res = CliRunner().invoke(main, ["check", "--index-dir", str(idx), "--repair", "--json"])
+    rep = json.loads(res.stdout)
+    assert res.exit_code == 0 and rep["after_repair"]["ok"], res.output
+    assert rep["repair"]["documents"]["indexed"] == 1 and rep["repair"]["documents"]["unchanged"] == 2, rep
+
+
 def test_encoder_mismatch_is_refused(tmp_path, library, tiny_clip_dir, tiny_siglip_dir):
     idx = tmp_path / "index"
     assert run_index(write_cfg(tmp_path, model=str(tiny_clip_dir)), library, idx)[0] == 0
