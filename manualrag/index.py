@@ -403,11 +403,12 @@ def folder_size(folder: Path) -> int:
 
 def _library_relative(path: str, library: str | None) -> str:
     """A path the user gave, as the library-relative POSIX path the manifest uses: absolute paths and
-    paths that exist inside the library are made relative to it; anything else is taken as given."""
+    paths that exist inside the library are made relative to it; anything else is taken as relative to the
+    library, without its ``.`` parts and empty ones (``./a//b.pdf`` is ``a/b.pdf``)."""
     p = Path(path)
     if library and (p.is_absolute() or (p.exists() and Path(library) in p.resolve().parents)):
         try:
             return p.resolve().relative_to(Path(library)).as_posix()
         except ValueError:
             pass
-    return path
+    return "/".join(part for part in path.split("/") if part not in ("", "."))

@@ -68,6 +68,16 @@ def test_remove_takes_library_paths_folders_and_paths_inside_the_library(indexed
         assert index.stats()["documents"] == 0
 
 
+def test_remove_takes_dot_slash_and_doubled_separators_as_library_paths(indexed, tmp_path, monkeypatch):
+    """`remove "./misc/t440p flash chips.jpg"` said `nothing matched` (rc 1) from a folder other than the
+    library, where the same path without `./` was removed: `./` and `//` are now read away."""
+    lib, idx = indexed
+    monkeypatch.chdir(tmp_path)  # not the library: the paths name no file here
+    rc, out = _cli("remove", "./pumps/p1.md", "pumps//./p2.md", ".//valve.txt", "--index-dir", str(idx))
+    assert rc == 0 and "nothing matched" not in out, out
+    assert {"removed pumps/p1.md", "removed pumps/p2.md", "removed valve.txt"} <= set(out.splitlines()), out
+
+
 def test_stats_lines_up_every_value(indexed):
     """``stats`` printed keys right-aligned to 14 characters: ``suspect_passages`` pushed its value two
     columns right of the others, and a lexical-only index showed ``dim: None``."""
