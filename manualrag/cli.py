@@ -579,6 +579,7 @@ def check(
     Exit code 0: the index is sound (or was repaired); 1: problems found (or files failed in the repair);
     2: usage or index error."""
     from manualrag.check import check_index, repair_index
+    from manualrag.errors import shell_arg
 
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     idir = Path(cfg["index_dir"])
@@ -636,7 +637,7 @@ def check(
             for f in r["failed"]:
                 _echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
         else:
-            _echo(f"run `manualrag check --repair --index-dir {idir}` to fix it")
+            _echo(f"run `manualrag check --repair --index-dir {shell_arg(idir)}` to fix it")
     sys.exit(code)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from manualrag.errors import IndexNotFoundError, StoreError
+from manualrag.errors import IndexNotFoundError, StoreError, shell_arg
 from manualrag.ids import printable_name
 from manualrag.lock import LOCK_NAME, IndexLock
 
@@ -166,7 +166,7 @@ def require_same_store(root: Path | str, cfg: dict[str, Any]) -> None:
         url, source = recorded
         raise StoreError(
             f"the vectors of the index in {root} live on the Chroma server {url} (its {source} says so): "
-            f"pass --store {url} (or a --config whose store.url names it, with its store.headers)"
+            f"pass --store {shell_arg(url)} (or a --config whose store.url names it, with its store.headers)"
         )
 
 
@@ -206,7 +206,7 @@ class Index:
         if not layout.db.is_file():
             raise IndexNotFoundError(
                 f"no index in {layout.root} (missing {DB_NAME}); build one with "
-                f"`manualrag index LIBRARY --index-dir {layout.root}`"
+                f"`manualrag index LIBRARY --index-dir {shell_arg(layout.root)}`"
             )
         return layout
 

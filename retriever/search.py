@@ -21,7 +21,7 @@ from typing import Any
 
 from manualrag import ids
 from manualrag.config import means_no_model
-from manualrag.errors import ManualragError
+from manualrag.errors import ManualragError, shell_arg
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, fuse, page_support
 from manualrag.retriever.lexical import COMPOUND_PART_MIN, COMPOUND_WORD_MAX, MAX_QUERY_TERMS, lexical_search
@@ -347,7 +347,7 @@ class Retriever:
         return (
             f"the {what} vectors of the index in {self.index_dir} are missing from its {self.store.where} "
             f"(collection {', '.join(empty)} absent or empty): run `manualrag check --repair --index-dir "
-            f"{self.index_dir}` to embed them again"
+            f"{shell_arg(self.index_dir)}` to embed them again"
         )
 
     def _clip_encoder(self, required: bool) -> Any:
