@@ -270,13 +270,13 @@ def _channels(value: str | None) -> list[str] | None:
             f"no channel named; give a comma list of {', '.join(CHANNELS)} (or leave the option out)",
             param_hint="--channels",
         )
-    unknown = [c for c in names if c not in CHANNELS]
+    unknown = [c for c in names if c.lower() not in CHANNELS]
     if unknown:
         raise click.BadParameter(
             f"unknown channel {', '.join(map(repr, unknown))}; choose from {', '.join(CHANNELS)}",
             param_hint="--channels",
         )
-    return names
+    return [c.lower() for c in names]
 
 
 def _stderr_tty() -> bool:

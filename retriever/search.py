@@ -402,9 +402,10 @@ class Retriever:
         explicit = channels is not None
         if explicit and not channels:
             raise ManualragError(f"no channel given: choose from {', '.join(CHANNELS)}")
-        channels = list(CHANNELS) if channels is None else list(channels)
-        for c in channels:
-            if c not in CHANNELS:
+        given = list(CHANNELS) if channels is None else list(channels)
+        channels = [c.strip().lower() if isinstance(c, str) else c for c in given]  # " Text " is text
+        for c, name in zip(given, channels, strict=True):
+            if name not in CHANNELS:
                 raise ManualragError(f"unknown channel {c!r}: choose from {', '.join(CHANNELS)}")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ManualragError(f"k must be a positive number of hits, not {k!r}")
