@@ -380,7 +380,14 @@ def index(
         retry_failed=retry_failed,
         replace_library=replace_library,
     )
-    summary = idx.run(Path(library))
+    try:
+        summary = idx.run(Path(library))
+    except KeyboardInterrupt as exc:  # --json still prints its summary; the group says what is kept
+        done = getattr(exc, "summary", None)
+        if as_json and done is not None:
+            done.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+            _echo_json(done.to_dict())
+        raise
     if as_json:
         _echo_json(summary.to_dict())
     elif not quiet:
