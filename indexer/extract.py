@@ -290,6 +290,7 @@ def _finish_pdf(
     doc.blocks.sort(key=lambda b: b.page)  # stable: keeps the reading order inside a page
     _merge_duplicate_figures(doc)
     doc.figures.sort(key=lambda f: (f.pages[0], f.bbox[1], f.bbox[0]))
+    _figures_where_mentioned(doc)
     for pg in pages:
         doc.pages.append(
             PageInfo(
@@ -932,6 +933,55 @@ def _render_scan(
         png=png,
     )
     return fig, scan_png
+
+
+# "Figure 2.6: Power line pickup" -> "2.6"; "Fig. 4 ..." -> "4"
+_FIGURE_LABEL = re.compile(r"^\s*(?:figure|fig\.?)\s*(\d+(?:[.\-]\d+)*)", re.IGNORECASE)
+# "shown in figure 2.6", "figure2.6" (LaTeX without a space), "see Fig. 4", "Figs. 3-1"; not "figure 2.61"
+_FIGURE_MENTION = re.compile(r"\b(?:figures?|figs?\.?)\s*(\d+(?:[.\-]\d+)*)(?![.\-]?\d)", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+MENTION_PAGES = 1  # a mention places a figure when it is at most this many pages from it
+
+
+def _figures_where_mentioned(doc: Document) -> None:
+    """A numbered figure belongs to the text that refers to it ("The observed waveform is shown in figure
+    2.6."): the first such sentence within MENTION_PAGES pages of the figure gives the figure its heading
+    and leads its nearby text. Typesetters float figures to the top of a page, above the heading of the
+    section that shows them, where the page position alone gave them the previous section's heading and
+    text (corpus2: "Figure 2.6: Power line pickup" sat under "2.8 Alternating current > Discussion"). A label
+    that two figures of the document share, or a mention in a caption, places nothing.
+
+    Measured (lexical,text): corpus R@1 1.000 -> 1.000; corpus2 R@5 0.967 -> 0.983, R@10 0.967 -> 0.983,
+    MRR 0.888 -> 0.896, image-hit R@10 0.950 -> 0.975. The mentioning sentence alone beat it with the next
+    sentence (MRR 0.894) or the whole paragraph (0.892)."""
+    by_label: dict[str, list[Figure]] = {}
+    for f in doc.figures:
+        m = _FIGURE_LABEL.match(f.caption or "")
+        if m:
+            by_label.setdefault(m.group(1), []).append(f)
+    placed: set[str] = set()
+    for b in doc.blocks:
+        if b.suspect or _FIGURE_LABEL.match(b.text):
+            continue
+        for m in _FIGURE_MENTION.finditer(b.text):
+            label = m.group(1)
+            figs = by_label.get(label, [])
+            if len(figs) != 1 or label in placed or abs(b.page - figs[0].pages[0]) > MENTION_PAGES:
+                continue
+            placed.add(label)
+            figs[0].heading = b.heading
+            figs[0].nearby_text = (
+                _sentence_at(b.text, m.start(), m.end()) + " " + figs[0].nearby_text
+            ).strip()
+
+
+def _sentence_at(text: str, start: int, end: int, limit: int = 300) -> str:
+    """The sentence of ``text`` that holds ``text[start:end]``, whitespace collapsed, at most ``limit``
+    characters around it."""
+    s = max((e.end() for e in _SENTENCE_END.finditer(text, 0, start)), default=0)
+    e = next((e.start() for e in _SENTENCE_END.finditer(text, end)), len(text))
+    s = max(s, start - limit // 2)
+    return " ".join(text[s : min(e, s + limit)].split())
 
 
 def _merge_duplicate_figures(doc: Document) -> None:

@@ -324,7 +324,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 # 7: outline titles that wrap onto a second line are found on their page; one not found keeps its place in
 #    the outline's order (it no longer names every block of its page).
 # 8: numbered section headings read by OCR run on over consecutive scanned pages (and title their scans).
-EXTRACTION_VERSION = 8
+# 9: a numbered figure takes the heading of the sentence that refers to it, which leads its nearby text.
+EXTRACTION_VERSION = 9
 
 
 def extraction_fingerprint(cfg: dict[str, Any]) -> str:

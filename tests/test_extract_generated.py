@@ -166,6 +166,42 @@ def test_outline_titles_that_wrap_or_are_missing_keep_their_sections(tmp_path: P
     assert heading_of["Quotes"] == "FAQ > The ``stubs'' example."
 
 
+def test_a_figure_belongs_to_the_sentence_that_refers_to_it(tmp_path: Path, cfg: dict) -> None:
+    """A figure floated to the top of a page, above the heading of the section that shows it, takes that
+    section's heading and the sentence that refers to it; a mention far away or a label two figures share
+    places nothing (before: the previous section's heading, and no word of the explaining sentence)."""
+    doc = pymupdf.open()
+    photo = h.photo_png()
+    p1 = doc.new_page(width=h.A4[0], height=h.A4[1])
+    p1.insert_text((72, 80), "2.8 Alternating current", fontsize=16, fontname="hebo")
+    h.body_text(p1, 100, "Learn about alternating voltages with the sine wave output and the oscilloscope.")
+    p2 = doc.new_page(width=h.A4[0], height=h.A4[1])
+    p2.insert_image(pymupdf.Rect(150, 60, 400, 240), stream=photo)
+    p2.insert_text((180, 258), "Figure 2.6: Power line pickup", fontsize=10)
+    p2.insert_text((72, 300), "2.9 AC powerline pickup", fontsize=16, fontname="hebo")
+    h.body_text(p2, 320, "Connect a long wire to A0 and hold it near the mains cable. The observed hum "
+                "waveform is shown in figure2.6. Its frequency is 50 Hz.")  # fmt: skip
+    p2.insert_image(pymupdf.Rect(150, 420, 400, 600), stream=h.logo_png())
+    p2.insert_text((180, 618), "Figure 3: Same label twice", fontsize=10)
+    for n in range(3, 6):
+        p = doc.new_page(width=h.A4[0], height=h.A4[1])
+        p.insert_text((72, 80), f"{n + 7}.1 Section {n}", fontsize=16, fontname="hebo")
+        h.body_text(p, 100, "Filler text about other experiments that do not refer to anything above here.")
+    p5 = doc[4]
+    p5.insert_image(pymupdf.Rect(150, 300, 400, 480), stream=h.warning_triangle_png(300))
+    p5.insert_text((180, 498), "Figure 3: Same label twice", fontsize=10)
+    h.body_text(p5, 520, "As figure 3 shows, and as Fig. 2.6 showed three pages ago, labels are reused.")
+    path = tmp_path / "floats.pdf"
+    doc.save(path)
+    out = extract_file(path, "floats.pdf", cfg)
+    pickup = next(f for f in out.figures if f.caption.startswith("Figure 2.6"))
+    assert pickup.heading == "2.9 AC powerline pickup"
+    assert pickup.nearby_text.startswith("The observed hum waveform is shown in figure2.6.")
+    assert "three pages ago" not in pickup.nearby_text
+    twice = [f for f in out.figures if f.caption.startswith("Figure 3")]
+    assert len(twice) == 2 and not any("labels are reused" in f.nearby_text[:40] for f in twice)
+
+
 # ------------------------------------------------------------------------------------------ suspect text
 def test_hidden_text_is_flagged_not_dropped(tmp_path: Path, cfg: dict) -> None:
     doc = extract_file(h.suspect_text_pdf(tmp_path / "s.pdf"), "s.pdf", cfg)

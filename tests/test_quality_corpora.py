@@ -79,11 +79,12 @@ def summary(r: dict) -> dict[str, float]:
 
 
 # what each corpus's lexical,text reaches now (measured 2026-12-01 with page support, OCR headings on scans,
-# joined/split words, ligatures read as letters, words cut at line ends written whole and outline titles
-# found where they wrap; corpus2 is below the issue's targets)
+# joined/split words, ligatures read as letters, words cut at line ends written whole, outline titles
+# found where they wrap and figures placed by the sentence that refers to them; corpus2 is below the
+# issue's MRR target)
 FLOOR = {
     "corpus": {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0, "mrr": 1.0, "image@10": 1.0},
-    "corpus2": {"recall@1": 0.85, "recall@5": 0.96, "recall@10": 0.96, "mrr": 0.885, "image@10": 0.95},
+    "corpus2": {"recall@1": 0.85, "recall@5": 0.98, "recall@10": 0.98, "mrr": 0.89, "image@10": 0.97},
 }
 TARGET = {"recall@1": 0.85, "recall@5": 0.95, "recall@10": 0.98, "mrr": 0.90, "image@10": 0.90}
 
@@ -117,8 +118,8 @@ def test_lexical_text_meets_the_issue_targets(corpus_index, request):
     known_gap_on_corpus2(
         corpus_index,
         request,
-        "gap on corpus2 (lexical,text): R@10 0.967 / MRR 0.888 against 0.98 / 0.90 "
-        "(R@1 0.850, R@5 0.967 and image-hit R@10 0.950 meet theirs)",
+        "gap on corpus2 (lexical,text): MRR 0.896 against 0.90 "
+        "(R@1 0.850, R@5 0.983, R@10 0.983 and image-hit R@10 0.975 meet theirs)",
     )
     got = summary(run_eval(corpus_index, "lexical,text"))
     missed = {m: (round(got[m], 3), v) for m, v in TARGET.items() if got[m] < v}
