@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -46,6 +47,15 @@ def file_type_for(path: Path | str) -> str | None:
     if suffix in TEXT_SUFFIXES:
         return "text"
     return None
+
+
+def _link_loop(path: Path) -> bool:
+    """True when following the link ``path`` never ends (ELOOP), rather than ending at nothing."""
+    try:
+        path.stat()
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -122,8 +132,8 @@ def discover(
             is_link = entry.is_symlink()
             if is_link:
                 real = Path(os.path.realpath(path))
-                if not real.exists():
-                    skip("broken_link", rel)
+                if not real.exists():  # a link to nothing, or a loop of links (a -> b -> a)
+                    skip("loop" if _link_loop(path) else "broken_link", rel)
                     continue
                 if not inside_library(real) and not follow_outside:
                     skip("symlink", rel)

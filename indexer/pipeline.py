@@ -129,9 +129,12 @@ class Summary:
     dense: bool = True
     warnings: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM": the run stopped there (what it committed is kept)
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return 143 if self.interrupted == "SIGTERM" else 130
         return 1 if self.failed else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +163,7 @@ class Summary:
             "precision": self.precision,
             "dense": self.dense,
             "warnings": self.warnings,
+            "interrupted": self.interrupted,
             "exit_code": self.exit_code,
         }
 
@@ -282,6 +286,8 @@ class Indexer:
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):  # Ctrl-C / SIGTERM: the CLI says what is kept
                     exc.indexed = len(summary.indexed)  # type: ignore[attr-defined]
+                    summary.wall_s = time.perf_counter() - t_start
+                    exc.summary = summary  # type: ignore[attr-defined]  # for `index --json`
                     # crops the workers wrote for documents not committed (the pool is closed by now):
                     # else `check` calls the index inconsistent until the next run
                     with contextlib.suppress(Exception):

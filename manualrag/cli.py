@@ -270,13 +270,13 @@ def _channels(value: str | None) -> list[str] | None:
             f"no channel named; give a comma list of {', '.join(CHANNELS)} (or leave the option out)",
             param_hint="--channels",
         )
-    unknown = [c for c in names if c not in CHANNELS]
+    unknown = [c for c in names if c.lower() not in CHANNELS]
     if unknown:
         raise click.BadParameter(
             f"unknown channel {', '.join(map(repr, unknown))}; choose from {', '.join(CHANNELS)}",
             param_hint="--channels",
         )
-    return names
+    return [c.lower() for c in names]
 
 
 def _stderr_tty() -> bool:
@@ -380,7 +380,14 @@ def index(
         retry_failed=retry_failed,
         replace_library=replace_library,
     )
-    summary = idx.run(Path(library))
+    try:
+        summary = idx.run(Path(library))
+    except KeyboardInterrupt as exc:  # --json still prints its summary; the group says what is kept
+        done = getattr(exc, "summary", None)
+        if as_json and done is not None:
+            done.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+            _echo_json(done.to_dict())
+        raise
     if as_json:
         _echo_json(summary.to_dict())
     elif not quiet:
@@ -579,6 +586,7 @@ def check(
     Exit code 0: the index is sound (or was repaired); 1: problems found (or files failed in the repair);
     2: usage or index error."""
     from manualrag.check import check_index, repair_index
+    from manualrag.errors import shell_arg
 
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
     idir = Path(cfg["index_dir"])
@@ -636,7 +644,7 @@ def check(
             for f in r["failed"]:
                 _echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
         else:
-            _echo(f"run `manualrag check --repair --index-dir {idir}` to fix it")
+            _echo(f"run `manualrag check --repair --index-dir {shell_arg(idir)}` to fix it")
     sys.exit(code)
 
 

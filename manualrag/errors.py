@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 
 
@@ -9,6 +10,12 @@ class ManualragError(Exception):
     """Base class: a user-facing error with an actionable message (no traceback shown)."""
 
     exit_code = 2
+
+
+def shell_arg(value: object) -> str:
+    """``value`` as one argument of a command that a message suggests, quoted for a POSIX shell where it
+    needs it (``--index-dir 'Manuals Library'``), so the command runs as pasted."""
+    return shlex.quote(str(value))
 
 
 class ConfigError(ManualragError):

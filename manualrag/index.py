@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from manualrag.errors import IndexNotFoundError, StoreError
+from manualrag.errors import IndexNotFoundError, StoreError, shell_arg
 from manualrag.ids import printable_name
 from manualrag.lock import LOCK_NAME, IndexLock
 
@@ -171,7 +171,7 @@ def require_same_store(root: Path | str, cfg: dict[str, Any]) -> None:
         url, source = recorded
         raise StoreError(
             f"the vectors of the index in {root} live on the Chroma server {url} (its {source} says so): "
-            f"pass --store {url} (or a --config whose store.url names it, with its store.headers)"
+            f"pass --store {shell_arg(url)} (or a --config whose store.url names it, with its store.headers)"
         )
 
 
@@ -211,7 +211,7 @@ class Index:
         if not layout.db.is_file():
             raise IndexNotFoundError(
                 f"no index in {layout.root} (missing {DB_NAME}); build one with "
-                f"`manualrag index LIBRARY --index-dir {layout.root}`"
+                f"`manualrag index LIBRARY --index-dir {shell_arg(layout.root)}`"
             )
         return layout
 
@@ -408,11 +408,12 @@ def folder_size(folder: Path) -> int:
 
 def _library_relative(path: str, library: str | None) -> str:
     """A path the user gave, as the library-relative POSIX path the manifest uses: absolute paths and
-    paths that exist inside the library are made relative to it; anything else is taken as given."""
+    paths that exist inside the library are made relative to it; anything else is taken as relative to the
+    library, without its ``.`` parts and empty ones (``./a//b.pdf`` is ``a/b.pdf``)."""
     p = Path(path)
     if library and (p.is_absolute() or (p.exists() and Path(library) in p.resolve().parents)):
         try:
             return p.resolve().relative_to(Path(library)).as_posix()
         except ValueError:
             pass
-    return path
+    return "/".join(part for part in path.split("/") if part not in ("", "."))

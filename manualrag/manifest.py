@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from manualrag import ids, migrations
-from manualrag.errors import IndexCorruptError, IndexNotFoundError, ManualragError
+from manualrag.errors import IndexCorruptError, IndexNotFoundError, ManualragError, shell_arg
 from manualrag.index import DB_NAME
 from manualrag.models import Figure, FileError, Passage, Window
 from manualrag.schema import FIGURES, LEXICAL_TOKENIZE, PASSAGES, create_statements
@@ -168,7 +168,7 @@ def is_corruption(exc: BaseException) -> bool:
 
 
 def corrupt_error(path: Path, exc: BaseException) -> IndexCorruptError:
-    idir = path.parent
+    idir = shell_arg(path.parent)
     return IndexCorruptError(
         f"{path} is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
         f"`manualrag check --repair --index-dir {idir}` rebuilds it from the library, "
@@ -287,7 +287,7 @@ class Manifest:
                 return  # read as it is; the next index run upgrades it
             raise ManifestSchemaError(
                 f"{self.path} has manifest schema {version}, this manualrag reads {SCHEMA_VERSION}: run "
-                f"`manualrag index LIBRARY --index-dir {index_dir}` once to upgrade it in place (nothing is "
+                f"`manualrag index LIBRARY --index-dir {shell_arg(index_dir)}` once to upgrade it in place (nothing is "
                 "re-embedded)"
             )
         with self._tx() as c:  # all or nothing: a failure leaves the index at its old version

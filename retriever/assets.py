@@ -55,6 +55,11 @@ class BadRequest(ManualragError):  # noqa: N818
     """A parameter out of its allowed range (dpi, page number)."""
 
 
+class FileChanged(ManualragError):
+    """The library file of a document is no longer the one the index holds (replaced or edited since it was
+    indexed): its pages would show another file's content under this document's hits (HTTP 409)."""
+
+
 @dataclass(frozen=True)
 class DocInfo:
     doc_id: str
@@ -130,6 +135,7 @@ class Assets:
         self._cache_used = 0
         self._cache_max = cache_bytes
         self._sizes: dict[tuple[Any, ...], tuple[float, float]] = {}
+        self._same: dict[tuple[Any, ...], bool] = {}  # (file, size, mtime) -> its bytes are the indexed ones
         self._lock = threading.Lock()
 
     @classmethod
@@ -287,7 +293,33 @@ class Assets:
             raise NotFound(f"document {row.doc_id} has no page {page} (it has {row.n_pages})")
         path = self.source_file(row.path)
         st = path.stat()
+        self._check_unchanged(row, path, st)
         return row, path, (str(path), st.st_size, st.st_mtime_ns, row.digest)
+
+    def _check_unchanged(self, row: DocRow, path: Path, st: os.stat_result) -> None:
+        """:class:`FileChanged` unless the file is the one indexed: the size and mtime recorded, or (a copy, a
+        checkout: same size, new mtime) the same digest, as ``manualrag index`` decides "unchanged"."""
+        if st.st_size == row.size and abs(st.st_mtime - row.mtime) <= 1e-6:
+            return
+        if st.st_size == row.size:
+            key = (str(path), st.st_size, st.st_mtime_ns)
+            with self._lock:
+                same = self._same.get(key)
+            if same is None:
+                from manualrag.indexer.discover import file_digest
+
+                try:
+                    same = file_digest(path) == row.digest
+                except OSError:
+                    raise NotFound(f"the file {row.path!r} cannot be read") from None
+                with self._lock:
+                    self._same[key] = same
+            if same:
+                return
+        raise FileChanged(
+            f"the file {row.path!r} changed since it was indexed: run `manualrag index` on the library to "
+            "index it again (its pages would show the new file under the old one's hits)"
+        )
 
     def _open_pdf(self, data: bytes, row: DocRow) -> Any:
         import pymupdf

@@ -21,7 +21,7 @@ from typing import Any
 
 from manualrag import ids
 from manualrag.config import means_no_model
-from manualrag.errors import ManualragError
+from manualrag.errors import ManualragError, shell_arg
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, fuse, page_support
 from manualrag.retriever.lexical import COMPOUND_PART_MIN, COMPOUND_WORD_MAX, MAX_QUERY_TERMS, lexical_search
@@ -347,7 +347,7 @@ class Retriever:
         return (
             f"the {what} vectors of the index in {self.index_dir} are missing from its {self.store.where} "
             f"(collection {', '.join(empty)} absent or empty): run `manualrag check --repair --index-dir "
-            f"{self.index_dir}` to embed them again"
+            f"{shell_arg(self.index_dir)}` to embed them again"
         )
 
     def _clip_encoder(self, required: bool) -> Any:
@@ -402,9 +402,10 @@ class Retriever:
         explicit = channels is not None
         if explicit and not channels:
             raise ManualragError(f"no channel given: choose from {', '.join(CHANNELS)}")
-        channels = list(CHANNELS) if channels is None else list(channels)
-        for c in channels:
-            if c not in CHANNELS:
+        given = list(CHANNELS) if channels is None else list(channels)
+        channels = [c.strip().lower() if isinstance(c, str) else c for c in given]  # " Text " is text
+        for c, name in zip(given, channels, strict=True):
+            if name not in CHANNELS:
                 raise ManualragError(f"unknown channel {c!r}: choose from {', '.join(CHANNELS)}")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ManualragError(f"k must be a positive number of hits, not {k!r}")

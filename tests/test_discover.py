@@ -97,6 +97,17 @@ def test_symlink_loop_followed_once_and_inner_links_prefer_real_path(library: Pa
     assert skipped["broken_link"] == 1
 
 
+def test_a_loop_of_links_is_a_loop_not_a_broken_link(library: Path, cfg: dict) -> None:
+    """Two links to each other (a.pdf -> b.pdf -> a.pdf) were reported as `broken_link`, where the docs
+    (and the user) call that a symlink loop; a link to a missing file stays `broken_link`."""
+    (library / "x.pdf").symlink_to(library / "y.pdf")
+    (library / "y.pdf").symlink_to(library / "x.pdf")
+    (library / "self").symlink_to(library / "self", target_is_directory=True)
+    (library / "broken.pdf").symlink_to(library / "missing.pdf")
+    _, skipped = discover(library, cfg, exclude=[library / "index"])
+    assert skipped["loop"] == 3 and skipped["broken_link"] == 1, skipped
+
+
 def test_file_digest_streams_sha256(tmp_path: Path) -> None:
     data = os.urandom(3 * (1 << 20) + 17)
     p = _touch(tmp_path / "big.bin", data)

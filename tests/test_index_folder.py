@@ -68,6 +68,38 @@ def test_remove_takes_library_paths_folders_and_paths_inside_the_library(indexed
         assert index.stats()["documents"] == 0
 
 
+def test_remove_takes_dot_slash_and_doubled_separators_as_library_paths(indexed, tmp_path, monkeypatch):
+    """`remove "./misc/t440p flash chips.jpg"` said `nothing matched` (rc 1) from a folder other than the
+    library, where the same path without `./` was removed: `./` and `//` are now read away."""
+    lib, idx = indexed
+    monkeypatch.chdir(tmp_path)  # not the library: the paths name no file here
+    rc, out = _cli("remove", "./pumps/p1.md", "pumps//./p2.md", ".//valve.txt", "--index-dir", str(idx))
+    assert rc == 0 and "nothing matched" not in out, out
+    assert {"removed pumps/p1.md", "removed pumps/p2.md", "removed valve.txt"} <= set(out.splitlines()), out
+
+
+def test_suggested_commands_quote_folders_with_spaces(tmp_path, monkeypatch):
+    """The commands that messages suggest were printed with bare paths (`--index-dir Manuals Library`), which
+    a user pasting them runs with two arguments. Each path is now quoted for the shell where it needs it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "a.md").write_text("# Pump\n\nThe relief valve opens at 6 bar.\n")
+    rc, out = _cli("index", "lib", "--index-dir", "Manuals Library", "--no-dense")
+    assert rc == 0, out
+    rc, out = _cli("stats", "--index-dir", "No Index")
+    assert rc == 2 and "`manualrag index LIBRARY --index-dir 'No Index'`" in out, out
+    (tmp_path / "Manuals Library" / "crops").mkdir(exist_ok=True)
+    (tmp_path / "Manuals Library" / "crops" / f"{'ab' * 16}.png").write_bytes(b"unused")
+    rc, out = _cli("check", "--index-dir", "Manuals Library")
+    assert rc == 1 and "run `manualrag check --repair --index-dir 'Manuals Library'` to fix it" in out, out
+    (tmp_path / "Broken Index").mkdir()
+    (tmp_path / "Broken Index" / "index.sqlite").write_bytes(b"not a database" * 512)
+    rc, out = _cli("stats", "--index-dir", "Broken Index")
+    assert rc == 2, out
+    assert "`manualrag check --repair --index-dir 'Broken Index'`" in out, out
+    assert "`manualrag reset --index-dir 'Broken Index'`" in out, out
+
+
 def test_stats_lines_up_every_value(indexed):
     """``stats`` printed keys right-aligned to 14 characters: ``suspect_passages`` pushed its value two
     columns right of the others, and a lexical-only index showed ``dim: None``."""

@@ -180,6 +180,27 @@ def test_channels_ablation_reports_what_found_each_hit(retriever):
     assert all(set(h.channels) == {"lexical"} for h in res.hits)
 
 
+def test_channel_names_are_read_whatever_their_case_and_spaces(tmp_path):
+    """`--channels " Text "` was refused as an unknown channel: names are now read without case and
+    surrounding spaces (CLI, Python API, the server's ?channels=); an unknown one keeps its message."""
+    from manualrag.errors import ManualragError
+    from manualrag.serve.limits import check_channels
+    from tests.rel_helpers import keyword_index
+
+    _, idx = keyword_index(tmp_path, {"pump.md": "# Pump\n\nBleed the pump before the first start.\n"})
+    base = ["query", "bleed pump", "--index-dir", str(idx), "--json"]
+    res = CliRunner().invoke(main, [*base, "--channels", " Lexical "])
+    assert res.exit_code == 0, res.output
+    assert [set(h["channels"]) for h in json.loads(res.stdout)] == [{"lexical"}], res.output
+    res = CliRunner().invoke(main, [*base, "--channels", "LEXICAL, Bogus"])
+    assert res.exit_code == 2 and "unknown channel 'Bogus'; choose from dense, text, lexical" in res.output
+    with Retriever.open(idx, load_config()) as r:
+        assert r.search("bleed pump", channels=[" LEXICAL "]).channels_used == ["lexical"]
+        with pytest.raises(ManualragError, match="unknown channel 'bogus': choose from dense, text, lexical"):
+            r.search("bleed pump", channels=["bogus"])
+    assert check_channels(" Text ,LEXICAL") == ["text", "lexical"]
+
+
 def test_context_block_budget_citations_and_fence(retriever):
     res = retriever.search("how do I reset error E07 after thermal shutdown", k=8)
     block = build_context(res, max_chars=1500)

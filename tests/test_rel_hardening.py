@@ -595,6 +595,47 @@ def test_temporary_files_are_private_and_swept_and_sigterm_releases_the_lock(tmp
     assert not (idx / ".tmp").exists(), "the next run swept what the killed one left"
 
 
+def test_index_json_interrupted_still_prints_its_summary(tmp_path):
+    """`index --json` stopped with Ctrl-C printed nothing on stdout (rc 130): a script got no JSON to read.
+    It now prints the summary of what the run committed, which says it was interrupted, beside the
+    stderr line that the text mode prints."""
+    import signal
+
+    from manualrag.indexer.worker import FAULT_ENV
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.md", "b.md", "c.md"):
+        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "timeout_s": 300})
+    idx = tmp_path / "idx"
+    proc = rh.popen_cli(
+        "--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--no-dense", "--json",
+        env={FAULT_ENV: "hang:c.md"},
+    )  # fmt: skip
+    try:
+
+        def two_done() -> bool:
+            try:
+                with rh.sqlite_ro(idx) as db:
+                    return db.execute("SELECT count(*) FROM documents WHERE state = 'ok'").fetchone()[0] == 2
+            except sqlite3.Error:  # being created
+                return False
+
+        assert rh.wait_for(two_done, 120, 0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            rh.kill_hard(proc)
+    assert proc.returncode == 130 and b"Traceback" not in err, err
+    summary = json.loads(out)
+    assert summary["interrupted"] == "SIGINT" and summary["exit_code"] == 130, summary
+    assert summary["indexed"] == ["a.md", "b.md"] and summary["documents"]["indexed"] == 2, summary
+    kept = "interrupted: 2 document(s) indexed by this run are kept; the same command goes on from there"
+    assert err.decode().strip().endswith(kept), err
+
+
 # ------------------------------------------------------------ row 12: a file that always fails, re-runs
 @pytest.mark.slow
 def test_an_unchanged_failing_file_is_not_retried_and_loads_no_model(small_index, tmp_path):

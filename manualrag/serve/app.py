@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from manualrag import __version__
 from manualrag.errors import ManualragError, ModelUnavailableError
-from manualrag.retriever.assets import MAX_DPI, MIN_DPI, BadRequest, NotFound
+from manualrag.retriever.assets import MAX_DPI, MIN_DPI, BadRequest, FileChanged, NotFound
 from manualrag.serve import limits
 from manualrag.serve.limits import RequestError
 from manualrag.serve.security import Guard
@@ -83,6 +83,10 @@ def create_app(state: IndexState, token: str | None = None, loopback_only: bool 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return _error(404, str(exc))
+
+    @app.exception_handler(FileChanged)
+    async def _changed(_: Request, exc: FileChanged) -> JSONResponse:
+        return _error(409, str(exc))
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:

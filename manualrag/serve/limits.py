@@ -72,9 +72,9 @@ def check_channels(channels: str | None) -> list[str] | None:
         return None
     out = [c.strip() for c in channels.split(",") if c.strip()]
     for c in out:
-        if c not in CHANNELS:
+        if c.lower() not in CHANNELS:
             raise RequestError(f"channels: unknown channel {c[:40]!r} (choose from {', '.join(CHANNELS)})")
-    return out or None
+    return [c.lower() for c in out] or None
 
 
 def check_context_chars(max_chars: int | None) -> int:

@@ -352,3 +352,39 @@ def test_live_index_update_is_seen_without_restart(serve_index, tmp_path):
             assert any(d["path"] == "dryer.md" for d in c.get("/api/documents").json()["documents"])
     finally:
         st.close()
+
+
+# ------------------------------------------------------------------------------------------ changed files
+def test_a_file_replaced_since_indexing_is_refused_not_rendered(tmp_path):
+    """A user replaced an indexed 8-page PDF with another PDF and did not index again: page 5 came back 200
+    with the other file's page under the old document's hits. The page (web API and MCP get_page alike)
+    now answers 409 saying the file changed and to run `manualrag index`; a file only touched (same bytes,
+    new mtime: a copy, a checkout) is still served."""
+    import anyio
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from manualrag.integrations.mcp_server import create_server
+    from tests.rel_helpers import versioned_pdf
+
+    lib, idx = tmp_path / "lib", tmp_path / "idx"
+    lib.mkdir()
+    (lib / "pump.pdf").write_bytes(versioned_pdf("rev1", pages=8))
+    res = CliRunner().invoke(main, ["index", str(lib), "--index-dir", str(idx), "--no-dense", "-q"])
+    assert res.exit_code == 0, res.output
+    st = IndexState(idx, load_config(), refresh_s=0.0)
+    try:
+        doc_id = st.assets.document("pump.pdf").doc_id
+        server = create_server(st.retriever, st.assets)
+        with TestClient(create_app(st), base_url=LOCAL) as c:
+            os.utime(lib / "pump.pdf", (1e9, 1e9))  # touched: same bytes
+            assert c.get(f"/api/pages/{doc_id}/5.png").status_code == 200
+            (lib / "pump.pdf").write_bytes(versioned_pdf("rev2", pages=8))
+            r = c.get(f"/api/pages/{doc_id}/5.png")
+            assert r.headers["content-type"] == "application/json"  # not the other file's page
+            _error(r, 409, "the file 'pump.pdf' changed since it was indexed: run `manualrag index`")
+            hit = f"{doc_id}:p5:0"
+            _error(c.get(f"/api/hits/{quote(hit, safe='')}"), 409, "changed since it was indexed")
+        with pytest.raises(ToolError, match="changed since it was indexed: run `manualrag index`"):
+            anyio.run(server.call_tool, "get_page", {"path": "pump.pdf", "page": 5})
+    finally:
+        st.close()
