@@ -32,6 +32,7 @@ b = 0.75). ``last_plan`` says which case a query was.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections.abc import Sequence
@@ -137,15 +138,30 @@ class FtsTopK:
         sql = f"SELECT rowid, ref_type, ref_id, {self.bm25} AS s FROM {self.table} WHERE {self.table} MATCH ?"
         return self.conn.execute(sql + " ORDER BY s, rowid LIMIT ?", (match, int(limit))).fetchall()
 
-    def search(self, phrases: Sequence[str], limit: int) -> list[tuple]:
+    def _ranked_in(self, match: str, limit: int, docs: Sequence[str]) -> list[tuple]:
+        """:meth:`_ranked` restricted to the rows of the documents ``docs`` (the table's ``doc_path``
+        column), with the same scores: ``bm25()`` reads its statistics from the whole table. Only the rows
+        that match *and* belong to ``docs`` are scored, so a filter costs at most what the plain query does."""
+        sql = (
+            f"SELECT rowid, ref_type, ref_id, {self.bm25} AS s FROM {self.table} WHERE {self.table} MATCH ?"
+            " AND doc_path IN (SELECT value FROM json_each(?)) ORDER BY s, rowid LIMIT ?"
+        )
+        return self.conn.execute(sql, (match, json.dumps(list(docs)), int(limit))).fetchall()
+
+    def search(self, phrases: Sequence[str], limit: int, docs: Sequence[str] | None = None) -> list[tuple]:
         """``(ref_type, ref_id, bm25)`` rows (bm25 negative, best first) of ``phrases`` OR-ed, the top ``limit``.
 
-        ``phrases`` are safe FTS5 phrase expressions (``"word"``, ``"two words"``, ``"prefix"*``).
+        ``phrases`` are safe FTS5 phrase expressions (``"word"``, ``"two words"``, ``"prefix"*``). ``docs``:
+        only the rows of these document paths (a source filter), searched plainly (see
+        :meth:`_ranked_in`); None: every row, bounded as the module doc says.
         """
         phrases = list(dict.fromkeys(phrases))
         if not phrases or limit <= 0:
             return []
         full = " OR ".join(phrases)
+        if docs is not None:
+            self.last_plan = "plain (source filter)"
+            return [r[1:] for r in self._ranked_in(full, limit, docs)]
         rare = self._candidate_phrases(phrases, limit)
         if rare is None:
             self.last_plan = "plain"

@@ -598,6 +598,10 @@ class Manifest:
             for r in self._query("SELECT * FROM documents WHERE state = 'ok' ORDER BY path")
         }
 
+    def document_paths(self) -> list[str]:
+        """The paths of the committed documents, sorted (cheaper than :meth:`documents`)."""
+        return [r[0] for r in self._query("SELECT path FROM documents WHERE state = 'ok' ORDER BY path")]
+
     def document(self, path: str) -> DocRow | None:
         rows = self._query("SELECT * FROM documents WHERE path = ? AND state = 'ok'", (path,))
         return _doc_row(rows[0]) if rows else None
@@ -697,14 +701,17 @@ class Manifest:
         )
         return [(r["ref_type"], r["ref_id"], -float(r["s"])) for r in rows]
 
-    def match_lexical_phrases(self, phrases: Sequence[str], limit: int) -> list[tuple[str, str, float]]:
+    def match_lexical_phrases(
+        self, phrases: Sequence[str], limit: int, docs: Sequence[str] | None = None
+    ) -> list[tuple[str, str, float]]:
         """The top ``limit`` rows of ``phrases`` (safe FTS5 phrase expressions) OR-ed, by BM25: exactly what
         :meth:`match_lexical` returns for their OR expression (ties by rowid), without scoring every row that
-        matches a common word (see :mod:`manualrag.fts_topk`)."""
+        matches a common word (see :mod:`manualrag.fts_topk`). ``docs``: only rows of these document paths
+        (a source filter; their scores are the unfiltered query's)."""
         if not phrases or limit <= 0:
             return []
         with self._lock:
-            rows = self._fts().search(phrases, int(limit))
+            rows = self._fts().search(phrases, int(limit), docs)
         return [(r[0], r[1], -float(r[2])) for r in rows]
 
     def lexical_holds(self, phrase: str) -> bool:

@@ -11,8 +11,9 @@ Chroma traps handled here (chromadb 1.5.9):
   collection handle is opened with ``embedding_function=None`` (``get_collection(name)`` without it
   attaches the default function);
 * writes above ``client.get_max_batch_size()`` (5461) fail: writes are batched;
-* a ``where`` filter costs 20-100x an unfiltered query at 100k records: queries never filter, each record
-  kind has its own collection instead;
+* a ``where`` filter costs 20-100x an unfiltered query at 100k records: each record kind has its own
+  collection instead, and only a query restricted to some documents (a source filter) uses one, on the
+  records' ``path`` metadata;
 * metadata values must be scalars by our rule (Chroma would take lists): checked before sending.
 
 ``chromadb`` is imported lazily inside :meth:`VectorStore.open` (it is slow to import).
@@ -536,12 +537,15 @@ class VectorStore:
                 return out
             offset += len(page)
 
-    def query(self, kind: str, embedding: np.ndarray, n: int) -> list[list[tuple[str, float]]]:
+    def query(
+        self, kind: str, embedding: np.ndarray, n: int, paths: Sequence[str] | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Nearest records to each query vector: one list of (id, cosine similarity) per query row.
 
         ``embedding`` is one vector ``(dim,)`` or a batch ``(m, dim)``; ``n`` is clamped to the collection
-        size; an absent or empty collection gives an empty list per query row. No metadata filter: a
-        ``where`` costs 20-100x an unfiltered query.
+        size; an absent or empty collection gives an empty list per query row. ``paths``: only records of
+        these documents (their ``path`` metadata; a ``where`` filter costs 20-100x an unfiltered query, so
+        None, the usual case, sends none); an empty list finds nothing.
         """
         q = np.asarray(embedding, dtype=np.float32)
         if q.ndim == 1:
@@ -551,7 +555,7 @@ class VectorStore:
         if not np.isfinite(q).all():
             raise ValueError("query embedding contains NaN or infinite values")
         col = self.get(kind)
-        if col is None or n <= 0:
+        if col is None or n <= 0 or (paths is not None and not paths):
             return [[] for _ in range(q.shape[0])]
         dim = self._dim(col)
         if dim is not None and q.shape[1] != dim:
@@ -559,8 +563,10 @@ class VectorStore:
         # chromadb 1.5.x answers n_results above the collection size (or an empty collection) with what it
         # has, so the clamp costs no count() round trip (1-2 ms); only absurd n are capped here
         k = min(int(n), MAX_RESULTS)
+        where = {"where": {"path": {"$in": list(paths)}}} if paths is not None else {}
         res = self._retry_stale(
-            kind, lambda c: self._wrap(c.query, query_embeddings=q, n_results=k, include=["distances"])
+            kind,
+            lambda c: self._wrap(c.query, query_embeddings=q, n_results=k, include=["distances"], **where),
         )
         return [
             [(rid, 1.0 - float(d)) for rid, d in zip(ids, dists, strict=True)]

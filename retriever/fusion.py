@@ -9,7 +9,8 @@ channel's candidate scores are standardised against that channel's own candidate
     z_c(x) = (s_c(x) - median_c) / std_c          (0 when x is at or below the median, or not found)
     score(x) = sum over channels c of  w_c * z_c(x)
 
-so a channel contributes in proportion to how far a thing stands out *within that channel*. A channel
+so a channel contributes in proportion to how far a thing stands out *within that channel*. With a source
+filter the candidates are those of the channel's search within the matching files, so the scale is theirs. A channel
 that is sure (one hit far above the rest) dominates; a channel whose scores are flat barely moves the
 ranking. This is why adding a channel does not drag a confident top hit down, which plain reciprocal rank
 fusion does (it rewards being found by many channels, whatever their confidence). A channel with fewer

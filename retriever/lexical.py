@@ -8,6 +8,7 @@ here, on the retriever side.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from manualrag.manifest import Manifest
 
@@ -120,13 +121,16 @@ def compound_phrases(text: str, manifest: Manifest) -> list[str]:
     return out[:MAX_COMPOUND_PHRASES]
 
 
-def lexical_search(manifest: Manifest, query: str, limit: int) -> list[tuple[str, str, float]]:
+def lexical_search(
+    manifest: Manifest, query: str, limit: int, docs: Sequence[str] | None = None
+) -> list[tuple[str, str, float]]:
     """BM25 hits for arbitrary user text: ``(ref_type, ref_id, score)`` best first (see :func:`fts_query`),
     with the query's joined/split word variants (:func:`compound_phrases`) as further phrases.
 
     The same hits as the plain OR query, found without scoring every row a common word matches
-    (:meth:`Manifest.match_lexical_phrases`)."""
+    (:meth:`Manifest.match_lexical_phrases`). ``docs``: search only these documents' rows (a source
+    filter), None: all."""
     phrases = fts_phrases(query)
     if not phrases:
         return []
-    return manifest.match_lexical_phrases(phrases + compound_phrases(query, manifest), limit)
+    return manifest.match_lexical_phrases(phrases + compound_phrases(query, manifest), limit, docs)

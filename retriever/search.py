@@ -427,6 +427,13 @@ class Retriever:
             raise ManualragError(
                 "a query image is searched by the dense (CLIP) channels: add dense to the channels"
             )
+        label = text or f"<image {image if isinstance(image, (str, Path)) else 'bytes'}>"
+        # a source filter restricts every channel's own search (not the fused candidates): the best hits
+        # within the matching files, whatever their rank in the whole library
+        docs = self._source_docs(source) if source else None
+        if docs == []:
+            notes.append(f"no indexed file matches the source filter {source!r}")
+            return SearchResult(query=label, hits=[], channels_used=[], timings_ms={}, notes=notes)
         if "dense" in channels:
             try:
                 # a query image has only the CLIP channels: without them it would be silently left out
@@ -448,13 +455,13 @@ class Retriever:
                         ("dense_image", "image"),
                         ("dense_label", "image_text"),
                     ):
-                        vector_searches.append((channel, self._beside(kind, q, n)))
+                        vector_searches.append((channel, self._beside(kind, q, n, docs)))
                 if image is not None:
                     t0 = time.perf_counter()
                     qi = clip.embed_images([image])[0]
                     timings["encode"] += time.perf_counter() - t0
                     for channel, kind in (("image_image", "image"), ("image_text", "text")):
-                        vector_searches.append((channel, self._beside(kind, qi, n)))
+                        vector_searches.append((channel, self._beside(kind, qi, n, docs)))
 
         if "text" in channels and text:
             try:
@@ -471,7 +478,7 @@ class Retriever:
                 t0 = time.perf_counter()
                 q = enc.embed_texts([enc.fit(text)])[0]
                 timings["encode"] += time.perf_counter() - t0
-                vector_searches.append(("text", self._beside("sem", q, n)))
+                vector_searches.append(("text", self._beside("sem", q, n, docs)))
 
         # the lexical channel and every row behind the hits come from one snapshot of the manifest, so an
         # index run that updates a document meanwhile shows it whole, before or after (vector hits whose
@@ -479,7 +486,7 @@ class Retriever:
         with self.manifest.read_snapshot():
             t0 = time.perf_counter()
             if "lexical" in channels and text:
-                lexical = [((t, i), sc) for t, i, sc in lexical_search(self.manifest, text, n)]
+                lexical = [((t, i), sc) for t, i, sc in lexical_search(self.manifest, text, n, docs)]
                 rankings["lexical"] = lexical
                 used.insert(0, "lexical")
             for channel, search in vector_searches:  # the vector searches ran meanwhile
@@ -509,7 +516,7 @@ class Retriever:
         cold = {key: v for key, v in self._cold.items() if v > 0}
         self._cold.clear()
         return SearchResult(
-            query=text or f"<image {image if isinstance(image, (str, Path)) else 'bytes'}>",
+            query=label,
             hits=hits,
             channels_used=used,
             timings_ms={key: round(v * 1000, 2) for key, v in {**cold, **timings}.items()},
@@ -533,14 +540,22 @@ class Retriever:
         have -= {"", "dense" if which == "clip" else "text"}
         raise ManualragError(f"{exc}; channels it has: {', '.join(sorted(have))}") from None
 
-    def _beside(self, kind: str, vec: Any, n: int) -> Any:
-        """``_refs(kind, vec, n)`` started on the search threads: a future of its result."""
-        self.store.query  # noqa: B018  # opened here, by the caller: first use imports chromadb (not thread-safe)
-        return self._threads.submit(self._refs, kind, vec, n)
+    def _source_docs(self, source: str) -> list[str] | None:
+        """The committed documents whose path matches the glob ``source`` (as :func:`_match` says), or None
+        when that is every document: then the channels search unfiltered, as fast as without ``source``."""
+        paths = self.manifest.document_paths()
+        docs = [p for p in paths if _match(p, source)]
+        return None if paths and len(docs) == len(paths) else docs
 
-    def _refs(self, kind: str, vec: Any, n: int) -> list[tuple[Key, float]]:
-        """Vector search in one collection, mapped to the things (passages/figures) the vectors belong to."""
-        return [(ids.ref_of(kind, i), score) for i, score in self.store.query(kind, vec, n)[0]]
+    def _beside(self, kind: str, vec: Any, n: int, docs: list[str] | None = None) -> Any:
+        """``_refs(kind, vec, n, docs)`` started on the search threads: a future of its result."""
+        self.store.query  # noqa: B018  # opened here, by the caller: first use imports chromadb (not thread-safe)
+        return self._threads.submit(self._refs, kind, vec, n, docs)
+
+    def _refs(self, kind: str, vec: Any, n: int, docs: list[str] | None = None) -> list[tuple[Key, float]]:
+        """Vector search in one collection (only the records of ``docs`` unless None), mapped to the things
+        (passages/figures) the vectors belong to."""
+        return [(ids.ref_of(kind, i), score) for i, score in self.store.query(kind, vec, n, docs)[0]]
 
     def _captions_as_figures(
         self, rankings: dict[str, list[tuple[Key, float]]], passages: dict[str, Any]
@@ -601,6 +616,8 @@ class Retriever:
                 p = passages.get(ref)
                 if p is None or modality == "image":
                     continue
+                # the channels searched the matching files only; this also keeps out the old rows of a
+                # file being re-indexed (not yet committed) when the search ran unfiltered
                 if source and not _match(p.doc_path, source):
                     continue
                 hits.append(

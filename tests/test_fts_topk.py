@@ -95,6 +95,16 @@ def test_bounded_top_k_scores_are_fts5_scores_and_exact_when_proven(index, query
     assert index.match_lexical_phrases(phrases, 10) == want
 
 
+def test_rows_restricted_to_documents_keep_the_plain_query_scores(index):
+    """A source filter (``docs``) searches only those documents' rows, scored as the whole query scores
+    them; a document without rows gives none."""
+    phrases = fts_phrases("relief valve pump")
+    want = plain(index, phrases, 7)
+    assert index.match_lexical_phrases(phrases, 7, docs=["manuals/synthetic.pdf", "other.pdf"]) == want
+    assert index._topk.last_plan == "plain (source filter)"
+    assert index.match_lexical_phrases(phrases, 7, docs=["other.pdf"]) == []
+
+
 def test_the_bound_chooses_rows_for_a_query_with_common_words(index):
     """The test above must exercise both paths: some queries bounded and proven exact."""
     tk = index._topk or index.match_lexical_phrases(['"pump"'], 1) or index._topk

@@ -142,6 +142,58 @@ def test_source_glob_double_star_matches_files_at_the_library_root(index):
     assert paths("nowhere/**/*.pdf") == set()
 
 
+@pytest.mark.parametrize("channel, query", [("lexical", "pump"), ("text", "hydraulic accumulator pressure")])
+def test_source_finds_a_file_beyond_the_candidate_pool(index, channel, query):
+    """A source filter restricts each channel's own search: a file whose best hit ranks beyond the
+    candidates a channel takes for the whole library (``retrieve.candidates``) is found, its hits in the order
+    of the whole ranking. (The filter used to keep the matching hits among the fused candidates: none.)"""
+    idx, cfg_path = index
+    notes = "release-notes.md"
+
+    def open_with(candidates: int) -> Retriever:
+        cfg = load_config(cfg_path)
+        cfg["retrieve"].update(candidates=candidates, fusion="rrf")  # rrf: one channel's order, unchanged
+        return Retriever.open(idx, cfg)
+
+    k = 2  # candidates per channel: max(retrieve.candidates, 3 * k) = 6
+    with open_with(3) as small, open_with(500) as whole:
+        ranking = whole.search(query, k=500, channels=[channel]).hits
+        first = next(i for i, h in enumerate(ranking) if h.path == notes)
+        assert first >= 3 * k, "the premise: release-notes.md ranks beyond the candidates of the library"
+        assert notes not in {h.path for h in small.search(query, k=k, channels=[channel]).hits}
+        want = [h.id for h in ranking if h.path == notes][:k]
+        for source in (notes, "*.md", "release-*", "*notes*"):
+            got = small.search(query, k=k, channels=[channel], source=source)
+            assert [h.id for h in got.hits] == want, source
+        got = small.search(query, k=k, channels=[channel], source="*.txt")
+        assert got.hits == [] and got.notes == ["no indexed file matches the source filter '*.txt'"]
+
+
+def test_source_on_the_command_line_finds_a_file_outside_the_top_candidates(index, tmp_path):
+    """The user's case: `query WORD --source FILE` with a small candidate pool (default fusion) gives that
+    file's hits, not `no hits`; a glob matching no indexed file says so."""
+    idx, cfg_path = index
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["retrieve"] = {"candidates": 3}
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(cfg))
+
+    def query(*args: str):
+        res = CliRunner().invoke(
+            main, ["--config", str(small), "query", "pump", "--index-dir", str(idx), "-k", "1", *args]
+        )
+        assert res.exit_code == 0, res.output
+        return res
+
+    assert "release-notes.md" not in query("-k", "3").stdout
+    out = query("--source", "release-notes.md", "--json")
+    hits = json.loads(out.stdout)
+    assert hits and {h["path"] for h in hits} == {"release-notes.md"}
+    none = query("--source", "*.docx")
+    assert none.stdout.strip() == "no hits"
+    assert "no indexed file matches the source filter '*.docx'" in none.stderr
+
+
 def test_text_hit_links_figures_on_its_page(retriever):
     hits = retriever.search("fuse kit PC-200-F3 fuses F1 F2", k=10, modality="text").hits
     on_p4 = [h for h in hits if h.page == 4]

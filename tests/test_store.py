@@ -162,6 +162,33 @@ def test_bad_prefix_is_a_config_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ records
+def test_query_restricted_to_documents_finds_their_nearest_records(open_store):
+    """``paths`` (a source filter) searches only those documents' records: their nearest ones come back
+    even when every record of another document is nearer, with the scores of the unfiltered query."""
+    st = open_store()
+    rng = np.random.default_rng(1)
+    st.ensure("text", "m", 8)
+    vecs = unit(rng, 60)
+    q = vecs[0]
+    order = np.argsort(-(vecs @ q))  # nearest first: the first 40 are near.pdf, the rest far.pdf or other.pdf
+    path = {
+        int(i): ("near.pdf" if r < 40 else ("far.pdf" if r % 2 else "other.pdf")) for r, i in enumerate(order)
+    }
+    ids = [f"r{i}" for i in range(60)]
+    st.upsert("text", ids, vecs, [{"path": path[i], "page": 1} for i in range(60)])
+    everything = st.query("text", q, 60)[0]
+    assert all(path[int(rid[1:])] == "near.pdf" for rid, _ in everything[:5])  # far.pdf is not in a top 5
+
+    far = st.query("text", q, 5, paths=["far.pdf"])[0]
+    want = [(rid, s) for rid, s in everything if path[int(rid[1:])] == "far.pdf"][:5]
+    assert [rid for rid, _ in far] == [rid for rid, _ in want]
+    assert [s for _, s in far] == pytest.approx([s for _, s in want], abs=1e-5)
+    both = st.query("text", q, 100, paths=["far.pdf", "other.pdf"])[0]
+    assert {rid for rid, _ in both} == {f"r{i}" for i in range(60) if path[i] != "near.pdf"}
+    assert st.query("text", q, 5, paths=["absent.pdf"]) == [[]]
+    assert st.query("text", q, 5, paths=[]) == [[]]
+
+
 def test_upsert_query_delete(open_store):
     st = open_store()
     rng = np.random.default_rng(0)
