@@ -959,9 +959,12 @@ def _figures_where_mentioned(doc: Document) -> None:
         m = _FIGURE_LABEL.match(f.caption or "")
         if m:
             by_label.setdefault(m.group(1), []).append(f)
+    # the figures' own captions (a caption block mentions its figure); a body sentence may begin with the
+    # label too ("Figure 4.1 shows the simplified data flow")
+    captions = {_norm(f.caption) for f in doc.figures if f.caption}
     placed: set[str] = set()
     for b in doc.blocks:
-        if b.suspect or _FIGURE_LABEL.match(b.text):
+        if b.suspect or (_FIGURE_LABEL.match(b.text) and any(_norm(b.text).startswith(c) for c in captions)):
             continue
         for m in _FIGURE_MENTION.finditer(b.text):
             label = m.group(1)

@@ -328,7 +328,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 #    the outline's order (it no longer names every block of its page).
 # 8: numbered section headings read by OCR run on over consecutive scanned pages (and title their scans).
 # 9: a numbered figure takes the heading of the sentence that refers to it, which leads its nearby text.
-EXTRACTION_VERSION = 9
+# 10: a paragraph that begins with a figure's label ("Figure 4.1 shows ...") is a mention, not its caption.
+EXTRACTION_VERSION = 10
 
 
 def extraction_settings(cfg: dict[str, Any]) -> dict[str, Any]:

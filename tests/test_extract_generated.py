@@ -191,6 +191,14 @@ def test_a_figure_belongs_to_the_sentence_that_refers_to_it(tmp_path: Path, cfg:
     p5.insert_image(pymupdf.Rect(150, 300, 400, 480), stream=h.warning_triangle_png(300))
     p5.insert_text((180, 498), "Figure 3: Same label twice", fontsize=10)
     h.body_text(p5, 520, "As figure 3 shows, and as Fig. 2.6 showed three pages ago, labels are reused.")
+    p6 = doc.new_page(width=h.A4[0], height=h.A4[1])  # a paragraph that begins with the label
+    p6.insert_text((72, 80), "4.1 Simplified data flow", fontsize=16, fontname="hebo")
+    h.body_text(p6, 100, "Figure 4.1 shows the data flow within the tool. Rectangles are program modules.")
+    p7 = doc.new_page(width=h.A4[0], height=h.A4[1])
+    p7.insert_image(pymupdf.Rect(150, 60, 400, 240), stream=h.photo_png(320, 240))
+    p7.insert_text((180, 258), "Figure 4.1: The data flow", fontsize=10)
+    p7.insert_text((72, 300), "4.2 Another section", fontsize=16, fontname="hebo")
+    h.body_text(p7, 320, "Text of another section that the figure above does not belong to.")
     path = tmp_path / "floats.pdf"
     doc.save(path)
     out = extract_file(path, "floats.pdf", cfg)
@@ -200,6 +208,9 @@ def test_a_figure_belongs_to_the_sentence_that_refers_to_it(tmp_path: Path, cfg:
     assert "three pages ago" not in pickup.nearby_text
     twice = [f for f in out.figures if f.caption.startswith("Figure 3")]
     assert len(twice) == 2 and not any("labels are reused" in f.nearby_text[:40] for f in twice)
+    flow = next(f for f in out.figures if f.caption.startswith("Figure 4.1"))
+    assert flow.heading == "4.1 Simplified data flow"
+    assert flow.nearby_text.startswith("Figure 4.1 shows the data flow within the tool.")
 
 
 # ------------------------------------------------------------------------------------------ suspect text
