@@ -644,6 +644,10 @@ class Manifest:
         rows = self._by_ids("figures", ids, "id, doc_path, json_extract(pages, '$[0]')")
         return {r[0]: (r[1], int(r[2] or 0)) for r in rows}
 
+    def figure_kinds(self, ids: Iterable[str]) -> dict[str, str]:
+        """The kind of each figure (``raster``, ``vector``, ``scan``, ...), without whole rows."""
+        return {r[0]: r[1] for r in self._by_ids("figures", ids, "id, kind")}
+
     def figures_on_page(self, doc_path: str, page: int) -> list[FigureRow]:
         """Figures of ``doc_path`` shown on ``page`` (any of their pages), in id order."""
         rows = self._query(

@@ -23,7 +23,7 @@ from manualrag import ids
 from manualrag.config import means_no_model
 from manualrag.errors import ManualragError, shell_arg
 from manualrag.manifest import Manifest
-from manualrag.retriever.fusion import Fused, Key, fuse, page_support
+from manualrag.retriever.fusion import Fused, Key, asks_for_picture, fuse, page_support, prefer_pictures
 from manualrag.retriever.lexical import COMPOUND_PART_MIN, COMPOUND_WORD_MAX, MAX_QUERY_TERMS, lexical_search
 
 log = logging.getLogger(__name__)
@@ -509,6 +509,9 @@ class Retriever:
                     {("figure", i): at for i, at in self.manifest.figure_places(figure_ids).items()}
                 )
                 fused = page_support(fused, place_of)
+                if text and asks_for_picture(text):
+                    kinds = self.manifest.figure_kinds(figure_ids)
+                    fused = prefer_pictures(fused, {("figure", i) for i, k in kinds.items() if k != "scan"})
             hits = self._hits(fused, text or "", k, modality, source, passages)
             timings["fusion"] += time.perf_counter() - t0
         if hits and "lexical" in rankings and not rankings["lexical"]:

@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from manualrag.retriever.fusion import PAGE_SUPPORT, Fused, best_per_thing, fuse, page_support
+from manualrag.retriever.fusion import (
+    PAGE_SUPPORT,
+    PICTURE_BOOST,
+    Fused,
+    asks_for_picture,
+    best_per_thing,
+    fuse,
+    page_support,
+    prefer_pictures,
+)
 from manualrag.retriever.search import make_snippet
 
 P = ("passage", "p")
@@ -111,6 +120,39 @@ def test_page_support_counts_same_page_of_the_same_file_only_and_skips_unplaced_
     place = {P: ("a.pdf", 4), F: ("b.pdf", 4), R: ("a.pdf", 5)}  # G has no place
     out = {f.key: f.score for f in page_support(fused, place)}
     assert out == {P: 1.0, F: 1.0, R: 1.0, G: 5.0}
+
+
+@pytest.mark.parametrize(
+    "query, picture",
+    [
+        ("sketch of an antenna lead hanging beside a wall outlet", True),
+        ("Photo of the blue interface box", True),
+        ("flow chart of HDL frontends", True),
+        ("flowchart of the boot sequence", True),
+        ("wiring diagrams of the pump", True),
+        ("pad drawn with a square aperture", True),
+        ("how do I reset error E07", False),
+        ("photon counting detector", False),  # a word that begins like one is not one
+        ("configure the imager and the plotter", False),
+    ],
+)
+def test_a_query_asks_for_a_picture_by_naming_one(query, picture):
+    assert asks_for_picture(query) is picture
+
+
+def test_pictures_are_preferred_by_their_share_and_the_rest_keeps_its_order():
+    G = ("figure", "scan")
+    fused = [
+        Fused(P, 10.0, {"a": 1}),
+        Fused(Q, 8.0, {"a": 2}),
+        Fused(F, 7.0, {"a": 3}),
+        Fused(G, 6.0, {"a": 4}),
+    ]
+    out = prefer_pictures(fused, {F})
+    assert _keys(out) == [F, P, Q, G]  # 7 x 1.5 = 10.5 passes 10; the scanned page G is not a picture
+    assert {f.key: f.score for f in out} == {P: 10.0, Q: 8.0, F: 7.0 * PICTURE_BOOST, G: 6.0}
+    assert _keys(prefer_pictures(fused, {F}, factor=1.2)) == [P, F, Q, G]  # a clear lead stays ahead
+    assert _keys(prefer_pictures(fused, set())) == _keys(fused)
 
 
 def test_snippet_centres_on_the_query_terms_and_marks_them():
