@@ -403,7 +403,16 @@ class Indexer:
                 + ("; see the skipped files" if skipped else "")
             )
         # what a reader says while this run goes on: "the index is being built (N of M documents so far)"
-        manifest.set_meta("run", {"pid": os.getpid(), "total": len(files), "started": time.time()})
+        # ("clip": whether this run makes CLIP vectors, so a reader does not promise them "yet")
+        manifest.set_meta(
+            "run",
+            {
+                "pid": os.getpid(),
+                "total": len(files),
+                "started": time.time(),
+                "clip": bool(self.dense and self._want_clip),
+            },
+        )
         known = manifest.documents()
         fp = extraction_fingerprint(cfg)
         # a failure is worth retrying when the file, the extraction settings, the worker's limits or the

@@ -296,7 +296,10 @@ class Retriever:
                 raise ManualragError(lost)
             return None
         if not model or not self.models.get(which) or self.store.get(_VECTORS_OF[which]) is None:
-            building = self.building() if which == "clip" else None
+            # an index run going on makes CLIP vectors unless it runs without a CLIP model
+            run = self.manifest.get_meta("run")
+            makes_clip = not isinstance(run, dict) or run.get("clip", True)
+            building = self.building() if which == "clip" and makes_clip else None
             if building:
                 self._off[which], failed = "building", f"no CLIP vectors yet: {building}"
             elif which == "clip":

@@ -504,6 +504,30 @@ def test_query_during_a_first_run_says_the_index_is_being_built(tmp_path, tiny_c
     assert rc == 0 and "being built" not in out, out
 
 
+@pytest.mark.slow
+def test_query_during_a_run_without_clip_does_not_promise_clip_vectors(tmp_path):
+    """A run with `--model none` never makes CLIP vectors: a query meanwhile says the index has none
+    (before: "no CLIP vectors yet: the index is being built", as if they were coming)."""
+    from manualrag.indexer.worker import FAULT_ENV
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.md", "b.md"):
+        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "timeout_s": 300})
+    idx = tmp_path / "idx"
+    proc = rh.popen_cli(*rh.index_args(cfg, lib, idx, dense=False), env={FAULT_ENV: "hang:b.md"})
+    try:
+        assert rh.wait_for(lambda: (idx / "index.sqlite").exists() and rh.cli(
+            "--config", str(cfg), "stats", "--json", "--index-dir", str(idx))[1].get("documents") == 1,
+            timeout=180, interval=0.3), proc.stderr  # fmt: skip
+        rc, _, out = rh.cli("--config", str(cfg), "query", "torque adoc", "--index-dir", str(idx))
+        assert rc == 0 and "the index is being built (1 of 2 documents so far)" in out, out
+        assert "no CLIP vectors yet" not in out and "has no CLIP vectors" in out, out
+    finally:
+        rh.kill_hard(proc)
+
+
 # ------------------------------------------------------------- row 11: temporary files, SIGTERM and the lock
 def _children(pid: int) -> list[int]:
     out: list[int] = []
