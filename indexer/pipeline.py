@@ -29,6 +29,7 @@ import numpy as np
 from manualrag import ids
 from manualrag.config import extraction_fingerprint, public_config, settings_changes
 from manualrag.errors import ManualragError, NonFiniteVectorsError
+from manualrag.ids import file_digest
 from manualrag.index import Index, IndexLayout
 from manualrag.indexer import budget
 from manualrag.indexer.chunk import make_passages, make_windows
@@ -38,7 +39,6 @@ from manualrag.indexer.discover import (
     TEXT_SUFFIXES,
     SourceFile,
     discover,
-    file_digest,
 )
 from manualrag.lock import IndexLock, make_index_folder
 from manualrag.manifest import DocRow, Manifest

@@ -306,7 +306,7 @@ class Assets:
             with self._lock:
                 same = self._same.get(key)
             if same is None:
-                from manualrag.indexer.discover import file_digest
+                from manualrag.ids import file_digest
 
                 try:
                     same = file_digest(path) == row.digest

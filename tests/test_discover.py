@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from manualrag.config import load_config
-from manualrag.indexer.discover import SourceFile, discover, file_digest, file_type_for
+from manualrag.ids import file_digest
+from manualrag.indexer.discover import SourceFile, discover, file_type_for
 
 
 @pytest.fixture()
