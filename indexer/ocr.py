@@ -219,10 +219,12 @@ class OcrEngine:
         """OCR each ``(digest, image bytes)``; returns digest -> result. Cached digests are not re-read."""
         out: dict[str, OcrResult] = {}
         todo: dict[str, bytes] = {}
+        names: dict[str, str] = {}
         for digest, data in images:
             if digest in out or digest in todo:
                 continue
-            hit = self._cached(digest)
+            names[digest] = self._cache_id(digest, data)
+            hit = self._cached(names[digest])
             if hit is not None:
                 out[digest] = hit
             else:
@@ -232,7 +234,7 @@ class OcrEngine:
             for digest, fut in futures.items():
                 res = fut.result()
                 out[digest] = res
-                self._store(digest, res)
+                self._store(names[digest], res)
         return out
 
     def close(self) -> None:
@@ -417,8 +419,8 @@ class OcrEngine:
         return res, median
 
     def _prepare(self, data: bytes) -> tuple[Image.Image, float, tuple[int, int]]:
-        """Decode, and scale so the longer side lies in [min_side, max_side]; returns (image, scale,
-        the decoded image's size)."""
+        """Decode, and scale so the longer side lies in [min_side, max_side] (a long strip is scaled down
+        only as far as its shorter side stays min_side); returns (image, scale, the decoded image's size)."""
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
@@ -431,16 +433,34 @@ class OcrEngine:
         elif img.mode not in ("RGB", "L"):
             img = img.convert("RGB")
         size = img.size
-        longer = max(img.size)
-        scale = 1.0
-        if longer < self.min_side:
-            scale = min(self.min_side / longer, 4.0)  # beyond 4x only blur is added
-        elif longer > self.max_side:
-            scale = self.max_side / longer
+        scale = self._scale(size)
         if abs(scale - 1.0) > 0.01:
             scaled = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
             img = img.resize(scaled, Image.Resampling.LANCZOS)
         return img, scale, size
+
+    def _scale(self, size: tuple[int, int]) -> float:
+        """The factor an image of ``size`` is scaled by before OCR (see :meth:`_prepare`)."""
+        longer, shorter = max(size), max(1, min(size))
+        if longer < self.min_side:
+            return min(self.min_side / longer, 4.0)  # beyond 4x only blur is added
+        if longer > self.max_side:
+            # not below min_side on the shorter side (or its own size): a long strip (a terminal row, a
+            # wiring strip 20000 x 200) scaled by its length alone leaves its text a few pixels tall
+            return max(self.max_side / longer, min(1.0, self.min_side / shorter))
+        return 1.0
+
+    def _cache_id(self, digest: str, data: bytes) -> str:
+        """The image's name in the cache: its digest, marked for a long strip (strips are read at a larger
+        scale than the cache entries made before that rule, which are not reused)."""
+        try:
+            with Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS) as im:  # the header only
+                size = im.size
+        except Exception:  # noqa: BLE001 - _prepare says why it cannot be read
+            return digest
+        longer = max(size)
+        strip = longer > self.max_side and self._scale(size) > self.max_side / longer + 1e-9
+        return f"{digest}:strip" if strip else digest
 
     def _use_sauvola(self, img: Image.Image) -> bool:
         if self.binarize == "sauvola":

@@ -329,7 +329,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 # 8: numbered section headings read by OCR run on over consecutive scanned pages (and title their scans).
 # 9: a numbered figure takes the heading of the sentence that refers to it, which leads its nearby text.
 # 10: a paragraph that begins with a figure's label ("Figure 4.1 shows ...") is a mention, not its caption.
-EXTRACTION_VERSION = 10
+# 11: a long image strip (a terminal row 10000 x 110 px) is not scaled below ocr.min_side across for OCR.
+EXTRACTION_VERSION = 11
 
 
 def extraction_settings(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -398,6 +398,24 @@ def test_loose_png_with_text(tmp_path: Path, cfg: dict, ocr: OcrEngine) -> None:
     assert fig.heading == "label" and all(b.heading == "label" for b in doc.blocks)
 
 
+@needs_tesseract
+def test_a_long_strip_keeps_its_text_readable_for_ocr(tmp_path: Path, cfg: dict, ocr: OcrEngine) -> None:
+    """A 10000 x 112 px strip (a terminal row, a wiring strip) was scaled to 2500 px long for OCR, its
+    labels to a few pixels tall, and read as nothing; now only as far as its height allows (ocr.min_side)."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=7200, height=80)
+    words = ["RELAY", "FUSE", "CONNECTOR", "MOTOR", "SWITCH", "LAMP"]
+    for i, w in enumerate(words):
+        page.insert_text((60 + i * 1180, 50), w, fontsize=16, fontname="helv")
+    png = tmp_path / "strip.png"
+    png.write_bytes(page.get_pixmap(dpi=100, colorspace=pymupdf.csGRAY).tobytes("png"))
+    doc.close()
+    (fig,) = extract_file(png, "strip.png", cfg, ocr=ocr).figures
+    assert (fig.width, fig.height) == (10000, 112)
+    read = fig.ocr_text.upper().split()
+    assert sum(w in read for w in words) >= 5, fig.ocr_text
+
+
 def test_a_loose_images_name_as_words() -> None:
     assert name_heading("boards/t440p_all-flash.chips.jpg") == "t440p all flash chips"
     assert name_heading("IMG_0042.PNG") == "IMG 0042"
