@@ -773,6 +773,8 @@ def _print_hits(res: Any) -> None:
                     "       figures: "
                     + "; ".join(f"{f.caption or f.kind + ' figure'} p{f.page}" for f in h.figures[:3])
                 )
+        if h.copies:
+            _echo(f"       also in (same file): {_short(', '.join(h.copies), 150)}")
 
 
 # ------------------------------------------------------------------------------------------------ context

@@ -99,6 +99,8 @@ class Hit:
     rotation: int | None = None  # image hits: 0, or the clockwise turn that made the stored crop upright
     # text hits: figures on the same page or referenced from the passage
     figures: list[LinkedFigure] = field(default_factory=list)
+    # other library files with the same bytes as ``path``: the same hit is in each (shown once)
+    copies: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -611,6 +613,21 @@ class Retriever:
         figures: dict[str, Any] = {}
         fetched = 0  # fused[:fetched] have had their figure rows read
         hits: list[Hit] = []
+        digests: dict[str, str] = {}  # document path -> content digest
+        shown: dict[tuple[str, str], Hit] = {}  # (digest, id within the document) -> its hit
+
+        def copy_of(hit: Hit) -> bool:
+            """True (and ``hit``'s file noted on the hit shown) when a file with the same bytes already
+            gave this hit: a library holding one manual twice shows its hits once."""
+            if hit.path not in digests:
+                row = self.manifest.document(hit.path)
+                digests[hit.path] = row.digest if row is not None else hit.path
+            key = (digests[hit.path], hit.id.split(":", 1)[-1])
+            first = shown.setdefault(key, hit)
+            if first is not hit:
+                first.copies.append(hit.path)
+            return first is not hit
+
         for i, f in enumerate(fused):
             if i >= fetched:
                 fetched = i + FIGURE_BATCH
@@ -626,22 +643,20 @@ class Retriever:
                 # file being re-indexed (not yet committed) when the search ran unfiltered
                 if source and not _match(p.doc_path, source):
                     continue
-                hits.append(
-                    Hit(
-                        rank=0,
-                        kind="text",
-                        score=f.score,
-                        path=p.doc_path,
-                        page=p.page,
-                        pages=[p.page],
-                        channels=dict(f.ranks),
-                        id=ref,
-                        heading=p.heading,
-                        text=p.text,
-                        snippet=make_snippet(p.text, query),
-                        suspect=p.suspect,
-                        bbox=list(p.bbox),
-                    )
+                hit = Hit(
+                    rank=0,
+                    kind="text",
+                    score=f.score,
+                    path=p.doc_path,
+                    page=p.page,
+                    pages=[p.page],
+                    channels=dict(f.ranks),
+                    id=ref,
+                    heading=p.heading,
+                    text=p.text,
+                    snippet=make_snippet(p.text, query),
+                    suspect=p.suspect,
+                    bbox=list(p.bbox),
                 )
             else:
                 g = figures.get(ref)
@@ -649,26 +664,39 @@ class Retriever:
                     continue
                 if source and not _match(g.doc_path, source):
                     continue
-                hits.append(
-                    Hit(
-                        rank=0,
-                        kind="image",
-                        score=f.score,
-                        path=g.doc_path,
-                        page=g.pages[0],
-                        pages=list(g.pages),
-                        channels=dict(f.ranks),
-                        id=ref,
-                        heading=g.heading,
-                        text="\n".join(x for x in [g.caption, " ".join(g.labels), g.ocr_text] if x),
-                        snippet=make_snippet(" ".join([g.caption, " ".join(g.labels), g.ocr_text]), query),
-                        crop_path=_abs(self.index_dir, g.crop_path),
-                        bbox=list(g.bbox),
-                        **{h: _copy(getattr(g, name)) for h, name in HIT_FIGURE_FIELDS.items()},
-                    )
+                hit = Hit(
+                    rank=0,
+                    kind="image",
+                    score=f.score,
+                    path=g.doc_path,
+                    page=g.pages[0],
+                    pages=list(g.pages),
+                    channels=dict(f.ranks),
+                    id=ref,
+                    heading=g.heading,
+                    text="\n".join(x for x in [g.caption, " ".join(g.labels), g.ocr_text] if x),
+                    snippet=make_snippet(" ".join([g.caption, " ".join(g.labels), g.ocr_text]), query),
+                    crop_path=_abs(self.index_dir, g.crop_path),
+                    bbox=list(g.bbox),
+                    **{h: _copy(getattr(g, name)) for h, name in HIT_FIGURE_FIELDS.items()},
                 )
+            if not copy_of(hit):
+                hits.append(hit)
             if len(hits) >= k:
                 break
+        # copies of the hits shown among the candidates after them (a copy scores the same, so it is often
+        # the next candidate): named on the hit too
+        suffixes = {key[1] for key in shown}
+        for f in fused[i + 1 :] if hits else []:
+            kind, ref = f.key
+            if ref.split(":", 1)[-1] not in suffixes:
+                continue
+            if kind == "passage":
+                path = passages[ref].doc_path if ref in passages else None
+            else:
+                path = next((g.doc_path for g in self.manifest.figures([ref]).values()), None)
+            if path is not None and (not source or _match(path, source)):
+                copy_of(Hit(rank=0, kind="", score=0.0, path=path, page=0, pages=[], channels={}, id=ref))
         for i, h in enumerate(hits, 1):
             h.rank = i
             if h.kind == "text":

@@ -49,6 +49,7 @@ HIT_FIELDS = {
     "quality",
     "rotation",
     "figures",
+    "copies",
 }
 
 
@@ -192,6 +193,40 @@ def test_source_on_the_command_line_finds_a_file_outside_the_top_candidates(inde
     none = query("--source", "*.docx")
     assert none.stdout.strip() == "no hits"
     assert "no indexed file matches the source filter '*.docx'" in none.stderr
+
+
+def test_a_file_held_twice_shows_its_hits_once_naming_the_copy(tmp_path):
+    """Two files with the same bytes (a manual copied into a second folder) give each hit once, the other
+    file named on it (before: every hit twice, the second copy pushing other manuals out of the top k)."""
+    lib = tmp_path / "lib"
+    (lib / "old").mkdir(parents=True)
+    shutil.copy(SAMPLE / PUMP, lib / PUMP)
+    shutil.copy(SAMPLE / PUMP, lib / "old" / PUMP)
+    shutil.copy(SAMPLE / "release-notes.md", lib / "release-notes.md")
+    idx = tmp_path / "idx"
+    run = CliRunner().invoke(main, ["index", str(lib), "--index-dir", str(idx), "--no-dense", "-q"])
+    assert run.exit_code == 0, run.output
+    res = CliRunner().invoke(
+        main, ["query", "pump relief valve", "--index-dir", str(idx), "-k", "6", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)
+    assert len(hits) == 6
+    same = [(h["kind"], h["page"], h["id"].split(":", 1)[1]) for h in hits]
+    assert len(set(same)) == len(same), same  # no hit twice
+    for h in hits:
+        if h["path"] in (PUMP, f"old/{PUMP}"):
+            assert h["copies"] == [f"old/{PUMP}" if h["path"] == PUMP else PUMP], h
+        else:
+            assert h["copies"] == []
+    text = CliRunner().invoke(main, ["query", "pump relief valve", "--index-dir", str(idx), "-k", "3"])
+    assert f"also in (same file): old/{PUMP}" in text.stdout or f"also in (same file): {PUMP}" in text.stdout
+    # a source filter on one copy searches that file alone: its hits, no copies to name
+    only = CliRunner().invoke(
+        main, ["query", "pump relief valve", "--index-dir", str(idx), "--source", "old/*", "--json"]
+    )
+    assert {h["path"] for h in json.loads(only.stdout)} == {f"old/{PUMP}"}
+    assert all(h["copies"] == [] for h in json.loads(only.stdout))
 
 
 def test_text_hit_links_figures_on_its_page(retriever):

@@ -169,6 +169,7 @@ def hit_metadata(hit: Hit) -> dict[str, Any]:
         "score": hit.score,
         "rank": hit.rank,
         "channels": dict(hit.channels),
+        "copies": list(hit.copies),
     }
     if hit.kind == "image":
         meta.update(

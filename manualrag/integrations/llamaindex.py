@@ -48,6 +48,7 @@ _HIDDEN = [
     "labels",
     "source",
     "quality",
+    "copies",
 ]
 
 

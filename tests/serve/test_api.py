@@ -31,7 +31,7 @@ TOKEN = "t0ken-for-the-tests-0123456789"
 HIT_FIELDS = {
     "rank", "kind", "score", "path", "page", "pages", "channels", "id", "heading", "text", "snippet",
     "suspect", "figure_kind", "caption", "labels", "ocr_text", "nearby_text", "crop_path", "bbox",
-    "quality", "rotation", "figures",
+    "quality", "rotation", "figures", "copies",
 }  # fmt: skip
 
 

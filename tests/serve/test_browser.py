@@ -258,3 +258,37 @@ def test_no_image_button_on_an_index_without_clip_vectors(browser, page, tmp_pat
             assert not pg.locator("#upload").is_visible()
         finally:
             ctx.close()
+
+
+def test_a_manual_held_twice_is_one_card_naming_the_copy(browser, tmp_path, minilm_dir):
+    """The same notes in two folders of the library: each hit is one card, which names the other file."""
+    import yaml
+    from click.testing import CliRunner
+
+    from manualrag.cli import main
+
+    lib = tmp_path / "lib"
+    (lib / "copy").mkdir(parents=True)
+    shutil.copy(SAMPLE / NOTES, lib / NOTES)
+    shutil.copy(SAMPLE / NOTES, lib / "copy" / NOTES)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"model": None, "text_model": str(minilm_dir)}))
+    idx = tmp_path / "index"
+    res = CliRunner().invoke(main, ["--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "-q"])
+    assert res.exit_code == 0, res.output
+    with _serve(cfg, idx, tmp_path / "serve.log") as url:
+        ctx = browser.new_context()
+        try:
+            pg = ctx.new_page()
+            pg.set_default_timeout(60_000)
+            pg.goto(url + "/?q=fuse")
+            pg.wait_for_selector("#results .card")
+            cards = pg.locator("#results .card")
+            first = cards.first
+            ids = [c.get_attribute("data-id").split(":", 1)[1] for c in cards.all()]
+            assert len(ids) == len(set(ids)), ids  # no hit twice
+            shown = first.locator(".file").inner_text()
+            other = f"copy/{NOTES}" if shown == NOTES else NOTES
+            assert first.locator(".copies").inner_text() == f"also in (same file): {other}"
+        finally:
+            ctx.close()

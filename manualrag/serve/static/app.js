@@ -149,8 +149,14 @@ function imageCard(h) {
     h.heading ? el("p", { class: "heading", text: h.heading }) : null,
     h.labels && h.labels.length ? el("p", { class: "labels", text: h.labels.slice(0, 60).join("  ") + (h.labels.length > 60 ? " …" : "") }) : null,
     h.ocr_text ? el("details", {}, el("summary", { text: "Text in the image (OCR)" }), el("p", { class: "ocr", text: h.ocr_text })) : null,
-    whereButton(h));
+    whereButton(h), copiesNote(h));
   return card;
+}
+
+// a manual held twice in the library: its hit is shown once, the other files named
+function copiesNote(h) {
+  return h.copies && h.copies.length
+    ? el("p", { class: "copies", text: "also in (same file): " + h.copies.join(", ") }) : null;
 }
 
 function textCard(h) {
@@ -168,7 +174,7 @@ function textCard(h) {
         onclick: () => openViewer(f.figure_id, f.page),
       }, img);
     })) : null,
-    whereButton(h));
+    whereButton(h), copiesNote(h));
   return card;
 }
 
