@@ -467,6 +467,9 @@ def _print_summary(s: Any) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- stats
+STATS_FAILED_SHOWN = 20  # failed files listed by `stats` (--json lists all)
+
+
 @main.command()
 @_index_dir_option
 @_store_option
@@ -483,6 +486,7 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
     if as_json:
         _echo_json(out)
         return
+    failed = out.pop("failed")
     width = max(len(key) for key in out)
     for key, value in out.items():
         if isinstance(value, dict):
@@ -494,6 +498,16 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
         elif value is None:
             value = "none"
         _echo(f"{key:>{width}}: {value}")
+    if failed:
+        _echo(
+            "files not indexed (the next `manualrag index` retries one when it changes, or with --retry-failed):"
+        )
+        for f in failed[:STATS_FAILED_SHOWN]:
+            _echo(f"  {f['path']}: {f['reason']}")
+        if len(failed) > STATS_FAILED_SHOWN:
+            _echo(
+                f"  ... and {len(failed) - STATS_FAILED_SHOWN} more (`manualrag stats --json` lists them all)"
+            )
 
 
 # ------------------------------------------------------------------------------------------ remove / reset

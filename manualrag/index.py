@@ -376,6 +376,7 @@ def describe(
         models = manifest.get_meta("models") or {}
         precision = manifest.get_meta("precision") or {}
         library = manifest.get_meta("library")
+        failed = [{"path": e.path, "reason": e.reason} for e in manifest.errors().values()]
     vectors = {kind: store.count(kind) for kind in VECTOR_KINDS}
     dims = {kind: store.model_of(kind) for kind in ("text", "sem")}
     return {
@@ -391,6 +392,8 @@ def describe(
         "precision": {role: p.get("dtype") for role, p in precision.items()},
         "store": cfg["store"]["url"] or "embedded",
         "size_bytes": size_bytes,
+        # the files the last index runs could not read, and why (``errors`` counts them)
+        "failed": failed,
     }
 
 

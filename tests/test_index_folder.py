@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -110,6 +111,25 @@ def test_stats_lines_up_every_value(indexed):
     assert any(line.lstrip().startswith("suspect_passages: ") for line in lines), out
     assert len({line.index(": ") for line in lines}) == 1, out
     assert "None" not in out, out
+
+
+def test_stats_names_the_files_not_indexed_and_why(indexed):
+    """``stats`` said ``errors: 1`` and no more: which file, and why, was in the index run's output only."""
+    lib, idx = indexed
+    (lib / "broken.pdf").write_bytes(b"%PDF-1.4 not really a PDF")
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 1, out
+    rc, out = _cli("stats", "--index-dir", str(idx))
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[-2].startswith("files not indexed") and lines[-1].startswith("  broken.pdf: "), out
+    assert "errors: 1" in out
+    rc, out = _cli("stats", "--index-dir", str(idx), "--json")
+    failed = json.loads(out)["failed"]
+    assert [f["path"] for f in failed] == ["broken.pdf"] and failed[0]["reason"] in lines[-1]
+    (lib / "broken.pdf").unlink()
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0 and json.loads(_cli("stats", "--index-dir", str(idx), "--json")[1])["failed"] == []
 
 
 def test_indexing_another_library_into_the_index_is_refused_before_anything_is_removed(indexed, tmp_path):
