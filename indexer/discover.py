@@ -13,7 +13,7 @@ from typing import Any
 
 from manualrag.errors import ManualragError
 from manualrag.ids import printable_name
-from manualrag.index import IndexLayout
+from manualrag.index import IndexLayout, glob_match
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def discover(
     """Walk ``library`` recursively; return the supported files sorted by relative path, and skip counts.
 
     Skipped (counted by reason): hidden names (``.x``), unsupported suffixes, the ``exclude`` folders
-    (the index when it lies inside the library), any other manualrag index folder in the library (counted
+    (the index when it lies inside the library) and the files the config's ``exclude`` globs match (both
+    ``excluded``), any other manualrag index folder in the library (counted
     as ``index_folder``; their relative paths are appended to ``indexes`` when given), symlinks leading
     outside the library (unless ``follow_symlinks``), broken links, directory loops, a file reached twice
     through links, and anything that is not a regular file or cannot be read. ``examples``, when given,
@@ -84,6 +85,7 @@ def discover(
     root_real = Path(os.path.realpath(root))
     follow_outside = bool(cfg.get("follow_symlinks", False))
     excluded = {Path(os.path.realpath(p)) for p in (exclude or [])}
+    patterns: list[str] = list(cfg.get("exclude") or [])  # the user's globs (config key exclude, --exclude)
     skipped: Counter[str] = Counter()
     candidates: list[tuple[bool, str, Path, os.stat_result, str]] = []  # via_link, rel, path, stat, type
     seen_dirs: set[tuple[int, int]] = set()
@@ -147,6 +149,9 @@ def discover(
                 continue
             if not stat.S_ISREG(st.st_mode):
                 skip("not_regular", rel)
+                continue
+            if any(glob_match(rel, p) for p in patterns):
+                skip("excluded", rel)
                 continue
             ftype = file_type_for(name)
             if ftype is None:

@@ -325,6 +325,12 @@ _dtype_option = click.option(
     help="Let LIBRARY replace the other folder this index was built from (its documents that LIBRARY lacks are removed).",
 )
 @click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave out library files matching GLOB (path inside the library or file name; repeatable; adds to config key exclude).",
+)
+@click.option(
     "--shard",
     default=None,
     metavar="I/N",
@@ -346,6 +352,7 @@ def index(
     no_dense: bool,
     retry_failed: bool,
     replace_library: bool,
+    exclude: tuple[str, ...],
     shard: str | None,
     store_url: str | None,
     as_json: bool,
@@ -370,6 +377,7 @@ def index(
     )
     if text_model is not None:
         cfg["text_model"] = None if means_no_model(text_model) else text_model
+    cfg["exclude"] = [*cfg["exclude"], *exclude]
     _keep_the_index_models(cfg, model_given=model is not None, text_model_given=text_model is not None)
     idx = Indexer(
         cfg,

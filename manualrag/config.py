@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "auto",
     "batch_size": 32,
     "follow_symlinks": False,
+    "exclude": [],
     "passwords": [],
     "extract": {
         "figure_dpi": 150,

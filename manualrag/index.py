@@ -22,6 +22,8 @@ Heavy modules (chromadb) are imported only when a store is opened, so the worker
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import functools
 import json
 import shutil
 import sqlite3
@@ -420,3 +422,27 @@ def _library_relative(path: str, library: str | None) -> str:
         except ValueError:
             pass
     return "/".join(part for part in path.split("/") if part not in ("", "."))
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    """``path`` (relative, POSIX) matches the glob ``pattern``, or its file name does. As in the usual glob
+    convention, ``**/`` also stands for no folder at all: ``**/*.pdf`` matches ``pump.pdf`` at the library
+    root as well as ``a/b/pump.pdf`` (fnmatch alone requires a ``/`` there)."""
+    name = Path(path).name
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(name, p) for p in _zero_folder_variants(pattern))
+
+
+@functools.lru_cache(maxsize=64)
+def _zero_folder_variants(pattern: str, limit: int = 64) -> tuple[str, ...]:
+    """``pattern`` and the patterns where any of its ``**/`` match no folder (each dropped or kept)."""
+    out, todo = [pattern], [pattern]
+    while todo and len(out) < limit:
+        p = todo.pop()
+        start = 0
+        while (i := p.find("**/", start)) >= 0:
+            q = p[:i] + p[i + 3 :]
+            if q not in out:
+                out.append(q)
+                todo.append(q)
+            start = i + 3
+    return tuple(out)

@@ -9,7 +9,6 @@ Channels (names used by ``--channels``):
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import logging
 import re
@@ -22,6 +21,7 @@ from typing import Any
 from manualrag import ids
 from manualrag.config import means_no_model
 from manualrag.errors import ManualragError, shell_arg
+from manualrag.index import glob_match
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, asks_for_picture, fuse, page_support, prefer_pictures
 from manualrag.retriever.lexical import COMPOUND_PART_MIN, COMPOUND_WORD_MAX, MAX_QUERY_TERMS, lexical_search
@@ -552,7 +552,7 @@ class Retriever:
         """The committed documents whose path matches the glob ``source`` (as :func:`_match` says), or None
         when that is every document: then the channels search unfiltered, as fast as without ``source``."""
         paths = self.manifest.document_paths()
-        docs = [p for p in paths if _match(p, source)]
+        docs = [p for p in paths if glob_match(p, source)]
         return None if paths and len(docs) == len(paths) else docs
 
     def _beside(self, kind: str, vec: Any, n: int, docs: list[str] | None = None) -> Any:
@@ -641,7 +641,7 @@ class Retriever:
                     continue
                 # the channels searched the matching files only; this also keeps out the old rows of a
                 # file being re-indexed (not yet committed) when the search ran unfiltered
-                if source and not _match(p.doc_path, source):
+                if source and not glob_match(p.doc_path, source):
                     continue
                 hit = Hit(
                     rank=0,
@@ -662,7 +662,7 @@ class Retriever:
                 g = figures.get(ref)
                 if g is None or g.boilerplate or modality == "text":
                     continue
-                if source and not _match(g.doc_path, source):
+                if source and not glob_match(g.doc_path, source):
                     continue
                 hit = Hit(
                     rank=0,
@@ -695,7 +695,7 @@ class Retriever:
                 path = passages[ref].doc_path if ref in passages else None
             else:
                 path = next((g.doc_path for g in self.manifest.figures([ref]).values()), None)
-            if path is not None and (not source or _match(path, source)):
+            if path is not None and (not source or glob_match(path, source)):
                 copy_of(Hit(rank=0, kind="", score=0.0, path=path, page=0, pages=[], channels={}, id=ref))
         for i, h in enumerate(hits, 1):
             h.rank = i
@@ -727,30 +727,6 @@ def _abs(index_dir: Path, rel: str | None) -> str | None:
 
 def _copy(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
-
-
-def _match(path: str, pattern: str) -> bool:
-    """``path`` (relative, POSIX) matches the glob ``pattern``, or its file name does. As in the usual glob
-    convention, ``**/`` also stands for no folder at all: ``**/*.pdf`` matches ``pump.pdf`` at the library
-    root as well as ``a/b/pump.pdf`` (fnmatch alone requires a ``/`` there)."""
-    name = Path(path).name
-    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(name, p) for p in _zero_folder_variants(pattern))
-
-
-@functools.lru_cache(maxsize=64)
-def _zero_folder_variants(pattern: str, limit: int = 64) -> tuple[str, ...]:
-    """``pattern`` and the patterns where any of its ``**/`` match no folder (each dropped or kept)."""
-    out, todo = [pattern], [pattern]
-    while todo and len(out) < limit:
-        p = todo.pop()
-        start = 0
-        while (i := p.find("**/", start)) >= 0:
-            q = p[:i] + p[i + 3 :]
-            if q not in out:
-                out.append(q)
-                todo.append(q)
-            start = i + 3
-    return tuple(out)
 
 
 def _read_image(image: str | Path | bytes | Any) -> Any:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -315,3 +316,35 @@ def test_the_summary_names_the_first_skipped_files_of_each_reason(tmp_path):
         "excluded": ["data/index"],
         "unsupported": ["b.docx", "c.xlsx", "d.zip"],
     }
+
+
+def test_exclude_leaves_files_out_and_takes_an_indexed_one_out(indexed, tmp_path):
+    """Known-bad or unwanted files: `index --exclude GLOB` (or config key exclude) leaves them out, counted
+    as skipped `excluded`; one indexed before leaves the index; without the glob it comes back."""
+    lib, idx = indexed
+
+    def run(*args: str) -> tuple[int, Any]:
+        res = CliRunner().invoke(main, [*args, "--json"])
+        return res.exit_code, json.loads(res.stdout)
+
+    def documents() -> int:
+        return run("stats", "--index-dir", str(idx))[1]["documents"]
+
+    (lib / "drafts").mkdir()
+    (lib / "drafts" / "d1.md").write_text("# Draft\n\nThe draft pump has a paper seal.\n")
+    rc, summary = run("index", str(lib), "--index-dir", str(idx), "--no-dense", "--exclude", "drafts/*")
+    assert rc == 0 and summary["skipped"] == {"excluded": 1}, summary
+    rc, summary = run("index", str(lib), "--index-dir", str(idx), "--no-dense", "--exclude", "p2.md")
+    assert rc == 0 and summary["skipped"] == {"excluded": 1} and summary["removed"] == ["pumps/p2.md"], summary
+    assert documents() == 3  # p1.md, valve.txt, drafts/d1.md; pumps/p2.md left the index
+    rc, hits = run("query", "ceramic seal", "--index-dir", str(idx))
+    assert "pumps/p2.md" not in {h["path"] for h in hits}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("exclude: ['**/p*.md', 'drafts/*']\n")
+    rc, summary = run("--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0 and summary["skipped"] == {"excluded": 3} and documents() == 1, summary
+    rc, summary = run("index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0 and summary["skipped"] == {} and documents() == 4, summary
+    (tmp_path / "bad.yaml").write_text("exclude: drafts/*\n")
+    rc, out = _cli("--config", str(tmp_path / "bad.yaml"), "index", str(lib), "--index-dir", str(idx))
+    assert rc == 2 and "config key 'exclude' must be a list of strings" in out, out
