@@ -24,7 +24,13 @@ from manualrag.errors import ManualragError, shell_arg
 from manualrag.index import glob_match
 from manualrag.manifest import Manifest
 from manualrag.retriever.fusion import Fused, Key, asks_for_picture, fuse, page_support, prefer_pictures
-from manualrag.retriever.lexical import COMPOUND_PART_MIN, COMPOUND_WORD_MAX, MAX_QUERY_TERMS, lexical_search
+from manualrag.retriever.lexical import (
+    COMPOUND_PART_MIN,
+    COMPOUND_WORD_MAX,
+    MAX_QUERY_TERMS,
+    STOPWORDS,
+    lexical_search,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +158,9 @@ def _term_pattern(term: str) -> str:
 def make_snippet(text: str, query: str, width: int = 240) -> str:
     """A window of the passage around the densest query-term area, terms marked with ** (the query's first
     MAX_QUERY_TERMS distinct terms, as the lexical channel searches)."""
-    distinct = list(dict.fromkeys(t for t in _terms(query) if len(t) > 2))[:MAX_QUERY_TERMS]
+    words = [t for t in _terms(query) if len(t) > 2]
+    # stopwords ("the", "how", "what") are marked only when the query has nothing else, as lexical searches
+    distinct = list(dict.fromkeys([t for t in words if t not in STOPWORDS] or words))[:MAX_QUERY_TERMS]
     terms = tuple(sorted(distinct, key=lambda t: (-len(t), t)))
     flat = " ".join(text.split())
     if not terms:

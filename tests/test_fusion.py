@@ -171,6 +171,14 @@ def test_snippet_without_terms_is_the_start_and_marks_word_starts_only():
     assert make_snippet("subpump", "pump") == "subpump"  # inside a word: not marked
 
 
+def test_snippet_leaves_stopwords_unmarked_unless_the_query_has_nothing_else():
+    text = "How the relief valve opens: what the pump does when the pressure rises."
+    s = make_snippet(text, "how does the relief valve open")
+    assert s == "How the **relief** **valve** **opens**: what the pump does when the pressure rises."
+    assert make_snippet("To be or not to be", "to be or not") == "To be or **not** to be"
+    assert make_snippet("What was that?", "what was") == "**What** **was** that?"
+
+
 def test_snippet_marks_a_long_word_where_the_manual_writes_it_apart():
     # the lexical channel finds "file system" for "filesystem" (compound_phrases): the snippet shows why
     text = "Mount the file system, then the File-System table; a ther- mometer reads 20. A filesys tem."

@@ -335,7 +335,9 @@ def test_exclude_leaves_files_out_and_takes_an_indexed_one_out(indexed, tmp_path
     rc, summary = run("index", str(lib), "--index-dir", str(idx), "--no-dense", "--exclude", "drafts/*")
     assert rc == 0 and summary["skipped"] == {"excluded": 1}, summary
     rc, summary = run("index", str(lib), "--index-dir", str(idx), "--no-dense", "--exclude", "p2.md")
-    assert rc == 0 and summary["skipped"] == {"excluded": 1} and summary["removed"] == ["pumps/p2.md"], summary
+    assert rc == 0 and summary["skipped"] == {"excluded": 1} and summary["removed"] == ["pumps/p2.md"], (
+        summary
+    )
     assert documents() == 3  # p1.md, valve.txt, drafts/d1.md; pumps/p2.md left the index
     rc, hits = run("query", "ceramic seal", "--index-dir", str(idx))
     assert "pumps/p2.md" not in {h["path"] for h in hits}
