@@ -840,6 +840,15 @@ class WorkerPool:
                     state["closed"] = 1  # the consumer stopped early (an error): submit nothing more
                 if early:  # (Ctrl-C, SIGTERM, an error) nobody wants the documents in flight: stop them
                     self._kill_busy()
+                    ex.shutdown(wait=False, cancel_futures=True)
+                    # a request that took its (then idle) worker after that kill would run on to its time
+                    # limit (a hanging file: minutes): kill busy workers until every request has ended
+                    while True:
+                        with lock:
+                            if not state["in_flight"]:
+                                break
+                        time.sleep(0.02)
+                        self._kill_busy()
                 ex.shutdown(wait=True, cancel_futures=True)
 
         if (
