@@ -58,6 +58,14 @@ def versioned_pdf(tag: str, pages: int = 2, figure: bool = True, photo: bool = F
     return data
 
 
+def md_library(folder: Path, *names: str) -> Path:
+    """``folder`` holding a :func:`versioned_md` file per name (its first letter + "doc" as the tag)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(versioned_md(name[0] + "doc"))
+    return folder
+
+
 def versioned_md(tag: str, sections: int = 2) -> bytes:
     parts = [f"# Release notes torque {tag}\n"]
     for i in range(1, sections + 1):

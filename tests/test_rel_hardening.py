@@ -466,10 +466,7 @@ def test_query_during_a_first_run_says_the_index_is_being_built(tmp_path, tiny_c
     "the index has no CLIP vectors (built with --no-dense)"). Once the run is gone, the note is too."""
     from manualrag.indexer.worker import FAULT_ENV
 
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    for name in ("a.md", "b.md", "c.md"):
-        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    lib = rh.md_library(tmp_path / "lib", "a.md", "b.md", "c.md")
     cfg = rh.write_cfg(
         tmp_path / "cfg.yaml", model=str(tiny_clip_dir), isolation={"workers": 1, "timeout_s": 300}
     )
@@ -510,10 +507,7 @@ def test_query_during_a_run_without_clip_does_not_promise_clip_vectors(tmp_path)
     (before: "no CLIP vectors yet: the index is being built", as if they were coming)."""
     from manualrag.indexer.worker import FAULT_ENV
 
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    for name in ("a.md", "b.md"):
-        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    lib = rh.md_library(tmp_path / "lib", "a.md", "b.md")
     cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "timeout_s": 300})
     idx = tmp_path / "idx"
     proc = rh.popen_cli(*rh.index_args(cfg, lib, idx, dense=False), env={FAULT_ENV: "hang:b.md"})
@@ -551,10 +545,7 @@ def test_temporary_files_are_private_and_swept_and_sigterm_releases_the_lock(tmp
 
     from manualrag.indexer.worker import FAULT_ENV
 
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    for name in ("a.md", "b.md", "c.md"):
-        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    lib = rh.md_library(tmp_path / "lib", "a.md", "b.md", "c.md")
     cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "timeout_s": 300})
     idx = tmp_path / "idx"
     args = rh.index_args(cfg, lib, idx, dense=False)
@@ -627,10 +618,7 @@ def test_index_json_interrupted_still_prints_its_summary(tmp_path):
 
     from manualrag.indexer.worker import FAULT_ENV
 
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    for name in ("a.md", "b.md", "c.md"):
-        (lib / name).write_bytes(rh.versioned_md(name[0] + "doc"))
+    lib = rh.md_library(tmp_path / "lib", "a.md", "b.md", "c.md")
     cfg = rh.write_cfg(tmp_path / "cfg.yaml", isolation={"workers": 1, "timeout_s": 300})
     idx = tmp_path / "idx"
     proc = rh.popen_cli(

@@ -230,23 +230,31 @@ def test_api_docs_page_offline(page, server):
         assert route in routes
 
 
-def test_no_image_button_on_an_index_without_clip_vectors(browser, page, tmp_path, minilm_dir):
-    """Search by image needs the index's CLIP vectors: on an index built with --model none the page does not
-    offer the Image… button (it led to an error after the upload); on the shared index it does."""
+def _notes_index(tmp_path, minilm_dir, names: list[str]):
+    """(config, index folder) of a library holding the sample release notes under each of ``names``,
+    indexed with the text model and no CLIP model."""
     import yaml
     from click.testing import CliRunner
 
     from manualrag.cli import main
 
-    assert page.locator("#upload").is_visible()
     lib = tmp_path / "lib"
-    lib.mkdir()
-    shutil.copy(SAMPLE / NOTES, lib / NOTES)
+    for name in names:
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLE / NOTES, lib / name)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"model": None, "text_model": str(minilm_dir)}))
     idx = tmp_path / "index"
     res = CliRunner().invoke(main, ["--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "-q"])
     assert res.exit_code == 0, res.output
+    return cfg, idx
+
+
+def test_no_image_button_on_an_index_without_clip_vectors(browser, page, tmp_path, minilm_dir):
+    """Search by image needs the index's CLIP vectors: on an index built with --model none the page does not
+    offer the Image… button (it led to an error after the upload); on the shared index it does."""
+    assert page.locator("#upload").is_visible()
+    cfg, idx = _notes_index(tmp_path, minilm_dir, [NOTES])
     with _serve(cfg, idx, tmp_path / "serve.log") as url:
         ctx = browser.new_context()
         try:
@@ -262,20 +270,7 @@ def test_no_image_button_on_an_index_without_clip_vectors(browser, page, tmp_pat
 
 def test_a_manual_held_twice_is_one_card_naming_the_copy(browser, tmp_path, minilm_dir):
     """The same notes in two folders of the library: each hit is one card, which names the other file."""
-    import yaml
-    from click.testing import CliRunner
-
-    from manualrag.cli import main
-
-    lib = tmp_path / "lib"
-    (lib / "copy").mkdir(parents=True)
-    shutil.copy(SAMPLE / NOTES, lib / NOTES)
-    shutil.copy(SAMPLE / NOTES, lib / "copy" / NOTES)
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"model": None, "text_model": str(minilm_dir)}))
-    idx = tmp_path / "index"
-    res = CliRunner().invoke(main, ["--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "-q"])
-    assert res.exit_code == 0, res.output
+    cfg, idx = _notes_index(tmp_path, minilm_dir, [NOTES, f"copy/{NOTES}"])
     with _serve(cfg, idx, tmp_path / "serve.log") as url:
         ctx = browser.new_context()
         try:
