@@ -230,6 +230,20 @@ def test_api_docs_page_offline(page, server):
         assert route in routes
 
 
+@contextlib.contextmanager
+def _results(browser, url: str):
+    """A page of its own browser context at ``url``, once its result cards are shown."""
+    ctx = browser.new_context()
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(60_000)
+        pg.goto(url)
+        pg.wait_for_selector("#results .card")
+        yield pg
+    finally:
+        ctx.close()
+
+
 def _notes_index(tmp_path, minilm_dir, names: list[str]):
     """(config, index folder) of a library holding the sample release notes under each of ``names``,
     indexed with the text model and no CLIP model."""
@@ -255,35 +269,19 @@ def test_no_image_button_on_an_index_without_clip_vectors(browser, page, tmp_pat
     offer the Image… button (it led to an error after the upload); on the shared index it does."""
     assert page.locator("#upload").is_visible()
     cfg, idx = _notes_index(tmp_path, minilm_dir, [NOTES])
-    with _serve(cfg, idx, tmp_path / "serve.log") as url:
-        ctx = browser.new_context()
-        try:
-            pg = ctx.new_page()
-            pg.set_default_timeout(60_000)
-            pg.goto(url + "/?q=fuse")
-            pg.wait_for_selector("#results .card")
-            pg.wait_for_selector("#upload", state="hidden")
-            assert not pg.locator("#upload").is_visible()
-        finally:
-            ctx.close()
+    with _serve(cfg, idx, tmp_path / "serve.log") as url, _results(browser, url + "/?q=fuse") as pg:
+        pg.wait_for_selector("#upload", state="hidden")
+        assert not pg.locator("#upload").is_visible()
 
 
 def test_a_manual_held_twice_is_one_card_naming_the_copy(browser, tmp_path, minilm_dir):
     """The same notes in two folders of the library: each hit is one card, which names the other file."""
     cfg, idx = _notes_index(tmp_path, minilm_dir, [NOTES, f"copy/{NOTES}"])
-    with _serve(cfg, idx, tmp_path / "serve.log") as url:
-        ctx = browser.new_context()
-        try:
-            pg = ctx.new_page()
-            pg.set_default_timeout(60_000)
-            pg.goto(url + "/?q=fuse")
-            pg.wait_for_selector("#results .card")
-            cards = pg.locator("#results .card")
-            first = cards.first
-            ids = [c.get_attribute("data-id").split(":", 1)[1] for c in cards.all()]
-            assert len(ids) == len(set(ids)), ids  # no hit twice
-            shown = first.locator(".file").inner_text()
-            other = f"copy/{NOTES}" if shown == NOTES else NOTES
-            assert first.locator(".copies").inner_text() == f"also in (same file): {other}"
-        finally:
-            ctx.close()
+    with _serve(cfg, idx, tmp_path / "serve.log") as url, _results(browser, url + "/?q=fuse") as pg:
+        cards = pg.locator("#results .card")
+        first = cards.first
+        ids = [c.get_attribute("data-id").split(":", 1)[1] for c in cards.all()]
+        assert len(ids) == len(set(ids)), ids  # no hit twice
+        shown = first.locator(".file").inner_text()
+        other = f"copy/{NOTES}" if shown == NOTES else NOTES
+        assert first.locator(".copies").inner_text() == f"also in (same file): {other}"
