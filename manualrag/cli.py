@@ -436,15 +436,25 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 
 
 def _print_summary(s: Any) -> None:
+    from manualrag.index import recorded_models
+
     d = s.to_dict()
     docs = d["documents"]
-    if not s.dense:
+    kept = [m for m in (recorded_models(d["index_dir"]) or {}).values() if m] if not s.dense else []
+    if kept:  # --no-dense, or both models none, on an index that has vectors: they stay as they are
+        mode = "  (no vectors made this run)"
+    elif not s.dense:
         mode = "  (lexical only: no vectors)"
     elif not d["model"]:
         mode = "  (text channel only: no CLIP model)"
     else:
         mode = ""
     _echo(f"Indexed {d['library']} into {d['index_dir']} in {d['wall_s']:.1f} s{mode}")
+    if kept:
+        _echo(
+            f"  vectors: the index keeps those it has; a run with its models ({', '.join(kept)}) adds the "
+            "missing ones"
+        )
     _echo(
         f"  documents: {docs['indexed']} indexed, {docs['unchanged']} unchanged, "
         f"{docs['removed']} removed, {docs['failed']} failed"

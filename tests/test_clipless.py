@@ -255,3 +255,22 @@ def test_an_index_is_updated_with_the_models_it_was_built_with(tmp_path, tiny_cl
     assert rc == 0, err
     summary = json.loads(out)
     assert summary["indexed"] == ["valve.md"] and summary["model"] == str(tiny_clip_dir.resolve()), summary
+
+
+def test_a_run_without_vectors_says_the_index_keeps_its_own(tmp_path):
+    """`index --no-dense` (or `--text-model none --model none`) on an index with text vectors said
+    "lexical only: no vectors", as if the index had none. It now says that this run made none, that the
+    index keeps those it has, and which models a later run adds the missing ones with (and that one does)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "pump.md").write_text("# Pump\n\nBleed the pump before the first start.\n")
+    rc, _, err = _cli("index", "lib", "--index-dir", "idx", "--model", "none", "-q", cwd=tmp_path)
+    assert rc == 0, err
+    (lib / "valve.md").write_text("# Valve\n\nThe relief valve opens at 180 bar.\n")
+    for flags in (["--no-dense"], ["--text-model", "none", "--model", "none"]):
+        rc, out, err = _cli("index", "lib", "--index-dir", "idx", *flags, cwd=tmp_path)
+        assert rc == 0, err
+        assert "(no vectors made this run)" in out and "lexical only" not in out, out
+        assert f"a run with its models ({HUB_TEXT_MODEL}) adds the missing ones" in out, out
+    rc, out, err = _cli("index", "lib", "--index-dir", "idx", "--json", cwd=tmp_path)
+    assert rc == 0 and json.loads(out)["records"].get("sem", 0) > 0, out
