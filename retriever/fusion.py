@@ -55,10 +55,13 @@ METHODS = ("zscore", "rrf")
 PAGE_SUPPORT = 0.1  # share of the page's other candidates' fused scores a thing gains
 PAGE_SUPPORT_TOP = 2  # ... counting at most this many of them (the best)
 Place = tuple[str, int]  # (document path, page)
-# words by which a query asks for a picture ("sketch of an antenna lead beside a wall outlet")
+# words by which a query asks for a picture ("sketch of an antenna lead beside a wall outlet"); not in
+# their other senses: "current drawn", "figure out why", "disk/firmware/flash/boot image"
+_NOT_A_PICTURE_IMAGE = "".join(f"(?<!{w} )" for w in ("disk", "firmware", "flash", "boot", "iso", "system"))
 PICTURE_WORDS = re.compile(
-    r"\b(?:photo(?:graph)?s?|pictures?|images?|drawings?|drawn|sketch(?:es|ed)?|diagrams?|schematics?|"
-    r"illustrations?|figures?|(?:flow ?)?charts?|graphs?|plots?|screenshots?)\b",
+    r"\b(?:photo(?:graph)?s?|pictures?|" + _NOT_A_PICTURE_IMAGE + r"images?|drawings?|sketch(?:es|ed)?|"
+    r"diagrams?|schematics?|illustrations?|figures?(?!\s+out\b)|(?:flow ?)?charts?|graphs?|plots?|"
+    r"screenshots?)\b",
     re.IGNORECASE,
 )
 PICTURE_BOOST = 1.5  # a picture's fused score is worth this much more when the query asks for one

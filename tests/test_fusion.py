@@ -130,7 +130,11 @@ def test_page_support_counts_same_page_of_the_same_file_only_and_skips_unplaced_
         ("flow chart of HDL frontends", True),
         ("flowchart of the boot sequence", True),
         ("wiring diagrams of the pump", True),
-        ("pad drawn with a square aperture", True),
+        ("pad drawing with a square aperture", True),
+        ("current drawn by the motor", False),  # the other senses of picture words
+        ("figure out why the pump keeps restarting", False),
+        ("write the firmware image to flash", False),
+        ("Figure 3 shows the fuse box", True),
         ("how do I reset error E07", False),
         ("photon counting detector", False),  # a word that begins like one is not one
         ("configure the imager and the plotter", False),
