@@ -35,10 +35,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+_AS_PROGRAM = False  # run() is the entry point: the signal handlers are this process's own to change
+
+
 def run() -> None:
     """The console entry point: main(), then a fast exit after a read-only command (output flushed first)."""
     import signal
 
+    global _AS_PROGRAM
+    _AS_PROGRAM = True
     signal.signal(signal.SIGTERM, _on_sigterm)
     code: int | str | None = 0
     try:
@@ -54,6 +59,16 @@ def run() -> None:
         pass
     logging.shutdown()
     os._exit(code or 0)
+
+
+def _work_done() -> None:
+    """The command's work is done and committed: a Ctrl-C or SIGTERM from now on (while it prints its
+    summary and exits) is ignored, rather than turning a printed success into exit 130/143."""
+    if _AS_PROGRAM:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _read_only() -> None:
@@ -396,6 +411,7 @@ def index(
             done.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             _echo_json(done.to_dict())
         raise
+    _work_done()
     if as_json:
         _echo_json(summary.to_dict())
     elif not quiet:

@@ -855,3 +855,21 @@ def test_per_document_budgets_cap_with_a_warning(small_index, tmp_path):
     with rh.sqlite_ro(tmp_path / "idx") as db:
         assert db.execute("SELECT count(*) FROM passages").fetchone()[0] == 4
         assert db.execute("SELECT count(*) FROM windows WHERE channel = 'clip'").fetchone()[0] == 2
+
+
+def test_a_signal_after_the_work_is_done_does_not_change_the_exit_code():
+    """Ctrl-C just after `index` printed its summary (all documents indexed, "exit_code": 0 in the JSON)
+    made the process exit 130: the summary and the exit code disagreed. Once the work is committed the
+    command ignores SIGINT and SIGTERM (only as the program: in-process callers keep their handlers)."""
+    code = (
+        "import os, signal, manualrag.cli as c\n"
+        "c._work_done()\n"  # not the program: the handlers stay
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "c._AS_PROGRAM = True\n"
+        "c._work_done()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('still here')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "still here", p.stderr
