@@ -70,6 +70,7 @@ def discover(
     exclude: list[Path] | None = None,
     indexes: list[str] | None = None,
     examples: dict[str, list[str]] | None = None,
+    excluded_by: dict[str, int] | None = None,
 ) -> tuple[list[SourceFile], dict[str, int]]:
     """Walk ``library`` recursively; return the supported files sorted by relative path, and skip counts.
 
@@ -79,7 +80,8 @@ def discover(
     as ``index_folder``; their relative paths are appended to ``indexes`` when given), symlinks leading
     outside the library (unless ``follow_symlinks``), broken links, directory loops, a file reached twice
     through links, and anything that is not a regular file or cannot be read. ``examples``, when given,
-    gets the relative paths of the first few skipped under each reason (what the summary names).
+    gets the relative paths of the first few skipped under each reason (what the summary names);
+    ``excluded_by``, when given, counts the files each exclude glob left out (the first that matched).
     """
     root = Path(library)
     root_real = Path(os.path.realpath(root))
@@ -150,8 +152,11 @@ def discover(
             if not stat.S_ISREG(st.st_mode):
                 skip("not_regular", rel)
                 continue
-            if any(glob_match(rel, p) for p in patterns):
+            hit = next((p for p in patterns if glob_match(rel, p)), None)
+            if hit is not None:
                 skip("excluded", rel)
+                if excluded_by is not None:
+                    excluded_by[hit] = excluded_by.get(hit, 0) + 1
                 continue
             ftype = file_type_for(name)
             if ftype is None:

@@ -371,20 +371,48 @@ class Indexer:
                 "it into its own folder (--index-dir DIR), or pass --replace-library to replace that library"
             )
 
+    def _check_excludes(
+        self,
+        manifest: Manifest,
+        library: Path,
+        found: list[SourceFile],
+        excluded_by: dict[str, int],
+        summary: Summary,
+    ) -> None:
+        """A glob of ``exclude`` that leaves out nothing is named (a typo, a path given from elsewhere than
+        the library); globs that leave out every file of the library while the index holds documents are
+        refused before anything is removed (``manualrag reset`` empties an index)."""
+        for pattern in self.cfg["exclude"]:
+            if not excluded_by.get(pattern):
+                summary.warnings.append(
+                    f"exclude {pattern!r} matches no file of {library} (globs and folders are paths inside "
+                    "the library, or file names)"
+                )
+        held = len(manifest.documents())
+        if excluded_by and not found and held:
+            raise ManualragError(
+                f"the exclude globs ({', '.join(repr(p) for p in excluded_by)}) leave out every file of "
+                f"{library}: indexing would remove all {held} document(s) of the index; `manualrag reset` "
+                "empties an index"
+            )
+
     def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
         manifest = index.manifest
         with _Timer(timings, "discover"):
             other_indexes: list[str] = []
+            excluded_by: dict[str, int] = {}
             found, skipped = discover(
                 library,
                 cfg,
                 exclude=[self.index_dir],
                 indexes=other_indexes,
                 examples=summary.skipped_examples,
+                excluded_by=excluded_by,
             )
             files = [f for f in found if in_shard(f.rel, self.shard)]
         summary.skipped = dict(skipped)
+        self._check_excludes(manifest, library, found, excluded_by, summary)
         if other_indexes:  # say once why a folder of PNGs inside the library was left out
             summary.warnings.append(
                 f"skipped {len(other_indexes)} folder(s) in the library that hold a manualrag index "
@@ -396,7 +424,9 @@ class Indexer:
             # a first run records its library now, not only at its end: one interrupted after some documents
             # leaves an index whose pages can be served and that `check --repair` can rebuild
             manifest.set_meta("library", str(library.resolve()))
-        if not found:  # an empty or wrong folder: say so rather than a quiet "0 indexed"
+        if not found and skipped.get("excluded"):
+            summary.warnings.append(f"no manuals in {library}: the exclude globs leave out every file")
+        elif not found:  # an empty or wrong folder: say so rather than a quiet "0 indexed"
             suffixes = [*sorted(PDF_SUFFIXES), *sorted(IMAGE_SUFFIXES), *sorted(TEXT_SUFFIXES)]
             summary.warnings.append(
                 f"no manuals in {library}: no file with a supported suffix ({' '.join(suffixes)})"

@@ -142,6 +142,8 @@ def _check(key: str, value: Any, default: Any) -> Any:
     if value is None:
         if key in _NULLABLE:
             return None
+        if isinstance(default, list):  # "exclude:" with nothing after it: no items
+            return []
         raise ConfigError(f"config key '{key}' must not be empty")
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -203,8 +205,10 @@ def _env_overrides(environ: dict[str, str]) -> list[tuple[str, list[str], dict[s
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
+            default = DEFAULTS.get(path[0]) if len(path) == 1 else None
+            hint = f"; a list is written {name}='[\"{raw}\"]'" if isinstance(default, list) else ""
             raise ConfigError(
-                f"environment variable {name}: not a valid value ({_yaml_reason(exc)})"
+                f"environment variable {name}: not a valid value ({_yaml_reason(exc)}){hint}"
             ) from None
         override: dict[str, Any] = {}
         node = override

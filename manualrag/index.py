@@ -427,7 +427,16 @@ def _library_relative(path: str, library: str | None) -> str:
 def glob_match(path: str, pattern: str) -> bool:
     """``path`` (relative, POSIX) matches the glob ``pattern``, or its file name does. As in the usual glob
     convention, ``**/`` also stands for no folder at all: ``**/*.pdf`` matches ``pump.pdf`` at the library
-    root as well as ``a/b/pump.pdf`` (fnmatch alone requires a ``/`` there)."""
+    root as well as ``a/b/pump.pdf`` (fnmatch alone requires a ``/`` there). A folder (``drafts``,
+    ``drafts/``, ``./old/scans``) matches every file under it; a leading ``./`` is the library itself."""
+    pattern = pattern.strip()
+    while pattern.startswith("./"):
+        pattern = pattern[2:]
+    folder = pattern.rstrip("/")
+    if folder and not any(c in folder for c in "*?[") and path.startswith(folder + "/"):
+        return True
+    if pattern.endswith("/"):
+        pattern += "**"
     name = Path(path).name
     return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(name, p) for p in _zero_folder_variants(pattern))
 

@@ -347,6 +347,42 @@ def test_exclude_leaves_files_out_and_takes_an_indexed_one_out(indexed, tmp_path
     assert rc == 0 and summary["skipped"] == {"excluded": 3} and documents() == 1, summary
     rc, summary = run("index", str(lib), "--index-dir", str(idx), "--no-dense")
     assert rc == 0 and summary["skipped"] == {} and documents() == 4, summary
+    # a folder by its name; a glob that leaves out nothing is named in a warning
+    rc, summary = run("index", str(lib), "--index-dir", str(idx), "--no-dense", "--exclude", "./drafts/")
+    assert rc == 0 and summary["skipped"] == {"excluded": 1} and documents() == 3, summary
+    rc, summary = run("index", str(lib), "--index-dir", str(idx), "--no-dense", "--exclude", "lib/pumps/*")
+    assert rc == 0 and summary["skipped"] == {} and documents() == 4, summary
+    assert any(w.startswith("exclude 'lib/pumps/*' matches no file of") for w in summary["warnings"]), summary
+    # globs that leave out every file would empty the index: refused, nothing removed
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense", "--exclude", "*")
+    assert rc == 2 and "leave out every file of" in out and "`manualrag reset` empties an index" in out, out
+    assert documents() == 4
+    (tmp_path / "empty.yaml").write_text("exclude:\n")  # no items
+    rc, summary = run(
+        "--config", str(tmp_path / "empty.yaml"), "index", str(lib), "--index-dir", str(idx), "--no-dense"
+    )
+    assert rc == 0 and summary["skipped"] == {}, summary
     (tmp_path / "bad.yaml").write_text("exclude: drafts/*\n")
     rc, out = _cli("--config", str(tmp_path / "bad.yaml"), "index", str(lib), "--index-dir", str(idx))
     assert rc == 2 and "config key 'exclude' must be a list of strings" in out, out
+
+
+@pytest.mark.parametrize(
+    "path, pattern, matches",
+    [
+        ("drafts/d1.md", "drafts", True),  # a folder, written as a user would
+        ("drafts/d1.md", "drafts/", True),
+        ("drafts/x/d1.md", "./drafts", True),
+        ("draftsx/d1.md", "drafts", False),
+        ("a/drafts/d1.md", "drafts", False),  # folders are paths inside the library
+        ("a/drafts/d1.md", "**/drafts/", True),
+        ("p.md", "./p.md", True),
+        ("old/a.pdf", "a.pdf", True),  # a file name matches in any folder
+        ("a.pdf", "", False),
+    ],
+)
+def test_library_globs_take_folders_and_file_names(path, pattern, matches):
+    """The globs of --source and exclude (manualrag.index.glob_match)."""
+    from manualrag.index import glob_match
+
+    assert glob_match(path, pattern) is matches
