@@ -136,12 +136,24 @@ def _terms(query: str) -> list[str]:
     return [t for t in re.findall(r"[\w][\w.\-/]*", query.lower()) if len(t) > 1]
 
 
+# what a marked word may add to a query term (the lexical channel stems: "pump" finds "pumping"): up to 3
+# letters after a term of 4 or more ("pumps", "pumping", not "Postscript" for "post"), "s"/"es" after a
+# shorter one (not "Format" for "for")
+_LONG_ENDING, _SHORT_ENDING = r"\w{0,3}\b", r"(?:e?s)?\b"
+
+
 @functools.lru_cache(maxsize=256)
-def _snippet_patterns(terms: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """For a query's terms (longest first): a finder of their occurrences, and a marker of the words they
-    start. Compiled once per query, not once per hit."""
-    alt = "|".join(_term_pattern(t) for t in terms)
-    return re.compile(alt), re.compile(rf"(?i)(?<!\*)\b((?:{alt})\w*)")
+def _snippet_patterns(
+    terms: tuple[str, ...], joined: tuple[str, ...] = ()
+) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """For a query's terms and its pairs of words written as one (``joined``): a finder of their
+    occurrences, and a marker of the words they start (with the endings above). Compiled once per query,
+    not once per hit."""
+    parts = [(_term_pattern(t), len(t)) for t in terms] + [(re.escape(j), len(j)) for j in joined]
+    parts.sort(key=lambda p: -p[1])  # the longest first: "bootloader" before "boot"
+    alt = "|".join(p for p, _ in parts)
+    ends = "|".join(f"(?:{p}){_LONG_ENDING if n >= COMPOUND_PART_MIN else _SHORT_ENDING}" for p, n in parts)
+    return re.compile(alt), re.compile(rf"(?i)(?<!\*)\b({ends})")
 
 
 def _term_pattern(term: str) -> str:
@@ -161,11 +173,17 @@ def make_snippet(text: str, query: str, width: int = 240) -> str:
     words = [t for t in _terms(query) if len(t) > 2]
     # stopwords ("the", "how", "what") are marked only when the query has nothing else, as lexical searches
     distinct = list(dict.fromkeys([t for t in words if t not in STOPWORDS] or words))[:MAX_QUERY_TERMS]
+    # two words the manual may write as one ("boot loader": "bootloader"), as the lexical channel finds them
+    joined = tuple(
+        a + b
+        for a, b in zip(distinct, distinct[1:], strict=False)
+        if a.isalpha() and b.isalpha() and len(a + b) <= COMPOUND_WORD_MAX
+    )
     terms = tuple(sorted(distinct, key=lambda t: (-len(t), t)))
     flat = " ".join(text.split())
     if not terms:
         return flat[:width]
-    find, mark = _snippet_patterns(terms)
+    find, mark = _snippet_patterns(terms, joined)
     positions = [m.start() for m in find.finditer(flat.lower())]
     start = 0
     if positions:

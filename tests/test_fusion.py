@@ -183,6 +183,14 @@ def test_snippet_leaves_stopwords_unmarked_unless_the_query_has_nothing_else():
     assert make_snippet("What was that?", "what was") == "**What** **was** that?"
 
 
+def test_snippet_marks_a_words_endings_not_other_words_that_begin_like_it():
+    assert make_snippet("Pumps, pumping and pumpkins", "pump") == "**Pumps**, **pumping** and pumpkins"
+    assert make_snippet("The post and the Postscript format", "post format") == (
+        "The **post** and the Postscript **format**"
+    )
+    assert make_snippet("Formats for the fans", "fan for") == "Formats for the **fans**"
+
+
 def test_snippet_marks_a_long_word_where_the_manual_writes_it_apart():
     # the lexical channel finds "file system" for "filesystem" (compound_phrases): the snippet shows why
     text = "Mount the file system, then the File-System table; a ther- mometer reads 20. A filesys tem."
