@@ -19,7 +19,7 @@ from typing import Any
 
 from manualrag.errors import ManualragError
 from manualrag.index import CROPS_DIR
-from manualrag.retriever.search import NO_QUERY_WORD, Hit, SearchResult
+from manualrag.retriever.search import NO_QUERY_WORD, NO_QUERY_WORD_IN_SOURCE, Hit, SearchResult
 
 PREAMBLE = (
     "The sources below are excerpts retrieved from a library of technical manuals for the user's question. "
@@ -111,8 +111,9 @@ def build_context(
         raise ManualragError(f"format must be markdown or json, not {fmt!r}")
     nonce = secrets.token_hex(4)
     header = f"{PREAMBLE}\nQuestion: {result.query}\n"
-    if NO_QUERY_WORD in result.notes:  # the sources may say nothing about the question
-        header += f"Note: {NO_QUERY_WORD}.\n"
+    for note in (NO_QUERY_WORD, NO_QUERY_WORD_IN_SOURCE):
+        if note in result.notes:  # the sources may say nothing about the question
+            header += f"Note: {note}.\n"
 
     def fence(n: int, h: Hit) -> tuple[str, str]:
         # the title holds a file name and a heading, both taken from the library: it goes inside the fence,

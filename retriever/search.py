@@ -117,6 +117,11 @@ NO_QUERY_WORD = (
     "no indexed text contains a word of the query: these hits are only the nearest by meaning, and the "
     "manuals may not cover it"
 )
+# the same, with a source filter: other files of the library may hold the words
+NO_QUERY_WORD_IN_SOURCE = (
+    "no text of the files matching the source filter contains a word of the query: these hits are only the "
+    "nearest by meaning"
+)
 
 
 @dataclass
@@ -546,7 +551,7 @@ class Retriever:
             hits = self._hits(fused, text or "", k, modality, source, passages)
             timings["fusion"] += time.perf_counter() - t0
         if hits and "lexical" in rankings and not rankings["lexical"]:
-            notes.append(NO_QUERY_WORD)
+            notes.append(NO_QUERY_WORD if docs is None else NO_QUERY_WORD_IN_SOURCE)
         cold = {key: v for key, v in self._cold.items() if v > 0}
         self._cold.clear()
         return SearchResult(

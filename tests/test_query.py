@@ -361,7 +361,7 @@ def test_hits_that_share_no_word_with_the_query_say_so(index, retriever):
     text holds a word of the query, in the table, in the results front ends show, and in the LLM's context
     block. A query the manuals answer gets no such note."""
     from manualrag.retriever.context import build_context
-    from manualrag.retriever.search import NO_QUERY_WORD
+    from manualrag.retriever.search import NO_QUERY_WORD, NO_QUERY_WORD_IN_SOURCE
 
     idx, cfg_path = index
     for q in ("zzqqxx", "如何接线"):
@@ -373,6 +373,10 @@ def test_hits_that_share_no_word_with_the_query_say_so(index, retriever):
     res = retriever.search("electric wiring layout", k=3)
     assert res.hits and NO_QUERY_WORD not in res.notes
     assert "Note:" not in build_context(res)
+    # with a source filter the note is about those files: another file of the library holds the words
+    res = retriever.search("hydraulic impeller relay", k=3, source="release-notes.md")
+    assert NO_QUERY_WORD_IN_SOURCE in res.notes and NO_QUERY_WORD not in res.notes, res.notes
+    assert f"Note: {NO_QUERY_WORD_IN_SOURCE}." in build_context(res)
 
 
 def test_query_model_none_turns_the_dense_channels_off_instead_of_loading_a_model_named_none(index):
