@@ -61,6 +61,13 @@ def run() -> None:
     os._exit(code or 0)
 
 
+def _non_empty_glob(value: str | None) -> str | None:
+    """--source as given; an empty one (a shell variable that was not set) is a usage error, not "every file"."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty glob; leave the option out to search every file")
+    return value
+
+
 def _work_done() -> None:
     """The command's work is done and committed: a Ctrl-C or SIGTERM from now on (while it prints its
     summary and exits) is ignored, rather than turning a printed success into exit 130/143."""
@@ -475,6 +482,9 @@ def _print_summary(s: Any) -> None:
         f"  documents: {docs['indexed']} indexed, {docs['unchanged']} unchanged, "
         f"{docs['removed']} removed, {docs['failed']} failed"
     )
+    if d["removed"]:  # which ones: gone from the library, or excluded
+        gone = d["removed"]
+        _echo("  removed: " + ", ".join(map(_clean, gone[:5])) + (", ..." if len(gone) > 5 else ""))
     if d["skipped"]:
         shown = []
         for reason, n in sorted(d["skipped"].items()):
@@ -720,7 +730,12 @@ def _open_retriever(
 @click.option(
     "--modality", type=click.Choice(["all", "text", "image"]), default="all", help="Which hits to return."
 )
-@click.option("--source", default=None, help="Only files matching this glob (e.g. '*.pdf', 'vendor/*').")
+@click.option(
+    "--source",
+    default=None,
+    callback=lambda _ctx, _param, v: _non_empty_glob(v),
+    help="Only files matching this glob or folder inside the library (e.g. '*.pdf', 'vendor/*', 'vendor').",
+)
 @click.option("--channels", default=None, help="Comma list of dense,text,lexical (default: all available).")
 @click.option("--model", default=None, help="CLIP/SigLIP to encode the query (default: the index's).")
 @click.option("--text-model", default=None, help="Text model to encode the query (default: the index's).")

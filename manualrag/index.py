@@ -315,14 +315,18 @@ class Index:
         library = self.manifest.get_meta("library")
         removed: list[str] = []
         known = self.manifest.documents()
+        failed = self.manifest.errors()  # a file that failed: its entry goes (stats lists it no more)
         for p in paths:
             rel = printable_name(_library_relative(p, library).strip("/"))  # as the shell gives it
-            hits = [k for k in known if k == rel or k.startswith(rel + "/")]
+            hits = [k for k in [*known, *failed] if k == rel or k.startswith(rel + "/")]
             if not hits and unmatched is not None:
                 unmatched.append(p)
             for k in hits:
                 if k not in removed:
-                    self.remove_document(k)
+                    if k in known:
+                        self.remove_document(k)
+                    else:
+                        self.manifest.clear_error(k)
                     removed.append(k)
         self.prune_crops()
         self.drop_precision_without_vectors()

@@ -128,6 +128,12 @@ def test_stats_names_the_files_not_indexed_and_why(indexed):
     rc, out = _cli("stats", "--index-dir", str(idx), "--json")
     failed = json.loads(out)["failed"]
     assert [f["path"] for f in failed] == ["broken.pdf"] and failed[0]["reason"] in lines[-1]
+    # `remove` takes a failed file's entry away too (the next run tries the file again while it is there)
+    rc, out = _cli("remove", "broken.pdf", "--index-dir", str(idx))
+    assert rc == 0 and out.strip() == "removed broken.pdf", out
+    assert json.loads(_cli("stats", "--index-dir", str(idx), "--json")[1])["failed"] == []
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 1 and "broken.pdf" in out, out
     (lib / "broken.pdf").unlink()
     rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
     assert rc == 0 and json.loads(_cli("stats", "--index-dir", str(idx), "--json")[1])["failed"] == []
@@ -341,6 +347,8 @@ def test_exclude_leaves_files_out_and_takes_an_indexed_one_out(indexed, tmp_path
     assert documents() == 3  # p1.md, valve.txt, drafts/d1.md; pumps/p2.md left the index
     rc, hits = run("query", "ceramic seal", "--index-dir", str(idx))
     assert "pumps/p2.md" not in {h["path"] for h in hits}
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense", "--exclude", "p1.md")
+    assert rc == 0 and "  removed: pumps/p1.md" in out, out  # the text summary names what left
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("exclude: ['**/p*.md', 'drafts/*']\n")
     rc, summary = run("--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--no-dense")

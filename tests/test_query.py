@@ -193,6 +193,10 @@ def test_source_on_the_command_line_finds_a_file_outside_the_top_candidates(inde
     none = query("--source", "*.docx")
     assert none.stdout.strip() == "no hits"
     assert "no indexed file matches the source filter '*.docx'" in none.stderr
+    empty = CliRunner().invoke(
+        main, ["--config", str(small), "query", "pump", "--index-dir", str(idx), "--source", " "]
+    )
+    assert empty.exit_code == 2 and "an empty glob; leave the option out" in empty.output, empty.output
 
 
 def test_a_file_held_twice_shows_its_hits_once_naming_the_copy(tmp_path):
