@@ -161,6 +161,15 @@ def _snippet_patterns(
     return re.compile(alt), re.compile(rf"(?i)(?<!\*)\b({ends})")
 
 
+def _top_first(path: str) -> tuple[int, int, str]:
+    """Sort key of library paths: fewer folders first, then shorter, then by name."""
+    return (path.count("/"), len(path), path)
+
+
+def _nearer_top(a: str, b: str) -> bool:
+    return _top_first(a) < _top_first(b)
+
+
 def _term_pattern(term: str) -> str:
     """A query term as a regex; a long word also written apart, as the lexical channel finds it
     (:func:`~manualrag.retriever.lexical.compound_phrases`): "filesystem" also marks "file system",
@@ -649,15 +658,22 @@ class Retriever:
 
         def copy_of(hit: Hit) -> bool:
             """True (and ``hit``'s file noted on the hit shown) when a file with the same bytes already
-            gave this hit: a library holding one manual twice shows its hits once."""
+            gave this hit: a library holding one manual twice shows its hits once, under the copy nearest
+            the library's top (``notes.md`` before ``old/notes.md``), the others in ``copies``."""
             if hit.path not in digests:
                 row = self.manifest.document(hit.path)
                 digests[hit.path] = row.digest if row is not None else hit.path
             key = (digests[hit.path], hit.id.split(":", 1)[-1])
             first = shown.setdefault(key, hit)
-            if first is not hit:
+            if first is hit:
+                return False
+            if _nearer_top(hit.path, first.path):  # the hit shown takes this copy's path and id
+                first.copies.append(first.path)
+                first.path, first.id = hit.path, hit.id
+            else:
                 first.copies.append(hit.path)
-            return first is not hit
+            first.copies.sort(key=_top_first)
+            return True
 
         for i, f in enumerate(fused):
             if i >= fetched:
