@@ -184,11 +184,23 @@ def index_args(cfg: Path, lib: Path, idx: Path, dense: bool) -> list[str]:
     )
 
 
-def popen_cli(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen:
-    """``manualrag ARGS`` as a real process (python -m manualrag), offline."""
+# `python -m manualrag ARGS` with Ctrl-C handled as in a terminal: a process started in the background by
+# a non-interactive shell (nohup, `&`, some CI runners) inherits SIGINT ignored, and Python keeps it so
+_INTERRUPTIBLE = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('manualrag', run_name='__main__', alter_sys=True)"
+)
+
+
+def popen_cli(
+    *args: str, env: dict[str, str] | None = None, interruptible: bool = False, **kw: Any
+) -> subprocess.Popen:
+    """``manualrag ARGS`` as a real process (python -m manualrag), offline; ``interruptible``: SIGINT acts
+    as Ctrl-C in it whatever this process inherited."""
     full_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **(env or {}))
+    cmd = [sys.executable, "-c", _INTERRUPTIBLE] if interruptible else [sys.executable, "-m", "manualrag"]
     return subprocess.Popen(
-        [sys.executable, "-m", "manualrag", *args],
+        [*cmd, *args],
         cwd=str(ROOT),
         env=full_env,
         stdout=kw.pop("stdout", subprocess.PIPE),

@@ -623,7 +623,7 @@ def test_index_json_interrupted_still_prints_its_summary(tmp_path):
     idx = tmp_path / "idx"
     proc = rh.popen_cli(
         "--config", str(cfg), "index", str(lib), "--index-dir", str(idx), "--no-dense", "--json",
-        env={FAULT_ENV: "hang:c.md"},
+        env={FAULT_ENV: "hang:c.md"}, interruptible=True,
     )  # fmt: skip
     try:
 
@@ -863,6 +863,7 @@ def test_a_signal_after_the_work_is_done_does_not_change_the_exit_code():
     command ignores SIGINT and SIGTERM (only as the program: in-process callers keep their handlers)."""
     code = (
         "import os, signal, manualrag.cli as c\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # whatever this test inherited
         "c._work_done()\n"  # not the program: the handlers stay
         "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
         "c._AS_PROGRAM = True\n"
