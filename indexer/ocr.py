@@ -446,8 +446,11 @@ class OcrEngine:
             return min(self.min_side / longer, 4.0)  # beyond 4x only blur is added
         if longer > self.max_side:
             # not below min_side on the shorter side (or its own size): a long strip (a terminal row, a
-            # wiring strip 20000 x 200) scaled by its length alone leaves its text a few pixels tall
-            return max(self.max_side / longer, min(1.0, self.min_side / shorter))
+            # wiring strip 20000 x 200) scaled by its length alone leaves its text a few pixels tall; at most
+            # 4 x max_side^2 pixels all the same (tesseract's time grows with them)
+            scale = max(self.max_side / longer, min(1.0, self.min_side / shorter))
+            cap = 2 * self.max_side / (longer * shorter) ** 0.5
+            return min(scale, cap)
         return 1.0
 
     def _cache_id(self, digest: str, data: bytes) -> str:
