@@ -219,16 +219,23 @@ def test_web_api_notes_on_a_keyword_only_index_name_no_cli_flags(tmp_path):
         state.close()
 
 
-def test_an_index_is_updated_with_the_models_it_was_built_with(tmp_path, tiny_clip_dir):
-    """`manualrag index LIB` on an index built with `--model none` (or a model folder) updates it with those
-    models, as `query` searches with them. Before, it loaded the default CLIP, which failed offline (rc 2), and
-    an index built from a folder needed `--model FOLDER` on every update."""
+def _pump_index_without_clip(tmp_path: Path) -> Path:
+    """tmp_path/idx: an index of lib/pump.md built with --model none; then lib/valve.md is added to the
+    library (not indexed). Returns the library."""
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "pump.md").write_text("# Pump\n\nBleed the pump before the first start.\n")
     rc, _, err = _cli("index", "lib", "--index-dir", "idx", "--model", "none", "-q", cwd=tmp_path)
     assert rc == 0, err
     (lib / "valve.md").write_text("# Valve\n\nThe relief valve opens at 180 bar.\n")
+    return lib
+
+
+def test_an_index_is_updated_with_the_models_it_was_built_with(tmp_path, tiny_clip_dir):
+    """`manualrag index LIB` on an index built with `--model none` (or a model folder) updates it with those
+    models, as `query` searches with them. Before, it loaded the default CLIP, which failed offline (rc 2), and
+    an index built from a folder needed `--model FOLDER` on every update."""
+    lib = _pump_index_without_clip(tmp_path)
     rc, out, err = _cli("index", "lib", "--index-dir", "idx", "--json", cwd=tmp_path)
     assert rc == 0, err
     summary = json.loads(out)
@@ -261,12 +268,7 @@ def test_a_run_without_vectors_says_the_index_keeps_its_own(tmp_path):
     """`index --no-dense` (or `--text-model none --model none`) on an index with text vectors said
     "lexical only: no vectors", as if the index had none. It now says that this run made none, that the
     index keeps those it has, and which models a later run adds the missing ones with (and that one does)."""
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    (lib / "pump.md").write_text("# Pump\n\nBleed the pump before the first start.\n")
-    rc, _, err = _cli("index", "lib", "--index-dir", "idx", "--model", "none", "-q", cwd=tmp_path)
-    assert rc == 0, err
-    (lib / "valve.md").write_text("# Valve\n\nThe relief valve opens at 180 bar.\n")
+    _pump_index_without_clip(tmp_path)
     for flags in (["--no-dense"], ["--text-model", "none", "--model", "none"]):
         rc, out, err = _cli("index", "lib", "--index-dir", "idx", *flags, cwd=tmp_path)
         assert rc == 0, err
