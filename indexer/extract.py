@@ -635,13 +635,16 @@ def _place_unfound(entries: list[_TocEntry]) -> list[_TocEntry]:
     just above the next entry found on that page, else just below the previous one, else at the top of the
     page. (All at the top, an entry listed after others on its page took the whole page from them: every
     block of it was named by that last heading.)"""
-    for i, e in enumerate(entries):
-        if e.y != _UNPLACED:
-            continue
-        found = [(j, f.y) for j, f in enumerate(entries) if f.page == e.page and f.y != _UNPLACED]
-        after = [y for j, y in found if j > i]
-        before = [y for j, y in found if j < i]
-        e.y = after[0] - 0.5 if after else before[-1] + 0.5 if before else -1.0
+    on_page: dict[int, list[_TocEntry]] = {}  # a page's entries in outline order (was: every entry per entry)
+    for e in entries:
+        on_page.setdefault(e.page, []).append(e)
+    for group in on_page.values():
+        for i, e in enumerate(group):
+            if e.y != _UNPLACED:
+                continue
+            after = next((f.y for f in group[i + 1 :] if f.y != _UNPLACED), None)
+            before = next((f.y for f in reversed(group[:i]) if f.y != _UNPLACED), None)
+            e.y = after - 0.5 if after is not None else before + 0.5 if before is not None else -1.0
     return entries
 
 

@@ -380,21 +380,24 @@ class Indexer:
         summary: Summary,
     ) -> None:
         """A glob of ``exclude`` that leaves out nothing is named (a typo, a path given from elsewhere than
-        the library); globs that leave out every file of the library while the index holds documents are
-        refused before anything is removed (``manualrag reset`` empties an index)."""
+        the library); globs that leave out every file of the library are said so, and refused before
+        anything is removed while the index holds documents (``manualrag reset`` empties an index)."""
         for pattern in self.cfg["exclude"]:
             if not excluded_by.get(pattern):
                 summary.warnings.append(
                     f"exclude {pattern!r} matches no file of {library} (globs and folders are paths inside "
                     "the library, or file names)"
                 )
-        held = len(manifest.documents())
-        if excluded_by and not found and held:
+        if not excluded_by or found:
+            return
+        held = len(manifest.document_paths())
+        if held:
             raise ManualragError(
                 f"the exclude globs ({', '.join(repr(p) for p in excluded_by)}) leave out every file of "
                 f"{library}: indexing would remove all {held} document(s) of the index; `manualrag reset` "
                 "empties an index"
             )
+        summary.warnings.append(f"no manuals in {library}: the exclude globs leave out every file")
 
     def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
@@ -424,9 +427,7 @@ class Indexer:
             # a first run records its library now, not only at its end: one interrupted after some documents
             # leaves an index whose pages can be served and that `check --repair` can rebuild
             manifest.set_meta("library", str(library.resolve()))
-        if not found and skipped.get("excluded"):
-            summary.warnings.append(f"no manuals in {library}: the exclude globs leave out every file")
-        elif not found:  # an empty or wrong folder: say so rather than a quiet "0 indexed"
+        if not found and not excluded_by:  # an empty or wrong folder: say so rather than a quiet "0 indexed"
             suffixes = [*sorted(PDF_SUFFIXES), *sorted(IMAGE_SUFFIXES), *sorted(TEXT_SUFFIXES)]
             summary.warnings.append(
                 f"no manuals in {library}: no file with a supported suffix ({' '.join(suffixes)})"

@@ -249,10 +249,9 @@ def repair_index(
     dense = report.dense if dense is None else dense
     if dense and not report.clip:  # rebuilt as it was built: without CLIP vectors
         cfg = {**cfg, "model": None}
+    # ...and with the extraction settings it was built with: only what is broken is extracted again
     recorded, _ = recorded_config(idir)
-    if (
-        recorded is not None
-    ):  # ...and with the extraction settings it was built with: only the broken is redone
+    if recorded is not None:
         cfg = with_extraction_settings(cfg, recorded)
     # the library it was built from, or the one --library names: rebuilt from it as it is now
     indexer = Indexer(cfg, idir, dense=dense, progress=progress, replace_library=True)

@@ -24,18 +24,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 DOC_ID_HEX = 16
-
-
-def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """sha256 hex of a file's bytes, read in chunks: a document's content digest (what says a library file
-    is the one indexed, for the indexer and for the page viewer alike)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 FIGURE_DIGEST_HEX = 16
 CLIP_TAG = "w"  # windows cut for the CLIP text tower
 SEM_TAG = "s"  # windows cut for the semantic text model
@@ -55,6 +43,16 @@ CHANNEL_KIND = {"clip": "text", "sem": "sem"}
 _FIGURE = re.compile(r"(?P<doc>[^:]+):f:(?P<digest>[^:]+)")
 _PASSAGE = re.compile(r"(?P<doc>[^:]+):p(?P<page>-?\d+):(?P<n>\d+)")
 _WINDOW = re.compile(r"(?P<passage>.+):(?P<tag>[ws])(?P<m>\d+)")
+
+
+def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """sha256 hex of a file's bytes, read in chunks: a document's content digest (what says a library file
+    is the one indexed, for the indexer and for the page viewer alike)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def printable_name(rel: str) -> str:

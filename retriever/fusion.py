@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 Key = tuple[str, str]  # ("passage" | "figure", id)
@@ -72,6 +73,11 @@ class Fused:
     key: Key
     score: float
     ranks: dict[str, int] = field(default_factory=dict)  # channel -> 1-based rank in that channel
+
+
+def _best_first(items: Iterable[Fused]) -> list[Fused]:
+    """Best score first; ties: the thing with the better best rank first, then a stable key order."""
+    return sorted(items, key=lambda f: (-f.score, min(f.ranks.values()), f.key))
 
 
 def best_per_thing(results: Scored) -> Scored:
@@ -122,8 +128,7 @@ def fuse(
             item = table.setdefault(key, Fused(key, 0.0))
             item.score += w * c
             item.ranks[channel] = rank
-    # ties: the thing with the better best rank first, then a stable key order
-    return sorted(table.values(), key=lambda f: (-f.score, min(f.ranks.values()), f.key))
+    return _best_first(table.values())
 
 
 def page_support(
@@ -148,7 +153,7 @@ def page_support(
             others.remove(f.score)
             extra = share * sum(others[:top])
         out.append(Fused(f.key, f.score + extra, dict(f.ranks)))
-    return sorted(out, key=lambda f: (-f.score, min(f.ranks.values()), f.key))
+    return _best_first(out)
 
 
 def asks_for_picture(query: str) -> bool:
@@ -160,4 +165,4 @@ def prefer_pictures(fused: list[Fused], pictures: set[Key], factor: float = PICT
     """``fused`` with the scores of ``pictures`` (figures that are pictures, not scanned pages) multiplied by
     ``factor``, best first: for a query that asks for a picture (see the module doc)."""
     out = [Fused(f.key, f.score * factor if f.key in pictures else f.score, dict(f.ranks)) for f in fused]
-    return sorted(out, key=lambda f: (-f.score, min(f.ranks.values()), f.key))
+    return _best_first(out)

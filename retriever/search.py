@@ -589,7 +589,7 @@ class Retriever:
         raise ManualragError(f"{exc}; channels it has: {', '.join(sorted(have))}") from None
 
     def _source_docs(self, source: str) -> list[str] | None:
-        """The committed documents whose path matches the glob ``source`` (as :func:`_match` says), or None
+        """The committed documents whose path matches the glob ``source`` (:func:`glob_match`), or None
         when that is every document: then the channels search unfiltered, as fast as without ``source``."""
         paths = self.manifest.document_paths()
         docs = [p for p in paths if glob_match(p, source)]
@@ -656,22 +656,25 @@ class Retriever:
         digests: dict[str, str] = {}  # document path -> content digest
         shown: dict[tuple[str, str], Hit] = {}  # (digest, id within the document) -> its hit
 
-        def copy_of(hit: Hit) -> bool:
-            """True (and ``hit``'s file noted on the hit shown) when a file with the same bytes already
-            gave this hit: a library holding one manual twice shows its hits once, under the copy nearest
-            the library's top (``notes.md`` before ``old/notes.md``), the others in ``copies``."""
-            if hit.path not in digests:
-                row = self.manifest.document(hit.path)
-                digests[hit.path] = row.digest if row is not None else hit.path
-            key = (digests[hit.path], hit.id.split(":", 1)[-1])
-            first = shown.setdefault(key, hit)
-            if first is hit:
+        def copy_of(path: str, ref: str, hit: Hit | None = None) -> bool:
+            """True (and ``path`` noted on the hit shown) when a file with the same bytes already gave the
+            thing ``ref`` of ``path``: a library holding one manual twice shows its hits once, under the copy
+            nearest the library's top (``notes.md`` before ``old/notes.md``), the others in ``copies``.
+            Else ``hit`` (when given) is the one shown for it."""
+            if path not in digests:
+                row = self.manifest.document(path)
+                digests[path] = row.digest if row is not None else path
+            key = (digests[path], ref.split(":", 1)[-1])
+            first = shown.get(key)
+            if first is None:
+                if hit is not None:
+                    shown[key] = hit
                 return False
-            if _nearer_top(hit.path, first.path):  # the hit shown takes this copy's path and id
+            if _nearer_top(path, first.path):  # the hit shown takes this copy's path and id
                 first.copies.append(first.path)
-                first.path, first.id = hit.path, hit.id
+                first.path, first.id = path, ref
             else:
-                first.copies.append(hit.path)
+                first.copies.append(path)
             first.copies.sort(key=_top_first)
             return True
 
@@ -727,23 +730,21 @@ class Retriever:
                     bbox=list(g.bbox),
                     **{h: _copy(getattr(g, name)) for h, name in HIT_FIGURE_FIELDS.items()},
                 )
-            if not copy_of(hit):
+            if not copy_of(hit.path, hit.id, hit):
                 hits.append(hit)
             if len(hits) >= k:
                 break
         # copies of the hits shown among the candidates after them (a copy scores the same, so it is often
         # the next candidate): named on the hit too
         suffixes = {key[1] for key in shown}
-        for f in fused[i + 1 :] if hits else []:
-            kind, ref = f.key
-            if ref.split(":", 1)[-1] not in suffixes:
-                continue
-            if kind == "passage":
-                path = passages[ref].doc_path if ref in passages else None
-            else:
-                path = next((g.doc_path for g in self.manifest.figures([ref]).values()), None)
-            if path is not None and (not source or glob_match(path, source)):
-                copy_of(Hit(rank=0, kind="", score=0.0, path=path, page=0, pages=[], channels={}, id=ref))
+        rest = [f.key for f in fused[i + 1 :] if f.key[1].split(":", 1)[-1] in suffixes] if hits else []
+        unread = [ref for kind, ref in rest if kind == "figure" and ref not in figures]
+        if unread:
+            figures.update(self.manifest.figures(unread))
+        for kind, ref in rest:
+            row = passages.get(ref) if kind == "passage" else figures.get(ref)
+            if row is not None and (not source or glob_match(row.doc_path, source)):
+                copy_of(row.doc_path, ref)
         for i, h in enumerate(hits, 1):
             h.rank = i
             if h.kind == "text":
