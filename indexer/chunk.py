@@ -31,8 +31,9 @@ MAX_PASSAGE_CHARS = 1200
 # only a speed-up: the windows are the same either way for tokenizers that split on whitespace
 _LIKELY_FIT_CHARS_PER_TOKEN = 5
 
-# sentence end: terminal punctuation (+ closing quotes/brackets) followed by whitespace
-_SENT_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|[。！？]+[」』）”’]*")
+# sentence end: terminal punctuation (+ closing quotes/brackets) followed by whitespace; matched from the
+# start of a run without backtracking into it (a run of 60,000 dots took 25 s: quadratic in its length)
+_SENT_END = re.compile(r"(?<![.!?…])[.!?…]++[\"'”’)\]]*+(?=\s)|[。！？]+[」』）”’]*")
 _CJK_END = frozenset("。！？")
 _NEXT_STARTS_SENTENCE = re.compile(r"\s+[\"'“‘(\[•·\-–*]?[A-Z0-9À-Þ]")
 _PREV_WORD = re.compile(r"(\S+)$")
@@ -141,7 +142,7 @@ def _union(boxes: Sequence[BBox]) -> BBox:
 # the text; was quadratic in a word's length)
 _CUT = re.compile(r"(?<![^\W\d_])([^\W\d_]++)([-\u2010\u00ad])\n([^\W\d_]++)")
 _LETTERS = re.compile(r"[^\W\d_]+")
-_COMPOUND = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)+")
+_COMPOUND = re.compile(r"(?<![^\W\d_])[^\W\d_]++(?:-[^\W\d_]++)+")
 
 
 class Vocabulary(NamedTuple):

@@ -307,3 +307,39 @@ def test_bad_limit(count_clip):
     with pytest.raises(ValueError, match="no room"):
         make_windows([_passage("text")], count_clip, 3)
     assert make_windows([], count_clip, 77) == []
+
+
+@pytest.mark.parametrize(
+    "run",
+    ["A" * 200_000, "." * 200_000, "a-" * 100_000, "ab-\n" * 50_000, "Stop! " + "?!" * 100_000 + " Go."],
+    ids=["letters", "dots", "hyphens", "cut-words", "marks"],
+)
+def test_a_long_run_of_one_character_is_chunked_at_once(tmp_path: Path, count_clip, run: str):
+    """Found by the fuzzer (a mutated .txt of 89 KB held the parent 31 s): a run of 60,000 letters or dots
+    tried every start of the run against the compound-word and sentence-end regexes, time growing with the
+    square of its length (200,000 dots: minutes), in the parent, which has no time limit. Both regexes now
+    match from the start of a run without backtracking into it. Run in a thread with a deadline: with the
+    quadratic regexes it does not return in time on any machine."""
+    import threading
+
+    from manualrag.config import DEFAULTS
+    from manualrag.indexer.extract import extract_file
+
+    path = tmp_path / "blob.txt"
+    path.write_text(f"Torque 12 Nm.\n\n{run}\n\nEnd of the notes.", encoding="utf-8")
+    doc = extract_file(path, "blob.txt", DEFAULTS)
+    out: dict = {}
+
+    def work() -> None:
+        passages = make_passages(doc)
+        out["windows"] = make_windows(passages, count_clip, 77)
+        out["passages"] = passages
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "chunking a long run of one character did not return"
+    text = "\n".join(p.text for p in out["passages"])
+    assert "Torque 12 Nm." in text and "End of the notes." in text
+    letters = sum(c.isalpha() for c in run)  # none lost (the cut words are joined: their hyphens go)
+    assert sum(c.isalpha() for c in text) == letters + sum(c.isalpha() for c in "TorqueNmEndofthenotes")

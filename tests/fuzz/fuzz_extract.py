@@ -9,7 +9,10 @@ The property: the parent never fails. Every input ends as a Document or as a one
 crash, hang or memory blow-up is such an error, and the pool replaces the worker. Any exception in the
 parent fails the run (Hypothesis then shrinks the input and reports it).
 
-    python -m tests.fuzz.fuzz_extract --seconds 600 [--workers 2] [--ocr] [--report out.json]
+    python -m tests.fuzz.fuzz_extract --seconds 600 [--workers 2] [--ocr] [--report out.json] [--dump-slow DIR]
+
+The report names the slowest batch: the parent has no time limit, so a slow batch is a finding too (a
+run of 60,000 letters in a text file held the parent 31 s: a regex quadratic in the run's length).
 
 or through pytest (tests/fuzz/test_fuzz_extract.py, MANUALRAG_FUZZ_SECONDS, default 30).
 """
@@ -326,6 +329,7 @@ class Report:
     reasons: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     examples: dict[str, str] = field(default_factory=dict)  # one full reason per class
+    slowest: tuple[float, str] = (0.0, "")  # the slowest batch: seconds, its cases' ops
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -335,6 +339,7 @@ class Report:
             "top_reasons": dict(self.reasons.most_common(25)),
             "failures": self.failures,
             "examples": self.examples,
+            "slowest_batch": {"seconds": round(self.slowest[0], 1), "ops": self.slowest[1]},
         }
 
 
@@ -349,11 +354,21 @@ def _count_tokens(texts: list[str]) -> list[int]:
     return [len(t.split()) + 2 for t in texts]
 
 
+SLOW_BATCH_S = 5.0  # a batch of small inputs takes well under a second
+
+
 class Fuzzer:
     def __init__(
-        self, workdir: Path, workers: int = 2, ocr: bool = False, timeout_s: int = 20, memory_mb: int = 1536
+        self,
+        workdir: Path,
+        workers: int = 2,
+        ocr: bool = False,
+        timeout_s: int = 20,
+        memory_mb: int = 1536,
+        dump_slow: Path | None = None,
     ):
         self.workdir = workdir
+        self.dump_slow = dump_slow
         self.index_dir = workdir / "index"
         self.inputs_dir = workdir / "inputs"
         self.index_dir.mkdir(parents=True, exist_ok=True)
@@ -384,6 +399,7 @@ class Fuzzer:
             path = self.inputs_dir / rel
             path.write_bytes(data)
             items.append(((rel, ops), path, rel))
+        t0 = time.monotonic()
         try:
             for (rel, ops), result, _ in self.pool.imap(items):
                 self.report.inputs += 1
@@ -392,6 +408,14 @@ class Fuzzer:
             msg = f"parent failed: {type(exc).__name__}: {exc}"
             self.report.failures.append(msg)
             raise AssertionError(msg) from exc
+        took = time.monotonic() - t0
+        if took > self.report.slowest[0]:
+            self.report.slowest = (took, repr([ops for _, _, ops in cases])[:2000])
+        if took > SLOW_BATCH_S and self.dump_slow:  # to run them again: the ops alone do not rebuild them
+            d = self.dump_slow / f"batch{self._n}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i, (suffix, data, _) in enumerate(cases):
+                (d / f"{i}{suffix}").write_bytes(data)
         self.check_damaged_manifest(cases[0][2])
         if self._n % 512 < len(cases):  # keep the scratch folders small
             shutil.rmtree(self.index_dir / "crops", ignore_errors=True)
@@ -497,10 +521,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ocr", action="store_true", help="OCR figures and images too (slower)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--report", type=Path, default=None, help="write the report as JSON here")
+    ap.add_argument(
+        "--dump-slow",
+        type=Path,
+        default=None,
+        help=f"write the inputs of batches over {SLOW_BATCH_S:g} s here",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     workdir = Path(tempfile.mkdtemp(prefix="manualrag-fuzz-"))
-    fuzzer = Fuzzer(workdir, workers=args.workers, ocr=args.ocr)
+    fuzzer = Fuzzer(workdir, workers=args.workers, ocr=args.ocr, dump_slow=args.dump_slow)
     try:
         report = fuzzer.run(args.seconds, rng_seed=args.seed)
         rc = 0
