@@ -194,7 +194,8 @@ def make_snippet(text: str, query: str, width: int = 240) -> str:
         if a.isalpha() and b.isalpha() and len(a + b) <= COMPOUND_WORD_MAX
     )
     terms = tuple(sorted(distinct, key=lambda t: (-len(t), t)))
-    flat = " ".join(text.split())
+    # the passage's own markdown bold goes: inside it the marks would nest ("**a **wiring** diagram**")
+    flat = " ".join(text.replace("**", "").split())
     if not terms:
         return flat[:width]
     find, mark = _snippet_patterns(terms, joined)

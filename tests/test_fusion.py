@@ -183,6 +183,12 @@ def test_snippet_leaves_stopwords_unmarked_unless_the_query_has_nothing_else():
     assert make_snippet("What was that?", "what was") == "**What** **was** that?"
 
 
+def test_snippet_marks_do_not_nest_inside_the_passages_own_bold():
+    # a markdown manual's "**vector wiring diagram**" was shown as "**vector **wiring** **diagram****"
+    s = make_snippet("A **vector wiring diagram** drawn with lines", "wiring diagram")
+    assert s == "A vector **wiring** **diagram** drawn with lines"
+
+
 def test_snippet_marks_a_words_endings_not_other_words_that_begin_like_it():
     assert make_snippet("Pumps, pumping and pumpkins", "pump") == "**Pumps**, **pumping** and pumpkins"
     assert make_snippet("The post and the Postscript format", "post format") == (
