@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from manualrag import ids
+from manualrag import channel_weights, ids
 from manualrag.config import extraction_fingerprint, public_config, settings_changes
 from manualrag.errors import ManualragError, NonFiniteVectorsError
 from manualrag.ids import file_digest
@@ -124,6 +124,8 @@ class Summary:
     timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # s per stage
     # per model role ("clip", "text"): {"model", "dtype", "reason"} as resolved (or fallen back) this run
     precision: dict[str, dict[str, str]] = field(default_factory=dict)
+    # each vector channel's test on the library (manualrag/channel_weights.py) as the index now stands
+    channel_weights: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: str | None = None
     text_model: str | None = None
     dense: bool = True
@@ -161,6 +163,7 @@ class Summary:
             "model": self.model,
             "text_model": self.text_model,
             "precision": self.precision,
+            "channel_weights": self.channel_weights,
             "dense": self.dense,
             "warnings": self.warnings,
             "interrupted": self.interrupted,
@@ -604,7 +607,33 @@ class Indexer:
                 if summary.precision and sum(summary.embedded.values()):
                     manifest.set_meta("precision", _stored_precision(summary.precision, kept_precision))
                 index.drop_precision_without_vectors()
+                with _Timer(timings, "weigh_channels"):
+                    self._weigh_channels(index, summary)
             index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
+
+    def _weigh_channels(self, index: Index, summary: Summary) -> None:
+        """Test each vector channel on the library (manualrag/channel_weights.py) when the index holds other
+        documents than the last test saw; a model that cannot be loaded for it leaves the channels
+        unweighed (a warning says so), the index itself is complete."""
+        manifest = index.manifest
+        key = channel_weights.content_key(manifest)
+        meta = manifest.get_meta(channel_weights.META_KEY)
+        if manifest.has_vector_records() and (meta or {}).get("of") != key:
+
+            def encoder(role: str) -> ClipEncoder | TextEncoder | None:
+                if (manifest.get_meta("models") or {}).get(role) is None:
+                    return None
+                self._load_models(manifest.get_meta("models"))
+                return self._clip if role == "clip" else self._text
+
+            try:
+                meta = {"of": key, "channels": channel_weights.measure(manifest, index.store, encoder)}
+                manifest.set_meta(channel_weights.META_KEY, meta)
+            except ManualragError as exc:
+                manifest.delete_meta(channel_weights.META_KEY)
+                meta = None
+                summary.warnings.append(f"channels not weighed: {str(exc).splitlines()[0]}")
+        summary.channel_weights = channel_weights.channels_of(meta)
 
     def _lost_vectors(self, index: Index, known: dict[str, DocRow], summary: Summary) -> set[str]:
         """The documents whose vectors the store has lost (its folder deleted, a collection emptied, a

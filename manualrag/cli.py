@@ -501,6 +501,13 @@ def _print_summary(s: Any) -> None:
         _echo(f"  models: {d['model'] or 'no CLIP model'} + {d['text_model'] or 'no text model'}")
     for role, p in d.get("precision", {}).items():
         _echo(f"  precision ({role}): {p['reason']}")
+    if d.get("channel_weights"):
+        from manualrag import channel_weights
+
+        _echo(
+            "  channel weight factors (tested on the library): "
+            + channel_weights.describe(d["channel_weights"])
+        )
     t = {k: v for k, v in d["timings_s"].items() if v >= 0.05}
     if t:
         _echo("  time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
@@ -533,7 +540,11 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
     failed = out.pop("failed")
     width = max(len(key) for key in out)
     for key, value in out.items():
-        if isinstance(value, dict):
+        if key == "channel_weights":
+            from manualrag import channel_weights
+
+            value = channel_weights.describe(value) or "not measured"
+        elif isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
         if key == "size_bytes":
             key, value = "size on disk", f"{value / 1e6:.1f} MB"

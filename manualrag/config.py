@@ -78,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
         "fusion": "zscore",
         "rrf_k": 60,
         "candidates": 50,
+        "weigh_channels": True,
     },
 }
 

@@ -333,10 +333,11 @@ class Index:
         return removed
 
     def drop_precision_without_vectors(self) -> None:
-        """The ``precision`` meta describes the index's vectors: it goes with the last of them, so an
-        index emptied by updates or ``remove`` equals a fresh index of what it holds."""
+        """The ``precision`` and ``channel_weights`` metas describe the index's vectors: they go with the
+        last of them, so an index emptied by updates or ``remove`` equals a fresh index of what it holds."""
         if not self.manifest.has_vector_records():
             self.manifest.delete_meta("precision")
+            self.manifest.delete_meta("channel_weights")
 
     @staticmethod
     def reset(root: Path | str, cfg: dict[str, Any]) -> bool:
@@ -381,6 +382,7 @@ def describe(
         st = manifest.stats()
         models = manifest.get_meta("models") or {}
         precision = manifest.get_meta("precision") or {}
+        channel_weights = (manifest.get_meta("channel_weights") or {}).get("channels") or {}
         library = manifest.get_meta("library")
         failed = [{"path": e.path, "reason": e.reason} for e in manifest.errors().values()]
     vectors = {kind: store.count(kind) for kind in VECTOR_KINDS}
@@ -396,6 +398,8 @@ def describe(
         "text_dim": (dims["sem"] or (None, None))[1],
         # the dtype each model resolved to when the index was last written (dtype: auto may pick bf16)
         "precision": {role: p.get("dtype") for role, p in precision.items()},
+        # each vector channel's test on the library: its weight factor (manualrag/channel_weights.py)
+        "channel_weights": channel_weights,
         "store": cfg["store"]["url"] or "embedded",
         "size_bytes": size_bytes,
         # the files the last index runs could not read, and why (``errors`` counts them)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from manualrag import ids
+from manualrag import channel_weights, ids
 from manualrag.config import means_no_model
 from manualrag.errors import ManualragError, shell_arg
 from manualrag.index import glob_match
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 CHANNELS = ("dense", "text", "lexical")
 # threads for the vector searches of concurrent queries (a query makes up to 6; Chroma queries are short)
 SEARCH_THREADS = 4
-# sub-channels fused by rank; their weights (documented in the README, "How results are ranked")
+# sub-channels fused by rank; their weights (documented in the README, "How results are ranked"), each vector
+# channel's scaled by its test on the library (manualrag/channel_weights.py, retrieve.weigh_channels)
 WEIGHTS = {
     "lexical": 1.0,
     "text": 1.0,
@@ -547,7 +548,13 @@ class Retriever:
             # a query image alone has only its two CLIP channels, whose cosine spreads are too narrow to
             # standardise reliably; they are fused by rank, image->image first (query by example)
             method = rc["fusion"] if text else "rrf"
-            fused = fuse(rankings, WEIGHTS, method=method, rrf_k=rc["rrf_k"], pool=rc["candidates"])
+            weights = dict(WEIGHTS)
+            if rc["weigh_channels"]:  # each vector channel as far as it can be trusted on this library
+                for channel, f in channel_weights.factors(
+                    self.manifest.get_meta(channel_weights.META_KEY)
+                ).items():
+                    weights[channel] *= f
+            fused = fuse(rankings, weights, method=method, rrf_k=rc["rrf_k"], pool=rc["candidates"])
             if method == "zscore":
                 place_of = {("passage", i): (p.doc_path, p.page) for i, p in passages.items()}
                 figure_ids = [f.key[1] for f in fused if f.key[0] == "figure"]
