@@ -88,6 +88,16 @@ def run_eval(corpus: Path, index_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def channel_factors(index_dir: Path) -> str:
+    """The index's channel weight factors, as `stats` shows them (manualrag/channel_weights.py)."""
+    from manualrag import channel_weights
+    from manualrag.index import IndexLayout
+    from manualrag.manifest import Manifest
+
+    with Manifest(IndexLayout(index_dir).db, readonly=True) as m:
+        return channel_weights.describe(channel_weights.channels_of(m.get_meta(channel_weights.META_KEY)))
+
+
 # -------------------------------------------------------------------------------------------- baselines
 def page_texts_child(corpus: str, out: str) -> None:
     """In a child (OMP_THREAD_LIMIT=1 for pymupdf4llm's tesseract): {file: {"layer": {page: text},
@@ -259,6 +269,7 @@ def main() -> None:
         n = reports["lexical"]["n"]
         section = [f"### {corpus.name} ({n} queries)", "", corpus_table(reports), ""]
         section += [
+            f"- {corpus.name} channel weight factors (tested on the library): {channel_factors(cache / 'index')}",
             target_lines(corpus.name, reports["lexical,text"]),
             *monotone_lines(corpus.name, reports),
             "",
