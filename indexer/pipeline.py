@@ -31,7 +31,7 @@ from manualrag.config import extraction_fingerprint, public_config, settings_cha
 from manualrag.errors import ManualragError, NonFiniteVectorsError
 from manualrag.ids import file_digest
 from manualrag.index import Index, IndexLayout
-from manualrag.indexer import budget
+from manualrag.indexer import budget, reuse
 from manualrag.indexer.chunk import make_passages, make_windows
 from manualrag.indexer.discover import (
     IMAGE_SUFFIXES,
@@ -40,6 +40,7 @@ from manualrag.indexer.discover import (
     SourceFile,
     discover,
 )
+from manualrag.indexer.reuse import figure_sem_text  # (check.py imports it from here)
 from manualrag.lock import IndexLock, make_index_folder
 from manualrag.manifest import DocRow, Manifest
 from manualrag.models import Document, Figure, FileError, Passage, Window
@@ -60,12 +61,6 @@ def in_shard(rel: str, shard: tuple[int, int]) -> bool:
     """Documents are partitioned across indexer machines by the sha256 of their library-relative path."""
     i, n = shard
     return n == 1 or int(hashlib.sha256(rel.encode()).hexdigest()[:12], 16) % n == i
-
-
-def figure_sem_text(fig: Figure) -> str:
-    """What the text model reads for a figure: caption, labels, OCR, then heading and nearby text."""
-    parts = [fig.caption, " ".join(fig.labels), fig.ocr_text, fig.heading, fig.nearby_text]
-    return "\n".join(p.strip() for p in parts if p and p.strip())
 
 
 def _dtypes(meta: dict[str, str] | None) -> set[str]:
@@ -119,6 +114,8 @@ class Summary:
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)  # the first few paths per reason
     records: Counter = field(default_factory=Counter)  # written this run, by kind
     embedded: Counter = field(default_factory=Counter)  # model inputs this run: texts, images, sem
+    # vectors taken from the index instead (a document's old version: indexer/reuse.py), by the same keys
+    reused: Counter = field(default_factory=Counter)
     pages: int = 0
     figures: int = 0
     timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # s per stage
@@ -158,6 +155,7 @@ class Summary:
             "figures": self.figures,
             "records": dict(self.records),
             "embedded": dict(self.embedded),
+            "reused": dict(self.reused),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "wall_s": round(self.wall_s, 3),
             "model": self.model,
@@ -223,6 +221,10 @@ class Indexer:
 
         self._want_clip = model_id_for(cfg["model"]) if cfg["model"] else None
         self._want_text = model_id_for(cfg["text_model"]) if cfg["text_model"] else None
+        # stored vectors of a document's old version are reused for its unchanged inputs (indexer/reuse.py)
+        self.reuse_vectors = bool((cfg.get("index") or {}).get("reuse_vectors", True))
+        self._reuse_from: dict[str, str] = {}  # role -> identity of the index's vectors this run may reuse
+        self._reuse_ahead: dict[str, dict[reuse.Key, np.ndarray]] = {}  # renamed document -> its old vectors
 
     # ------------------------------------------------------------------------------------------ models
     @property
@@ -252,6 +254,14 @@ class Indexer:
                     f" none (or {key}: null in the config) to update it the same way. {exc}"
                 ) from None
             setattr(self, f"_{role}", enc)
+
+    def _identities(self) -> dict[str, str]:
+        """Each loaded model's vector identity (indexer/reuse.py) as it is now."""
+        return {
+            role: reuse.identity(enc)
+            for role, enc in (("clip", self._clip), ("text", self._text))
+            if enc is not None
+        }
 
     def _precision(self) -> dict[str, dict[str, str]]:
         """Each loaded model's dtype as it ended the run (a float32 fallback after NaN shows here)."""
@@ -404,6 +414,7 @@ class Indexer:
 
     def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
+        self._reuse_from, self._reuse_ahead = {}, {}
         manifest = index.manifest
         with _Timer(timings, "discover"):
             other_indexes: list[str] = []
@@ -531,6 +542,16 @@ class Indexer:
                     # their vectors as they are committed
                     manifest.set_meta("models", {"clip": self._want_clip, "text": self._want_text})
                     manifest.set_meta("precision", _stored_precision(self._precision(), kept_precision))
+                    before = manifest.get_meta(reuse.META_KEY)
+                    if self.reuse_vectors:
+                        self._reuse_from = {
+                            role: ident
+                            for role, ident in self._identities().items()
+                            if ident == reuse.stored_identity(before, role)
+                        }
+                    manifest.set_meta(
+                        reuse.META_KEY, reuse.merged_identities(self._identities(), before, bool(kept))
+                    )
                 except BaseException:
                     if pool is not None:
                         pool.close(kill=True)
@@ -542,6 +563,9 @@ class Indexer:
 
             # prune vanished documents
             present = {s.rel for s in files}
+            if self._reuse_from:
+                with _Timer(timings, "reuse"):
+                    self._read_renamed(index, known, present, work)
             # paths_with_rows also names documents whose run crashed before their manifest row was written
             for path in sorted((set(known) | manifest.paths_with_rows()) - present):
                 if not in_shard(path, self.shard):
@@ -604,12 +628,40 @@ class Indexer:
                 manifest.set_meta("models", {"clip": summary.model, "text": summary.text_model})
                 # the dtypes this run's vectors were embedded in, as they ended the run (a float32 fallback
                 # after NaN shows here); recorded at model load too, so a crash after a commit keeps it
-                if summary.precision and sum(summary.embedded.values()):
+                if summary.precision and sum(summary.embedded.values()) + sum(summary.reused.values()):
                     manifest.set_meta("precision", _stored_precision(summary.precision, kept_precision))
+                    # with the identity recorded at model load (a float32 fallback after NaN adds one)
+                    before = manifest.get_meta(reuse.META_KEY)
+                    manifest.set_meta(
+                        reuse.META_KEY, reuse.merged_identities(self._identities(), before, True)
+                    )
                 index.drop_precision_without_vectors()
                 with _Timer(timings, "weigh_channels"):
                     self._weigh_channels(index, summary)
             index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
+
+    def _read_renamed(
+        self, index: Index, known: dict[str, DocRow], present: set[str], work: list[tuple[SourceFile, str]]
+    ) -> None:
+        """The old vectors of documents renamed or moved (a new path whose content digest a vanished
+        document had), read before the vanished ones are pruned, up to :data:`reuse.MAX_VECTORS` vectors."""
+        vanished: dict[str, str] = {}  # digest -> vanished path
+        for path in sorted(set(known) - present):
+            if in_shard(path, self.shard):
+                vanished.setdefault(known[path].digest, path)
+        room = reuse.MAX_VECTORS
+        for src, digest in work:
+            old = vanished.pop(digest, None) if src.rel not in known else None
+            if old is None:
+                continue
+            n = reuse.count_vectors(index.manifest, old)
+            if n > room:
+                log.info(
+                    "%s: not reusing the vectors of %s (over %d read ahead)", src.rel, old, reuse.MAX_VECTORS
+                )
+                continue
+            room -= n
+            self._reuse_ahead[src.rel] = reuse.old_vectors(index.manifest, index.store, old, self._reuse_from)
 
     def _weigh_channels(self, index: Index, summary: Summary) -> None:
         """Test each vector channel on the library (manualrag/channel_weights.py) when the index holds other
@@ -810,7 +862,11 @@ class Indexer:
         # embed before touching the store, so a model error leaves the old version intact
         vectors: dict[str, Records] = {}
         if self.dense:
-            vectors = self._embed(doc, passages, windows, figures, summary)
+            old = self._reuse_ahead.pop(doc.path, None)
+            if old is None and self._reuse_from:
+                with _Timer(timings, "reuse"):  # the old version of an edited file: its rows are still in
+                    old = reuse.old_vectors(manifest, index.store, doc.path, self._reuse_from)
+            vectors = self._embed(doc, passages, windows, figures, summary, old)
 
         # this order keeps the document findable through every channel at every moment, and a crash at any
         # point recoverable: mark it for redo, write the new vectors (ids it shares with the old version
@@ -855,21 +911,46 @@ class Indexer:
         windows: list[tuple[Window, str]],
         figures: list[tuple[str, Figure]],
         summary: Summary,
+        old: dict[reuse.Key, np.ndarray] | None = None,
     ) -> dict[str, Records]:
-        """The vector records of a document, by store kind."""
+        """The vector records of a document, by store kind. ``old``: vectors of the document's old version
+        by reuse key (indexer/reuse.py); an input found there is not embedded again."""
         timings = summary.timings
         clip = self._clip  # None: an index without CLIP vectors (model: null)
         by_pid = {p.passage_id: p for p in passages}
         out: dict[str, Records] = {}
+        old = old or {}
 
         def meta(page: int, kind: str, ref: str, suspect: str | None = None) -> dict[str, Any]:
             return {"path": doc.path, "page": page, "kind": kind, "ref": ref, "suspect": suspect or ""}
 
+        def vectors(enc: Any, keys: list[reuse.Key], embed: Any, n_inputs: str) -> np.ndarray:
+            """One vector per key: the stored one where ``old`` has it, else ``embed(indexes)``'s."""
+            found = [old.get(k) for k in keys] if old else [None] * len(keys)
+            todo = [i for i, v in enumerate(found) if v is None]
+            embs = np.zeros((len(keys), enc.dim), dtype=np.float32)
+            for i, v in enumerate(found):
+                if v is not None:
+                    embs[i] = v
+            if todo:
+                embs[todo] = embed(todo)
+            if todo:
+                summary.embedded[n_inputs] += len(todo)
+            if len(keys) > len(todo):
+                summary.reused[n_inputs] += len(keys) - len(todo)
+            return embs
+
+        clip_id = reuse.identity(clip) if clip is not None and old else ""
         clip_w = [w for w, ch in windows if ch == "clip"]
         sem_w = [w for w, ch in windows if ch == "sem"]
         with _Timer(timings, "embed_text"):
             if clip is not None and clip_w:
-                embs = clip.embed_texts([w.text for w in clip_w])
+                embs = vectors(
+                    clip,
+                    [reuse.window_key(clip_id, "text", w.text) for w in clip_w],
+                    lambda todo: clip.embed_texts([clip_w[i].text for i in todo]),
+                    "texts",
+                )
                 out["text"] = Records(
                     [w.window_id for w in clip_w],
                     embs,
@@ -879,47 +960,61 @@ class Indexer:
                     ],
                     [w.text for w in clip_w],
                 )
-                summary.embedded["texts"] += len(clip_w)
             labelled = [(fid, f) for fid, f in figures if f.label_text.strip()]
             if clip is not None and labelled:
                 texts = [clip.fit(f.label_text) for _, f in labelled]
-                embs = clip.embed_texts(texts)
+                embs = vectors(
+                    clip,
+                    [reuse.label_key(clip_id, f) for _, f in labelled],
+                    lambda todo: clip.embed_texts([texts[i] for i in todo]),
+                    "texts",
+                )
                 out["image_text"] = Records(
                     [ids.figure_label_id(fid) for fid, _ in labelled],
                     embs,
                     [meta(f.pages[0], "image_text", fid) for fid, f in labelled],
                     texts,
                 )
-                summary.embedded["texts"] += len(labelled)
         if clip is not None and figures:
             with _Timer(timings, "embed_image"):
-                embs = clip.embed_images([f.png or self._read_crop(f) for _, f in figures])
+                embs = vectors(
+                    clip,
+                    [reuse.image_key(clip_id, f) for _, f in figures],
+                    lambda todo: clip.embed_images(
+                        [figures[i][1].png or self._read_crop(figures[i][1]) for i in todo]
+                    ),
+                    "images",
+                )
             out["image"] = Records(
                 [fid for fid, _ in figures],
                 embs,
                 [meta(f.pages[0], "image", fid) for fid, f in figures],
                 [f.caption for _, f in figures],
             )
-            summary.embedded["images"] += len(figures)
         text_enc = self._text
         if text_enc is not None:
+            text_id = reuse.identity(text_enc) if old else ""
             with _Timer(timings, "embed_sem"):
                 # (vector id, figure id, figure, text): each figure's texts, and its caption alone as well: a
                 # figure's many labels and OCR words (a wiring diagram's terminal names) dilute its full
                 # text's vector; a question in the caption's words finds the figure through this one
                 fig_sem = [(ids.figure_sem_id(fid), fid, f, figure_sem_text(f)) for fid, f in figures]
                 fig_sem += [(ids.figure_caption_id(fid), fid, f, f.caption.strip()) for fid, f in figures]
-                fig_sem = [(vid, fid, f, text_enc.fit(t)) for vid, fid, f, t in fig_sem if t]
-                texts = [w.text for w in sem_w] + [t for *_, t in fig_sem]
+                fig_sem = [x for x in fig_sem if x[3]]
+                # keyed by the text before fit() (indexer/reuse.py: the cut is the model's, fixed by its key)
+                keys = [reuse.sem_key(text_id, w.text) for w in sem_w]
+                keys += [reuse.sem_key(text_id, t) for *_, t in fig_sem]
+                texts = [w.text for w in sem_w] + [text_enc.fit(t) for *_, t in fig_sem]
                 if texts:
-                    embs = text_enc.embed_texts(texts)
+                    embs = vectors(
+                        text_enc, keys, lambda todo: text_enc.embed_texts([texts[i] for i in todo]), "sem"
+                    )
                     vids = [w.window_id for w in sem_w] + [vid for vid, *_ in fig_sem]
                     metas = [
                         meta(by_pid[w.passage_id].page, "text", w.passage_id, by_pid[w.passage_id].suspect)
                         for w in sem_w
                     ] + [meta(f.pages[0], "image_text", fid) for _, fid, f, _ in fig_sem]
                     out["sem"] = Records(vids, embs, metas, texts)
-                    summary.embedded["sem"] += len(texts)
         return out
 
     # ------------------------------------------------------------------------------------------ crops

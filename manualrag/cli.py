@@ -497,6 +497,9 @@ def _print_summary(s: Any) -> None:
         _echo("  records written: " + ", ".join(f"{k} {v}" for k, v in sorted(d["records"].items())))
     if d["embedded"]:
         _echo("  model inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(d["embedded"].items())))
+    if d["reused"]:  # a document's old version held them (indexer/reuse.py)
+        reused, embedded = sum(d["reused"].values()), sum(d["embedded"].values())
+        _echo(f"  vectors: {reused} reused from the index, {embedded} embedded")
     if d["model"] or d["text_model"]:
         _echo(f"  models: {d['model'] or 'no CLIP model'} + {d['text_model'] or 'no text model'}")
     for role, p in d.get("precision", {}).items():

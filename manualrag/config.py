@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
         "max_windows": 20_000,
         "max_figures": 5_000,
     },
+    "index": {
+        "reuse_vectors": True,
+    },
     "store": {
         "url": None,
         "collection": "manualrag",

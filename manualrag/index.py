@@ -338,6 +338,7 @@ class Index:
         if not self.manifest.has_vector_records():
             self.manifest.delete_meta("precision")
             self.manifest.delete_meta("channel_weights")
+            self.manifest.delete_meta("vector_identity")  # indexer/reuse.py
 
     @staticmethod
     def reset(root: Path | str, cfg: dict[str, Any]) -> bool:

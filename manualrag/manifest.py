@@ -636,6 +636,13 @@ class Manifest:
             for r in self._by_ids("windows", ids)
         }
 
+    def windows_of_doc(self, doc_path: str) -> list[WindowRow]:
+        rows = self._query("SELECT * FROM windows WHERE doc_path = ? ORDER BY id", (doc_path,))
+        return [
+            WindowRow(r["id"], r["passage_id"], r["doc_path"], r["channel"], r["text"], int(r["n_tokens"]))
+            for r in rows
+        ]
+
     def figures(self, ids: Iterable[str]) -> dict[str, FigureRow]:
         return {r["id"]: _figure_row(r) for r in self._by_ids("figures", ids)}
 

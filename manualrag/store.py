@@ -537,6 +537,25 @@ class VectorStore:
                 return out
             offset += len(page)
 
+    def vectors(self, kind: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these record ids (float32, as Chroma keeps them), by id: absent ids, and
+        every id of an absent collection, are left out. Batched under the client's max batch size."""
+        want = list(dict.fromkeys(ids))
+        if not want or self.get(kind) is None:
+            return {}
+        out: dict[str, np.ndarray] = {}
+        for sl in _batches(len(want), self.max_batch()):
+            res = self._retry_stale(
+                kind, lambda c, sl=sl: self._wrap(c.get, ids=want[sl], include=["embeddings"])
+            )
+            embs = res.get("embeddings")
+            if embs is None or not len(res["ids"]):
+                continue
+            arr = np.asarray(embs, dtype=np.float32)
+            for i, rid in enumerate(res["ids"]):
+                out[rid] = arr[i]
+        return out
+
     def query(
         self, kind: str, embedding: np.ndarray, n: int, paths: Sequence[str] | None = None
     ) -> list[list[tuple[str, float]]]:

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -305,3 +306,169 @@ def test_shards_partition_the_library(tmp_path, library, tiny_clip_dir):
         main, ["index", str(library), "--shard", "2/2", "--index-dir", str(tmp_path / "x")]
     )
     assert res.exit_code == 2 and "--shard" in res.output
+
+
+# ------------------------------------------------------------------------- reusing stored vectors (reuse.py)
+def revision_pdf(path: Path, revision: int) -> Path:
+    """A six-page manual; ``revision`` 2 rewrites page 3's text (nothing else changes): a photo on page 2,
+    the wiring diagram with its caption on page 4, a logo on every page."""
+    import pymupdf
+
+    from tests.helpers_pdf import A4, body_text, draw_wiring_diagram, logo_png, photo_png
+
+    doc = pymupdf.open()
+    logo, photo = logo_png(), photo_png()
+    topics = ["intake filter", "impeller", "seal kit", "motor leads", "pressure switch", "drain valve"]
+    for n, topic in enumerate(topics, start=1):
+        page = doc.new_page(width=A4[0], height=A4[1])
+        page.insert_image(pymupdf.Rect(480, 30, 540, 50), stream=logo)
+        page.insert_text((72, 110), f"{n} Servicing the {topic}", fontsize=18, fontname="hebo")
+        text = (
+            f"Inspect the {topic} every 500 operating hours. Switch the pump off, close both valves and "
+            f"wait until the housing has cooled before touching the {topic}. Replace it when worn."
+        )
+        if n == 3 and revision == 2:
+            text = (
+                "Revision 2: the seal kit is now replaced as a cartridge. Unscrew the retaining ring with "
+                "tool T-42, pull the cartridge straight out and push the new one in until it clicks."
+            )
+        y = body_text(page, 130, text)
+        if n == 2:
+            page.insert_image(pymupdf.Rect(150, y + 20, 390, y + 200), stream=photo)
+        if n == 4:
+            draw_wiring_diagram(page, (100, 400))
+            page.insert_text((180, 540), "Figure 1: Wiring of the motor leads", fontsize=10)
+    doc.set_metadata({"title": "Pump Service Manual"})
+    doc.save(path)
+    doc.close()
+    return path
+
+
+def stored_vectors(index_dir: Path, store_cfg: dict) -> dict[str, dict[str, np.ndarray]]:
+    with VectorStore.open(index_dir, {"store": store_cfg}) as st:
+        return {k: st.vectors(k, st.all_ids(k)) for k in KINDS if st.get(k) is not None}
+
+
+def assert_same_vectors(got: dict, want: dict, rename: tuple[str, str] = ("", "")) -> None:
+    """The same ids (``rename``: got's doc id prefix for want's) and cosine >= 0.9999 for each vector."""
+    assert set(got) == set(want)
+    for kind in want:
+        g = {rid.replace(*rename, 1): v for rid, v in got[kind].items()}
+        assert set(g) == set(want[kind]), kind
+        worst = min(float(g[rid] @ v) for rid, v in want[kind].items())
+        assert worst >= 0.9999, (kind, worst)
+
+
+def _hits(idx: Path, cfg_path: Path, queries: list[str]) -> list[list[tuple[str, float]]]:
+    from manualrag.config import load_config
+    from manualrag.retriever.search import Retriever
+
+    with Retriever.open(idx, load_config(cfg_path)) as r:
+        return [[(h.id, round(h.score, 3)) for h in r.search(q, k=8).hits] for q in queries]
+
+
+def test_an_edited_or_renamed_manual_reuses_its_stored_vectors(
+    tmp_path, tiny_clip_dir, minilm_dir, store_cfg_factory
+):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    pdf = revision_pdf(lib / "pump.pdf", 1)
+    idx = tmp_path / "index"
+    scfg = store_cfg_factory(idx)
+    cfg = write_cfg(tmp_path, scfg, model=str(tiny_clip_dir), text_model=str(minilm_dir), dtype="float32")
+    rc, s1, err = run_index(cfg, lib, idx)
+    assert rc == 0, err
+    assert s1["reused"] == {} and s1["embedded"]["images"] >= 2  # the photo, the diagram
+    first = sum(s1["embedded"].values())
+
+    # a new revision: page 3's text changes, the rest of the manual is as it was
+    revision_pdf(pdf, 2)
+    rc, s2, err = run_index(cfg, lib, idx)
+    assert rc == 0, err
+    assert s2["indexed"] == ["pump.pdf"]
+    reused, embedded = sum(s2["reused"].values()), sum(s2["embedded"].values())
+    assert s2["reused"]["images"] == s1["embedded"]["images"] and "images" not in s2["embedded"]
+    assert 0 < embedded <= 6 and reused >= first - 6, (s2["reused"], s2["embedded"])
+    assert set(s2["embedded"]) == {"texts", "sem"}  # page 3's CLIP and text-model windows
+    assert reused + embedded == sum(s2["records"][k] for k in KINDS if k in s2["records"])
+    with Manifest(idx / "index.sqlite", readonly=True) as m:
+        page3 = [w.text for w in m.windows_of_doc("pump.pdf") if ":p3:" in w.window_id]
+    assert page3 and all("Revision 2" in t or "cartridge" in t or "T-42" in t for t in page3)
+
+    # ...and the index is what a fresh index of the new revision is: the same vectors, the same hits
+    fresh_lib = tmp_path / "fresh-lib"
+    fresh_lib.mkdir()
+    shutil.copy(pdf, fresh_lib / "pump.pdf")
+    fresh = tmp_path / "fresh"
+    fcfg = write_cfg(
+        tmp_path,
+        store_cfg_factory(fresh),
+        model=str(tiny_clip_dir),
+        text_model=str(minilm_dir),
+        dtype="float32",
+    )
+    rc, s3, err = run_index(fcfg, fresh_lib, fresh)
+    assert rc == 0, err
+    assert s3["reused"] == {} and sum(s3["embedded"].values()) == reused + embedded
+    want = stored_vectors(fresh, store_cfg_factory(fresh))
+    assert_same_vectors(stored_vectors(idx, scfg), want)
+    queries = ["replace the seal cartridge with tool T-42", "wiring of the motor leads", "drain valve"]
+    assert _hits(idx, cfg, queries) == _hits(fresh, fcfg, queries)
+
+    # renamed (moved into a folder): every vector is reused, none embedded
+    (lib / "old").mkdir()
+    pdf.rename(lib / "old" / "pump-rev2.pdf")
+    rc, s4, err = run_index(cfg, lib, idx)
+    assert rc == 0, err
+    assert s4["indexed"] == ["old/pump-rev2.pdf"] and s4["removed"] == ["pump.pdf"]
+    assert s4["embedded"] == {} and sum(s4["reused"].values()) == reused + embedded
+    rename = (doc_id_for("old/pump-rev2.pdf"), doc_id_for("pump.pdf"))
+    assert_same_vectors(stored_vectors(idx, scfg), want, rename)
+
+    res = CliRunner().invoke(main, ["--config", str(cfg), "index", str(lib), "--index-dir", str(idx)])
+    assert res.exit_code == 0 and "vectors:" not in res.output  # nothing to do: no reuse line
+    pdf = lib / "old" / "pump-rev2.pdf"
+    revision_pdf(pdf, 1)
+    res = CliRunner().invoke(main, ["--config", str(cfg), "index", str(lib), "--index-dir", str(idx)])
+    assert res.exit_code == 0, res.output
+    line = [ln for ln in res.output.splitlines() if ln.startswith("  vectors:")]
+    assert len(line) == 1 and line[0].endswith("embedded") and " reused from the index, " in line[0], line
+
+
+def test_vectors_are_not_reused_across_precisions_int8_or_when_switched_off(tmp_path, tiny_clip_dir):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    pdf = revision_pdf(lib / "pump.pdf", 1)
+
+    def edit_and_index(idx: Path, cfg: Path, revision: int) -> dict:
+        revision_pdf(pdf, revision)
+        rc, s, err = run_index(cfg, lib, idx)
+        assert rc == 0, err
+        assert s["indexed"] == ["pump.pdf"]
+        return s
+
+    # float32 vectors, then a run in bfloat16: nothing reused (another precision)
+    idx = tmp_path / "index"
+    f32 = write_cfg(tmp_path, model=str(tiny_clip_dir), dtype="float32")
+    assert edit_and_index(idx, f32, 1)["reused"] == {}
+    s = edit_and_index(idx, write_cfg(tmp_path, model=str(tiny_clip_dir), dtype="bfloat16"), 2)
+    assert s["reused"] == {} and s["embedded"]["images"] >= 2
+    # the index now holds bfloat16 vectors alone (the document was redone whole): bfloat16 reuses them
+    s = edit_and_index(idx, write_cfg(tmp_path, model=str(tiny_clip_dir), dtype="bfloat16"), 1)
+    assert s["reused"].get("images", 0) >= 2
+
+    # int8 vectors are never reused, not even by an int8 run
+    i8_idx = tmp_path / "int8"
+    i8 = write_cfg(tmp_path, model=str(tiny_clip_dir), dtype="int8")
+    assert edit_and_index(i8_idx, i8, 2)["reused"] == {}
+    s = edit_and_index(i8_idx, i8, 1)
+    assert s["reused"] == {} and s["embedded"]["images"] >= 2
+
+    # switched off: everything is embedded again
+    off = write_cfg(tmp_path, model=str(tiny_clip_dir), dtype="float32", index={"reuse_vectors": False})
+    idx_off = tmp_path / "off"
+    assert edit_and_index(idx_off, off, 2)["reused"] == {}
+    s = edit_and_index(idx_off, off, 1)
+    assert s["reused"] == {} and s["embedded"]["images"] >= 2
+    s = edit_and_index(idx_off, f32, 2)  # back on: reused again
+    assert s["reused"]["images"] >= 2

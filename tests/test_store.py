@@ -235,6 +235,34 @@ def test_upsert_query_delete(open_store):
     st.delete("image", ["x"])  # absent collection: fine
 
 
+def test_vectors_returns_the_stored_vectors_by_id(open_store):
+    """What indexer/reuse.py reads back: the vector upserted under each id (float32), across batches;
+    absent ids and absent collections give nothing."""
+    st = open_store()
+    assert st.vectors("text", ["a:w0"]) == {}  # no collection yet
+    st.ensure("text", "m", 8)
+    st.ensure("sem", "t", 8)
+    rng = np.random.default_rng(7)
+    n = st.max_batch() + 3  # two batches
+    vecs = unit(rng, n)
+    ids = [f"d:p{i}:0:w0" for i in range(n)]
+    st.upsert("text", ids, vecs, [{"path": "a.pdf", "page": i} for i in range(n)])
+    st.upsert("sem", ["d:p0:0:s0"], -vecs[:1], [{"path": "a.pdf", "page": 0}])
+    assert st.vectors("text", []) == {}
+
+    got = st.vectors("text", ids + ["absent:w0", ids[5]])  # repeated ids asked once
+    assert set(got) == set(ids)
+    for i, rid in enumerate(ids):
+        assert got[rid].dtype == np.float32 and got[rid].shape == (8,)
+        np.testing.assert_allclose(got[rid], vecs[i], rtol=0, atol=1e-6)
+    # each collection keeps its own: the same id in another kind is another vector
+    np.testing.assert_allclose(st.vectors("sem", ["d:p0:0:s0"])["d:p0:0:s0"], -vecs[0], atol=1e-6)
+    assert st.vectors("sem", [ids[1]]) == {}
+    assert st.vectors("image", ids[:3]) == {}  # absent collection
+    st.delete("text", ids[:2])
+    assert set(st.vectors("text", ids[:4])) == set(ids[2:4])
+
+
 def _query_meta(st: VectorStore, kind: str, vec: np.ndarray, n: int) -> list[tuple[str, float, dict]]:
     """The nearest records of ``kind`` with the metadata the store keeps for each."""
     hits = st.query(kind, vec, n)[0]
