@@ -225,6 +225,9 @@ class Indexer:
         self.reuse_vectors = bool((cfg.get("index") or {}).get("reuse_vectors", True))
         self._reuse_from: dict[str, str] = {}  # role -> identity of the index's vectors this run may reuse
         self._reuse_ahead: dict[str, dict[reuse.Key, np.ndarray]] = {}  # renamed document -> its old vectors
+        # documents committed when the run began: only their rows name the vectors the store holds for them
+        # (a document whose write was cut short may have new vectors under its old rows' ids)
+        self._committed: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ models
     @property
@@ -414,7 +417,7 @@ class Indexer:
 
     def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
-        self._reuse_from, self._reuse_ahead = {}, {}
+        self._reuse_from, self._reuse_ahead, self._committed = {}, {}, set()
         manifest = index.manifest
         with _Timer(timings, "discover"):
             other_indexes: list[str] = []
@@ -459,6 +462,7 @@ class Indexer:
             },
         )
         known = manifest.documents()
+        self._committed = set(known)
         fp = extraction_fingerprint(cfg)
         # a failure is worth retrying when the file, the extraction settings, the worker's limits or the
         # passwords (an encrypted file) change
@@ -863,7 +867,7 @@ class Indexer:
         vectors: dict[str, Records] = {}
         if self.dense:
             old = self._reuse_ahead.pop(doc.path, None)
-            if old is None and self._reuse_from:
+            if old is None and self._reuse_from and doc.path in self._committed:
                 with _Timer(timings, "reuse"):  # the old version of an edited file: its rows are still in
                     old = reuse.old_vectors(manifest, index.store, doc.path, self._reuse_from)
             vectors = self._embed(doc, passages, windows, figures, summary, old)

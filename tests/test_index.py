@@ -472,3 +472,26 @@ def test_vectors_are_not_reused_across_precisions_int8_or_when_switched_off(tmp_
     assert s["reused"] == {} and s["embedded"]["images"] >= 2
     s = edit_and_index(idx_off, f32, 2)  # back on: reused again
     assert s["reused"]["images"] >= 2
+
+
+def test_a_document_whose_write_was_cut_short_reuses_nothing(tmp_path, tiny_clip_dir):
+    """A run killed in a document's store stage leaves its documents row out and may leave new vectors under
+    its old rows' ids: the next run reuses none of that document's vectors."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    revision_pdf(lib / "pump.pdf", 1)
+    idx = tmp_path / "index"
+    cfg = write_cfg(tmp_path, model=str(tiny_clip_dir), dtype="float32")
+    assert run_index(cfg, lib, idx)[0] == 0
+    scfg = {"url": None, "collection": "manualrag", "headers": {}}
+    with Manifest(idx / "index.sqlite") as m:
+        wid = m.windows_of_doc("pump.pdf")[0].window_id
+        m.begin_document("pump.pdf")  # what the store stage does first
+    with VectorStore.open(idx, {"store": scfg}) as st:
+        good = st.vectors("text", [wid])[wid]
+        st.upsert("text", [wid], -good[None, :], [{"path": "pump.pdf", "page": 1, "kind": "text"}])
+    rc, s, err = run_index(cfg, lib, idx)
+    assert rc == 0, err
+    assert s["indexed"] == ["pump.pdf"] and s["reused"] == {}
+    with VectorStore.open(idx, {"store": scfg}) as st:
+        assert float(st.vectors("text", [wid])[wid] @ good) >= 0.9999
