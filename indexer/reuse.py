@@ -18,12 +18,14 @@ the device when not float32). The index records the identities of the vectors it
 :data:`META_KEY`, by model role); old vectors are offered for reuse only when the role's vectors have one
 identity, and the lookup uses this run's: another checkpoint, dtype or precision never matches. int8 vectors
 are never reused, either way (an int8 vector depends on the texts batched with it).
+
+Only a document committed when the run began is read: a write cut short (the documents row out) may have
+left new vectors under ids its old rows still name.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +37,6 @@ from manualrag.models import Figure
 if TYPE_CHECKING:
     from manualrag.manifest import FigureRow, Manifest, WindowRow
     from manualrag.store import VectorStore
-
-log = logging.getLogger(__name__)
 
 META_KEY = "vector_identity"  # manifest meta: {role: [identity, ...]} of the vectors the index holds
 # most vectors read ahead for renamed documents (their old versions are removed before the new ones are
