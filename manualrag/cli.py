@@ -103,8 +103,45 @@ def _setup_logging(debug: bool, quiet: bool = False) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
+def _late_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_object(Ctx).config_path = value  # type: ignore[union-attr]
+
+
+def _late_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Ctx).debug = True  # type: ignore[union-attr]
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+class ManualragCommand(click.Command):
+    """A subcommand that also takes the global ``--config`` and ``--debug`` after its name
+    (``manualrag stats --config my.yaml``, as MCP clients' argument lists often put it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.params += [
+            click.Option(
+                ["--config", "late_config"],
+                type=click.Path(dir_okay=False),
+                expose_value=False,
+                callback=_late_config,
+                help="YAML config file (also accepted before the command).",
+            ),
+            click.Option(
+                ["--debug", "late_debug"],
+                is_flag=True,
+                expose_value=False,
+                callback=_late_debug,
+                help="Verbose logging and full tracebacks (also accepted before the command).",
+            ),
+        ]
+
+
 class ManualragGroup(click.Group):
     """Maps ManualragError to a one-line message and its exit code (traceback only with --debug)."""
+
+    command_class = ManualragCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         from manualrag.errors import ManualragError

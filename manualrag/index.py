@@ -211,9 +211,12 @@ class Index:
         """The layout of ``root``, which must hold an index (else IndexNotFoundError)."""
         layout = IndexLayout(Path(root))
         if not layout.db.is_file():
+            # a relative default (data/index) is read from the current folder: say which folder that was
+            where = "" if layout.root.is_absolute() else f", that is {layout.root.absolute()}"
             raise IndexNotFoundError(
-                f"no index in {layout.root} (missing {DB_NAME}); build one with "
-                f"`manualrag index LIBRARY --index-dir {shell_arg(layout.root)}`"
+                f"no index in {layout.root} (missing {DB_NAME}{where}); build one with "
+                f"`manualrag index LIBRARY --index-dir {shell_arg(layout.root)}`, or name an existing index "
+                "with --index-dir or MANUALRAG_INDEX_DIR"
             )
         return layout
 

@@ -100,6 +100,30 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     assert r.stderr.strip() == f"error: config file {f}: unknown config key 'nonsense_key'", r.stderr
 
 
+def test_cli_global_options_also_follow_the_command(tmp_path):
+    """``manualrag stats --config FILE`` (where MCP clients' argument lists put it) was "No such option";
+    after the command the file is read as before it, and --debug turns on tracebacks there too."""
+    (tmp_path / "bad.yaml").write_text("nonsense_key: 1\n")
+    (tmp_path / "good.yaml").write_text("index_dir: elsewhere\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "manualrag", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+
+    r = run("stats", "--config", "bad.yaml")
+    assert r.returncode == 2 and "unknown config key 'nonsense_key'" in r.stderr, r.stderr
+    elsewhere = f"no index in {tmp_path / 'elsewhere'} "  # (relative to the config file's folder)
+    r = run("stats", "--config", "good.yaml")  # the file's index_dir, not the default data/index
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {elsewhere}"), r.stderr
+    r = run("stats", "--config", "good.yaml", "--debug")
+    assert r.returncode == 2 and "Traceback" in r.stderr and elsewhere in r.stderr
+    r = run("--config", "bad.yaml", "stats", "--config", "good.yaml")  # the later one wins
+    assert r.returncode == 2 and elsewhere in r.stderr and "nonsense" not in r.stderr
+    # the default index folder is relative to where the user is: the line says where that was
+    r = run("stats")
+    assert r.returncode == 2 and f"that is {tmp_path / 'data' / 'index'})" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize(
     "data, says",
     [
