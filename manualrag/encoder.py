@@ -511,6 +511,11 @@ class _Source:
         )
 
     def unavailable(self, reason: str) -> ModelUnavailableError:
+        # "models/clip-vit" reads as a hub name (org/name) and as a folder: where its first part is a folder
+        # here, a folder was probably meant; say that it does not exist (relative to the current folder)
+        p = Path(self.name).expanduser()
+        if self.folder is None and len(p.parts) > 1 and Path(p.parts[0]).is_dir():
+            reason += f" (and there is no folder {p.absolute()})"
         return ModelUnavailableError(
             f"cannot load model '{self.name}' from {self.where()}: {reason}", self.ways_out
         )

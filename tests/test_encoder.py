@@ -237,6 +237,21 @@ def test_missing_model_offline_fails_fast_with_ways_out():
     assert isinstance(err.value, ManualragError)
 
 
+def test_missing_relative_model_folder_says_no_such_folder(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """``--model models/clip-vit`` (a folder that is not there, under a folder that is) reads as a hub name
+    org/name: the error named only the Hugging Face cache, never the folder the user meant."""
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelUnavailableError) as err:
+        ClipEncoder.load("models/clip-vit")
+    assert f"there is no folder {tmp_path / 'models' / 'clip-vit'}" in str(err.value), err.value
+    # a hub name whose first part is no folder here says nothing of folders
+    with pytest.raises(ModelUnavailableError) as err:
+        ClipEncoder.load("no-such-org/no-such-clip-model")
+    assert "no folder" not in str(err.value), err.value
+
+
 def test_unreachable_hub_is_detected_fast(monkeypatch: pytest.MonkeyPatch):
     """Not offline by env, but the hub does not answer: probe once, go local-only, fail at once."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
