@@ -529,7 +529,13 @@ def _print_summary(s: Any) -> None:
             more = ", ..." if n > len(named) else ""
             shown.append(f"{n} {reason}" + (f" ({', '.join(map(_clean, named))}{more})" if named else ""))
         _echo("  skipped files: " + ", ".join(shown))
-    _echo(f"  pages: {d['pages']}, figures: {d['figures']}")
+    # counts of this run's documents: a run with nothing to do is not an empty index
+    whole = " (unchanged documents are not read again; `manualrag stats` describes the whole index)"
+    _echo(
+        f"  read this run: {d['pages']} page{'' if d['pages'] == 1 else 's'}, "
+        f"{d['figures']} figure{'' if d['figures'] == 1 else 's'}"
+        + (whole if docs["unchanged"] and not docs["indexed"] else "")
+    )
     if d["records"]:
         _echo("  records written: " + ", ".join(f"{k} {v}" for k, v in sorted(d["records"].items())))
     if d["embedded"]:

@@ -44,6 +44,17 @@ def test_layout_names_every_part_of_the_folder(indexed):
     assert written <= named, f"files the layout does not name: {written - named}"
 
 
+def test_a_run_with_nothing_to_do_does_not_read_as_an_empty_index(indexed):
+    """A new user read "documents: 0 indexed, 3 unchanged ... pages: 0, figures: 0" as an empty index."""
+    lib, idx = indexed
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0 and "0 indexed, 3 unchanged" in out, out
+    assert "read this run: 0 pages, 0 figures (unchanged documents are not read again;" in out, out
+    (lib / "valve.txt").write_text("The relief valve opens at 7 bar.\n")
+    rc, out = _cli("index", str(lib), "--index-dir", str(idx), "--no-dense")
+    assert rc == 0 and "read this run: 1 page, 0 figures\n" in out, out
+
+
 def test_open_needs_an_index_and_says_how_to_build_one(tmp_path):
     with pytest.raises(IndexNotFoundError, match=r"no index in .*manualrag index LIBRARY --index-dir"):
         Index.open(tmp_path / "none", load_config())
