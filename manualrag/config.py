@@ -9,6 +9,7 @@ Precedence, lowest first: built-in defaults (identical to the repo's config.yaml
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import os
@@ -205,7 +206,15 @@ def _env_overrides(environ: dict[str, str]) -> list[tuple[str, list[str], dict[s
             continue
         path = name[len("MANUALRAG_") :].lower().split("__")
         if path[0] not in DEFAULTS:
-            continue  # not a config variable (e.g. MANUALRAG_TOKEN for a proxy); sections are checked strictly
+            # not a config variable (e.g. MANUALRAG_TOKEN for a proxy); sections are checked strictly. A name
+            # a letter or two from a top-level key (MANUALRAG_INDEXDIR) is a typo that would go unnoticed
+            near = difflib.get_close_matches(path[0], list(DEFAULTS), n=1, cutoff=0.75)
+            if near:
+                raise ConfigError(
+                    f"environment variable {name}: unknown config key '{path[0]}'"
+                    f" (did you mean MANUALRAG_{near[0].upper()}?)"
+                )
+            continue
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:

@@ -174,6 +174,22 @@ def test_ocr_settings_tesseract_cannot_use_are_config_errors(env, says):
     assert load_config(environ={"MANUALRAG_OCR__LANGUAGES": "eng+chi_sim+script/Latin"})["ocr"]["languages"]
 
 
+def test_a_top_level_environment_variable_a_typo_away_from_a_key_is_named():
+    """MANUALRAG_INDEXDIR was silently ignored (the index went to data/index); variables of other tools and
+    of our own that are not config keys (MANUALRAG_TOKEN, MANUALRAG_SERVE_PROXY_PORT) still are."""
+    for env, key, meant in (
+        ({"MANUALRAG_INDEXDIR": "x"}, "indexdir", "MANUALRAG_INDEX_DIR"),
+        ({"MANUALRAG_MODLE": "none"}, "modle", "MANUALRAG_MODEL"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_config(environ=env)
+        assert str(err.value) == (
+            f"environment variable {next(iter(env))}: unknown config key '{key}' (did you mean {meant}?)"
+        )
+    others = {"MANUALRAG_TOKEN": "t" * 32, "MANUALRAG_SERVE_PROXY_PORT": "8443", "MANUALRAG_CACHE_DIR": "/tmp"}
+    assert load_config(environ={**others, "MANUALRAG_INDEX_DIR": "y"})["index_dir"] == "y"
+
+
 def test_help_does_not_import_torch():
     code = (
         "import sys; from manualrag.cli import main; sys.argv=['manualrag','--help']\n"
