@@ -268,7 +268,8 @@ def _print_inspect(doc: Any, written: dict[str, str]) -> None:
         _echo(f"  warning: {w}")
     ocr_pages = [p.number for p in doc.pages if p.ocr]
     if ocr_pages:
-        _echo(f"  OCR'd pages (no text layer): {', '.join(map(str, ocr_pages))}")
+        # "p.8", not "8": a lone number read as a count of pages
+        _echo(f"  OCR'd pages (no text layer): {', '.join(f'p.{n}' for n in ocr_pages)}")
     for i, fig in enumerate(doc.figures, 1):
         pages = ",".join(map(str, fig.pages))
         bbox = ", ".join(f"{v:.0f}" for v in fig.bbox)

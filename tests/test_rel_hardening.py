@@ -410,6 +410,15 @@ def test_inspect_of_a_loose_image_shows_no_made_up_resolution(tmp_path):
     assert "dpi" not in line, line
 
 
+def test_inspect_names_ocr_pages_as_pages_not_a_count():
+    """``OCR'd pages (no text layer): 8`` read as "8 pages" to a new user: it is page 8 of the sample
+    manual (a scan with no text layer), read by real tesseract."""
+    pdf = rh.ROOT / "data" / "manuals" / "pump-controller-manual.pdf"
+    rc, _, out = rh.cli("inspect", str(pdf))
+    assert rc == 0, out
+    assert "  OCR'd pages (no text layer): p.8\n" in out, out
+
+
 def test_inspect_names_the_path_given_and_refuses_an_unsupported_type(tmp_path):
     """``inspect`` named a failing file by its bare name and exited 1 (\"some files failed\") for a type no
     command reads: the path as given, and exit 2 for the unsupported type."""
