@@ -55,6 +55,15 @@ def test_a_run_with_nothing_to_do_does_not_read_as_an_empty_index(indexed):
     assert rc == 0 and "read this run: 1 page, 0 figures\n" in out, out
 
 
+def test_index_of_one_file_says_to_give_its_folder_or_inspect_it(indexed):
+    """``index manual.pdf`` said click's "Directory '...' is a file." with no way on."""
+    lib, idx = indexed
+    rc, out = _cli("index", str(lib / "valve.txt"), "--index-dir", str(idx))
+    assert rc == 2 and "Traceback" not in out, out
+    assert f"{lib / 'valve.txt'} is a file: give the folder of manuals it is in" in out, out
+    assert f"manualrag inspect {lib / 'valve.txt'}" in out, out
+
+
 def test_open_needs_an_index_and_says_how_to_build_one(tmp_path):
     with pytest.raises(IndexNotFoundError, match=r"no index in .*manualrag index LIBRARY --index-dir"):
         Index.open(tmp_path / "none", load_config())
