@@ -186,7 +186,11 @@ def test_a_top_level_environment_variable_a_typo_away_from_a_key_is_named():
         assert str(err.value) == (
             f"environment variable {next(iter(env))}: unknown config key '{key}' (did you mean {meant}?)"
         )
-    others = {"MANUALRAG_TOKEN": "t" * 32, "MANUALRAG_SERVE_PROXY_PORT": "8443", "MANUALRAG_CACHE_DIR": "/tmp"}
+    others = {
+        "MANUALRAG_TOKEN": "t" * 32,
+        "MANUALRAG_SERVE_PROXY_PORT": "8443",
+        "MANUALRAG_CACHE_DIR": "/tmp",
+    }
     assert load_config(environ={**others, "MANUALRAG_INDEX_DIR": "y"})["index_dir"] == "y"
 
 
