@@ -192,6 +192,40 @@ def test_copy_as_llm_context(page):
         assert "BEGIN SOURCE" in page.evaluate("navigator.clipboard.readText()")
 
 
+def test_cleared_query_clears_results_and_context(page):
+    """Enter on an emptied search box: the previous query's cards and its LLM context block go (they stayed,
+    the context panel still showing the old block), the Copy button is off and the URL no longer holds the
+    query (a reload would run it again)."""
+    _search(page, "electric wiring layout")
+    page.click("#copy-context")
+    page.wait_for_function("() => document.getElementById('context-text').value.includes('BEGIN SOURCE')")
+    assert page.locator("#context-panel").is_visible()
+
+    page.fill("#q", "")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => !document.querySelector('#results .card')")
+    assert page.locator("#context-panel").is_hidden()
+    assert page.input_value("#context-text") == ""
+    assert page.locator("#copy-context").is_disabled()
+    assert "Type what you are looking for" in page.inner_text("#status")
+    assert "q=" not in page.evaluate("location.search")
+
+
+def test_new_query_drops_the_previous_context_block(page):
+    """A context block belongs to its query: searching for something else hides it."""
+    _search(page, "electric wiring layout")
+    page.click("#copy-context")
+    page.wait_for_function("() => document.getElementById('context-text').value.includes('BEGIN SOURCE')")
+    page.fill("#q", "spare fuse kit")
+    page.press("#q", "Enter")
+    page.wait_for_function(  # the new search has answered
+        "() => location.search.includes('spare') && / hits? /.test(document.getElementById('status').textContent)"
+    )
+    assert page.locator("#context-panel").is_hidden()
+    assert page.input_value("#context-text") == ""
+    assert page.locator("#copy-context").is_enabled()
+
+
 def test_hostile_manual_text_renders_as_text(page):
     _search(page, "hostile calibration pressure switch")
     page.wait_for_timeout(300)

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { query: "", image: null, hits: [], viewer: null, lastFocus: null };
+const state = { query: "", image: null, hits: [], viewer: null, lastFocus: null, searches: 0 };
 
 // ------------------------------------------------------------------------------------------ API access
 function token() {
@@ -84,10 +84,34 @@ function params() {
   };
 }
 
+// a context block belongs to the query it was built for: gone once that query is no longer the one shown
+function clearContext() {
+  $("context-panel").hidden = true;
+  $("context-text").value = "";
+  $("context-note").textContent = "";
+}
+
+// an empty search: no query, so no results and no context (a reload of the URL does not bring them back)
+function clearResults() {
+  state.searches++;  // a search still under way does not bring its results back
+  state.query = "";
+  state.hits = [];
+  $("results").replaceChildren();
+  $("copy-context").disabled = true;
+  clearContext();
+  history.replaceState(null, "", location.pathname);
+}
+
 async function search() {
   const p = params();
-  if (!p.q && !state.image) { setStatus("Type what you are looking for, or choose an image."); return; }
+  if (!p.q && !state.image) {
+    clearResults();
+    setStatus("Type what you are looking for, or choose an image.");
+    return;
+  }
   state.query = p.q;
+  const mine = ++state.searches;
+  clearContext();
   const qs = new URLSearchParams({ q: p.q, modality: p.modality, k: p.k });
   if (p.source) qs.set("source", p.source);
   history.replaceState(null, "", "?" + qs.toString());
@@ -103,9 +127,9 @@ async function search() {
     } else {
       res = await apiJson("/api/search?" + qs.toString());
     }
-    render(res);
+    if (mine === state.searches) render(res);
   } catch (e) {
-    setStatus(String(e.message || e), true);
+    if (mine === state.searches) setStatus(String(e.message || e), true);
   } finally {
     $("search-btn").disabled = false;
   }
@@ -269,11 +293,13 @@ function turnPage(delta) {
 
 // ------------------------------------------------------------------------------------------ context
 async function copyContext() {
-  if (!state.query) return;
+  const query = state.query;
+  if (!query) return;
   const btn = $("copy-context");
   btn.disabled = true;
   try {
-    const res = await apiJson("/api/context?" + new URLSearchParams({ q: state.query }).toString());
+    const res = await apiJson("/api/context?" + new URLSearchParams({ q: query }).toString());
+    if (state.query !== query) return;  // another search (or an empty one) came first: this block is stale
     const area = $("context-text");
     area.value = res.context;
     $("context-panel").hidden = false;
@@ -291,7 +317,7 @@ async function copyContext() {
   } catch (e) {
     setStatus(String(e.message || e), true);
   } finally {
-    btn.disabled = false;
+    btn.disabled = !state.query;
   }
 }
 
