@@ -171,6 +171,55 @@ def test_wiring_diagram_first_and_its_page_box(page, server, shots):
     page.wait_for_selector("#viewer", state="hidden")
 
 
+def _overlap(a: dict, b: dict) -> float:
+    """The area of two on-screen rectangles' intersection (Playwright bounding boxes)."""
+    w = min(a["x"] + a["width"], b["x"] + b["width"]) - max(a["x"], b["x"])
+    h = min(a["y"] + a["height"], b["y"] + b["height"]) - max(a["y"], b["y"])
+    return max(w, 0.0) * max(h, 0.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the indexer stores one bbox per passage, the union of its blocks (indexer/chunk.py make_passages), "
+    "and the '3.1 Fuses' passage merges the text above the wiring diagram with its caption and the paragraph "
+    "below it: its box encloses the whole diagram. The viewer draws the stored box as it is. Remove this "
+    "mark once the passage's box (or boxes) keep to its text.",
+)
+def test_text_hit_box_keeps_to_the_passage_text(page, server):
+    """The page viewer's box for the '3.1 Fuses' passage (page 4 of the pump manual) outlines that text, not
+    the wiring diagram (Figure 2) drawn on the same page."""
+    res = httpx.get(
+        f"{server}/api/search", params={"q": "electric wiring layout", "k": 20}, timeout=60
+    ).json()
+    fig = next(h for h in res["hits"] if h["kind"] == "image" and "Figure 2" in (h["caption"] or ""))
+    fig_box = httpx.get(server + fig["urls"]["box"], timeout=60).json()
+
+    _search(page, "fuse")
+    card = (
+        page.locator('#results .card[data-kind="text"]')
+        .filter(has_text="3.1 Fuses")
+        .filter(has=page.locator(".where .page", has_text="p. 4"))
+    )
+    card.first.locator(".where").click()
+    page.wait_for_selector("#viewer:not([hidden])")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('page-img'); return i.complete && i.naturalWidth > 0 }"
+    )
+    img = page.locator("#page-img").bounding_box()
+    sx, sy = img["width"] / fig_box["page_width"], img["height"] / fig_box["page_height"]
+    x0, y0, x1, y1 = fig_box["bbox"]
+    figure = {
+        "x": img["x"] + x0 * sx,
+        "y": img["y"] + y0 * sy,
+        "width": (x1 - x0) * sx,
+        "height": (y1 - y0) * sy,
+    }
+    boxes = [b.bounding_box() for b in page.locator(".hit-box").all() if b.is_visible()]
+    assert boxes  # the passage is marked on its page
+    covered = sum(_overlap(b, figure) for b in boxes) / (figure["width"] * figure["height"])
+    assert covered < 0.25, f"the passage's box covers {covered:.0%} of the wiring diagram"
+
+
 def test_text_card_marks_terms_and_links_figures(page):
     _search(page, "spare fuse kit")
     card = page.locator('#results .card[data-kind="text"]').first
