@@ -17,6 +17,12 @@ identity, page, dpi). A loose image is a one-page document (a multi-frame TIFF/G
 whose "render" is the image itself as PNG. Box coordinates are those of the index: PDF points on the page
 as displayed (rotation removed at extraction) or image pixels; :meth:`Assets.hit_box` gives the page size
 in the same units, so a client places the box in percent of the page.
+
+A passage's stored box is the union of its text blocks, which may sit above and below a figure (same page,
+same heading) and so enclose the figure. For a text hit on a PDF page with a text layer,
+:meth:`Assets.hit_box` also reads that page's text (one read) and gives ``boxes``: the lines inside the stored
+box whose text is the passage's own, one box per run of adjacent lines. Where nothing matches (an OCR'd scan,
+a loose image, a text file, a figure) ``boxes`` is ``[bbox]``.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import os
 import re
 import stat
 import threading
+import unicodedata
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -87,6 +94,8 @@ class HitBox:
     bbox: list[float]
     page_width: float
     page_height: float
+    # where the hit is drawn: a text hit's own lines on a PDF page, one box per run of lines; else [bbox]
+    boxes: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -365,7 +374,11 @@ class Assets:
             raise NotFound(f"the document of {hit_id!r} is being re-indexed; try again")
         page = pages[0] if pages else 1
         width = height = 0.0
-        if row.file_type in ("pdf", "image"):
+        boxes: list[list[float]] = []
+        if psg is not None and row.file_type == "pdf" and not psg.ocr and len(bbox) == 4:
+            (width, height), lines = self._page_lines(row.doc_id, page)
+            boxes = passage_boxes(lines, bbox, psg.text)
+        elif row.file_type in ("pdf", "image"):
             width, height = self.page_size(row.doc_id, page)
         return HitBox(
             id=hit_id,
@@ -378,7 +391,133 @@ class Assets:
             bbox=bbox,
             page_width=width,
             page_height=height,
+            boxes=boxes or [bbox],
         )
+
+    def _page_lines(self, ref: str, page: int) -> tuple[tuple[float, float], list[_Line]]:
+        """The page's size and its text lines (:func:`page_lines`): one read of the page."""
+        row, path, key = self._page_key(ref, page)
+        data = _read_nofollow(path, f"document {row.doc_id}", MAX_SOURCE_BYTES)
+        with _MUPDF_LOCK, self._open_pdf(data, row) as pdf:
+            if page > pdf.page_count:
+                raise NotFound(f"document {row.doc_id} has no page {page}")
+            pg = pdf.load_page(page - 1)
+            r = pg.rect  # the page as displayed (the size page_size gives)
+            size = (float(r.width), float(r.height))
+            lines = page_lines(pg)
+        with self._lock:
+            self._sizes[(*key, page)] = size
+        return size, lines
+
+
+# MuPDF text flags as the indexer reads text (indexer/extract.py TEXT_FLAGS): whitespace as it is, ligatures
+# as their letters (no TEXT_PRESERVE_LIGATURES)
+_TEXT_FLAGS = 2
+_SURE_CHARS = 12  # a line this long (letters and digits) whose text lies in the passage is the passage's
+
+
+@dataclass(frozen=True)
+class _Line:
+    block: int
+    text: str  # normalised: :func:`_norm`
+    bbox: tuple[float, float, float, float]
+
+
+def page_lines(pg: Any) -> list[_Line]:
+    """The text lines of a PyMuPDF page (MuPDF order), read as the indexer reads them: rotation removed (the
+    page as displayed), ligatures as letters, no clip to the mediabox. Empty where MuPDF cannot read it."""
+    import pymupdf
+
+    try:
+        if pg.rotation:
+            pg.remove_rotation()  # the indexer's coordinates: the page as displayed
+        d = pg.get_text("dict", flags=_TEXT_FLAGS, clip=pymupdf.INFINITE_RECT())
+    except Exception:  # noqa: BLE001 - a page MuPDF cannot read: the stored box alone
+        return []
+    lines: list[_Line] = []
+    for bi, block in enumerate(d.get("blocks", ())):
+        for line in block.get("lines", ()):
+            spans = line.get("spans", ())
+            text = "".join(str(sp.get("text", "")) for sp in spans)
+            if spans and text.strip():
+                x0, y0, x1, y1 = (float(v) for v in line["bbox"])
+                lines.append(_Line(bi, _norm(text), (x0, y0, x1, y1)))
+    return lines
+
+
+def _norm(text: str) -> str:
+    """Letters and digits only, case-folded (NFKC): line breaks, spacing and the hyphen of a word cut at a line
+    end (written whole in a passage) do not count."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", text).casefold() if ch.isalnum())
+
+
+def passage_boxes(lines: list[_Line], bbox: list[float], text: str) -> list[list[float]]:
+    """The boxes of a passage's own text on its page: of ``lines`` (the page's, MuPDF order), those inside
+    ``bbox`` whose text is the passage's (``text``: its blocks' lines joined by line breaks), one box per run of
+    adjacent lines. A line counts when it is one of the passage's lines, or long enough (``_SURE_CHARS``) and
+    part of its text, or the passage's first line ends it / its last line starts it (a block cut at a
+    sentence end); a short line counts beside such a line of its block (the end of a cut word). Labels of a
+    drawing inside the box, short and not lines of the passage, do not count. Empty when nothing matches."""
+    whole = _norm(text)
+    if not whole or len(bbox) != 4:
+        return []
+    own = [_norm(t) for t in text.splitlines()]
+    own = [t for t in own if t]
+    own_set = set(own)
+    first, last = own[0], own[-1]
+    x0, y0, x1, y1 = (float(v) for v in bbox)
+    inside = [ln for ln in lines if ln.text and _mostly_inside(ln.bbox, (x0 - 1, y0 - 1, x1 + 1, y1 + 1))]
+
+    def sure(t: str) -> bool:
+        if t in own_set:
+            return True
+        if len(t) >= _SURE_CHARS and t in whole:
+            return True
+        return (len(first) >= _SURE_CHARS and t.endswith(first)) or (
+            len(last) >= _SURE_CHARS and t.startswith(last)
+        )
+
+    matched = [sure(ln.text) for ln in inside]
+    sure_blocks = {ln.block for ln, m in zip(inside, matched, strict=True) if m}
+    matched = [
+        m or (ln.block in sure_blocks and ln.text in whole) for ln, m in zip(inside, matched, strict=True)
+    ]
+    boxes: list[list[float]] = []
+    prev: tuple[float, float, float, float] | None = None
+    for ln, m in zip(inside, matched, strict=True):
+        if not m:
+            prev = None
+            continue
+        b = ln.bbox
+        if prev is not None and _continues(boxes[-1], prev, b):
+            cur = boxes[-1]
+            boxes[-1] = [min(cur[0], b[0]), min(cur[1], b[1]), max(cur[2], b[2]), max(cur[3], b[3])]
+        else:
+            boxes.append(list(b))
+        prev = b
+    return [[round(v, 2) for v in box] for box in boxes]
+
+
+def _mostly_inside(b: tuple[float, float, float, float], box: tuple[float, float, float, float]) -> bool:
+    w = min(b[2], box[2]) - max(b[0], box[0])
+    h = min(b[3], box[3]) - max(b[1], box[1])
+    area = max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
+    if area <= 0:
+        return box[0] <= b[0] <= box[2] and box[1] <= b[1] <= box[3]
+    return w > 0 and h > 0 and w * h >= 0.5 * area
+
+
+def _continues(
+    run: list[float], prev: tuple[float, float, float, float], b: tuple[float, float, float, float]
+) -> bool:
+    """Line ``b`` continues the run (box ``run``, last line ``prev``): on ``prev``'s band (the next cell of a
+    table row), or below it by less than a line and a half (the next line, paragraph, row) across the run; not
+    back up the page (a next column), not past a gap such as a picture."""
+    height = max(prev[3] - prev[1], b[3] - b[1], 1.0)
+    if abs(prev[1] - b[1]) < 0.5 * height:
+        return True
+    across = min(run[2], b[2]) - max(run[0], b[0]) > 0
+    return across and b[1] >= prev[1] + 0.5 * height and b[1] - prev[3] <= 1.5 * height
 
 
 def _info(row: DocRow) -> DocInfo:

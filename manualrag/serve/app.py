@@ -241,7 +241,7 @@ def create_app(state: IndexState, token: str | None = None, loopback_only: bool 
         png = state.assets.page_png(doc_id, page, dpi=dpi)
         return Response(png, media_type="image/png", headers={"cache-control": IMAGE_CACHE})
 
-    @app.get("/api/hits/{hit_id}", summary="Where a hit is: its document, page, box and the page's size")
+    @app.get("/api/hits/{hit_id}", summary="Where a hit is: its document, page, boxes and the page size")
     def hit_box(hit_id: str) -> dict[str, Any]:
         if len(hit_id) > limits.MAX_HIT_ID_CHARS:
             raise RequestError(f"hit id: at most {limits.MAX_HIT_ID_CHARS} characters")

@@ -140,6 +140,44 @@ def test_page_render_and_hit_box(client):
     assert linked and client.get(linked[0]["url"]).status_code == 200
 
 
+def _overlap_share(a: list[float], b: list[float]) -> float:
+    """The share of box ``b``'s area that box ``a`` covers (page units)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(w, 0.0) * max(h, 0.0) / ((b[2] - b[0]) * (b[3] - b[1]))
+
+
+def test_text_hit_boxes_keep_to_the_passage_text(client):
+    """The '3.1 Fuses' passage on page 4 of the pump manual: its text sits above and below the wiring diagram
+    (Figure 2), its stored bbox (the union of its blocks) encloses the diagram; its ``boxes`` outline the text
+    alone, one box per run of lines. A figure hit's boxes are its bbox."""
+    fig = _wiring_hit(client)
+    fig_box = client.get(fig["urls"]["box"]).json()
+    assert fig_box["kind"] == "image" and fig_box["boxes"] == [fig_box["bbox"]]
+    hit = next(
+        h
+        for h in _search(client, q="fuse", modality="text", k=20)["hits"]
+        if h["page"] == 4 and h["path"] == PUMP and h["text"].startswith("3.1 Fuses")
+    )
+    box = client.get(hit["urls"]["box"]).json()
+    assert box["bbox"] == hit["bbox"] and _overlap_share(box["bbox"], fig_box["bbox"]) > 0.9  # the union
+    assert len(box["boxes"]) >= 2
+    x0, y0, x1, y1 = box["bbox"]
+    for b in box["boxes"]:
+        assert x0 - 1 <= b[0] < b[2] <= x1 + 1 and y0 - 1 <= b[1] < b[3] <= y1 + 1
+        assert _overlap_share(b, fig_box["bbox"]) < 0.02, (b, fig_box["bbox"])
+    tops = sorted(b[1] for b in box["boxes"])
+    assert tops[0] < fig_box["bbox"][1] and tops[-1] > fig_box["bbox"][3] - 5  # above and below the diagram
+
+
+def test_text_file_hit_boxes_are_its_bbox(client):
+    hit = next(
+        h for h in _search(client, q="release notes", modality="text", k=20)["hits"] if h["path"] == NOTES
+    )
+    box = client.get(hit["urls"]["box"]).json()
+    assert box["file_type"] == "text" and box["boxes"] == [box["bbox"]]
+
+
 def test_image_document_page_and_text_document(client):
     docs = {d["path"]: d for d in client.get("/api/documents").json()["documents"]}
     r = client.get(f"/api/pages/{docs[CARD]['doc_id']}/1.png")

@@ -9,7 +9,15 @@ import shutil
 import pytest
 from PIL import Image
 
-from manualrag.retriever.assets import MAX_DPI, MIN_DPI, Assets, BadRequest, NotFound
+from manualrag.retriever.assets import (
+    MAX_DPI,
+    MIN_DPI,
+    Assets,
+    BadRequest,
+    NotFound,
+    page_lines,
+    passage_boxes,
+)
 from tests.serve.conftest import CARD, HOSTILE_NAME, NOTES, PUMP
 
 
@@ -103,6 +111,80 @@ def test_passage_box_and_unknown_hit(assets):
     for bad in ("nope", "", "x" * 500):
         with pytest.raises(NotFound):
             assets.hit_box(bad)
+
+
+def test_passage_boxes_skip_the_figure_between_its_blocks(assets):
+    """The '3.1 Fuses' passage (page 4): its blocks sit above and below the wiring diagram; its boxes are
+    its text's runs of lines, none on the diagram; a figure's boxes are its bbox."""
+    fig = _wiring(assets)
+    fbox = assets.hit_box(fig.figure_id)
+    assert fbox.boxes == [fbox.bbox]
+    doc_id = assets.document(PUMP).doc_id
+    psg = next(p for p in assets.manifest.passages_on_page(PUMP, 4) if p.text.startswith("3.1 Fuses"))
+    box = assets.hit_box(psg.passage_id)
+    assert box.doc_id == doc_id and box.bbox == list(psg.bbox) and len(box.boxes) >= 2
+    fx0, fy0, fx1, fy1 = fbox.bbox
+    for x0, y0, x1, y1 in box.boxes:
+        overlap = max(min(x1, fx1) - max(x0, fx0), 0) * max(min(y1, fy1) - max(y0, fy0), 0)
+        assert overlap < 0.02 * (fx1 - fx0) * (fy1 - fy0)
+    # a passage whose text the page does not hold (an OCR'd scan, a changed text layer): the stored box
+    assert passage_boxes([], box.bbox, psg.text) == []
+    assert passage_boxes([], box.bbox, "") == []
+
+
+def test_image_document_passage_boxes_are_its_bbox(assets):
+    passages = assets.manifest.passages_on_page(CARD, 1)
+    assert passages
+    box = assets.hit_box(passages[0].passage_id)
+    assert box.file_type == "image" and box.boxes == [box.bbox]
+
+
+def test_passage_boxes_on_a_rotated_page(tmp_path):
+    """A page stored portrait with /Rotate 90, displayed landscape: the boxes are in the indexer's units (the
+    page as displayed), around the two paragraphs, not on the drawing between them."""
+    import pymupdf
+
+    from manualrag.config import load_config
+    from manualrag.indexer.chunk import make_passages
+    from manualrag.indexer.extract import extract_file
+
+    land = pymupdf.open()
+    pg = land.new_page(width=842, height=595)
+    pg.insert_text((60, 60), "2 Wiring", fontsize=16)
+    text = [
+        (90, "Connect the supply cable to the terminal block X1 and tighten the screws to the torque"),
+        (104, "given in the table; the protective earth goes to the stud marked PE beside the block."),
+        (400, "Figure 3: Terminal block wiring"),
+        (425, "Route the sensor cable separately from the mains cable and keep the two apart inside"),
+        (439, "the housing, so that the sensor signal is not disturbed by the motor current."),
+    ]
+    for y, line in text:
+        pg.insert_text((60, y), line, fontsize=11)
+    shape = pg.new_shape()
+    for k in range(8):
+        shape.draw_rect(pymupdf.Rect(120 + k * 70, 160, 170 + k * 70, 330))
+        shape.draw_line((145 + k * 70, 330), (145 + k * 70, 380))
+    shape.finish(color=(0, 0, 0), width=1.2)
+    shape.commit()
+    for k in range(8):
+        pg.insert_text((130 + k * 70, 250), f"K{k}", fontsize=8)
+    out = pymupdf.open()
+    page = out.new_page(width=595, height=842)
+    page.set_rotation(90)
+    src = pymupdf.open("pdf", land.tobytes())
+    page.show_pdf_page(pymupdf.Rect(0, 0, 842, 595) * page.derotation_matrix, src, 0, rotate=90)
+    path = tmp_path / "rotated.pdf"
+    out.save(path)
+
+    doc = extract_file(path, path.name, load_config(None, {}))
+    (psg,) = [p for p in make_passages(doc) if "Route the sensor" in p.text]
+    (fig,) = doc.figures
+    with pymupdf.open(path) as pdf:
+        boxes = passage_boxes(page_lines(pdf.load_page(0)), list(psg.bbox), psg.text)
+    assert len(boxes) == 2
+    top, bottom = sorted(boxes, key=lambda b: b[1])
+    assert top[3] < fig.bbox[1] < fig.bbox[3] < bottom[1]  # above and below the drawing, landscape units
+    assert all(b[2] <= 842 and b[3] <= 595 for b in boxes)
 
 
 def test_image_document_page_is_the_image(assets, serve_index):

@@ -178,13 +178,6 @@ def _overlap(a: dict, b: dict) -> float:
     return max(w, 0.0) * max(h, 0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the indexer stores one bbox per passage, the union of its blocks (indexer/chunk.py make_passages), "
-    "and the '3.1 Fuses' passage merges the text above the wiring diagram with its caption and the paragraph "
-    "below it: its box encloses the whole diagram. The viewer draws the stored box as it is. Remove this "
-    "mark once the passage's box (or boxes) keep to its text.",
-)
 def test_text_hit_box_keeps_to_the_passage_text(page, server):
     """The page viewer's box for the '3.1 Fuses' passage (page 4 of the pump manual) outlines that text, not
     the wiring diagram (Figure 2) drawn on the same page."""

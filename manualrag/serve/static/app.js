@@ -255,6 +255,7 @@ function showPage() {
   const img = $("page-img");
   const hb = $("hit-box");
   const text = $("viewer-text");
+  clearExtraBoxes();
   if (box.file_type === "text") {
     img.hidden = true;
     hb.hidden = true;
@@ -270,16 +271,31 @@ function showPage() {
   const dpi = box.file_type === "pdf" ? `?dpi=${viewerDpi(box)}` : "";
   loadImage(img, `/api/pages/${encodeURIComponent(box.doc_id)}/${page}.png${dpi}`);
   const onPage = (box.pages || [box.page]).includes(page) && box.page_width > 0 && box.page_height > 0;
+  // a text hit's own lines, one box per run (its stored bbox may enclose a figure between its blocks)
+  const rects = onPage ? (box.boxes && box.boxes.length ? box.boxes : [box.bbox]) : [];
   hb.hidden = !onPage;
+  hb.parentNode.classList.toggle("multi", rects.length > 1);
+  const pct = (a, b) => `${Math.max(0, Math.min(100, (a / b) * 100)).toFixed(3)}%`;
+  rects.forEach((r, i) => {
+    let el = hb;
+    if (i > 0) {
+      el = document.createElement("div");
+      el.className = "hit-box hit-box-extra";
+      hb.parentNode.appendChild(el);
+    }
+    const [x0, y0, x1, y1] = r;
+    el.style.left = pct(x0, box.page_width);
+    el.style.top = pct(y0, box.page_height);
+    el.style.width = pct(x1 - x0, box.page_width);
+    el.style.height = pct(y1 - y0, box.page_height);
+  });
   if (onPage) {
-    const [x0, y0, x1, y1] = box.bbox;
-    const pct = (a, b) => `${Math.max(0, Math.min(100, (a / b) * 100)).toFixed(3)}%`;
-    hb.style.left = pct(x0, box.page_width);
-    hb.style.top = pct(y0, box.page_height);
-    hb.style.width = pct(x1 - x0, box.page_width);
-    hb.style.height = pct(y1 - y0, box.page_height);
     img.addEventListener("load", () => hb.scrollIntoView({ block: "center", inline: "center" }), { once: true });
   }
+}
+
+function clearExtraBoxes() {
+  for (const el of document.querySelectorAll(".hit-box-extra")) el.remove();
 }
 
 function turnPage(delta) {
