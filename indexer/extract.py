@@ -763,7 +763,9 @@ class _Timeline(list):  # type: ignore[type-arg]
 
 def _page_blocks(pg: _Page, figure_boxes: list[fg.Box]) -> list[tuple[TextBlock, bool]]:
     """Consecutive lines of one MuPDF block with the same suspect status form a TextBlock. Short label
-    lines inside a figure are left out (they are the figure's labels); hidden text is always kept."""
+    lines inside a figure are left out (they are the figure's labels), and so are running headers and
+    footers (``_mark_furniture``: a passage of its own that read "HackRF", a page number ending a
+    passage); hidden text is always kept."""
     prose_blocks = {ln.block for ln in pg.lines if len(ln.text) > 60}
     out: list[tuple[TextBlock, bool]] = []
     cur: list[fg.TextLine] = []
@@ -787,6 +789,8 @@ def _page_blocks(pg: _Page, figure_boxes: list[fg.Box]) -> list[tuple[TextBlock,
         cur.clear()
 
     for ln in pg.lines:
+        if ln.furniture and not ln.suspect:
+            continue
         if (
             not ln.suspect
             and ln.block not in prose_blocks

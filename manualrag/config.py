@@ -348,7 +348,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 # 9: a numbered figure takes the heading of the sentence that refers to it, which leads its nearby text.
 # 10: a paragraph that begins with a figure's label ("Figure 4.1 shows ...") is a mention, not its caption.
 # 11: a long image strip (a terminal row 10000 x 110 px) is not scaled below ocr.min_side across for OCR.
-EXTRACTION_VERSION = 11
+# 12: a text layer's running headers and footers leave the passages (they were marked, and kept).
+EXTRACTION_VERSION = 12
 
 
 def extraction_settings(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -214,6 +214,25 @@ def test_a_figure_belongs_to_the_sentence_that_refers_to_it(tmp_path: Path, cfg:
 
 
 # ------------------------------------------------------------------------------------------ suspect text
+def test_running_headers_and_page_numbers_leave_the_passages(tmp_path: Path, cfg: dict) -> None:
+    """A text layer's running header and page number were marked as furniture and still kept: a passage of
+    its own ("HackRF" on every other page of a real manual) and a page number ending the page's last one."""
+    doc = pymupdf.open()
+    for n in range(1, 6):
+        page = doc.new_page(width=612, height=792)
+        x = 72 if n % 2 else 480  # alternating sides, at the same height, as printed books do
+        page.insert_text((x, 46), "PumpCo PC-200", fontsize=10)
+        h.body_text(
+            page, 120, f"Section {n} explains how the relief valve number {n} is serviced and tested."
+        )
+        page.insert_text((300, 760), str(n), fontsize=10)
+    doc.save(tmp_path / "running.pdf")
+    got = extract_file(tmp_path / "running.pdf", "running.pdf", cfg)
+    texts = [b.text for b in got.blocks]
+    assert len(texts) == 5 and all(t.startswith("Section ") for t in texts), texts
+    assert not any("PumpCo" in t or t.endswith(("\n1", "\n2", "\n3")) for t in texts), texts
+
+
 def test_hidden_text_is_flagged_not_dropped(tmp_path: Path, cfg: dict) -> None:
     doc = extract_file(h.suspect_text_pdf(tmp_path / "s.pdf"), "s.pdf", cfg)
     by_text = {b.text: b.suspect for b in doc.blocks}
