@@ -767,6 +767,9 @@ def _page_blocks(pg: _Page, figure_boxes: list[fg.Box]) -> list[tuple[TextBlock,
     footers (``_mark_furniture``: a passage of its own that read "HackRF", a page number ending a
     passage); hidden text is always kept."""
     prose_blocks = {ln.block for ln in pg.lines if len(ln.text) > 60}
+    # a page whose every line looks like a running header (one line of text per page, at the same place,
+    # its numbers aside) keeps them: that is the page's content, not its furniture
+    drop_furniture = any(not ln.furniture and not ln.suspect for ln in pg.lines)
     out: list[tuple[TextBlock, bool]] = []
     cur: list[fg.TextLine] = []
 
@@ -789,7 +792,7 @@ def _page_blocks(pg: _Page, figure_boxes: list[fg.Box]) -> list[tuple[TextBlock,
         cur.clear()
 
     for ln in pg.lines:
-        if ln.furniture and not ln.suspect:
+        if ln.furniture and not ln.suspect and drop_furniture:
             continue
         if (
             not ln.suspect

@@ -231,6 +231,17 @@ def test_running_headers_and_page_numbers_leave_the_passages(tmp_path: Path, cfg
     texts = [b.text for b in got.blocks]
     assert len(texts) == 5 and all(t.startswith("Section ") for t in texts), texts
     assert not any("PumpCo" in t or t.endswith(("\n1", "\n2", "\n3")) for t in texts), texts
+    # a page whose only text sits where a header would (one line a page, its numbers aside the same) keeps it
+    doc = pymupdf.open()
+    for n in range(1, 6):
+        doc.new_page(width=300, height=400).insert_text(
+            (36, 30), f"Torque table entry {n} for the pump housing."
+        )
+    doc.save(tmp_path / "one-line.pdf")
+    got = extract_file(tmp_path / "one-line.pdf", "one-line.pdf", cfg)
+    assert [b.text for b in got.blocks] == [
+        f"Torque table entry {n} for the pump housing." for n in range(1, 6)
+    ]
 
 
 def test_hidden_text_is_flagged_not_dropped(tmp_path: Path, cfg: dict) -> None:

@@ -143,7 +143,9 @@ def test_source_glob_double_star_matches_files_at_the_library_root(index):
     assert paths("nowhere/**/*.pdf") == set()
 
 
-@pytest.mark.parametrize("channel, query", [("lexical", "pump"), ("text", "hydraulic accumulator pressure")])
+@pytest.mark.parametrize(
+    "channel, query", [("lexical", "pump motor"), ("text", "hydraulic accumulator pressure")]
+)
 def test_source_finds_a_file_beyond_the_candidate_pool(index, channel, query):
     """A source filter restricts each channel's own search: a file whose best hit ranks beyond the
     candidates a channel takes for the whole library (``retrieve.candidates``) is found, its hits in the order
