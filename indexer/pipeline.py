@@ -930,7 +930,7 @@ class Indexer:
 
         def vectors(enc: Any, keys: list[reuse.Key], embed: Any, n_inputs: str) -> np.ndarray:
             """One vector per key: the stored one where ``old`` has it, else ``embed(indexes)``'s."""
-            found = [old.get(k) for k in keys] if old else [None] * len(keys)
+            found = [old.get(k) for k in keys]
             todo = [i for i, v in enumerate(found) if v is None]
             embs = np.zeros((len(keys), enc.dim), dtype=np.float32)
             for i, v in enumerate(found):
@@ -938,7 +938,6 @@ class Indexer:
                     embs[i] = v
             if todo:
                 embs[todo] = embed(todo)
-            if todo:
                 summary.embedded[n_inputs] += len(todo)
             if len(keys) > len(todo):
                 summary.reused[n_inputs] += len(keys) - len(todo)

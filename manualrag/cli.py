@@ -355,17 +355,13 @@ _dtype_option = click.option(
 )
 
 
-def _shell_arg(value: str) -> str:
-    from manualrag.errors import shell_arg
-
-    return shell_arg(value)
-
-
 def _library_folder(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     if Path(value).is_file():  # click's own words: "Directory 'x.pdf' is a file."
+        from manualrag.errors import shell_arg
+
         raise click.BadParameter(
             f"{value} is a file: give the folder of manuals it is in (an index holds a library), or see what "
-            f"extraction finds in this one file with: manualrag inspect {_shell_arg(value)}"
+            f"extraction finds in this one file with: manualrag inspect {shell_arg(value)}"
         )
     return value
 

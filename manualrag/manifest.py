@@ -126,6 +126,10 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _window_row(r: sqlite3.Row) -> WindowRow:
+    return WindowRow(r["id"], r["passage_id"], r["doc_path"], r["channel"], r["text"], int(r["n_tokens"]))
+
+
 def _figure_row(r: sqlite3.Row) -> FigureRow:
     return FigureRow(**FIGURES.decode(r))
 
@@ -629,19 +633,11 @@ class Manifest:
         return {r["id"]: _passage(r) for r in self._by_ids("passages", ids)}
 
     def windows(self, ids: Iterable[str]) -> dict[str, WindowRow]:
-        return {
-            r["id"]: WindowRow(
-                r["id"], r["passage_id"], r["doc_path"], r["channel"], r["text"], int(r["n_tokens"])
-            )
-            for r in self._by_ids("windows", ids)
-        }
+        return {r["id"]: _window_row(r) for r in self._by_ids("windows", ids)}
 
     def windows_of_doc(self, doc_path: str) -> list[WindowRow]:
         rows = self._query("SELECT * FROM windows WHERE doc_path = ? ORDER BY id", (doc_path,))
-        return [
-            WindowRow(r["id"], r["passage_id"], r["doc_path"], r["channel"], r["text"], int(r["n_tokens"]))
-            for r in rows
-        ]
+        return [_window_row(r) for r in rows]
 
     def figures(self, ids: Iterable[str]) -> dict[str, FigureRow]:
         return {r["id"]: _figure_row(r) for r in self._by_ids("figures", ids)}
