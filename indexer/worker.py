@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import gc
 import json
 import logging
 import os
@@ -141,6 +142,10 @@ def worker_main() -> None:
     from manualrag.indexer.extract import TooManyPages, extract_file
 
     pdflib.load()  # now, before the worker says it is ready (the parent of page ranges never loads it)
+    # the ~50k objects of these imports live as long as the worker: out of the collector's reach, every
+    # full collection (several while a large document's pages are read and analysed) scans the
+    # document's objects only
+    gc.freeze()
 
     cfg: dict[str, Any] = json.loads(sys.stdin.readline())
     _LIMIT_MB[0] = cfg["isolation"]["memory_mb"]
