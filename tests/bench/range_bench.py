@@ -22,6 +22,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,11 @@ def main() -> None:
         default="both",
         help="OCR of figures and scans (default config: on); both: a pair with OCR, then a pair without",
     )
+    ap.add_argument(
+        "--no-side-by-side",
+        action="store_true",
+        help="skip the two one-worker runs at once (the machine's ceiling on this work, OCR off only)",
+    )
     ap.add_argument("--no-results", action="store_true", help="do not append to tests/bench/RESULTS.md")
     args = ap.parse_args()
     if args.child:
@@ -163,6 +169,25 @@ def main() -> None:
                 runs.append((mode, ocr, res))
                 rows.setdefault((mode, ocr), index_rows(index_dir))
                 shutil.rmtree(index_dir, ignore_errors=True)
+        # the machine's ceiling on this very work: two one-worker runs at once (two index folders), against
+        # one alone; no split of one manual into 2 parts can beat it (it would need no serial part at all)
+        pair: dict[str, Any] = {}
+        if not args.no_side_by_side and False in ocr_modes:
+            log(f"side by side: two one-worker runs at once (load {os.getloadavg()[0]:.2f})")
+            dirs = [work / f"index-pair-{k}" for k in range(2)]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(2) as pool:
+                futures = [
+                    pool.submit(
+                        run_child,
+                        "tests.bench.range_bench",
+                        {"library": str(lib), "index_dir": str(d), "isolation": modes["one"], "ocr": False},
+                    )
+                    for d in dirs
+                ]
+                pair["walls"] = [f.result()["process_wall_s"] for f in futures]
+            pair["wall"] = time.perf_counter() - t0
+            log(f"  side by side: {pair['wall']:.1f} s for both")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     identical = {ocr: rows[("one", ocr)] == rows[("ranged", ocr)] for ocr in ocr_modes}
@@ -216,6 +241,16 @@ def main() -> None:
         f"crop files): **{'yes' if identical[ocr] else 'NO'}**."
         for ocr in ocr_modes
     ]
+    if pair:
+        alone = [r["process_wall_s"] for m, o, r in runs if m == "one" and not o]
+        mean_alone = sum(alone) / len(alone)
+        lines.append(
+            f"This machine's ceiling on this work: two one-worker runs at once took {pair['wall']:.1f} s for both "
+            f"({' and '.join(f'{w:.1f}' for w in pair['walls'])} s each), one alone {mean_alone:.1f} s (mean): "
+            f"2 cores did **{2 * mean_alone / pair['wall']:.2f}x** the work of one. Page ranges split one "
+            "manual into parts that run on both cores; with no serial part and no cost of splitting they "
+            "would reach that figure, no more."
+        )
     text = (
         "### One large manual: one extraction worker vs page ranges (`--no-dense`)\n\n"
         + table(headers, body_rows)
