@@ -223,7 +223,11 @@ class Indexer:
         self._want_text = model_id_for(cfg["text_model"]) if cfg["text_model"] else None
         # stored vectors of a document's old version are reused for its unchanged inputs (indexer/reuse.py)
         self.reuse_vectors = bool((cfg.get("index") or {}).get("reuse_vectors", True))
-        self._reuse_from: dict[str, str] = {}  # role -> identity of the index's vectors this run may reuse
+        # role -> this run's vector identity, when its vectors may be reused (reuse.reusable)
+        self._reuse_from: dict[str, str] = {}
+        # role -> the one identity of the index's vectors as the index recorded it before this run (None:
+        # mixed or unknown): what a document indexed before documents recorded their own goes by
+        self._index_identity: dict[str, str | None] = {}
         self._reuse_ahead: dict[str, dict[reuse.Key, np.ndarray]] = {}  # renamed document -> its old vectors
         # documents committed when the run began: only their rows name the vectors the store holds for them
         # (a document whose write was cut short may have new vectors under its old rows' ids)
@@ -418,6 +422,7 @@ class Indexer:
     def _run_locked(self, library: Path, index: Index, summary: Summary) -> None:
         cfg, timings = self.cfg, summary.timings
         self._reuse_from, self._reuse_ahead, self._committed = {}, {}, set()
+        self._index_identity = {}
         manifest = index.manifest
         with _Timer(timings, "discover"):
             other_indexes: list[str] = []
@@ -549,9 +554,10 @@ class Indexer:
                     before = manifest.get_meta(reuse.META_KEY)
                     if self.reuse_vectors:
                         self._reuse_from = {
-                            role: ident
-                            for role, ident in self._identities().items()
-                            if ident == reuse.stored_identity(before, role)
+                            role: ident for role, ident in self._identities().items() if reuse.reusable(ident)
+                        }
+                        self._index_identity = {
+                            role: reuse.stored_identity(before, role) for role in self._reuse_from
                         }
                     manifest.set_meta(
                         reuse.META_KEY, reuse.merged_identities(self._identities(), before, bool(kept))
@@ -644,6 +650,14 @@ class Indexer:
                     self._weigh_channels(index, summary)
             index.layout.config.write_text(json.dumps(public_config(cfg), indent=2, sort_keys=True))
 
+    def _old_vectors(self, index: Index, path: str) -> dict[reuse.Key, np.ndarray]:
+        """The stored vectors of ``path``'s records that this run may reuse (reuse.old_vectors): those of
+        each model whose identity, as the document recorded it, is this run's."""
+        row = index.manifest.document(path)
+        recorded = row.vector_identity if row is not None else None
+        idents = reuse.reusable_identities(self._reuse_from, recorded, self._index_identity)
+        return reuse.old_vectors(index.manifest, index.store, path, idents)
+
     def _read_renamed(
         self, index: Index, known: dict[str, DocRow], present: set[str], work: list[tuple[SourceFile, str]]
     ) -> None:
@@ -665,7 +679,7 @@ class Indexer:
                 )
                 continue
             room -= n
-            self._reuse_ahead[src.rel] = reuse.old_vectors(index.manifest, index.store, old, self._reuse_from)
+            self._reuse_ahead[src.rel] = self._old_vectors(index, old)
 
     def _weigh_channels(self, index: Index, summary: Summary) -> None:
         """Test each vector channel on the library (manualrag/channel_weights.py) when the index holds other
@@ -865,12 +879,15 @@ class Indexer:
 
         # embed before touching the store, so a model error leaves the old version intact
         vectors: dict[str, Records] = {}
+        made_by: dict[str, list[str]] | None = None  # the identities of its vectors (indexer/reuse.py)
         if self.dense:
             old = self._reuse_ahead.pop(doc.path, None)
             if old is None and self._reuse_from and doc.path in self._committed:
                 with _Timer(timings, "reuse"):  # the old version of an edited file: its rows are still in
-                    old = reuse.old_vectors(manifest, index.store, doc.path, self._reuse_from)
+                    old = self._old_vectors(index, doc.path)
+            before = self._identities()
             vectors = self._embed(doc, passages, windows, figures, summary, old)
+            made_by = reuse.doc_identities(before, self._identities())  # (a float32 fallback adds one)
 
         # this order keeps the document findable through every channel at every moment, and a crash at any
         # point recoverable: mark it for redo, write the new vectors (ids it shares with the old version
@@ -898,6 +915,7 @@ class Indexer:
                     warnings=list(doc.warnings),
                     clip_model=(self._clip.model_id if self._clip else None) if self.dense else None,
                     text_model=(self._text.model_id if self._text else None) if self.dense else None,
+                    vector_identity=made_by,
                 )
             )
             index.flush_pending()

@@ -14,10 +14,13 @@ it has not seen:
 
 The vector identity (:func:`identity`) is what else decides a vector: the model id, its checkpoint's
 fingerprint (weights and config files, or the hub snapshot), its text length, and the dtype it ran in (with
-the device when not float32). The index records the identities of the vectors it holds (manifest meta
-:data:`META_KEY`, by model role); old vectors are offered for reuse only when the role's vectors have one
-identity, and the lookup uses this run's: another checkpoint, dtype or precision never matches. int8 vectors
-are never reused, either way (an int8 vector depends on the texts batched with it).
+the device when not float32). Each document records the identities of its vectors, by model role
+(``documents.vector_identity``); a document's old vectors are offered for reuse only when its record for the
+role is exactly this run's identity: another checkpoint, dtype or precision never matches, and one run in
+another dtype leaves every other document reusable. A document indexed before documents recorded this goes
+by the index-wide record (manifest meta :data:`META_KEY`: every identity the index's vectors have had), and
+only when that holds one identity. int8 vectors are never reused, either way (an int8 vector depends on the
+texts batched with it).
 
 Only a document committed when the run began is read: a write cut short (the documents row out) may have
 left new vectors under ids its old rows still name.
@@ -88,6 +91,27 @@ def merged_identities(
     for role, ident in current.items():
         had = set(out.get(role) or ([UNKNOWN] if keeps_others else []))
         out[role] = sorted(had | {ident})
+    return out
+
+
+def doc_identities(before: dict[str, str], after: dict[str, str]) -> dict[str, list[str]]:
+    """What a document records of the vectors it was given (DocRow.vector_identity): each model's identity
+    before and after embedding it (two when a float32 fallback after NaN happened meanwhile)."""
+    return {role: sorted({ident, after.get(role, ident)}) for role, ident in before.items()}
+
+
+def reusable_identities(
+    run: dict[str, str], recorded: dict[str, list[str]] | None, index: dict[str, str | None]
+) -> dict[str, str]:
+    """role -> identity, for the models whose stored vectors of one document this run may reuse: where the
+    document's vectors have exactly this run's identity (``run``: this run's reusable identities). A document
+    that recorded none (indexed before documents did) goes by the index's record, ``index``: role -> the one
+    identity of all the index's vectors before this run, or None (mixed or unknown)."""
+    out = {}
+    for role, ident in run.items():
+        had = (recorded or {}).get(role) if recorded is not None else [index.get(role) or UNKNOWN]
+        if had == [ident]:
+            out[role] = ident
     return out
 
 

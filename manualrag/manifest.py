@@ -64,6 +64,9 @@ class DocRow:
     # ISO 8601 UTC; commit_document fills it when empty (epoch seconds are converted)
     indexed_at: str = ""
     state: str = "ok"
+    # role -> the identities of the vectors this document's records have (indexer/reuse.py); None: not
+    # recorded (no vectors, or indexed before manualrag recorded them)
+    vector_identity: dict[str, list[str]] | None = None
 
 
 @dataclass
@@ -154,6 +157,8 @@ def _doc_row(r: sqlite3.Row) -> DocRow:
         text_model=r["text_model"],
         indexed_at=r["indexed_at"],
         state=r["state"],
+        # (an index of schema 4, read before an index run upgrades it, has no such column)
+        vector_identity=json.loads(r["vector_identity"] or "null") if "vector_identity" in r.keys() else None,
     )
 
 
@@ -533,7 +538,8 @@ class Manifest:
         with self._tx() as c:
             c.execute(
                 "INSERT OR REPLACE INTO documents(path, doc_id, digest, size, mtime, config_fp, file_type, n_pages,"
-                " title, warnings, clip_model, text_model, indexed_at, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'ok')",
+                " title, warnings, clip_model, text_model, indexed_at, state, vector_identity)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'ok',?)",
                 (
                     row.path,
                     row.doc_id,
@@ -548,6 +554,7 @@ class Manifest:
                     row.clip_model,
                     row.text_model,
                     indexed_at,
+                    None if row.vector_identity is None else json.dumps(row.vector_identity, sort_keys=True),
                 ),
             )
         row.indexed_at, row.state = indexed_at, "ok"

@@ -58,6 +58,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "not retried (and loads no model) on every run",
         (FAILED_VERSIONS_DDL,),
     ),
+    Migration(
+        5,
+        "documents.vector_identity: what made each document's vectors (model checkpoint, dtype: "
+        "indexer/reuse.py), so that one run in another dtype does not stop every later run from reusing them",
+        ("ALTER TABLE documents ADD COLUMN vector_identity TEXT",),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version if MIGRATIONS else 1

@@ -176,7 +176,8 @@ CREATE TABLE IF NOT EXISTS documents (
     clip_model TEXT,
     text_model TEXT,
     indexed_at TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'ok'
+    state TEXT NOT NULL DEFAULT 'ok',
+    vector_identity TEXT
 );
 CREATE TABLE IF NOT EXISTS windows (
     id TEXT PRIMARY KEY,

@@ -474,6 +474,55 @@ def test_vectors_are_not_reused_across_precisions_int8_or_when_switched_off(tmp_
     assert s["reused"]["images"] >= 2
 
 
+def test_one_run_in_another_dtype_leaves_each_documents_vectors_reusable(tmp_path, tiny_clip_dir):
+    """Each document records what made its vectors: after one manual was redone in bfloat16, bfloat16 runs
+    reuse its bfloat16 vectors and float32 runs the other manual's float32 ones (an index-wide record,
+    mixed from that run on, reused nothing any more until a reset)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    a, b = revision_pdf(lib / "a.pdf", 1), revision_pdf(lib / "b.pdf", 2)
+    idx = tmp_path / "index"
+    f32 = write_cfg(tmp_path, model=str(tiny_clip_dir), dtype="float32")
+    bf16 = write_cfg(tmp_path, model=str(tiny_clip_dir), dtype="bfloat16")
+
+    def edit_and_index(pdf: Path, revision: int, cfg: Path) -> dict:
+        revision_pdf(pdf, revision)
+        rc, s, err = run_index(cfg, lib, idx)
+        assert rc == 0, err
+        assert s["indexed"] == [pdf.name]
+        return s
+
+    assert run_index(f32, lib, idx)[0] == 0
+    assert edit_and_index(a, 2, bf16)["reused"] == {}  # its vectors were float32
+    assert edit_and_index(a, 1, bf16)["reused"].get("images", 0) >= 2  # ... and are bfloat16 now
+    assert edit_and_index(b, 1, f32)["reused"].get("images", 0) >= 2  # b's are still float32
+    assert edit_and_index(b, 2, bf16)["reused"] == {}
+    with Manifest(idx / "index.sqlite", readonly=True) as m:
+        made = {p: json.loads(d.vector_identity["clip"][0])["dtype"] for p, d in m.documents().items()}
+    assert made == {"a.pdf": "bfloat16", "b.pdf": "bfloat16"}
+
+
+def test_a_document_indexed_before_documents_recorded_their_vectors_goes_by_the_index(
+    tmp_path, tiny_clip_dir
+):
+    """An index of schema 4 has no documents.vector_identity: its documents reuse their vectors while the
+    index-wide record holds one identity per model, as before."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    pdf = revision_pdf(lib / "pump.pdf", 1)
+    idx = tmp_path / "index"
+    f32 = write_cfg(tmp_path, model=str(tiny_clip_dir), dtype="float32")
+    assert run_index(f32, lib, idx)[0] == 0
+    con = sqlite3.connect(idx / "index.sqlite")
+    con.execute("UPDATE documents SET vector_identity = NULL")
+    con.commit()
+    con.close()
+    revision_pdf(pdf, 2)
+    rc, s, err = run_index(f32, lib, idx)
+    assert rc == 0, err
+    assert s["indexed"] == ["pump.pdf"] and s["reused"].get("images", 0) >= 2
+
+
 def test_a_document_whose_write_was_cut_short_reuses_nothing(tmp_path, tiny_clip_dir):
     """A run killed in a document's store stage leaves its documents row out and may leave new vectors under
     its old rows' ids: the next run reuses none of that document's vectors."""
