@@ -84,6 +84,26 @@ def _stored_precision(
     return out
 
 
+def _kept_precision(
+    kept: list[DocRow], meta: dict[str, dict[str, str]] | None
+) -> dict[str, dict[str, str]] | None:
+    """The precision of the vectors of the documents a run keeps, as the ``precision`` meta writes it: from
+    the documents' own records (DocRow.vector_identity names each model and dtype), so a dtype no document
+    has any more is no longer named; ``meta``, the index's record, when one of them has none (indexed
+    before documents recorded it, or without vectors)."""
+    if not kept:
+        return None
+    found: dict[str, tuple[str, set[str]]] = {}
+    for row in kept:
+        if row.vector_identity is None:
+            return meta
+        for role, idents in row.vector_identity.items():
+            for ident in idents:
+                made = json.loads(ident)
+                found.setdefault(role, (made["model"], set()))[1].add(made["dtype"])
+    return {role: {"model": model, "dtype": " + ".join(sorted(d))} for role, (model, d) in found.items()}
+
+
 def _check_precision(precision: dict[str, dict[str, str]], before: dict[str, dict[str, str]] | None) -> None:
     """An index keeps one precision per model where int8 is involved: an int8 vector depends on the texts
     batched with it and drifts from float32 (all-MiniLM-L6-v2: cosine 0.81), so int8 vectors and float ones
@@ -545,7 +565,7 @@ class Indexer:
                     self._check_store_models(store)
                     # vectors of documents this run does not redo stay beside the new ones
                     kept = set(known) - {s.rel for s, _ in work}
-                    kept_precision = manifest.get_meta("precision") if kept else None
+                    kept_precision = _kept_precision([known[p] for p in kept], manifest.get_meta("precision"))
                     _check_precision(self._precision(), kept_precision)
                     # recorded now, not at the end, so a reader can search a first run's documents by
                     # their vectors as they are committed

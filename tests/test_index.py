@@ -499,7 +499,9 @@ def test_one_run_in_another_dtype_leaves_each_documents_vectors_reusable(tmp_pat
     assert edit_and_index(b, 2, bf16)["reused"] == {}
     with Manifest(idx / "index.sqlite", readonly=True) as m:
         made = {p: json.loads(d.vector_identity["clip"][0])["dtype"] for p, d in m.documents().items()}
+        precision = m.get_meta("precision")["clip"]["dtype"]
     assert made == {"a.pdf": "bfloat16", "b.pdf": "bfloat16"}
+    assert precision == "bfloat16"  # what stats shows: the float32 vectors are gone (it said both before)
 
 
 def test_a_document_indexed_before_documents_recorded_their_vectors_goes_by_the_index(
