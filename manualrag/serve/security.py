@@ -3,7 +3,9 @@
 * Bound to a loopback address, no token is needed, but the ``Host`` header must name a loopback host: a
   web page elsewhere cannot reach the API through DNS rebinding (its requests carry its own host name).
 * Bound beyond loopback, the server does not start without a token (read from an environment variable);
-  every ``/api/`` request then needs ``Authorization: Bearer <token>``, compared in constant time.
+  every ``/api/`` request then needs ``Authorization: Bearer <token>``, compared in constant time. The one
+  exception is ``/api/health``, so that a proxy's or orchestrator's probe keeps working: without the token it
+  answers only ``{"status": "ok"}`` (the app reads ``scope[AUTHORIZED]``), with it the full answer.
 * Every response carries a strict Content-Security-Policy (scripts, styles and images from this origin
   only, no inline script), ``nosniff``, no referrer and no framing: even text that slipped into the page
   as markup could not run.
@@ -28,9 +30,12 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
-# what needs no token: the page, its static files, the API description, the health probe
+# what needs no token: the page, its static files, the API description, the health probe (which then says
+# only that the server is up: see AUTHORIZED)
 PUBLIC_PREFIXES = ("/static/",)
 PUBLIC_PATHS = frozenset({"/", "/docs", "/openapi.json", "/api/health", "/favicon.ico"})
+# scope key: whether the request may see more than a public route shows (no token mode, or a valid token)
+AUTHORIZED = "manualrag.authorized"
 
 
 def is_loopback(host: str) -> bool:
@@ -78,9 +83,11 @@ class Guard:
             await _deny(send, 421, "this server answers only requests addressed to localhost / 127.0.0.1")
             return
         public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-        if self.token and not public and not token_ok(headers.get("authorization"), self.token):
+        authorized = not self.token or token_ok(headers.get("authorization"), self.token)
+        if not public and not authorized:
             await _deny(send, 401, "missing or wrong token: send Authorization: Bearer <token>", bearer=True)
             return
+        scope[AUTHORIZED] = authorized
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

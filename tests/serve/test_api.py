@@ -314,6 +314,58 @@ def test_token_required_beyond_localhost(state):
             assert c.get(public).status_code == 200, public
 
 
+def test_health_without_the_token_says_only_ok(state, serve_index):
+    """A trial user's `serve --token-env`: /api/health answered anyone with the version, the document count
+    and the models' local folders. Without a valid token it now says only that the server is up (a proxy's
+    or orchestrator's probe keeps working); with the token, the full answer; without token mode, unchanged."""
+    app = create_app(state, token=TOKEN, loopback_only=False)
+    with TestClient(app, base_url="http://192.0.2.10:8080") as c:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + TOKEN}):
+            r = c.get("/api/health", headers=headers)
+            assert r.status_code == 200 and r.json() == {"status": "ok"}, (headers, r.text)
+            assert str(serve_index.index_dir.parent) not in r.text
+        full = c.get("/api/health", headers={"Authorization": "Bearer " + TOKEN}).json()
+        assert full["documents"] == 4 and full["models"]["clip"] and full["version"]
+    with TestClient(create_app(state), base_url=LOCAL) as c:  # no token mode: as before
+        assert set(c.get("/api/health").json()) == {"status", "version", "documents", "models"}
+
+
+@pytest.mark.slow
+def test_served_health_reveals_nothing_without_the_token(serve_index, tmp_path):
+    """The same through a real `manualrag serve --token-env` subprocess, as a probe would ask it."""
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "manualrag", "--config", str(serve_index.config), "serve"]
+    cmd += ["--index-dir", str(serve_index.index_dir), "--port", str(port), "--token-env", "TOK"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOK": TOKEN}
+    url = f"http://127.0.0.1:{port}/api/health"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                r = httpx.get(url, timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.3)
+        assert r.status_code == 200 and r.json() == {"status": "ok"}, r.text
+        full = httpx.get(url, headers={"Authorization": "Bearer " + TOKEN}, timeout=10).json()
+        assert full["documents"] == 4 and set(full["models"]) >= {"clip"}
+        assert httpx.get(url.replace("health", "stats"), timeout=10).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_loopback_server_refuses_other_host_names(client):
     """DNS rebinding: a page served from evil.example whose name resolves to 127.0.0.1."""
     _error(
