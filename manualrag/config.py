@@ -186,7 +186,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any], defaults: dict[str, Any],
     for key, value in over.items():
         full = f"{prefix}{key}"
         if key not in defaults:
-            raise ConfigError(f"unknown config key '{full}'")
+            # a letter or two off a key of this section (modle:, retrieve.candidats:): name the one meant,
+            # as an environment variable's typo is named
+            near = difflib.get_close_matches(str(key), [str(k) for k in defaults], n=1, cutoff=0.75)
+            hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
+            raise ConfigError(f"unknown config key '{full}'{hint}")
         default = defaults[key]
         if isinstance(default, dict) and full != "store.headers":
             _merge(base[key], value, default, full + ".")
@@ -244,7 +248,13 @@ def _merge_env(cfg: dict[str, Any], environ: dict[str, str]) -> None:
             hint = (
                 f' (write a YAML list, e.g. {name}=\'["one", "two"]\')' if isinstance(default, list) else ""
             )
-            raise ConfigError(f"environment variable {name}: {exc}{hint}") from None
+            # a near-miss key is named as the variable to set, not as the file's dotted key
+            message = re.sub(
+                r"\(did you mean '([^']+)'\?\)",
+                lambda m: f"(did you mean MANUALRAG_{m.group(1).upper().replace('.', '__')}?)",
+                str(exc),
+            )
+            raise ConfigError(f"environment variable {name}: {message}{hint}") from None
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:

@@ -247,3 +247,41 @@ def test_relative_paths_in_a_config_file_are_relative_to_its_folder(tmp_path):
     r = subprocess.run([*base, "query", "bleed pump"], capture_output=True, text=True, cwd=elsewhere, env=env)
     assert r.returncode == 0, r.stderr
     assert "pump.md" in r.stdout
+
+
+def test_a_config_file_key_a_typo_away_from_a_key_is_named(tmp_path):
+    """`modle:` in config.yaml said only "unknown config key 'modle'", while MANUALRAG_MODLE said which key
+    was meant: the file's error now names it too, nested keys at their own level; a key like nothing known
+    still gets no guess."""
+    for text, says in (
+        ("modle: none\n", "unknown config key 'modle' (did you mean 'model'?)"),
+        (
+            "retrieve:\n  candidats: 5\n",
+            "unknown config key 'retrieve.candidats' (did you mean 'retrieve.candidates'?)",
+        ),
+        ("ocr:\n  langauges: eng\n", "unknown config key 'ocr.langauges' (did you mean 'ocr.languages'?)"),
+        ("nonsense_key: 1\n", "unknown config key 'nonsense_key'"),
+    ):
+        f = tmp_path / "c.yaml"
+        f.write_text(text)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "manualrag",
+                "--config",
+                str(f),
+                "stats",
+                "--index-dir",
+                str(tmp_path / "i"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        assert r.returncode == 2 and r.stderr.strip() == f"error: config file {f}: {says}", r.stderr
+    # the nested variable names the variable meant
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={"MANUALRAG_RETRIEVE__CANDIDATS": "5"})
+    assert str(err.value).endswith("(did you mean MANUALRAG_RETRIEVE__CANDIDATES?)"), err.value
