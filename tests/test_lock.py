@@ -103,13 +103,42 @@ def test_lock_held_by_a_child_is_refused_here(tmp_path):
         assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
 
 
-def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path, caplog):
+def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path, caplog, capsys):
     pid = dead_pid()
     write_lock(tmp_path, pid)
-    with caplog.at_level(logging.WARNING, logger="manualrag.lock"), IndexLock(tmp_path):
+    with caplog.at_level(logging.INFO, logger="manualrag.lock"), IndexLock(tmp_path):
         assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+    # said as the CLI says its warnings, and still a record for an application's logs
+    err = capsys.readouterr().err
+    assert err.startswith("warning: taking over the stale lock of index") and f"pid {pid} " in err, err
     assert any("stale lock" in r.getMessage() and str(pid) in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "lock").exists()
+
+
+def test_the_cli_tells_a_lock_take_over_as_its_other_warnings(tmp_path):
+    """A trial user saw `WARNING manualrag.lock: taking over ...` (a logging record) among the CLI's
+    `warning: ...` lines; now the same look, one line, no traceback; -q keeps it quiet as before."""
+    lib, idx = tmp_path / "lib", tmp_path / "idx"
+    lib.mkdir()
+    (lib / "notes.md").write_text("# Notes\n\nReplace the fuse F2 with a 5 A slow-blow fuse.\n")
+
+    def index(*extra: str) -> subprocess.CompletedProcess[str]:
+        write_lock(idx, dead_pid())
+        cmd = [sys.executable, "-m", "manualrag", "index", str(lib), "--index-dir", str(idx), "--no-dense"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        return subprocess.run(
+            cmd + list(extra), capture_output=True, text=True, env=env, timeout=120, cwd=REPO
+        )
+
+    r = index()
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "stale lock" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: taking over the stale lock of index {idx} ("), (
+        r.stderr
+    )
+    assert "WARNING" not in r.stderr and "Traceback" not in r.stderr
+    r = index("-q")
+    assert r.returncode == 0 and "stale lock" not in r.stderr, r.stderr
 
 
 def test_same_process_cannot_lock_twice_but_an_earlier_life_is_stale(tmp_path):
