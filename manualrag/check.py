@@ -280,3 +280,28 @@ def repair_index(
             for rel in report.unused_crops:
                 (idir / rel).unlink(missing_ok=True)
     return indexer.run(lib)
+
+
+def repair_outcome(repair: dict[str, Any], after: dict[str, Any], added: list[str]) -> str:
+    """The line ``check --repair`` prints after its index run: ``repair`` is the run's summary as a dict,
+    ``after`` the check made after it, ``added`` the library files the run indexed that the index did not
+    hold before. Files that failed leave the index's structure sound but are not in it (exit code 1): the
+    line says both, where it said "N failed; the index is now sound" and read as a success."""
+    docs = repair["documents"]
+    also = (
+        f" (and {len(added)} file(s) of the library the index did not hold, e.g. {added[0]}: an index"
+        " run adds back what `manualrag remove` dropped)"
+        if added
+        else ""
+    )
+    done = f"repaired: {docs['indexed'] - len(added)} document(s) indexed again{also}"
+    failed = docs["failed"]
+    if not after["ok"]:
+        return f"{done}, {failed} failed; the index is still inconsistent: " + "; ".join(after["problems"])
+    if not failed:
+        return f"{done}, 0 failed; the index is now sound"
+    return (
+        f"{done}, {failed} failed: the index structure is sound again, but {failed} file(s) could not be"
+        " indexed (each listed below with its reason; the next `manualrag index` retries one when it"
+        " changes, or with --retry-failed)"
+    )
