@@ -239,6 +239,43 @@ def make_passages(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> list[Pas
             group.append((piece, bbox))  # type: ignore[arg-type]
             group_len += len(piece) + (1 if group_len else 0)
     flush()
+    return _without_stubs(out, doc_id)
+
+
+# a passage that is nothing but a page number ("2", "iv", "Page 3 of 40")
+_PAGE_NUMBER = re.compile(r"(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:/|of)\s*\d{1,4})?", re.IGNORECASE)
+STUB_CHARS = 24  # a passage of at most this many characters and two words is a label, not content
+
+
+def _without_stubs(passages: list[Passage], doc_id: str) -> list[Passage]:
+    """Passages that say nothing on their own leave the list: a lone page number is dropped, and a label
+    of one or two words ("Chapter 6", "Table 3", a section number set apart from its title) joins the
+    passage that follows it on its page (same OCR and suspect status), under that passage's heading. Alone
+    they matched every query near them in meaning: a query on a subject the manuals lack got eight "Chapter
+    N" hits in its top ten. Ids are numbered again per page."""
+    out: list[Passage] = []
+    label: Passage | None = None
+    for p in passages:
+        text = p.text.strip()
+        if _PAGE_NUMBER.fullmatch(text):
+            continue
+        if label is not None:
+            if (label.page, label.ocr, label.suspect) == (p.page, p.ocr, p.suspect):
+                p.text, p.bbox = label.text + "\n" + p.text, _union([label.bbox, p.bbox])
+            else:
+                out.append(label)
+            label = None
+        if len(text) <= STUB_CHARS and len(text.split()) <= 2:
+            label = p
+            continue
+        out.append(p)
+    if label is not None:
+        out.append(label)
+    per_page: dict[int, int] = {}
+    for p in out:
+        n = per_page.get(p.page, 0)
+        per_page[p.page] = n + 1
+        p.passage_id = ids.passage_id(doc_id, p.page, n)
     return out
 
 

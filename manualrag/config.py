@@ -359,7 +359,9 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 # 10: a paragraph that begins with a figure's label ("Figure 4.1 shows ...") is a mention, not its caption.
 # 11: a long image strip (a terminal row 10000 x 110 px) is not scaled below ocr.min_side across for OCR.
 # 12: a text layer's running headers and footers leave the passages (they were marked, and kept).
-EXTRACTION_VERSION = 12
+# 13: a passage that is only a page number is dropped; a one- or two-word label ("Chapter 6") joins the
+#     passage after it on its page.
+EXTRACTION_VERSION = 13
 
 
 def extraction_settings(cfg: dict[str, Any]) -> dict[str, Any]:

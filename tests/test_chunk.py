@@ -109,6 +109,27 @@ def test_passages_merge_and_split_rules():
     assert make_passages(doc) == ps  # deterministic
 
 
+def test_a_lone_page_number_is_dropped_and_a_label_joins_what_follows_it():
+    """netgen's chapter pages left passages "2" and "Chapter 6" that matched any query near them in meaning."""
+    blocks = [
+        TextBlock("The mesher reads CSG files.", 1, (10, 10, 200, 20), heading="5 Formats"),
+        TextBlock("2", 1, (300, 780, 310, 790), heading="5 Formats", ocr=True),  # a page number set apart
+        TextBlock("Chapter 6", 2, (10, 100, 80, 120), heading="5 Formats"),
+        TextBlock("Use the menus to mesh a geometry.", 2, (10, 150, 220, 160), heading="6 GUI"),
+        TextBlock("Page 3 of 40", 2, (10, 800, 80, 810), heading="6 GUI", ocr=True),
+        TextBlock("See also", 3, (10, 10, 60, 20), heading="6 GUI"),  # last on its page: stays
+    ]
+    ps = make_passages(_doc(blocks))
+    did = doc_id_for("manuals/pump.pdf")
+    assert [(p.passage_id, p.text) for p in ps] == [
+        (f"{did}:p1:0", "The mesher reads CSG files."),
+        (f"{did}:p2:0", "Chapter 6\nUse the menus to mesh a geometry."),
+        (f"{did}:p3:0", "See also"),
+    ]
+    assert ps[1].heading == "6 GUI" and ps[1].bbox == (10, 100, 220, 160)
+    assert make_passages(_doc(blocks[:1] + blocks[2:4])) == ps[:2]  # the page numbers left nothing behind
+
+
 def test_words_cut_at_a_line_end_are_written_whole():
     """A word hyphenated at a line end was two words to the lexical index ("compu", "tational") and to the
     text model. Written whole as the document writes it elsewhere, else as a compound when both halves
