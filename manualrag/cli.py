@@ -68,6 +68,34 @@ def _non_empty_glob(value: str | None) -> str | None:
     return value
 
 
+def _library_path(value: str, library: str | Path | None, flag: str) -> str:
+    """A ``--source``/``--exclude`` value as the library-relative glob the matching uses. A path that
+    exists (relative to the current folder, or absolute) inside the library is taken as that file or folder
+    and made library-relative, as ``remove`` takes its paths (one conversion: ``index._library_relative``);
+    the library itself is every file. A path outside the library is an error, unless the value also names
+    something inside it; anything else (``*.pdf``, ``vendor/``) is a glob inside the library, as given."""
+    from manualrag.errors import ManualragError
+    from manualrag.index import _library_relative
+
+    if not library:
+        return value
+    lib = Path(os.path.realpath(library))
+    p = Path(value).expanduser()
+    if not (p.is_absolute() or p.exists()):
+        return value
+    real = Path(os.path.realpath(p))
+    if real == lib:
+        return "*"
+    if lib in real.parents:
+        return _library_relative(str(real), str(lib)) or value
+    if not p.is_absolute() and (lib / value).exists():  # a library-relative path that happens to exist here
+        return value
+    raise ManualragError(
+        f"{flag} {value}: {real} is outside the library {lib} (give a path inside it, or a glob relative "
+        "to it such as '*.pdf')"
+    )
+
+
 def _work_done() -> None:
     """The command's work is done and committed: a Ctrl-C or SIGTERM from now on (while it prints its
     summary and exits) is ignored, rather than turning a printed success into exit 130/143."""
@@ -448,7 +476,7 @@ def index(
     )
     if text_model is not None:
         cfg["text_model"] = None if means_no_model(text_model) else text_model
-    cfg["exclude"] = [*cfg["exclude"], *exclude]
+    cfg["exclude"] = [*cfg["exclude"], *(_library_path(e, library, "--exclude") for e in exclude)]
     _keep_the_index_models(cfg, model_given=model is not None, text_model_given=text_model is not None)
     idx = Indexer(
         cfg,
@@ -534,10 +562,17 @@ def _print_summary(s: Any) -> None:
     if d["removed"]:  # which ones: gone from the library, or excluded
         gone = d["removed"]
         _echo("  removed: " + ", ".join(map(_clean, gone[:5])) + (", ..." if len(gone) > 5 else ""))
-    if d["skipped"]:
+    skipped = dict(d["skipped"])
+    own = _own_index_folder(d)
+    if own:  # the index folder inside the library: a folder, not a skipped file
+        skipped["excluded"] -= 1
+        if not skipped["excluded"]:
+            del skipped["excluded"]
+        _echo(f"  skipped: {_clean(own)} (the index folder)")
+    if skipped:
         shown = []
-        for reason, n in sorted(d["skipped"].items()):
-            named = d.get("skipped_examples", {}).get(reason) or []
+        for reason, n in sorted(skipped.items()):
+            named = [p for p in d.get("skipped_examples", {}).get(reason) or [] if p != own]
             more = ", ..." if n > len(named) else ""
             shown.append(f"{n} {reason}" + (f" ({', '.join(map(_clean, named))}{more})" if named else ""))
         _echo("  skipped files: " + ", ".join(shown))
@@ -555,7 +590,8 @@ def _print_summary(s: Any) -> None:
     if d["reused"]:  # a document's old version held them (indexer/reuse.py)
         reused, embedded = sum(d["reused"].values()), sum(d["embedded"].values())
         _echo(f"  vectors: {reused} reused from the index, {embedded} embedded")
-    if d["model"] or d["text_model"]:
+    # the models of this run's or the index's documents; a run over an empty library loads none
+    if (d["model"] or d["text_model"]) and (docs["indexed"] or docs["unchanged"] or d["embedded"]):
         _echo(f"  models: {d['model'] or 'no CLIP model'} + {d['text_model'] or 'no text model'}")
     for role, p in d.get("precision", {}).items():
         _echo(f"  precision ({role}): {p['reason']}")
@@ -575,6 +611,28 @@ def _print_summary(s: Any) -> None:
         _echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
 
 
+def _own_index_folder(d: dict[str, Any]) -> str | None:
+    """The index folder's library-relative path when the run skipped it as part of the library (discover
+    counts it under ``excluded``, with the files that exclude globs leave out), else None."""
+    n = d["skipped"].get("excluded", 0)
+    if not n:
+        return None
+    try:  # the summary's paths are as given, relative to this process's folder
+        lib = Path(os.path.realpath(d["library"]))
+        rel = Path(os.path.realpath(d["index_dir"])).relative_to(lib).as_posix()
+    except ValueError:
+        return None
+    if rel == ".":
+        return None
+    named = d.get("skipped_examples", {}).get("excluded") or []
+    if rel in named:
+        return rel
+    # not among the few named: walked (and so skipped) unless it lies in a hidden folder
+    if len(named) < n and not any(part.startswith(".") for part in rel.split("/")):
+        return rel
+    return None
+
+
 # -------------------------------------------------------------------------------------------------- stats
 STATS_FAILED_SHOWN = 20  # failed files listed by `stats` (--json lists all)
 
@@ -588,10 +646,13 @@ def stats(obj: Ctx, index_dir: str | None, store_url: str | None, as_json: bool)
     """Describe an index: documents, pages, records by kind, figures, models, size on disk."""
     _read_only()
     cfg = obj.config(index_dir=index_dir, store={"url": store_url})
+    cfg["index_dir"] = os.path.normpath(cfg["index_dir"])  # `../proj/myidx` joined to a folder: no `..`
     from manualrag.index import Index
 
     with Index.open(cfg["index_dir"], cfg) as index:
         out = index.stats()
+    # a config file's relative index_dir is joined to its folder (`../proj/myidx`): shown normalised
+    out["index_dir"] = os.path.abspath(out["index_dir"])
     if as_json:
         _echo_json(out)
         return
@@ -834,11 +895,15 @@ def query(
     _read_only()
     from manualrag.errors import ManualragError
 
-    if not text and not image:
+    if not (text and text.strip()) and not image:  # '' and '   ' alike: no query text
         raise ManualragError("give a query text, --image FILE, or both")
     with _open_retriever(obj, index_dir, store_url, model, text_model, dtype) as r:
-        res = r.search(text, image=image, k=k, modality=modality, channels=_channels(channels), source=source)
+        if source:
+            source = _library_path(source, r.manifest.get_meta("library"), "--source")
+        chosen = _channels(channels)
+        res = r.search(text, image=image, k=k, modality=modality, channels=chosen, source=source)
         empty = not res.hits and not r.manifest.documents() and r.building() is None
+        index_models = dict(r.models)
     if as_json:
         _echo_json([h.to_dict() for h in res.hits])
     else:
@@ -850,9 +915,20 @@ def query(
             err=True,
         )
         return
-    for note in res.notes:
+    off = dict(res.channels_off)
+    notes = [*_unused_model_notes(index_models, model, text_model), *res.notes]
+    if (
+        text
+        and not index_models.get("text")
+        and "text" in (chosen or ["text"])
+        and "text" not in res.channels_used
+        and "text" not in off
+    ):  # the retriever says nothing of a text channel the index was built without (--no-dense, none)
+        notes.append("text channel off: the index has no text-model vectors")
+        off["text"] = "no_vectors"
+    for note in notes:
         _echo(f"note: {note}", err=True)
-    for hint in _channel_hints(res.channels_off):
+    for hint in _channel_hints(off, index_models):
         _echo(f"hint: {hint}", err=True)
     if timings:
         # open_store (chromadb import included), import (torch + transformers), load_models (weights): the
@@ -861,14 +937,41 @@ def query(
         _echo("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items()), err=True)
 
 
-def _channel_hints(off: dict[str, str]) -> list[str]:
-    """The CLI's wording of what to do about a channel the index lacks (the retriever's notes say only
-    what is off, in words that fit every front end)."""
+def _unused_model_notes(index_models: dict[str, Any], model: str | None, text_model: str | None) -> list[str]:
+    """A query model named for a channel the index has no vectors of is not loaded at all: said, not
+    silently ignored (an index with those vectors would load it, and fail if it cannot)."""
+    from manualrag.config import means_no_model
+
     out = []
+    for flag, given, role, what in (
+        ("--model", model, "clip", "CLIP"),
+        ("--text-model", text_model, "text", "text-model"),
+    ):
+        if given and not means_no_model(given) and not index_models.get(role):
+            out.append(f"{flag} {given} is not used: this index has no {what} vectors")
+    return out
+
+
+def _channel_hints(off: dict[str, str], index_models: dict[str, Any] | None = None) -> list[str]:
+    """The CLI's wording of what to do about a channel the index lacks (the retriever's notes say only
+    what is off, in words that fit every front end). A later `index` run keeps the models an index
+    recorded (cli._keep_the_index_models), so the text model is named where a plain run would not add it;
+    an index built --no-dense recorded none, and `--model none` adds the text model's vectors alone."""
+    from manualrag.config import DEFAULTS
+
+    out = []
+    text_off = off.get("text") == "no_vectors"
+    if text_off:
+        adds = f"--text-model {DEFAULTS['text_model']}" if index_models else "--model none"
+        out.append(
+            f"`manualrag index LIBRARY {adds}` adds text-model vectors (semantic search; "
+            f"{DEFAULTS['text_model'].split('/')[-1]} comes installed: no download)"
+        )
     if off.get("dense") == "no_vectors":
-        out.append("`manualrag index LIBRARY --model NAME_OR_FOLDER` adds CLIP vectors (figure pictures)")
-    if off.get("text") == "no_vectors":
-        out.append("`manualrag index LIBRARY --text-model NAME_OR_FOLDER` adds text-model vectors")
+        out.append(
+            "`manualrag index LIBRARY --model NAME_OR_FOLDER` adds CLIP vectors (figure pictures)"
+            + (" and text-model vectors" if text_off and not index_models else "")
+        )
     return out
 
 
@@ -961,6 +1064,9 @@ def context(
 
     with _open_retriever(obj, index_dir, store_url, model, text_model, dtype) as r:
         res = r.search(text, k=k, channels=_channels(channels))
+        index_models = dict(r.models)
+    for note in _unused_model_notes(index_models, model, text_model):
+        _echo(f"note: {note}", err=True)
     out = build_context(
         res, max_chars=max_chars, fmt=fmt, with_images=with_images, include_suspect=include_suspect
     )

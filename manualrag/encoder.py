@@ -458,6 +458,15 @@ class _Source:
         if self.folder is not None:
             self.ref = str(self.folder)
             self.local_files_only = True
+        elif p.exists():  # a file (say a PDF given by mistake): no hub name, nothing to download
+            raise ModelUnavailableError(
+                f"model '{name}' is a file, not a model folder (a model folder holds config.json and the "
+                "weights, as saved by save_pretrained)",
+                lambda lexical_only: (
+                    f"Pass the model's folder ({flag} /path/to/folder) or a Hugging Face model name, or run "
+                    f"with {flag} none (without that model's vectors) or {lexical_only}."
+                ),
+            )
         elif _looks_like_path(name):
             raise ModelUnavailableError(
                 f"model folder '{name}' does not exist",
