@@ -127,7 +127,8 @@ def _setup_logging(debug: bool, quiet: bool = False) -> None:
     from manualrag.terminal import OneLineFormatter
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    # "warning: ..." as the CLI's own warnings read; with --debug, the level and logger of every record
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s", plain=not debug))
     logging.basicConfig(level=level, handlers=[handler])
 
 
@@ -817,18 +818,9 @@ def check(
             r = out["repair"]
             # the repair is an index run: files of the library that were not in the index come in too
             added = [p for p in r["indexed"] if known and p not in known]
-            also = (
-                f" (and {len(added)} file(s) of the library the index did not hold, e.g. {added[0]}: an index"
-                " run adds back what `manualrag remove` dropped)"
-                if added
-                else ""
-            )
-            _echo(
-                f"repaired: {r['documents']['indexed'] - len(added)} document(s) indexed again{also}, "
-                f"{r['documents']['failed']} failed; the index is now "
-                + ("sound" if out["after_repair"]["ok"] else "still inconsistent: ")
-                + "; ".join(out["after_repair"]["problems"])
-            )
+            from manualrag.check import repair_outcome
+
+            _echo(repair_outcome(r, out["after_repair"], added))
             for f in r["failed"]:
                 _echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
         else:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -113,22 +112,6 @@ def live_holder(index_dir: Path | str) -> dict[str, Any] | None:
     return info
 
 
-def _warn(message: str) -> None:
-    """Tell the person running manualrag, as the CLI tells its other warnings: one ``warning: ...`` line on
-    stderr (before: logging's ``WARNING manualrag.lock: ...``). Whether it is said follows logging's level for
-    this logger, so ``-q`` (errors only) and an application that quiets ``manualrag.lock`` keep it silent;
-    the same text is an INFO record for an application that keeps logs (and for ``--debug``)."""
-    from manualrag.terminal import one_line
-
-    if log.isEnabledFor(logging.WARNING):
-        with contextlib.suppress(
-            OSError, ValueError
-        ):  # no stderr (closed, a pythonw process): nothing to say
-            sys.stderr.write(f"warning: {one_line(message)}\n")
-            sys.stderr.flush()
-    log.info("%s", message)
-
-
 def make_index_folder(path: Path) -> None:
     """Create the index folder (and its parents) if needed; a file in its place or a folder that cannot be
     created is a one-line error."""
@@ -222,9 +205,12 @@ class IndexLock:
             current = self._read()
             if current != stale:  # someone else took it over or released it: decide again
                 return
-            _warn(
-                f"taking over the stale lock of index {self.index_dir} (pid {stale.get('pid')} on "
-                f"{stale.get('host')} since {stale.get('started')} is gone)"
+            log.warning(
+                "taking over the stale lock of index %s (pid %s on %s since %s is gone)",
+                self.index_dir,
+                stale.get("pid"),
+                stale.get("host"),
+                stale.get("started"),
             )
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -241,7 +227,7 @@ class IndexLock:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         else:
-            _warn(f"the lock file {self.path} no longer names this process; left in place")
+            log.warning("the lock file %s no longer names this process; left in place", self.path)
         _HELD.discard(self._key())
         self.info = None
 

@@ -46,7 +46,15 @@ def block(text: Any) -> Any:
 
 
 class OneLineFormatter(logging.Formatter):
-    """Log records as one line each (messages often carry file names); a traceback (``--debug``) follows."""
+    """Log records as one line each (messages often carry file names); a traceback (``--debug``) follows.
+    ``plain``: a record reads ``warning: message`` (its level in lower case, no logger name), as the CLI's
+    own warnings and errors do."""
+
+    def __init__(self, fmt: str | None = None, plain: bool = False):
+        super().__init__(fmt)
+        self.plain = plain
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        if self.plain:
+            return one_line(f"{record.levelname.lower()}: {record.getMessage()}")
         return one_line(super().formatMessage(record))

@@ -241,7 +241,6 @@ def test_repair_with_failed_files_says_they_are_not_indexed(text_index, tmp_path
     assert ok == "repaired: 2 document(s) indexed again, 0 failed; the index is now sound"
 
 
-@pytest.mark.xfail(strict=True, reason="manualrag/cli.py does not print check.repair_outcome yet")
 def test_check_repair_command_says_failed_files_are_not_indexed(text_index, tmp_path):
     cfg, lib0, idx0 = text_index
     lib, idx = _repair_with_a_failing_file(cfg, lib0, idx0, tmp_path)

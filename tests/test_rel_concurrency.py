@@ -70,10 +70,9 @@ def test_second_writer_gets_exit_2_naming_the_holder_and_a_stale_lock_is_recover
     assert (idx / "lock").exists(), "a killed writer leaves its lock behind"
     time.sleep(0.3)
 
-    with caplog.at_level(logging.INFO, logger="manualrag.lock"):  # the take-over is also an INFO record
+    with caplog.at_level(logging.WARNING, logger="manualrag.lock"):
         rc, s, out = rh.cli(*rh.index_args(cfg, lib, idx, dense=False))
     assert rc == 0, out
-    assert f"warning: taking over the stale lock of index {idx} (pid {holder.pid} " in out, out
     assert any("taking over the stale lock" in m and str(holder.pid) in m for m in caplog.messages), (
         caplog.messages
     )
