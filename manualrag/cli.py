@@ -71,11 +71,11 @@ def _non_empty_glob(value: str | None) -> str | None:
 def _library_path(value: str, library: str | Path | None, flag: str) -> str:
     """A ``--source``/``--exclude`` value as the library-relative glob the matching uses. A path that
     exists (relative to the current folder, or absolute) inside the library is taken as that file or folder
-    and made library-relative, as ``remove`` takes its paths (one conversion: ``index._library_relative``);
+    and made library-relative, as ``remove`` takes its paths (one conversion: ``index.library_relative``);
     the library itself is every file. A path outside the library is an error, unless the value also names
     something inside it; anything else (``*.pdf``, ``vendor/``) is a glob inside the library, as given."""
     from manualrag.errors import ManualragError
-    from manualrag.index import _library_relative
+    from manualrag.index import library_relative
 
     if not library:
         return value
@@ -87,7 +87,7 @@ def _library_path(value: str, library: str | Path | None, flag: str) -> str:
     if real == lib:
         return "*"
     if lib in real.parents:
-        return _library_relative(str(real), str(lib)) or value
+        return library_relative(str(real), str(lib)) or value
     if not p.is_absolute() and (lib / value).exists():  # a library-relative path that happens to exist here
         return value
     raise ManualragError(

@@ -320,7 +320,8 @@ def _paths_from(cfg: dict[str, Any], data: dict[str, Any], base: Path) -> None:
         if not isinstance(value, str) or not value:
             return value
         path = Path(value).expanduser()
-        return str(path if path.is_absolute() else base / path)
+        # normalised: stats and messages show data/index, not ../proj/data/index seen from a sibling
+        return os.path.normpath(path if path.is_absolute() else base / path)
 
     if "index_dir" in data:
         cfg["index_dir"] = rebased(cfg["index_dir"])

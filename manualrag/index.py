@@ -320,7 +320,7 @@ class Index:
         known = self.manifest.documents()
         failed = self.manifest.errors()  # a file that failed: its entry goes (stats lists it no more)
         for p in paths:
-            rel = printable_name(_library_relative(p, library).strip("/"))  # as the shell gives it
+            rel = printable_name(library_relative(p, library).strip("/"))  # as the shell gives it
             hits = [k for k in [*known, *failed] if k == rel or k.startswith(rel + "/")]
             if not hits and unmatched is not None:
                 unmatched.append(p)
@@ -423,7 +423,7 @@ def folder_size(folder: Path) -> int:
     return total
 
 
-def _library_relative(path: str, library: str | None) -> str:
+def library_relative(path: str, library: str | None) -> str:
     """A path the user gave, as the library-relative POSIX path the manifest uses: absolute paths and
     paths that exist inside the library are made relative to it; anything else is taken as relative to the
     library, without its ``.`` parts and empty ones (``./a//b.pdf`` is ``a/b.pdf``)."""

@@ -227,6 +227,9 @@ def test_relative_paths_in_a_config_file_are_relative_to_its_folder(tmp_path):
     assert load_config(f, environ={})["index_dir"] == str(tmp_path / "abs")
     # the defaults (no file) are relative to the working directory, as the README says
     assert load_config(None, environ={})["index_dir"] == "data/index"
+    # a config named through a relative path: its folder joined without "..", as stats shows it
+    f.write_text("index_dir: ./data/../data/index\n")
+    assert load_config(Path(os.path.relpath(f)), environ={})["index_dir"] == str(proj / "data" / "index")
 
     # end to end: index and query from another folder with a relative --config
     lib = proj / "manuals"
