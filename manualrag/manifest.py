@@ -693,6 +693,23 @@ class Manifest:
             out.extend((r["id"], r["doc_path"], int(r["page"]), r["caption"]) for r in rows)
         return out
 
+    def figures_on_pages(self, pages: Iterable[tuple[str, int]]) -> list[tuple[str, str, int]]:
+        """(figure id, doc path, page) of the non-boilerplate figures shown on these (doc path, page) pairs,
+        by id."""
+        pairs = list(dict.fromkeys((str(d), int(p)) for d, p in pages))
+        out: list[tuple[str, str, int]] = []
+        for i in range(0, len(pairs), 200):
+            part = pairs[i : i + 200]
+            docs = list(dict.fromkeys(d for d, _ in part))
+            rows = self._query(
+                "SELECT f.id, f.doc_path, j.value AS page FROM figures AS f, json_each(f.pages) AS j"
+                f" WHERE f.doc_path IN ({_marks(len(docs))}) AND f.boilerplate = 0"
+                f" AND (f.doc_path, j.value) IN (VALUES {','.join(['(?, ?)'] * len(part))}) ORDER BY f.id",
+                [*docs, *(x for pair in part for x in pair)],
+            )
+            out.extend((r["id"], r["doc_path"], int(r["page"])) for r in rows)
+        return out
+
     def figures_of_doc(self, doc_path: str) -> list[FigureRow]:
         return [
             _figure_row(r)

@@ -644,6 +644,25 @@ class Retriever:
             for ch, res in rankings.items()
         }
 
+    def _image_file_passages(self, passages: dict[str, Any]) -> dict[str, str]:
+        """Passage id -> the figure of its page, for the passages of loose image files among ``passages``."""
+        images = {
+            path
+            for path in {p.doc_path for p in passages.values()}
+            if (row := self.manifest.document(path)) is not None and row.file_type == "image"
+        }
+        if not images:
+            return {}
+        pages = {(p.doc_path, p.page) for p in passages.values() if p.doc_path in images}
+        figure_of: dict[tuple[str, int], str] = {}
+        for fid, path, page in self.manifest.figures_on_pages(pages):
+            figure_of.setdefault((path, page), fid)
+        return {
+            pid: figure_of[(p.doc_path, p.page)]
+            for pid, p in passages.items()
+            if (p.doc_path, p.page) in figure_of
+        }
+
     # ------------------------------------------------------------------------------------------- hits
     def _hits(
         self,
@@ -661,6 +680,12 @@ class Retriever:
         figures: dict[str, Any] = {}
         fetched = 0  # fused[:fetched] have had their figure rows read
         hits: list[Hit] = []
+        # a loose image file's text (its OCR) is its picture's hit: one hit, found through both, where a
+        # trial user saw the same screenshot as a text hit and as an image hit (text-only searches keep it)
+        as_image = self._image_file_passages(passages) if modality != "text" else {}
+        if as_image:
+            figures.update(self.manifest.figures(sorted(set(as_image.values()))))
+        image_hit: dict[str, Hit] = {}  # figure id -> its hit shown
         digests: dict[str, str] = {}  # document path -> content digest
         shown: dict[tuple[str, str], Hit] = {}  # (digest, id within the document) -> its hit
 
@@ -693,6 +718,13 @@ class Retriever:
                     self.manifest.figures([g.key[1] for g in fused[i:fetched] if g.key[0] == "figure"])
                 )
             kind, ref = f.key
+            if kind == "passage" and ref in as_image:
+                kind, ref = "figure", as_image[ref]
+            if kind == "figure" and ref in image_hit:  # shown already: this route found it too
+                seen = image_hit[ref].channels
+                for ch, r in f.ranks.items():
+                    seen[ch] = min(seen.get(ch, r), r)
+                continue
             if kind == "passage":
                 p = passages.get(ref)
                 if p is None or modality == "image":
@@ -738,6 +770,7 @@ class Retriever:
                     bbox=list(g.bbox),
                     **{h: _copy(getattr(g, name)) for h, name in HIT_FIGURE_FIELDS.items()},
                 )
+                image_hit[ref] = hit
             if not copy_of(hit.path, hit.id, hit):
                 hits.append(hit)
             if len(hits) >= k:

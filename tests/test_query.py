@@ -172,6 +172,17 @@ def test_source_finds_a_file_beyond_the_candidate_pool(index, channel, query):
         assert got.hits == [] and got.notes == ["no indexed file matches the source filter '*.txt'"]
 
 
+def test_a_loose_image_and_its_ocr_text_are_one_hit(retriever):
+    """A trial user saw a screenshot twice: its OCR text as a text hit, the picture as an image hit. The
+    text's channel scores now count for the picture; a text-only search still gets the text."""
+    card = "quick-start-card.png"
+    mine = [h for h in retriever.search("quick start card", k=10).hits if h.path == card]
+    assert [h.kind for h in mine] == ["image"], mine
+    assert {"lexical", "text"} <= set(mine[0].channels)  # found through the text as well
+    text = retriever.search("quick start card", k=10, modality="text").hits
+    assert [h.kind for h in text if h.path == card][:1] == ["text"]
+
+
 def test_source_on_the_command_line_finds_a_file_outside_the_top_candidates(index, tmp_path):
     """The user's case: `query WORD --source FILE` with a small candidate pool (default fusion) gives that
     file's hits, not `no hits`; a glob matching no indexed file says so."""
