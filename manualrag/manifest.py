@@ -674,41 +674,33 @@ class Manifest:
         )
         return [_passage(r) for r in rows]
 
-    def captions_on_pages(self, pages: Iterable[tuple[str, int]]) -> list[tuple[str, str, int, str]]:
-        """(figure id, doc path, page, caption) of the captioned, non-boilerplate figures shown on these
-        (doc path, page) pairs."""
+    def _figures_on_pages(self, pages: Iterable[tuple[str, int]], where: str = "") -> list[sqlite3.Row]:
+        """Rows (id, doc_path, page, caption) of the non-boilerplate figures shown on these (doc path, page)
+        pairs for which the SQL condition ``where`` (on ``f``, the figures table) holds too."""
         pairs = list(dict.fromkeys((str(d), int(p)) for d, p in pages))
-        out: list[tuple[str, str, int, str]] = []
+        out: list[sqlite3.Row] = []
         for i in range(0, len(pairs), 200):
             part = pairs[i : i + 200]
             docs = list(dict.fromkeys(d for d, _ in part))
             # ``doc_path IN`` lets SQLite read only these documents' figures (index figures_doc): the
             # (doc, page) row-value test alone scanned every figure of the index, ~20 ms a query at 1M records
-            rows = self._query(
+            out += self._query(
                 "SELECT f.id, f.doc_path, j.value AS page, f.caption FROM figures AS f, json_each(f.pages) AS j"
-                f" WHERE f.doc_path IN ({_marks(len(docs))}) AND f.boilerplate = 0 AND f.caption != ''"
+                f" WHERE f.doc_path IN ({_marks(len(docs))}) AND f.boilerplate = 0{where}"
                 f" AND (f.doc_path, j.value) IN (VALUES {','.join(['(?, ?)'] * len(part))})",
                 [*docs, *(x for pair in part for x in pair)],
             )
-            out.extend((r["id"], r["doc_path"], int(r["page"]), r["caption"]) for r in rows)
         return out
 
+    def captions_on_pages(self, pages: Iterable[tuple[str, int]]) -> list[tuple[str, str, int, str]]:
+        """(figure id, doc path, page, caption) of the captioned, non-boilerplate figures shown on these
+        (doc path, page) pairs."""
+        rows = self._figures_on_pages(pages, " AND f.caption != ''")
+        return [(r["id"], r["doc_path"], int(r["page"]), r["caption"]) for r in rows]
+
     def figures_on_pages(self, pages: Iterable[tuple[str, int]]) -> list[tuple[str, str, int]]:
-        """(figure id, doc path, page) of the non-boilerplate figures shown on these (doc path, page) pairs,
-        by id."""
-        pairs = list(dict.fromkeys((str(d), int(p)) for d, p in pages))
-        out: list[tuple[str, str, int]] = []
-        for i in range(0, len(pairs), 200):
-            part = pairs[i : i + 200]
-            docs = list(dict.fromkeys(d for d, _ in part))
-            rows = self._query(
-                "SELECT f.id, f.doc_path, j.value AS page FROM figures AS f, json_each(f.pages) AS j"
-                f" WHERE f.doc_path IN ({_marks(len(docs))}) AND f.boilerplate = 0"
-                f" AND (f.doc_path, j.value) IN (VALUES {','.join(['(?, ?)'] * len(part))}) ORDER BY f.id",
-                [*docs, *(x for pair in part for x in pair)],
-            )
-            out.extend((r["id"], r["doc_path"], int(r["page"])) for r in rows)
-        return out
+        """(figure id, doc path, page) of the non-boilerplate figures shown on these (doc path, page) pairs."""
+        return [(r["id"], r["doc_path"], int(r["page"])) for r in self._figures_on_pages(pages)]
 
     def figures_of_doc(self, doc_path: str) -> list[FigureRow]:
         return [

@@ -83,40 +83,26 @@ def test_query_source_outside_the_library_is_an_error(kw, tmp_path, monkeypatch)
     assert str(other) in lines[0] and str(tmp_path / "lib") in lines[0]
 
 
+def index_lib5(tmp_path: Path, monkeypatch, exclude: str, *extra: str):
+    """``manualrag index lib5 --no-dense --index-dir idx --exclude EXCLUDE`` run from ``tmp_path``."""
+    return cli(
+        "index", "lib5", "--no-dense", "--index-dir", "idx", "--exclude", exclude, *extra,
+        cwd=tmp_path, monkeypatch=monkeypatch,
+    )  # fmt: skip
+
+
 def test_index_exclude_takes_a_path_of_the_library_from_the_current_folder(tmp_path, monkeypatch):
     lib = tmp_path / "lib5"
     lib.mkdir()
     (lib / "old.md").write_text("# Old\n\nkept\n")
     (lib / "new.md").write_text("# New\n\nleft out\n")
-    rc, out, err = cli(
-        "index",
-        "lib5",
-        "--no-dense",
-        "--index-dir",
-        "idx",
-        "--exclude",
-        "lib5/new.md",
-        "--json",
-        cwd=tmp_path,
-        monkeypatch=monkeypatch,
-    )
+    rc, out, err = index_lib5(tmp_path, monkeypatch, "lib5/new.md", "--json")
     assert rc == 0, err
     d = json.loads(out)
     assert d["indexed"] == ["old.md"] and d["skipped"] == {"excluded": 1}, d
     assert not any("matches no file" in w for w in d["warnings"]), d["warnings"]
     # absolute, on the next run: still left out, and not "matches no file"
-    rc, out, err = cli(
-        "index",
-        "lib5",
-        "--no-dense",
-        "--index-dir",
-        "idx",
-        "--exclude",
-        str(lib / "new.md"),
-        "--json",
-        cwd=tmp_path,
-        monkeypatch=monkeypatch,
-    )
+    rc, out, err = index_lib5(tmp_path, monkeypatch, str(lib / "new.md"), "--json")
     d = json.loads(out)
     assert rc == 0 and d["indexed"] == [] and d["documents"]["unchanged"] == 1 and not d["warnings"], d
 
@@ -126,17 +112,7 @@ def test_index_exclude_outside_the_library_is_an_error_before_anything_changes(t
     lib.mkdir()
     (lib / "old.md").write_text("# Old\n\nkept\n")
     (tmp_path / "notes.md").write_text("not in the library\n")
-    rc, out, err = cli(
-        "index",
-        "lib5",
-        "--no-dense",
-        "--index-dir",
-        "idx",
-        "--exclude",
-        "notes.md",
-        cwd=tmp_path,
-        monkeypatch=monkeypatch,
-    )
+    rc, out, err = index_lib5(tmp_path, monkeypatch, "notes.md")
     assert rc == 2 and not (tmp_path / "idx").exists(), (out, err)
     assert err.strip().splitlines() == [
         f"error: --exclude notes.md: {tmp_path / 'notes.md'} is outside the library {lib} (give a path "
