@@ -75,8 +75,8 @@ def discover(
     """Walk ``library`` recursively; return the supported files sorted by relative path, and skip counts.
 
     Skipped (counted by reason): hidden names (``.x``), unsupported suffixes, the ``exclude`` folders
-    (the index when it lies inside the library) and the files the config's ``exclude`` globs match (both
-    ``excluded``), any other manualrag index folder in the library (counted
+    (the run's own index when it lies inside the library: ``own_index``), the files the config's ``exclude``
+    globs match (``excluded``), any other manualrag index folder in the library (counted
     as ``index_folder``; their relative paths are appended to ``indexes`` when given), symlinks leading
     outside the library (unless ``follow_symlinks``), broken links, directory loops, a file reached twice
     through links, and anything that is not a regular file or cannot be read. ``examples``, when given,
@@ -139,7 +139,7 @@ def discover(
                 continue
             if stat.S_ISDIR(st.st_mode):
                 if Path(os.path.realpath(path)) in excluded:
-                    skip("excluded", rel)
+                    skip("own_index", rel)
                 elif IndexLayout.holds_index(path):  # another index (say lib/data/index): crops, no manuals
                     skip("index_folder", rel)
                     if indexes is not None:

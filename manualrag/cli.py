@@ -564,11 +564,8 @@ def _print_summary(s: Any) -> None:
         gone = d["removed"]
         _echo("  removed: " + ", ".join(map(_clean, gone[:5])) + (", ..." if len(gone) > 5 else ""))
     skipped = dict(d["skipped"])
-    own = _own_index_folder(d)
-    if own:  # the index folder inside the library: a folder, not a skipped file
-        skipped["excluded"] -= 1
-        if not skipped["excluded"]:
-            del skipped["excluded"]
+    own = (d.get("skipped_examples", {}).get("own_index") or [None])[0]
+    if skipped.pop("own_index", 0) and own:  # the index folder inside the library: not a skipped file
         _echo(f"  skipped: {_clean(own)} (the index folder)")
     if skipped:
         shown = []
@@ -610,28 +607,6 @@ def _print_summary(s: Any) -> None:
         _echo(f"  warning: {w}")
     for f in d["failed"]:
         _echo(f"  FAILED {f['path']}: {f['reason']}", err=True)
-
-
-def _own_index_folder(d: dict[str, Any]) -> str | None:
-    """The index folder's library-relative path when the run skipped it as part of the library (discover
-    counts it under ``excluded``, with the files that exclude globs leave out), else None."""
-    n = d["skipped"].get("excluded", 0)
-    if not n:
-        return None
-    try:  # the summary's paths are as given, relative to this process's folder
-        lib = Path(os.path.realpath(d["library"]))
-        rel = Path(os.path.realpath(d["index_dir"])).relative_to(lib).as_posix()
-    except ValueError:
-        return None
-    if rel == ".":
-        return None
-    named = d.get("skipped_examples", {}).get("excluded") or []
-    if rel in named:
-        return rel
-    # not among the few named: walked (and so skipped) unless it lies in a hidden folder
-    if len(named) < n and not any(part.startswith(".") for part in rel.split("/")):
-        return rel
-    return None
 
 
 # -------------------------------------------------------------------------------------------------- stats

@@ -53,7 +53,7 @@ def test_supported_files_sorted_with_skip_reasons(library: Path, cfg: dict) -> N
     ]
     assert {f.rel: f.file_type for f in files}["a/wiring.PNG"] == "image"
     assert {f.rel: f.file_type for f in files}["a/notes.md"] == "text"
-    assert skipped == {"unsupported": 2, "hidden": 2, "excluded": 1}
+    assert skipped == {"unsupported": 2, "hidden": 2, "own_index": 1}
     f = next(f for f in files if f.rel == "b-manual.pdf")
     assert isinstance(f, SourceFile)
     assert f.path == library / "b-manual.pdf"
@@ -151,7 +151,7 @@ def test_any_index_folder_in_the_library_is_skipped(library: Path, cfg: dict) ->
     rels = [f.rel for f in files]
     assert not any(r.startswith("data/") for r in rels), rels
     assert "notes/pump.md" in rels
-    assert skipped["index_folder"] == 1 and skipped["excluded"] == 1
+    assert skipped["index_folder"] == 1 and skipped["own_index"] == 1
     assert found == ["data/index"]
 
 
