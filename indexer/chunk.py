@@ -196,7 +196,6 @@ def make_passages(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> list[Pas
     vocab = Vocabulary.of([b.text for b in doc.blocks])
     doc_id = ids.doc_id(doc.path)
     out: list[Passage] = []
-    per_page: dict[int, int] = {}
     group: list[tuple[str, BBox]] = []
     group_block: TextBlock | None = None
     group_len = 0
@@ -205,11 +204,9 @@ def make_passages(doc: Document, max_chars: int = MAX_PASSAGE_CHARS) -> list[Pas
         nonlocal group, group_len
         if group and group_block is not None:
             b = group_block
-            n = per_page.get(b.page, 0)
-            per_page[b.page] = n + 1
             out.append(
                 Passage(
-                    passage_id=ids.passage_id(doc_id, b.page, n),
+                    passage_id="",  # numbered per page by _without_stubs
                     doc_path=doc.path,
                     page=b.page,
                     bbox=_union([bb for _, bb in group]),
@@ -252,7 +249,7 @@ def _without_stubs(passages: list[Passage], doc_id: str) -> list[Passage]:
     of one or two words ("Chapter 6", "Table 3", a section number set apart from its title) joins the
     passage that follows it on its page (same OCR and suspect status), under that passage's heading. Alone
     they matched every query near them in meaning: a query on a subject the manuals lack got eight "Chapter
-    N" hits in its top ten. Ids are numbered again per page."""
+    N" hits in its top ten. Then each passage gets its id, numbered per page."""
     out: list[Passage] = []
     label: Passage | None = None
     for p in passages:

@@ -906,7 +906,7 @@ class Indexer:
                 with _Timer(timings, "reuse"):  # the old version of an edited file: its rows are still in
                     old = self._old_vectors(index, doc.path)
             before = self._identities()
-            vectors = self._embed(doc, passages, windows, figures, summary, old)
+            vectors = self._embed(doc, passages, windows, figures, summary, old, before)
             made_by = reuse.doc_identities(before, self._identities())  # (a float32 fallback adds one)
 
         # this order keeps the document findable through every channel at every moment, and a crash at any
@@ -954,9 +954,11 @@ class Indexer:
         figures: list[tuple[str, Figure]],
         summary: Summary,
         old: dict[reuse.Key, np.ndarray] | None = None,
+        idents: dict[str, str] | None = None,
     ) -> dict[str, Records]:
         """The vector records of a document, by store kind. ``old``: vectors of the document's old version
-        by reuse key (indexer/reuse.py); an input found there is not embedded again."""
+        by reuse key (indexer/reuse.py), ``idents`` the models' identities those keys name (Indexer
+        ._identities()); an input found there is not embedded again."""
         timings = summary.timings
         clip = self._clip  # None: an index without CLIP vectors (model: null)
         by_pid = {p.passage_id: p for p in passages}
@@ -981,7 +983,7 @@ class Indexer:
                 summary.reused[n_inputs] += len(keys) - len(todo)
             return embs
 
-        clip_id = reuse.identity(clip) if clip is not None and old else ""
+        clip_id, text_id = (idents or {}).get("clip", ""), (idents or {}).get("text", "")
         clip_w = [w for w, ch in windows if ch == "clip"]
         sem_w = [w for w, ch in windows if ch == "sem"]
         with _Timer(timings, "embed_text"):
@@ -1034,7 +1036,6 @@ class Indexer:
             )
         text_enc = self._text
         if text_enc is not None:
-            text_id = reuse.identity(text_enc) if old else ""
             with _Timer(timings, "embed_sem"):
                 # (vector id, figure id, figure, text): each figure's texts, and its caption alone as well: a
                 # figure's many labels and OCR words (a wiring diagram's terminal names) dilute its full

@@ -109,7 +109,7 @@ def reusable_identities(
     identity of all the index's vectors before this run, or None (mixed or unknown)."""
     out = {}
     for role, ident in run.items():
-        had = (recorded or {}).get(role) if recorded is not None else [index.get(role) or UNKNOWN]
+        had = recorded.get(role) if recorded is not None else [index.get(role) or UNKNOWN]
         if had == [ident]:
             out[role] = ident
     return out
@@ -188,8 +188,8 @@ def old_vectors(
 ) -> dict[Key, np.ndarray]:
     """Reuse key -> stored vector, for the records the manifest holds for ``path`` (its old version).
 
-    ``idents``: role -> the identity of the index's stored vectors of that role (see
-    :func:`stored_identity`); a role without one contributes nothing. Vectors that are not finite unit
+    ``idents``: role -> the identity of the document's stored vectors of that role, where this run may
+    reuse them (see :func:`reusable_identities`); a role without one contributes nothing. Vectors that are not finite unit
     vectors (a damaged store) are left out: their inputs are embedded again."""
     if not idents:
         return {}

@@ -613,6 +613,17 @@ class Manifest:
         """The paths of the committed documents, sorted (cheaper than :meth:`documents`)."""
         return [r[0] for r in self._query("SELECT path FROM documents WHERE state = 'ok' ORDER BY path")]
 
+    def image_documents(self, paths: Iterable[str]) -> set[str]:
+        """Those of ``paths`` that are committed loose image files (one query per 500 paths)."""
+        out: set[str] = set()
+        for part in _chunks(list(dict.fromkeys(paths))):
+            rows = self._query(
+                f"SELECT path FROM documents WHERE file_type = 'image' AND state = 'ok' AND path IN ({_marks(len(part))})",
+                part,
+            )
+            out.update(r[0] for r in rows)
+        return out
+
     def document(self, path: str) -> DocRow | None:
         rows = self._query("SELECT * FROM documents WHERE path = ? AND state = 'ok'", (path,))
         return _doc_row(rows[0]) if rows else None

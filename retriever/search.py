@@ -646,11 +646,7 @@ class Retriever:
 
     def _image_file_passages(self, passages: dict[str, Any]) -> dict[str, str]:
         """Passage id -> the figure of its page, for the passages of loose image files among ``passages``."""
-        images = {
-            path
-            for path in {p.doc_path for p in passages.values()}
-            if (row := self.manifest.document(path)) is not None and row.file_type == "image"
-        }
+        images = self.manifest.image_documents(p.doc_path for p in passages.values())
         if not images:
             return {}
         pages = {(p.doc_path, p.page) for p in passages.values() if p.doc_path in images}
